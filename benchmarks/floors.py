@@ -34,8 +34,9 @@ UPSTREAM_BODY = json.dumps(
 ).encode()
 TIMEOUT_S = 10.0
 
-# Pool settings shared by all aiohttp-based floors; keep them equal to the broker's.
-POOL_LIMIT = 0  # 0 = no cap on connections
+# Pool settings of the aiohttp-based floors: the broker's own (broker.app.HttpPool) when
+# the broker is installed, so they cannot drift apart; else these, which mirror them.
+POOL_LIMIT = 256
 KEEPALIVE_S = 30.0
 
 CONST_BODY = json.dumps(
@@ -77,12 +78,16 @@ const_app = _app(const_endpoint)
 
 
 def _aiohttp_session():
-    import aiohttp
+    try:
+        from broker.app import HttpPool
+    except ImportError:
+        import aiohttp
 
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=POOL_LIMIT, keepalive_timeout=KEEPALIVE_S),
-        timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
-    )
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=POOL_LIMIT, keepalive_timeout=KEEPALIVE_S),
+            timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
+        )
+    return HttpPool()()
 
 
 @contextlib.asynccontextmanager
@@ -110,7 +115,9 @@ def _httpx_limits():
     import httpx
 
     return httpx.Limits(
-        max_connections=None, max_keepalive_connections=None, keepalive_expiry=KEEPALIVE_S
+        max_connections=POOL_LIMIT,
+        max_keepalive_connections=POOL_LIMIT,
+        keepalive_expiry=KEEPALIVE_S,
     )
 
 

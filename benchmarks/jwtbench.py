@@ -96,14 +96,127 @@ def pyjwt_timings(quick: bool = False) -> list[Timing]:
     ]
 
 
-def run(quick: bool = False) -> dict:
+def _drive(coro):
+    """Run a coroutine that must not suspend; its result, or an error if it would wait."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("the verifier suspended: it waited on I/O on the hot path")
+
+
+def _base_env() -> dict[str, str]:
+    return {
+        "OPENAI_API_KEY": "sk-bench-" + "0" * 32,
+        "BROKER_WORKFLOWS": "bench=wf_" + "0" * 48,
+    }
+
+
+def broker_timings(quick: bool = False) -> tuple[list[Timing], dict]:
+    """The broker's own `Verifier.verify` (broker/auth.py), per configured key kind.
+
+    `verify` is a coroutine; for a known key it never suspends, so it is driven with
+    `send(None)` and any suspension (a JWKS fetch) is an error. The JWKS case runs
+    against a loopback JWKS server: one fetch at warm-up, then none may follow.
+    """
+    import asyncio
+
+    from cryptography.hazmat.primitives import serialization
+
+    from broker.app import HttpPool
+    from broker.auth import Verifier
+    from broker.config import load_settings
+    from broker.jwks import JWKSCache
+
+    repeat, min_time = (3, 0.05) if quick else (5, 0.2)
+    es_key, jwk = es256_keypair()
+    pem = (
+        es_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    hs_token = jwt.encode(claims(), HS_SECRET, algorithm="HS256")
+    es_token = jwt.encode(claims(), es_key, algorithm="ES256", headers={"kid": KID})
+
+    def verifier(extra: dict[str, str], jwks: JWKSCache | None = None) -> Verifier:
+        return Verifier(load_settings({**_base_env(), **extra}).jwt, jwks)
+
+    hs = verifier({"BROKER_JWT_SECRET": HS_SECRET})
+    pem_v = verifier({"BROKER_JWT_PUBLIC_KEY": pem})
+    timings = [
+        time_call("broker Verifier HS256", lambda: _drive(hs.verify(hs_token)), repeat, min_time),
+        time_call(
+            "broker Verifier ES256 (PEM key)",
+            lambda: _drive(pem_v.verify(es_token)),
+            repeat,
+            min_time,
+        ),
+    ]
+
+    server = _JwksServer({"keys": [jwk]})
+    pool = HttpPool()
+    try:
+        settings = load_settings({**_base_env(), "BROKER_JWT_JWKS_URL": server.url}).jwt
+        cache = JWKSCache(server.url, pool, algorithms=settings.asymmetric_algorithms)
+
+        async def warm() -> None:
+            await Verifier(settings, cache).verify(es_token)  # first use fetches the key set
+            await pool.close()  # from here on, a fetch could not even reach the server
+
+        asyncio.run(warm())
+        fetches_warm, hits_warm = cache.fetches, server.hits
+        jwks_v = Verifier(settings, cache)
+        t = time_call(
+            "broker Verifier ES256 (JWKS, warm cache)",
+            lambda: _drive(jwks_v.verify(es_token)),
+            repeat,
+            min_time,
+        )
+        timings.append(t)
+        check = {
+            "verifications": t.calls + 1,
+            "fetches_at_warmup": fetches_warm,
+            "fetches_after_warmup": cache.fetches - fetches_warm,
+            "http_hits_after_warmup": server.hits - hits_warm,
+            "suspended": False,  # _drive raised otherwise
+        }
+        check["passed"] = (
+            check["fetches_after_warmup"] == 0 and check["http_hits_after_warmup"] == 0
+        )
+    finally:
+        server.close()
+    return timings, check
+
+
+def run(quick: bool = False, with_broker: bool = True) -> dict:
     timings = pyjwt_timings(quick)
+    out: dict = {}
+    if with_broker:
+        try:
+            more, check = broker_timings(quick)
+        except (ImportError, RuntimeError) as exc:
+            out["broker_error"] = f"{type(exc).__name__}: {exc}"
+        else:
+            timings += more
+            out["jwks_in_process"] = check
     lines = [
         "| JWT verification (one call) | µs median | µs best |",
         "| --- | ---: | ---: |",
         *(f"| {t.name} | {t.us_per_call:.1f} | {t.best_us:.1f} |" for t in timings),
     ]
-    return {"timings": [t.row() for t in timings], "markdown": "\n".join(lines)}
+    if "jwks_in_process" in out:
+        c = out["jwks_in_process"]
+        mark = "PASS" if c["passed"] else "MISS"
+        lines.append(
+            f"\n- {mark} broker Verifier in JWKS mode: {c['fetches_at_warmup']} fetch at warm-up, then "
+            f"{c['verifications']:,} verifications with {c['fetches_after_warmup']} fetches, "
+            f"{c['http_hits_after_warmup']} HTTP requests to the JWKS server, none suspended"
+        )
+    if "broker_error" in out:
+        lines.append(f"\n- broker Verifier not measured: {out['broker_error']}")
+    out.update({"timings": [t.row() for t in timings], "markdown": "\n".join(lines)})
+    return out
 
 
 # ----------------------------------------------------- JWKS mode, end to end

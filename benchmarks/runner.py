@@ -244,15 +244,41 @@ class Bench:
 
     # --- tokens
 
-    def make_tokens(self) -> Path:
-        """N_USERS HS256 tokens (sub user0..), one per line."""
-        import jwt
+    def make_tokens(self, use_cli: bool) -> Path:
+        """N_USERS HS256 tokens (sub user0..user199, ttl 3600), one per line.
 
+        Minted by `chatkit-broker token --sub userN --ttl 3600`'s own code (broker.cli.main,
+        200 calls in one subprocess rather than 200 interpreter starts); with no broker
+        installed, by PyJWT with the same claims.
+        """
         path = self.tmp / "tokens-hs256.txt"
-        lines = [
-            jwt.encode(jwtbench.claims(f"user{i}", 3600), self.hs_secret, algorithm="HS256")
-            for i in range(N_USERS)
-        ]
+        if use_cli:
+            code = (
+                "import sys\nfrom broker.cli import main\n"
+                f"for i in range({N_USERS}):\n"
+                "    rc = main(['token', '--sub', f'user{i}', '--ttl', '3600'])\n"
+                "    if rc: sys.exit(rc)\n"
+            )
+            res = subprocess.run(
+                [sys.executable, "-c", code],
+                env=self.broker_env("nginx"),
+                cwd=self.tmp,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            lines = res.stdout.split()
+            if res.returncode != 0 or len(lines) != N_USERS:
+                raise RuntimeError(
+                    f"chatkit-broker token failed ({res.returncode}): {res.stderr[-500:]}"
+                )
+        else:
+            import jwt
+
+            lines = [
+                jwt.encode(jwtbench.claims(f"user{i}", 3600), self.hs_secret, algorithm="HS256")
+                for i in range(N_USERS)
+            ]
         path.write_text("\n".join(lines) + "\n")
         return path
 
@@ -268,7 +294,8 @@ class Bench:
         env = clean_env()
         env.update(
             {
-                "OPENAI_BASE_URL": self.upstream_urls[upstream],
+                # (port 9, discard, when no upstream runs: token minting needs none)
+                "OPENAI_BASE_URL": self.upstream_urls.get(upstream, "http://127.0.0.1:9/v1"),
                 "OPENAI_API_KEY": "sk-bench-" + "0" * 32,
                 "BROKER_WORKFLOWS": f"{WORKFLOW}={upstreams.WORKFLOW_ID}",
                 "BROKER_RATE_LIMIT": "1000000/minute",
@@ -308,6 +335,11 @@ class Bench:
                 "--no-access-log",
                 "--log-level",
                 "warning",
+                # as `chatkit-broker serve` runs uvicorn (broker/cli.py)
+                "--no-server-header",
+                "--no-proxy-headers",
+                "--timeout-keep-alive",
+                "10",
                 "--workers",
                 str(case.workers),
             ]
@@ -657,9 +689,9 @@ def main(argv: list[str] | None = None) -> int:
         if "jwks" in selected and "broker" in runnable:
             kinds.add("nginx")
         bench.start_upstreams(kinds)
-        bench.tokens_file = bench.make_tokens()
+        bench.tokens_file = bench.make_tokens(use_cli="broker" in runnable)
         if "jwt" in selected:
-            extras["jwt"] = jwtbench.run(quick=args.quick)
+            extras["jwt"] = jwtbench.run(quick=args.quick, with_broker="broker" in runnable)
         if "jwks" in selected and "broker" in runnable:
             extras["jwks"] = jwtbench.jwks_hot_path(bench)
         bench.run_cases(cases, runnable)
