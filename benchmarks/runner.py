@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import jwtbench, loadgen, procs, upstreams
+from . import jwtbench, loadgen, procs, profiling, upstreams
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -208,6 +208,8 @@ class Bench:
     rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seq: int = 0
+    stamp: str = ""
+    wait_left: float = 0.0
 
     # --- upstreams
 
@@ -392,6 +394,7 @@ class Bench:
         }
         print(f"  round {rnd + 1} {case.key:<14} {target.key:<16}", end=" ", flush=True)
         child = None
+        row["other_load_before"] = round(self.wait_quiet(), 2)
         try:
             child, base = self.start_target(target, case)
             assert self.tokens_file is not None
@@ -407,9 +410,19 @@ class Bench:
                 if a.warmup > 0:
                     warm = loadgen.run_wrk(base + SESSION_PATH, duration=a.warmup, **common)
                     row["warmup_rps"] = round(warm.rps, 1)
+                spy = None
+                if target.key in a.profile:
+                    raw = RESULTS / f"profile-{self.stamp}-{case.key}-{target.key}-r{rnd + 1}.txt"
+                    spy = profiling.start(child.pid, a.duration, raw, self.tmp / "py-spy.log")
                 cpu0, other0 = sampler.cpu(), self.other_cpu()
                 res = loadgen.run_wrk(base + SESSION_PATH, duration=a.duration, **common)
                 cpu1, other1 = sampler.cpu(), self.other_cpu()
+                if spy is not None:
+                    assert spy.proc is not None
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        spy.proc.wait(15)
+                    spy.stop()
+                    row["profile_raw"] = str(raw)
             # CPU used on this machine by processes that are not part of the benchmark
             foreign = (other1 - other0 - (cpu1 - cpu0)) / res.raw["duration_s"]
             row.update(
@@ -438,6 +451,10 @@ class Bench:
                 + (f"  (other load: {foreign:.2f} cores)" if foreign > 0.1 else ""),
                 flush=True,
             )
+            if "profile_raw" in row and Path(row["profile_raw"]).exists():
+                row["profile"] = profiling.summarize(
+                    Path(row["profile_raw"]), cpu_us_per_req=row["cpu_us_per_req"]
+                )
             if not child.alive():
                 row["error"] = f"server exited during the run:\n{child.log_tail()}"
         except (RuntimeError, OSError, ValueError) as exc:
@@ -448,6 +465,18 @@ class Bench:
                 child.stop()
         self.rows.append(row)
         return row
+
+    def wait_quiet(self) -> float:
+        """Before a run, wait (within the run's total budget) while other processes on the
+        machine keep more than 0.25 CPU cores busy; return the last load seen."""
+        load = 0.0
+        while True:
+            o0, t0 = self.other_cpu(), time.monotonic()
+            time.sleep(0.5)
+            load = (self.other_cpu() - o0) / (time.monotonic() - t0)
+            if load < 0.25 or self.wait_left <= 0:
+                return load
+            self.wait_left -= 0.5
 
     def other_cpu(self) -> float:
         """Machine CPU time minus the upstreams', the runner's and finished wrk runs'."""
@@ -618,13 +647,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--warmup", type=float, help="seconds of warm-up per run (default 2; --quick 1)"
     )
+    ap.add_argument(
+        "--max-wait",
+        type=float,
+        default=60.0,
+        help="seconds in all (default 60) to wait before runs for other processes on the "
+        "machine to go quiet (< 0.25 cores busy)",
+    )
     ap.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     ap.add_argument(
         "--no-install", action="store_true", help="never apt-get install wrk/nginx-light"
     )
+    ap.add_argument(
+        "--profile",
+        nargs="?",
+        const="broker",
+        default="",
+        metavar="TARGETS",
+        help="record each measured run of these targets (default: broker) with py-spy; "
+        "the figures of profiled runs are slightly lower",
+    )
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with all logs")
     ap.add_argument("--list", action="store_true", help="list cases and targets, then exit")
     args = ap.parse_args(argv)
+    args.profile = [t for t in args.profile.split(",") if t]
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (3.0 if args.quick else 8.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
@@ -643,13 +689,16 @@ def main(argv: list[str] | None = None) -> int:
     selected = [s for s in args.only.split(",") if s] or [*CASES, *EXTRAS]
     unknown = [s for s in selected if s not in CASES and s not in EXTRAS]
     targets = [t for t in args.targets.split(",") if t]
-    unknown += [t for t in targets if t not in TARGETS]
+    unknown += [t for t in targets + args.profile if t not in TARGETS]
     if unknown:
         print(f"unknown case/target: {', '.join(unknown)} (see --list)", file=sys.stderr)
         return 2
     cases = [CASES[k] for k in CASES if k in selected]
 
     ensure_tools(not args.no_install)
+    if args.profile and not profiling.pyspy():
+        print("--profile needs py-spy: pip install py-spy", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     nofile = procs.raise_nofile()
@@ -669,11 +718,12 @@ def main(argv: list[str] | None = None) -> int:
             runnable.append(key)
 
     n_runs = sum(len([t for t in c.targets if t in runnable]) for c in cases) * args.rounds
-    est = n_runs * (args.duration + args.warmup + 2.5)
+    est = n_runs * (args.duration + args.warmup + 3) + args.max_wait
     started = time.monotonic()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     tmp = Path(tempfile.mkdtemp(prefix="chatkit-bench-"))
-    bench = Bench(args, tmp, notes=notes)
+    RESULTS.mkdir(exist_ok=True)
+    bench = Bench(args, tmp, notes=notes, stamp=stamp, wait_left=args.max_wait)
     info = {"machine": machine(), "versions": versions()}
     print(
         f"# chatkit-broker benchmark: {len(cases)} cases, {n_runs} runs, about {est / 60:.0f} min"
@@ -718,6 +768,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, ok, detail in checks:
             mark = {True: "PASS", False: "MISS", None: "----"}[ok]
             print(f"- {mark} {name}: {detail}")
+    for r in bench.rows:
+        if "profile" in r:
+            print(f"\n### profile: {r['case']} {r['target']} round {r['round'] + 1}\n")
+            print(r["profile"])
     for key in ("jwt", "jwks"):
         if key in extras:
             print()
