@@ -451,6 +451,8 @@ class Bench:
                 + (f"  (other load: {foreign:.2f} cores)" if foreign > 0.1 else ""),
                 flush=True,
             )
+            if res.requests == 0:  # nothing answered within the run: wrk counts no error
+                row["stalled"] = True
             if "profile_raw" in row and Path(row["profile_raw"]).exists():
                 row["profile"] = profiling.summarize(
                     Path(row["profile_raw"]), cpu_us_per_req=row["cpu_us_per_req"]
@@ -537,6 +539,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                         "peak_rss_mb": max(r["peak_rss_mb"] for r in ok),
                         "cpu_us_per_req": statistics.median(r["cpu_us_per_req"] for r in ok),
                         "foreign_cpu_cores_max": max(r["foreign_cpu_cores"] for r in ok),
+                        "stalled_rounds": sum(1 for r in ok if r.get("stalled")),
                     }
                 )
                 if key == "b":
@@ -570,12 +573,15 @@ def markdown_table(summary: list[dict]) -> str:
             err = s.get("error", "no result").splitlines()[0][:80]
             lines.append(f"| {case} | {name} | failed: {err} | | | | | | | |")
             continue
+        errors = str(s["errors_max"])
+        if s["stalled_rounds"]:
+            errors += f" ({s['stalled_rounds']} run(s) with no answer at all)"
         ratio = f"{s['ratio_b']:.2f}" if "ratio_b" in s else ""
         if s["target"] == "broker" and ratio:
             ratio = f"**{ratio}**"
         lines.append(
             f"| {case} | {name} | {s['rps']:,.0f} | {s['p50_ms']:.1f} | {s['p90_ms']:.1f} | "
-            f"{s['p99_ms']:.1f} | {s['errors_max']} | {s['peak_rss_mb']:.0f} | "
+            f"{s['p99_ms']:.1f} | {errors} | {s['peak_rss_mb']:.0f} | "
             f"{s['cpu_us_per_req']:.0f} | {ratio} |"
         )
     return "\n".join(lines)
@@ -619,6 +625,34 @@ def check_targets(summary: list[dict]) -> list[tuple[str, bool | None, str]]:
             ("50 ms, 512 conns: ≥ 0.8 x floor (b), 0 errors, p99 < 1 s", None, "not measured")
         )
     return out
+
+
+def report(saved: dict) -> str:
+    """The Markdown tables of a saved results file (re-summarized from its raw rows)."""
+    for r in saved["rows"]:
+        if r.get("requests") == 0:
+            r["stalled"] = True
+    summary = summarize(saved["rows"])
+    m, v = saved["machine"], saved["versions"]
+    opts = saved["options"]
+    lines = [
+        f"Run {saved['started']}: {m['cpus']} CPUs ({m['cpu_model']}), kernel {m['kernel']}; "
+        f"Python {v['python']}, uvicorn {v.get('uvicorn')}, uvloop {v.get('uvloop')}, "
+        f"starlette {v.get('starlette')}, aiohttp {v.get('aiohttp')}, httpx {v.get('httpx')}, "
+        f"PyJWT {v.get('pyjwt')}; {v.get('nginx')}; {v.get('wrk')}. "
+        f"{opts['rounds']} round(s) of {opts['duration']:g} s (+ {opts['warmup']:g} s warm-up), "
+        f"medians; errors and RSS are the worst round.",
+        "",
+        markdown_table(summary),
+        "",
+    ]
+    for name, ok, detail in check_targets(summary):
+        if ok is not None:
+            lines.append(f"- {'PASS' if ok else 'MISS'} {name}: {detail}")
+    for key in ("jwt", "jwks"):
+        if key in saved.get("extras", {}):
+            lines += ["", saved["extras"][key]["markdown"]]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------- main
@@ -669,6 +703,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with all logs")
     ap.add_argument("--list", action="store_true", help="list cases and targets, then exit")
+    ap.add_argument(
+        "--report", metavar="JSON", help="print the tables of a saved results file and exit"
+    )
     args = ap.parse_args(argv)
     args.profile = [t for t in args.profile.split(",") if t]
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -679,6 +716,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        print(report(json.loads(Path(args.report).read_text())))
+        return 0
     if args.list:
         for c in CASES.values():
             print(f"{c.key:<14} {c.title}: {', '.join(c.targets)}")
@@ -699,6 +739,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile and not profiling.pyspy():
         print("--profile needs py-spy: pip install py-spy", file=sys.stderr)
         return 2
+    # Ctrl-C even when started in the background by a shell that ignores SIGINT there
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     nofile = procs.raise_nofile()
@@ -753,44 +795,19 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = summarize(bench.rows)
     table = markdown_table(summary)
-    checks = (
-        check_targets(summary) if any(c.key in ("zero-c128", "slow-c512") for c in cases) else []
-    )
+    checks = [c for c in check_targets(summary) if c[1] is not None]
     elapsed = time.monotonic() - started
-    print()
-    print(
-        f"## Results ({args.rounds} round(s), {args.duration:g} s per run, median; {elapsed / 60:.1f} min)"
-    )
-    print()
-    print(table)
-    if checks:
-        print()
-        for name, ok, detail in checks:
-            mark = {True: "PASS", False: "MISS", None: "----"}[ok]
-            print(f"- {mark} {name}: {detail}")
-    for r in bench.rows:
-        if "profile" in r:
-            print(f"\n### profile: {r['case']} {r['target']} round {r['round'] + 1}\n")
-            print(r["profile"])
-    for key in ("jwt", "jwks"):
-        if key in extras:
-            print()
-            print(extras[key]["markdown"])
     busy = max((s.get("foreign_cpu_cores_max", 0.0) for s in summary), default=0.0)
     if busy > 0.15:
         notes.append(
             f"other processes used up to {busy:.2f} CPU cores during measured runs: "
             "these figures are disturbed; rerun on a quiet machine"
         )
-    for n in notes:
-        print(f"- note: {n}")
-
-    RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{stamp}.json"
     payload = {
         "started": stamp,
         "elapsed_s": round(elapsed, 1),
-        "options": {k: v for k, v in vars(args).items() if k != "list"},
+        "options": {k: v for k, v in vars(args).items() if k not in ("list", "report")},
         **info,
         "summary": summary,
         "targets": [{"name": n, "passed": ok, "detail": d} for n, ok, d in checks],
@@ -801,6 +818,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.write_text(json.dumps(payload, indent=2, default=str))
     (RESULTS / "latest.json").write_text(out.read_text())
+
+    print(f"\n## Results ({elapsed / 60:.1f} min)\n")
+    print(report(payload))
+    for r in bench.rows:
+        if "profile" in r:
+            print(f"\n### profile: {r['case']} {r['target']} round {r['round'] + 1}\n")
+            print(r["profile"])
+    for n in notes:
+        print(f"- note: {n}")
     print(f"\n# results: {out}")
     if args.keep_tmp or failed:
         print(f"# logs kept in {tmp}")
