@@ -227,6 +227,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Starlette
         Route("/api/chatkit/config", routes.client_config, methods=["GET"]),
         Route("/healthz", routes.healthz, methods=["GET"]),
         Route("/readyz", routes.readyz, methods=["GET"]),
+        Route("/openapi.json", routes.openapi_json, methods=["GET"]),
     ]
     if settings.test_page and STATIC_DIR.is_dir():
         csp = {"Content-Security-Policy": content_security_policy(settings.chatkit_js_url)}

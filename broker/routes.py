@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from .auth import Identity, bearer_token
 from .errors import InvalidRequest, Unauthenticated, error_body
 from .mock import MOCK_USER
+from .openapi import openapi_document, routed_operations
 
 if TYPE_CHECKING:
     from .app import Broker
@@ -150,3 +151,13 @@ async def readyz(request: Request) -> Response:
         body = error_body("not_ready", message, request.state.request_id) | {"missing": missing}
         return JSONResponse(body, status_code=503)
     return JSONResponse({"status": "ready"})
+
+
+async def openapi_json(request: Request) -> Response:
+    """The OpenAPI document of this broker: the operations it routes, in its mode."""
+    doc = getattr(request.app.state, "openapi", None)
+    if doc is None:
+        routed = routed_operations(request.app.routes)
+        doc = openapi_document(mock=_broker(request).settings.mock, routed=routed)
+        request.app.state.openapi = doc
+    return JSONResponse(doc)
