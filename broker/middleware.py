@@ -13,6 +13,7 @@ import secrets
 import time
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import BrokerError, MockLocalOnly, PayloadTooLarge, error_body
@@ -82,6 +83,10 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # the client hung up before its body arrived: nobody to answer, not a bug
+            if not response_started:
+                status = 499  # nginx's "client closed request", for the access log only
         except Exception:
             error_log.exception("unhandled error on %s %s", scope["method"], path)
             if not response_started:
