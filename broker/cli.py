@@ -48,6 +48,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ):  # pragma: no cover - config refuses it
         return 2
     trusted = ",".join(settings.trusted_proxies)
+    # Limits against slow and abusive clients (README "Reliability and security"):
+    # request heads are capped at 64 KiB and must arrive within 10 s (broker/server.py; plain
+    # uvicorn has neither with httptools), bodies at 16 KiB within 10 s (middleware.BodyLimit),
+    # idle keep-alive connections close after 10 s. No limit_concurrency: its 503s would turn
+    # away real users whenever idle connections pile up; the deadlines bound those instead.
     uvicorn.run(
         "broker.app:app_from_environ",
         factory=True,
@@ -62,8 +67,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         timeout_graceful_shutdown=15,
         timeout_keep_alive=10,
+        http=_http_protocol(),
+        h11_max_incomplete_event_size=64 * 1024,  # the same head cap if h11 is used
     )
     return 0
+
+
+def _http_protocol() -> str:
+    """The guarded httptools protocol, or h11 (which caps heads itself) without httptools."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:  # pragma: no cover - uvicorn[standard] installs it
+        return "h11"
+    return "broker.server:GuardedHttpToolsProtocol"
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -19,8 +19,9 @@ from . import __version__
 JSON = "application/json"
 REQUEST_ID_PATTERN = "^[A-Za-z0-9._-]{1,128}$"
 
-# Every error code the API can answer with (SPEC §2 table, plus the two that are not mint
-# failures: ``not_ready`` from /readyz and ``request_timeout`` for a body that never ends).
+# Every error code the API can answer with: the SPEC §2 table, plus ``not_ready`` (/readyz),
+# ``request_timeout`` (a head or body that does not arrive within 10 s) and
+# ``headers_too_large`` (a request head over 64 KiB; see broker/server.py).
 ERROR_CODES = (
     "invalid_request",
     "unauthenticated",
@@ -30,6 +31,7 @@ ERROR_CODES = (
     "method_not_allowed",
     "request_timeout",
     "payload_too_large",
+    "headers_too_large",
     "rate_limited",
     "internal_error",
     "upstream_auth_failed",
@@ -512,7 +514,9 @@ def openapi_document(
             )
             + ' Every error body is `{"error": {"code", "message", "request_id"}}`; '
             "an unknown route is 404 `not_found`, a wrong method 405 `method_not_allowed` "
-            "with `Allow`.",
+            "with `Allow`. Before any route: malformed HTTP is 400 `invalid_request`, a head "
+            "over 64 KiB 431 `headers_too_large`, a head or body not complete within 10 s "
+            "408 `request_timeout`.",
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "paths": paths,
@@ -528,6 +532,14 @@ def openapi_document(
             "schemas": schemas,
             "headers": copy.deepcopy(_HEADERS),
             "responses": {
+                # any request, before routing (broker/server.py): these close the connection
+                "BadRequest": _error("Not valid HTTP/1.1.", "invalid_request"),
+                "RequestTimeout": _error(
+                    "The request head (or body) did not arrive within 10 s.", "request_timeout"
+                ),
+                "HeadersTooLarge": _error(
+                    "The request line and headers are over 64 KiB.", "headers_too_large"
+                ),
                 "NotFound": _error("Unknown route.", "not_found"),
                 "MethodNotAllowed": _error(
                     "Known route, wrong method; `Allow` lists the right ones.",
