@@ -51,6 +51,12 @@ class MethodNotAllowed(BrokerError):
     status, code = 405, "method_not_allowed"
 
 
+class RequestTimeout(BrokerError):
+    """408: the request body did not arrive in time (the caller may simply retry)."""
+
+    status, code = 408, "request_timeout"
+
+
 class PayloadTooLarge(BrokerError):
     status, code = 413, "payload_too_large"
 
@@ -91,6 +97,7 @@ _BY_STATUS: dict[int, type[BrokerError]] = {
     400: InvalidRequest,
     404: NotFound,
     405: MethodNotAllowed,
+    408: RequestTimeout,
     413: PayloadTooLarge,
 }
 
