@@ -157,8 +157,9 @@ class HostedSessions:
                     body = b""
                     too_large = True
                 else:
-                    body = await resp.content.read(MAX_BODY_BYTES + 1)
-                    too_large = len(body) > MAX_BODY_BYTES
+                    limited = await read_limited(resp.content, MAX_BODY_BYTES)
+                    too_large = limited is None
+                    body = limited or b""
                 status, request_id = resp.status, resp.headers.get("x-request-id", "-")
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
@@ -227,6 +228,23 @@ class HostedSessions:
 
 class _NotFound(Exception):
     pass
+
+
+async def read_limited(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it exceeds ``limit`` bytes (the rest is never read).
+
+    ``StreamReader.read(n)`` returns *up to* n bytes — whatever has arrived — so a single
+    call cuts any body that comes in more than one piece (chunked encoding, TLS records,
+    a slow network); read until EOF instead.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await stream.read(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _retry_after(value: str | None) -> float | None:
