@@ -20,6 +20,7 @@ from jwt import PyJWK
 from jwt.exceptions import PyJWKError
 
 from .errors import AuthUnavailable
+from .upstream import read_limited
 
 log = logging.getLogger("broker.jwks")
 
@@ -146,8 +147,8 @@ class JWKSCache:
             async with self._http().get(self.url, timeout=timeout, allow_redirects=False) as resp:
                 if resp.status != 200:
                     raise ValueError(f"HTTP {resp.status}")
-                body = await resp.content.read(MAX_JWKS_BYTES + 1)
-                if len(body) > MAX_JWKS_BYTES:
+                body = await read_limited(resp.content, MAX_JWKS_BYTES)
+                if body is None:
                     raise ValueError("key set larger than 512 KiB")
             keys = signing_keys(json.loads(body), self._algorithms)
             if not keys:
