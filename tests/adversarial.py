@@ -3,11 +3,24 @@ watch list of secrets that must never reach its log, and the process's memory.""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import resource
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
-from .conftest import API_KEY, SECRET, WF_SALES, WF_SUPPORT
+from .conftest import (
+    API_KEY,
+    SECRET,
+    WF_SALES,
+    WF_SUPPORT,
+    BrokerProcess,
+    cli_command,
+    free_port,
+    wait_until_serving,
+)
 
 # Patterns of the secrets the tests create: the fake mints ``ek_`` + 48 hex, mock secrets
 # are ``mock_`` + an itsdangerous token, JWTs are two base64url JSON objects and a signature.
@@ -87,3 +100,25 @@ def raise_fd_limit(want: int) -> int:
     if soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+@contextlib.contextmanager
+def broker_process(env: dict[str, str], log_dir: Path, *args: str) -> Iterator[BrokerProcess]:
+    """A real ``chatkit-broker serve`` for a whole module (``run_broker`` is per test)."""
+    port = free_port()
+    log_path = log_dir / f"broker-{port}.log"
+    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*cli_command(), "serve", "--port", str(port), *args],
+            env=full_env,
+            cwd=log_dir,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    bp = BrokerProcess(f"http://127.0.0.1:{port}", proc, log_path)
+    try:
+        wait_until_serving(bp)
+        yield bp
+    finally:
+        bp.stop()

@@ -100,6 +100,7 @@ class FakeOpenAI:
     jwks_up: bool = True
     jwks_delay: float = 0.0
     jwks_hits: int = 0
+    jwks_chunk: int = 0  # > 0: the JWKS is streamed in pieces of this size
     default: Behaviour = field(default_factory=Behaviour)
     huge_sent: int = 0
     _release: asyncio.Event | None = None
@@ -118,6 +119,7 @@ class FakeOpenAI:
         self.sessions.clear()
         self.jwks = {"keys": []}
         self.jwks_up, self.jwks_delay, self.jwks_hits = True, 0.0, 0
+        self.jwks_chunk = 0
         self.default = Behaviour()
         self.huge_sent = 0
         self.release_hangs()
@@ -187,8 +189,8 @@ class FakeOpenAI:
             await resp.prepare(request)
             await resp.write(body[: len(body) // 2])
             await asyncio.sleep(0.05)
-            assert request.transport is not None
-            request.transport.abort()
+            if request.transport is not None:
+                request.transport.abort()
             raise asyncio.CancelledError
         if b.kind == "truncated":
             body = json.dumps(ok()).encode()
@@ -315,6 +317,15 @@ class FakeOpenAI:
             await asyncio.sleep(self.jwks_delay)
         if not self.jwks_up:
             return web.Response(status=503, text="down")
+        if self.jwks_chunk:
+            body = json.dumps(self.jwks).encode()
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await resp.prepare(request)  # chunked transfer encoding
+            for i in range(0, len(body), self.jwks_chunk):
+                await resp.write(body[i : i + self.jwks_chunk])
+                await asyncio.sleep(0.01)
+            await resp.write_eof()
+            return resp
         return web.json_response(self.jwks)
 
     async def minted(self, request: web.Request) -> web.StreamResponse:
