@@ -20,6 +20,7 @@ import aiohttp
 from .errors import (
     BrokerError,
     UpstreamAuthFailed,
+    UpstreamDetail,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -200,18 +201,25 @@ class HostedSessions:
         log.warning(
             "upstream %s answered %d (x-request-id %s): %s", what, status, request_id, detail
         )
+        upstream = UpstreamDetail(status, detail, request_id)
         if status in (401, 403):
-            raise UpstreamAuthFailed(
-                f"OpenAI refused the broker's API key (HTTP {status}): check CHATKIT_OPENAI_API_KEY / "
-                "OPENAI_API_KEY and that the key has access to ChatKit."
+            raise _with(
+                upstream,
+                UpstreamAuthFailed(
+                    f"OpenAI refused the broker's API key (HTTP {status}): check CHATKIT_OPENAI_API_KEY / "
+                    "OPENAI_API_KEY and that the key has access to ChatKit."
+                ),
             )
         if status == 404:
             if not_found_ok:
                 raise _NotFound()
-            raise UpstreamWorkflowNotFound(
-                f"OpenAI says the workflow for {what} was not found. Usually the API key belongs to "
-                "another project than the workflow (check CHATKIT_OPENAI_API_KEY, or a stray shell "
-                "OPENAI_API_KEY), or the workflow is not published. Run 'chatkit-broker doctor'."
+            raise _with(
+                upstream,
+                UpstreamWorkflowNotFound(
+                    f"OpenAI says the workflow for {what} was not found. Usually the API key belongs to "
+                    "another project than the workflow (check CHATKIT_OPENAI_API_KEY, or a stray shell "
+                    "OPENAI_API_KEY), or the workflow is not published. Run 'chatkit-broker doctor'."
+                ),
             )
         if status in RETRY_STATUSES:
             error: BrokerError
@@ -221,8 +229,17 @@ class HostedSessions:
                 )
             else:
                 error = UpstreamError(f"OpenAI answered HTTP {status}; see the broker log.")
-            raise _Retryable(error, retry_after)
-        raise UpstreamError(f"OpenAI refused the request (HTTP {status}); see the broker log.")
+            raise _Retryable(_with(upstream, error), retry_after)
+        raise _with(
+            upstream,
+            UpstreamError(f"OpenAI refused the request (HTTP {status}); see the broker log."),
+        )
+
+
+def _with(upstream: UpstreamDetail, error: BrokerError) -> BrokerError:
+    """Attach what OpenAI said (operators only; never rendered to a caller)."""
+    error.upstream = upstream
+    return error
 
 
 class _NotFound(Exception):
