@@ -152,6 +152,33 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import dotenv_file, run_doctor
+
+    token = args.token
+    if token == "-":
+        token = sys.stdin.readline().strip()
+    if token is not None and not token.strip():
+        print(
+            "chatkit-broker doctor: --token needs a JWT (or - to read one from stdin)",
+            file=sys.stderr,
+        )
+        return 2
+    if token is not None and token.strip().lower().startswith("bearer "):
+        token = token.strip()[7:]  # pasted from an Authorization header
+    env, _ = read_environment()
+    code, report = run_doctor(
+        env,
+        os.environ,
+        dotenv_file(),
+        timeout=args.timeout,
+        token=token.strip() if token else None,
+        as_json=args.json,
+    )
+    print(report)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatkit-broker",
@@ -182,6 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra claim (JSON value or string)",
     )
     token.set_defaults(func=cmd_token)
+    doctor = sub.add_parser(
+        "doctor",
+        help="diagnose the OpenAI side: key, project, workflows, sign-in tokens, domains",
+    )
+    doctor.add_argument("--json", action="store_true", help="print a machine-readable report")
+    doctor.add_argument(
+        "--timeout",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="time bound for the whole run, in seconds (default 20)",
+    )
+    doctor.add_argument(
+        "--token", metavar="JWT", help="verify this sign-in token as the service would (- = stdin)"
+    )
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 
@@ -190,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "workers", 1) < 1 or getattr(args, "ttl", 1) < 1:
         parser.error("--workers and --ttl must be at least 1")
+    if not 0 < getattr(args, "timeout", 1) <= 600:
+        parser.error("--timeout must be between 0 and 600 seconds")
     return int(args.func(args) or 0)
 
 
