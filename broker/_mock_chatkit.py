@@ -51,6 +51,7 @@ __all__ = [
     "MockChatKitServer",
     "NotFoundError",
     "StreamingResult",
+    "UserMessageItem",
 ]
 
 MAX_PAGE_SIZE = 100

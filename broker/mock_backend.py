@@ -120,7 +120,7 @@ class MockChatKitBackend:
         try:
             result = await self._server.process(body, user)
         except self._impl.NotFoundError as exc:
-            raise NotFound(str(exc)) from None
+            raise NotFound(f"{exc}.") from None
         if not isinstance(result, self._impl.StreamingResult):
             return Response(result.json, media_type="application/json", headers=NO_STORE)
 
@@ -131,6 +131,8 @@ class MockChatKitBackend:
             first = await anext(stream)
         except StopAsyncIteration:
             first = b""
+        except self._impl.NotFoundError as exc:
+            raise NotFound(f"{exc}.") from None
         except ValueError as exc:
             raise InvalidRequest(f"The mock ChatKit backend refused this request: {exc}") from None
         return StreamingResponse(
@@ -147,10 +149,13 @@ class MockChatKitBackend:
             item_ids = list(getattr(params, "item_ids", None) or [])
             if getattr(params, "item_id", None):
                 item_ids.append(params.item_id)
-            for item_id in item_ids:
-                await self._store.load_item(thread_id, item_id, user)
+            items = [await self._store.load_item(thread_id, i, user) for i in item_ids]
         except self._impl.NotFoundError as exc:
             raise NotFound(f"{exc}.") from None
+        if request.type == "threads.retry_after_item" and not isinstance(
+            items[0], self._impl.UserMessageItem
+        ):
+            raise InvalidRequest("threads.retry_after_item must name a user message.")
         input_ = getattr(params, "input", None)
         if getattr(input_, "attachments", None):
             raise InvalidRequest("The mock ChatKit backend does not accept attachments.")

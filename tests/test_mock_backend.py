@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -47,10 +48,12 @@ with warnings.catch_warnings():
     )
     from chatkit.widgets import StrictWidgetRoot
 
+import broker
 from broker.mock_backend import (
     InvalidRequest,
     MockChatKitBackend,
     NotFound,
+    mock_backend_available,
 )
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ThreadStreamEvent)
@@ -286,6 +289,12 @@ async def test_retry_after_item_replaces_the_reply(client: httpx.AsyncClient) ->
     assert len(items.data) == 2
     assert items.data[1].id != old_reply.id
 
+    not_a_user_message = await call(
+        client, "threads.retry_after_item", {"thread_id": thread_id, "item_id": items.data[1].id}
+    )
+    assert not_a_user_message.status_code == 400
+    assert not_a_user_message.json()["error"]["code"] == "invalid_request"
+
 
 # --- commands -----------------------------------------------------------------------------
 
@@ -464,3 +473,21 @@ async def test_bad_bodies_get_a_clean_400(client: httpx.AsyncClient, body: bytes
     assert error["code"] == "invalid_request"
     assert error["request_id"]
     assert 10 < len(error["message"]) <= 300
+
+
+# --- without the extra ----------------------------------------------------------------------
+
+
+def test_without_openai_chatkit_the_backend_says_how_to_enable_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert mock_backend_available()
+    for name in [n for n in sys.modules if n == "chatkit" or n.startswith("chatkit.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if openai-chatkit were not installed
+    monkeypatch.delitem(sys.modules, "broker._mock_chatkit")
+    monkeypatch.delattr(broker, "_mock_chatkit")
+
+    assert not mock_backend_available()
+    with pytest.raises(RuntimeError) as raised:
+        MockChatKitBackend()
+    assert "pip install 'chatkit-broker[mock]'" in str(raised.value)
