@@ -15,16 +15,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response, StreamingResponse
 
-if TYPE_CHECKING:
-    from broker import _mock_chatkit
+from .errors import InvalidRequest, NotFound
 
-__all__ = [
-    "ENABLE_HINT",
-    "InvalidRequest",
-    "MockChatKitBackend",
-    "NotFound",
-    "mock_backend_available",
-]
+if TYPE_CHECKING:
+    from . import _mock_chatkit
+
+__all__ = ["ENABLE_HINT", "MockChatKitBackend", "mock_backend_available"]
 
 ENABLE_HINT = (
     "The mock ChatKit backend (/mock/chatkit) is off because openai-chatkit is not installed; "
@@ -47,26 +43,10 @@ NO_STORE = {"Cache-Control": "no-store"}
 SSE_HEADERS = {**NO_STORE, "X-Accel-Buffering": "no"}
 
 
-class InvalidRequest(Exception):
-    """Placeholder for `broker.errors.InvalidRequest` until the core lands (400 invalid_request)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class NotFound(Exception):
-    """Placeholder for the core's not-found error (404 not_found)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
 def mock_backend_available() -> bool:
     """Whether `openai-chatkit` can be imported, so callers can degrade instead of crash."""
     try:
-        from broker import _mock_chatkit  # noqa: F401
+        from . import _mock_chatkit  # noqa: F401
     except ImportError:
         return False
     return True
@@ -100,7 +80,7 @@ class MockChatKitBackend:
     def __init__(self, *, slow_step: float = 0.5, step: float = 0.02) -> None:
         if not mock_backend_available():
             raise RuntimeError(ENABLE_HINT)
-        from broker import _mock_chatkit
+        from . import _mock_chatkit
 
         self._impl = _mock_chatkit
         self._store = _mock_chatkit.MemoryStore()

@@ -11,20 +11,22 @@ import json
 import sys
 import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from pydantic import TypeAdapter
+
+import broker
+from broker.app import build_broker, create_app
+from broker.config import Settings
+from broker.mock_backend import MockChatKitBackend, mock_backend_available
+
+from .conftest import SECRET, app_client, auth
 
 pytest.importorskip("chatkit", reason="the mock backend needs the 'mock' extra")
-
-from pydantic import TypeAdapter
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -48,63 +50,30 @@ with warnings.catch_warnings():
     )
     from chatkit.widgets import StrictWidgetRoot
 
-import broker
-from broker.mock_backend import (
-    InvalidRequest,
-    MockChatKitBackend,
-    NotFound,
-    mock_backend_available,
-)
-
 EVENTS: TypeAdapter[Any] = TypeAdapter(ThreadStreamEvent)
 THREAD_PAGE: TypeAdapter[Page[Thread]] = TypeAdapter(Page[Thread])
 ITEM_PAGE: TypeAdapter[Page[ThreadItem]] = TypeAdapter(Page[ThreadItem])
 URL = "/mock/chatkit"
 
 
-# --- a stand-in app until the core lands ------------------------------------------------
-
-
-def _user(request: Request) -> str:
-    auth = request.headers.get("authorization", "")
-    if auth.startswith("Bearer "):
-        return jwt.decode(auth[7:], options={"verify_signature": False})["sub"]
-    return "mock-user"
-
-
-def _stand_in_app(backend: MockChatKitBackend) -> Starlette:
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await backend.handle(await request.body(), _user(request))
-        except InvalidRequest as exc:
-            code, status, message = "invalid_request", 400, exc.message
-        except NotFound as exc:
-            code, status, message = "not_found", 404, exc.message
-        return JSONResponse(
-            {"error": {"code": code, "message": message, "request_id": "test"}},
-            status_code=status,
-        )
-
-    return Starlette(routes=[Route(URL, endpoint, methods=["POST"])])
+@pytest.fixture
+def mock_settings(make_settings: Callable[..., Settings]) -> Settings:
+    """Mock mode with the JWT secret configured, so tokens are verified as in live mode."""
+    return make_settings(BROKER_MOCK="1", OPENAI_API_KEY=None)
 
 
 @pytest.fixture
-def backend() -> MockChatKitBackend:
-    return MockChatKitBackend(slow_step=0, step=0)
-
-
-@pytest.fixture
-async def client(backend: MockChatKitBackend) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=_stand_in_app(backend), client=("127.0.0.1", 50123))
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as c:
+async def client(mock_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    backend = MockChatKitBackend(slow_step=0, step=0)
+    async with app_client(mock_settings, mock_backend=backend) as c:
         yield c
 
 
 # --- helpers ----------------------------------------------------------------------------
 
 
-def token_for(user: str) -> str:
-    return jwt.encode({"sub": user, "exp": int(time.time()) + 600}, "x" * 32, algorithm="HS256")
+def token_for(user: str, key: str = SECRET) -> str:
+    return jwt.encode({"sub": user, "exp": int(time.time()) + 600}, key, algorithm="HS256")
 
 
 def user_input(text: str) -> dict[str, Any]:
@@ -118,7 +87,7 @@ def user_input(text: str) -> dict[str, Any]:
 async def call(
     client: httpx.AsyncClient, type_: str, params: dict[str, Any], *, user: str | None = None
 ) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {token_for(user)}"} if user else {}
+    headers = auth(token_for(user)) if user else {}
     return await client.post(URL, json={"type": type_, "params": params}, headers=headers)
 
 
@@ -299,11 +268,10 @@ async def test_retry_after_item_replaces_the_reply(client: httpx.AsyncClient) ->
 # --- commands -----------------------------------------------------------------------------
 
 
-async def test_slow_streams_over_several_steps() -> None:
+async def test_slow_streams_over_several_steps(mock_settings: Settings) -> None:
     step = 0.05
     backend = MockChatKitBackend(slow_step=step, step=0)
-    transport = httpx.ASGITransport(app=_stand_in_app(backend), client=("127.0.0.1", 50123))
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+    async with app_client(mock_settings, mock_backend=backend) as client:
         started = time.monotonic()
         _, events = await new_thread(client, "/slow please")
         elapsed = time.monotonic() - started
@@ -491,3 +459,194 @@ def test_without_openai_chatkit_the_backend_says_how_to_enable_it(
     with pytest.raises(RuntimeError) as raised:
         MockChatKitBackend()
     assert "pip install 'chatkit-broker[mock]'" in str(raised.value)
+
+
+# --- the route inside the app ------------------------------------------------------------------
+
+
+async def test_stream_carries_mock_mode_and_request_id_headers(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        URL,
+        json={"type": "threads.create", "params": {"input": user_input("hi")}},
+        headers={"X-Request-ID": "trace-123"},
+    )
+    parse_sse(response)
+    assert response.headers["x-chatkit-broker-mode"] == "mock"
+    assert response.headers["x-request-id"] == "trace-123"
+    assert response.headers["cache-control"] == "no-store"
+
+
+async def test_bad_body_error_names_the_request_id(client: httpx.AsyncClient) -> None:
+    response = await client.post(URL, content=b"{", headers={"X-Request-ID": "trace-400"})
+    assert response.status_code == 400
+    assert response.json()["error"]["request_id"] == "trace-400"
+
+
+async def test_oversized_body_is_refused(client: httpx.AsyncClient) -> None:
+    body = {"type": "threads.create", "params": {"input": user_input("x" * 20_000)}}
+    response = await client.post(URL, json=body)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+@pytest.mark.parametrize(
+    ("peer", "host"),
+    [
+        ("10.1.2.3", "127.0.0.1:8000"),  # a non-loopback peer
+        ("127.0.0.1", "evil.example:8000"),  # DNS rebinding: loopback peer, foreign Host
+        ("127.0.0.1", "localhost.evil.example"),
+    ],
+)
+async def test_loopback_guards_cover_the_route(
+    mock_settings: Settings, peer: str, host: str
+) -> None:
+    backend = MockChatKitBackend(slow_step=0, step=0)
+    async with app_client(mock_settings, peer=peer, mock_backend=backend) as c:
+        response = await c.post(
+            URL,
+            json={"type": "threads.create", "params": {"input": user_input("hi")}},
+            headers={"Host": host, "X-Forwarded-For": "127.0.0.1"},
+        )
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "mock_local_only"
+    # nothing was created behind the guard
+    assert (await backend.handle(b'{"type":"threads.list","params":{}}', "mock-user")).body == (
+        b'{"data":[],"has_more":false}'
+    )
+
+
+@pytest.mark.parametrize("host", ["localhost:8000", "127.0.0.1", "[::1]:8000"])
+async def test_local_hosts_pass_the_guard(client: httpx.AsyncClient, host: str) -> None:
+    response = await client.post(
+        URL, json={"type": "threads.list", "params": {}}, headers={"Host": host}
+    )
+    assert response.status_code == 200, response.text
+
+
+async def test_route_does_not_exist_in_live_mode(client_live: httpx.AsyncClient) -> None:
+    response = await client_live.post(URL, json={"type": "threads.list", "params": {}})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert "chatkit-broker[mock]" not in response.text  # unknown route, not a missing extra
+    assert (await client_live.get(URL)).status_code == 404  # not 405: no route at all
+    config = (await client_live.get("/api/chatkit/config")).json()
+    assert config["mode"] == "live"
+    assert config["mock_backend_url"] is None and config["domain_key"] is None
+
+
+@pytest.fixture
+async def client_live(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(make_settings()) as c:
+        yield c
+
+
+async def test_config_points_the_page_at_the_mock_backend(client: httpx.AsyncClient) -> None:
+    config = (await client.get("/api/chatkit/config")).json()
+    assert config["mode"] == "mock"
+    assert config["mock_backend_url"] == URL
+    assert config["domain_key"] == "local-dev"
+
+
+# --- who the user is ---------------------------------------------------------------------------
+
+
+async def test_a_mock_client_secret_names_its_user(client: httpx.AsyncClient) -> None:
+    minted = await client.post(
+        "/api/chatkit/session", json={"workflow": "support"}, headers=auth(token_for("carol"))
+    )
+    assert minted.status_code == 200, minted.text
+    secret = minted.json()["client_secret"]
+    assert secret.startswith("mock_")
+
+    response = await client.post(
+        URL,
+        json={"type": "threads.create", "params": {"input": user_input("from the secret")}},
+        headers=auth(secret),
+    )
+    thread_id = parse_sse(response)[0].thread.id
+
+    carol = await json_call(client, "threads.list", {}, user="carol")
+    assert [t["id"] for t in carol["data"]] == [thread_id]
+    assert (await json_call(client, "threads.list", {}))["data"] == []  # not mock-user's
+
+
+async def test_a_forged_or_cancelled_mock_secret_is_refused(client: httpx.AsyncClient) -> None:
+    minted = await client.post(
+        "/api/chatkit/session", json={"workflow": "support"}, headers=auth(token_for("carol"))
+    )
+    secret, session_id = minted.json()["client_secret"], minted.json()["session_id"]
+    cancelled = await client.post(
+        "/api/chatkit/session/cancel",
+        json={"session_id": session_id},
+        headers=auth(token_for("carol")),
+    )
+    assert cancelled.status_code == 200, cancelled.text
+
+    for bad in (secret, secret[:-4] + "AAAA", "mock_not-a-secret"):
+        response = await client.post(
+            URL, json={"type": "threads.list", "params": {}}, headers=auth(bad)
+        )
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "unauthenticated"
+        assert bad not in response.text
+
+
+async def test_tokens_are_verified_when_a_key_is_configured(client: httpx.AsyncClient) -> None:
+    forged = token_for("mallory", key="another-secret-that-is-32-bytes-long!!")
+    response = await client.post(
+        URL, json={"type": "threads.list", "params": {}}, headers=auth(forged)
+    )
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthenticated"
+
+
+async def test_without_a_key_the_token_user_is_read_unverified(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(BROKER_MOCK="1", OPENAI_API_KEY=None, BROKER_JWT_SECRET=None)
+    backend = MockChatKitBackend(slow_step=0, step=0)
+    async with app_client(settings, mock_backend=backend) as c:
+        dave = auth(token_for("dave", key="any-key-at-all-since-nothing-checks-it"))
+        created = await c.post(
+            URL,
+            json={"type": "threads.create", "params": {"input": user_input("hi")}},
+            headers=dave,
+        )
+        thread_id = parse_sse(created)[0].thread.id
+        mine = await c.post(URL, json={"type": "threads.list", "params": {}}, headers=dave)
+        anonymous = await c.post(URL, json={"type": "threads.list", "params": {}})
+    assert [t["id"] for t in mine.json()["data"]] == [thread_id]
+    assert anonymous.json()["data"] == []
+
+
+# --- without the extra, through the app ----------------------------------------------------------
+
+
+async def test_without_the_extra_mock_mode_still_serves_and_says_how_to_enable(
+    mock_settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("broker.app.mock_backend_available", lambda: False)
+    app = create_app(mock_settings, broker=build_broker(mock_settings))
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+    with caplog.at_level("WARNING"):
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as c,
+        ):
+            config = (await c.get("/api/chatkit/config")).json()
+            minted = await c.post(
+                "/api/chatkit/session",
+                json={"workflow": "support"},
+                headers=auth(token_for("erin")),
+            )
+            response = await c.post(URL, json={"type": "threads.list", "params": {}})
+
+    assert config["mode"] == "mock"
+    assert config["mock_backend_url"] is None and config["domain_key"] is None
+    assert minted.status_code == 200 and minted.json()["client_secret"].startswith("mock_")
+    assert response.status_code == 404
+    assert "pip install 'chatkit-broker[mock]'" in response.json()["error"]["message"]
+    hints = [r.getMessage() for r in caplog.records if "chatkit-broker[mock]" in r.getMessage()]
+    assert len(hints) == 1 and "\n" not in hints[0]
