@@ -7,12 +7,16 @@ Imported only through `broker.mock_backend`, because importing `chatkit` pulls i
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import re
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
 
 with warnings.catch_warnings():
     # chatkit.widgets subclasses its own deprecated widget classes at import time.
@@ -46,19 +50,44 @@ with warnings.catch_warnings():
     from chatkit.widgets import DynamicWidgetRoot, WidgetRoot
 
 __all__ = [
-    "ChatKitReq",
     "MemoryStore",
     "MockChatKitServer",
     "NotFoundError",
     "StreamingResult",
     "UserMessageItem",
+    "ValidationError",
+    "describe",
+    "parse_request",
 ]
 
 MAX_PAGE_SIZE = 100
+MAX_MESSAGE = 300
 TITLE_LENGTH = 40
 WIDGET_ACTION = "mock.button_pressed"
 
 _Record = TypeVar("_Record", ThreadMetadata, ThreadItem)
+_REQUESTS: TypeAdapter[ChatKitReq] = TypeAdapter(ChatKitReq)
+
+if not os.environ.get("LOG_LEVEL"):  # chatkit's own switch for its logger
+    # chatkit logs every request at INFO; the broker's access log already has one line each.
+    logging.getLogger("chatkit").setLevel(logging.WARNING)
+
+
+def parse_request(body: bytes) -> ChatKitReq:
+    """The ChatKit request in `body`, parsed by chatkit's own models (raises ValidationError)."""
+    return _REQUESTS.validate_json(body)
+
+
+def describe(exc: ValidationError) -> str:
+    """One short sentence naming the first problem, without echoing the request body."""
+    error = exc.errors(include_url=False, include_input=False)[0]
+    if error["type"] == "union_tag_invalid":
+        tag = str(error.get("ctx", {}).get("tag", ""))[:60]
+        return f"Unknown ChatKit request type {tag!r}; expected one such as 'threads.create'."
+    where = ".".join(str(part) for part in error["loc"])
+    detail = f"{where}: {error['msg']}" if where else error["msg"]
+    message = f"Not a valid ChatKit request ({detail})."
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
 @dataclass

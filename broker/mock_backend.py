@@ -10,9 +10,8 @@ backend) when that extra is not installed.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response, StreamingResponse
 
 from .errors import InvalidRequest, NotFound
@@ -38,7 +37,6 @@ UNSUPPORTED = frozenset(
         "threads.sync_custom_action",
     }
 )
-MAX_MESSAGE = 300
 NO_STORE = {"Cache-Control": "no-store"}
 SSE_HEADERS = {**NO_STORE, "X-Accel-Buffering": "no"}
 
@@ -50,18 +48,6 @@ def mock_backend_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _describe(exc: ValidationError) -> str:
-    """One short sentence naming the first problem, without echoing the request body."""
-    error = exc.errors(include_url=False, include_input=False)[0]
-    if error["type"] == "union_tag_invalid":
-        tag = str(error.get("ctx", {}).get("tag", ""))[:60]
-        return f"Unknown ChatKit request type {tag!r}; expected one such as 'threads.create'."
-    where = ".".join(str(part) for part in error["loc"])
-    detail = f"{where}: {error['msg']}" if where else error["msg"]
-    message = f"Not a valid ChatKit request ({detail})."
-    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
 async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -85,14 +71,13 @@ class MockChatKitBackend:
         self._impl = _mock_chatkit
         self._store = _mock_chatkit.MemoryStore()
         self._server = _mock_chatkit.MockChatKitServer(self._store, step=step, slow_step=slow_step)
-        self._requests: TypeAdapter[Any] = TypeAdapter(_mock_chatkit.ChatKitReq)
 
     async def handle(self, body: bytes, user: str) -> Response:
         """Answer one ChatKit request for `user`: an SSE stream or a JSON body."""
         try:
-            request = self._requests.validate_json(body)
-        except ValidationError as exc:
-            raise InvalidRequest(_describe(exc)) from None
+            request = self._impl.parse_request(body)
+        except self._impl.ValidationError as exc:
+            raise InvalidRequest(self._impl.describe(exc)) from None
         if request.type in UNSUPPORTED:
             raise InvalidRequest(f"The mock ChatKit backend does not support {request.type}.")
         await self._check_references(request, user)

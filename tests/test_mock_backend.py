@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import time
 import warnings
@@ -650,3 +651,17 @@ async def test_without_the_extra_mock_mode_still_serves_and_says_how_to_enable(
     assert "pip install 'chatkit-broker[mock]'" in response.json()["error"]["message"]
     hints = [r.getMessage() for r in caplog.records if "chatkit-broker[mock]" in r.getMessage()]
     assert len(hints) == 1 and "\n" not in hints[0]
+
+
+def test_the_broker_imports_without_the_extras_dependencies() -> None:
+    """A production install has neither openai-chatkit nor pydantic: the app must still load."""
+    code = (
+        "import sys\n"
+        "for name in ('chatkit', 'pydantic', 'agents', 'openai'):\n"
+        "    sys.modules[name] = None\n"
+        "import broker.app, broker.cli\n"
+        "from broker.mock_backend import mock_backend_available\n"
+        "assert not mock_backend_available()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
