@@ -32,6 +32,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "chatkit-broker serve: --reload cannot be combined with --workers > 1", file=sys.stderr
         )
         return 2
+    if args.mock and args.workers > 1:
+        print(
+            "chatkit-broker serve: mock mode runs one worker (its threads and the key that signs "
+            "mock secrets live in one process); drop --workers",
+            file=sys.stderr,
+        )
+        return 2
     overrides = {
         "BROKER_MOCK": "1" if args.mock else None,
         "BROKER_HOST": args.host,
