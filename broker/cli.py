@@ -32,13 +32,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "chatkit-broker serve: --reload cannot be combined with --workers > 1", file=sys.stderr
         )
         return 2
-    if args.mock and args.workers > 1:
-        print(
-            "chatkit-broker serve: mock mode runs one worker (its threads and the key that signs "
-            "mock secrets live in one process); drop --workers",
-            file=sys.stderr,
-        )
-        return 2
     overrides = {
         "BROKER_MOCK": "1" if args.mock else None,
         "BROKER_HOST": args.host,
@@ -49,6 +42,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             os.environ[name] = value  # the workers re-read the environment
     env, _ = read_environment()
     settings = _settings_or_exit(env)
+    if settings.mock and args.workers > 1:
+        print(
+            "chatkit-broker serve: mock mode runs one worker (its threads and the key that signs "
+            "mock secrets live in one process); drop --workers",
+            file=sys.stderr,
+        )
+        return 2
     setup_logging(settings.log_format, settings.log_level, secrets=(settings.openai_api_key or "",))
     if (
         settings.mock and settings.host not in LOOPBACK_HOSTS
