@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings, read_environment
+from .config import ConfigError, Settings, load_settings, read_environment
 
 
 def _settings_or_exit(env: dict[str, str]) -> Settings:
@@ -50,10 +50,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 2
     setup_logging(settings.log_format, settings.log_level, secrets=(settings.openai_api_key or "",))
-    if (
-        settings.mock and settings.host not in LOOPBACK_HOSTS
-    ):  # pragma: no cover - config refuses it
-        return 2
     trusted = ",".join(settings.trusted_proxies)
     uvicorn.run(
         "broker.app:app_from_environ",
