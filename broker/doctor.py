@@ -620,18 +620,25 @@ class Doctor:
         if self.stray_key_note:
             note = self.stray_key_note
             item.details.append(note[0].upper() + note[1:] + ".")
-        if any(i.status == PASS for i in items):
+        others_work = any(i.status == PASS for i in items)
+        if others_work and not self.stray_key_note:
             item.details.append(
                 "The same key minted the other workflow(s), so the key itself works: this "
                 "workflow lives in another project, is not published, or its id is mistyped."
             )
-        else:
+        elif not self.stray_key_note:
             item.details.append(
                 "Usual causes: the key belongs to another project than the workflow (often a "
                 "stray shell OPENAI_API_KEY), or the workflow is not published."
             )
         if self.stray_variable:
             fix = f"run 'unset {self.stray_variable}' so the .env key is used, and run doctor again"
+        elif others_work:
+            where = f"project {self.key_project}" if self.key_project else "the key's project"
+            fix = (
+                f"in Agent Builder open {wf_id}: check that it is published and lives in {where} "
+                "(one broker key serves one project), or correct the id in BROKER_WORKFLOWS"
+            )
         else:
             fix = (
                 f"in Agent Builder open {wf_id}: publish it and note its project; then put an "

@@ -153,8 +153,10 @@ def test_404_for_one_workflow_of_two(doctor, doctor_env, openai):
     assert "belongs to project proj_marketing" in flat
     assert "(sk-proj-…fXYZ, OPENAI_API_KEY from the shell environment)" in flat
     assert "The same key minted the other workflow(s)" in flat
-    assert f"fix: in Agent Builder open {WF_SALES}: publish it" in flat
-    assert "CHATKIT_OPENAI_API_KEY" in flat
+    assert (
+        f"fix: in Agent Builder open {WF_SALES}: check that it is published and lives in "
+        "project proj_marketing (one broker key serves one project)"
+    ) in flat
     assert "✖ 1 check failed (4. Workflows); exit 1." in r.out
     # only the support session was minted, and it was cancelled
     assert len(minted_ids(openai)) == 1
@@ -171,6 +173,8 @@ def test_404_on_every_workflow_names_the_usual_causes(doctor, doctor_env, openai
     assert [e["http_status"] for e in entries] == [404, 404]
     assert "another project than the workflow" in " ".join(entries[0]["details"])
     assert "proj_fake" in " ".join(entries[0]["details"])
+    assert entries[0]["fix"].startswith(f"in Agent Builder open {WF_SUPPORT}: publish it")
+    assert "CHATKIT_OPENAI_API_KEY" in entries[0]["fix"]
     assert openai.cancel_requests() == []
 
 
