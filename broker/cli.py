@@ -156,7 +156,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import dotenv_file, run_doctor
+    from .doctor import dotenv_file, for_stream, run_doctor
 
     token = args.token
     if token == "-":
@@ -178,7 +178,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         token=token.strip() if token else None,
         as_json=args.json,
     )
-    print(report)
+    print(for_stream(report, sys.stdout.encoding, as_json=args.json))
     return code
 
 

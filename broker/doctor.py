@@ -975,6 +975,24 @@ def render_text(report: Report, width: int = 100) -> str:
     return "\n".join(lines)
 
 
+_ASCII = str.maketrans({"✔": "+", "⚠": "!", "✖": "x", "○": "-", "…": "...", "—": "-", "→": "->"})
+
+
+def for_stream(text: str, encoding: str | None, *, as_json: bool) -> str:
+    """The report as the output stream can encode it (a latin-1 or ASCII terminal, say).
+
+    JSON falls back to ``\\u`` escapes, which are still the same JSON; text to ASCII symbols.
+    """
+    try:
+        text.encode(encoding or "utf-8")
+        return text
+    except (UnicodeEncodeError, LookupError):
+        pass
+    if as_json:
+        return text.encode("ascii", "backslashreplace").decode("ascii")
+    return text.translate(_ASCII).encode("ascii", "replace").decode("ascii")
+
+
 def render_json(report: Report) -> str:
     return json.dumps(report.as_dict(), indent=2, ensure_ascii=False)
 

@@ -253,6 +253,7 @@ def test_timeout_on_the_key_check_names_it(doctor, doctor_env, openai):
     assert r.code == 1
     assert r.elapsed < 4
     assert r.report["timed_out"] == "check 3 (GET /models)"
+    assert r.err == ""  # no stray warnings or tracebacks after a cancelled request
     assert r.check("key_works")["status"] == "fail"
     assert "ran out during check 3" in r.check("key_works")["summary"]
     assert r.check("workflows")["status"] == "skip"
@@ -270,6 +271,7 @@ def test_timeout_on_a_workflow_names_it_and_cancels_what_was_minted(doctor, doct
     line = " ".join(r.out.split())
     assert f"✖ sales ({WF_SALES}): timed out: the --timeout budget of 1.5 s ran out" in line
     assert "The --timeout budget of 1.5 s ran out during check 4 (workflow sales)." in line
+    assert r.err == ""
     support = [q for q in openai.session_requests() if q.body["workflow"]["id"] == WF_SUPPORT]
     assert len(support) == 1
     [support_session] = [s for s in openai.sessions.values() if s["workflow"]["id"] == WF_SUPPORT]
@@ -583,3 +585,13 @@ def test_base_url_without_v1(doctor, doctor_env, openai):
     assert r.code == 1
     assert "answered 404: this is not the OpenAI API root" in r.line("✖ 3. Key and project")
     assert "(it ends in /v1)" in r.out
+
+
+def test_a_terminal_that_cannot_print_the_symbols(doctor, doctor_env):
+    env = doctor_env | {"PYTHONIOENCODING": "ascii"}
+    r = doctor(env)
+    assert r.code == 0
+    assert r.line("+ 1. Configuration") and r.line("+ 4. Workflows")
+    assert "sk-proj-...fXYZ" in r.out
+    j = doctor(env, "--json")
+    assert j.report["checks"][1]["data"]["masked"] == "sk-proj-…fXYZ"
