@@ -1,0 +1,265 @@
+"""Builds the ASGI application from validated ``Settings``: components, middleware, routes.
+
+Components are created here and handed to whoever needs them (no globals), so a test can
+build an app around a fake upstream, an injected clock or a shared registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Match, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Message, Receive, Scope, Send
+
+from . import routes
+from .auth import Verifier
+from .config import ConfigError, Settings, load_settings, read_environment
+from .errors import BrokerError, error_body, from_http_status
+from .jwks import JWKSCache
+from .middleware import BodyLimit, MockGuard, RequestContext
+from .mock import MockSessions
+from .registry import MemoryRegistry, SessionRegistry
+from .sessions import SessionBackend, SessionService
+from .upstream import HostedSessions, UpstreamConfig
+
+log = logging.getLogger("broker")
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+class HttpPool:
+    """The one pooled ``aiohttp.ClientSession`` for all outbound calls (OpenAI, JWKS).
+
+    Created on first use inside the running loop (the lifespan does so at start) and
+    closed at shutdown, so keep-alive connections are reused across requests.
+    """
+
+    def __init__(self, *, limit: int = 256, keepalive: float = 30.0) -> None:
+        self._limit = limit
+        self._keepalive = keepalive
+        self._session: aiohttp.ClientSession | None = None
+
+    def __call__(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._limit, keepalive_timeout=self._keepalive, ttl_dns_cache=300
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=True,
+                trust_env=False,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+
+@dataclass
+class Broker:
+    """Everything a request handler needs, built once per app."""
+
+    settings: Settings
+    verifier: Verifier
+    sessions: SessionService
+    http: HttpPool
+    jwks: JWKSCache | None = None
+    mock_backend: Any = None
+    extra_readiness: list[Any] = field(default_factory=list)
+
+    async def not_ready(self) -> list[str]:
+        """What keeps the broker from serving: the JWKS never fetched, and so on."""
+        missing = []
+        if self.jwks is not None and not self.jwks.ready:
+            await self.jwks.refresh()
+            if not self.jwks.ready:
+                missing.append(f"the JWKS at {self.jwks.url} has never been fetched")
+        for check in self.extra_readiness:
+            problem = await check()
+            if problem:
+                missing.append(problem)
+        return missing
+
+
+def build_broker(
+    settings: Settings,
+    *,
+    http: HttpPool | None = None,
+    registry: SessionRegistry | None = None,
+    backend: SessionBackend | None = None,
+) -> Broker:
+    http = http or HttpPool()
+    jwks = None
+    if settings.jwt.jwks_url:
+        jwks = JWKSCache(settings.jwt.jwks_url, http, algorithms=settings.jwt.asymmetric_algorithms)
+    if backend is None:
+        if settings.mock:
+            backend = MockSessions()
+        else:
+            assert settings.openai_api_key is not None
+            backend = HostedSessions(
+                UpstreamConfig(
+                    base_url=settings.openai_base_url,
+                    api_key=settings.openai_api_key,
+                    organization=settings.openai_organization,
+                    project=settings.openai_project,
+                    timeout=settings.upstream_timeout,
+                    retries=settings.upstream_retries,
+                ),
+                http,
+            )
+    sessions = SessionService(settings, backend, registry or MemoryRegistry())
+    return Broker(settings, Verifier(settings.jwt, jwks), sessions, http, jwks)
+
+
+async def _broker_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BrokerError)
+    body = error_body(exc.code, exc.message, request.state.request_id)
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    messages = {
+        404: f"There is no {request.url.path} here; see the README for the API.",
+        405: f"{request.method} is not allowed on {request.url.path}.",
+    }
+    error = from_http_status(
+        exc.status_code, messages.get(exc.status_code, exc.detail), exc.headers
+    )
+    return await _broker_error(request, error)
+
+
+def content_security_policy(chatkit_js_url: str) -> str:
+    """Only the page itself and the ChatKit origin; no inline script."""
+    parts = urlsplit(chatkit_js_url)
+    chatkit = f"{parts.scheme}://{parts.netloc}"
+    return (
+        f"default-src 'self'; script-src 'self' {chatkit}; "
+        f"style-src 'self' 'unsafe-inline' {chatkit}; img-src 'self' data: {chatkit}; "
+        f"font-src 'self' {chatkit}; frame-src {chatkit}; "
+        f"connect-src 'self' {chatkit} https://api.openai.com; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+
+class _TestPage:
+    """The static test page with its CSP; anything but GET/HEAD is 405 on a file, else 404."""
+
+    def __init__(self, directory: Path, headers: dict[str, str]) -> None:
+        self.directory = directory
+        self.app = StaticFiles(directory=directory, html=True)
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            relative = scope["path"].lstrip("/") or "index.html"
+            if ".." not in relative and (self.directory / relative).is_file():
+                raise HTTPException(405, headers={"Allow": "GET, HEAD"})
+            raise HTTPException(404)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *self.headers]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class _PageMount(Mount):
+    """Mounts the test page at ``/`` without swallowing the API's own paths.
+
+    A plain ``Mount("/")`` fully matches ``GET /api/chatkit/session`` and would turn the
+    router's 405 into the page's 404; API prefixes are therefore never the page's.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path = scope.get("path", "")
+        if path.startswith(API_PREFIXES) or path in API_PATHS:
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
+API_PREFIXES = ("/api/", "/mock/")
+API_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+
+
+def create_app(settings: Settings, *, broker: Broker | None = None) -> Starlette:
+    """The ASGI app. Pass ``broker`` to inject components (tests, benchmarks)."""
+    broker = broker or build_broker(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.mock:
+            log.warning(
+                "MOCK MODE: no OpenAI calls are made; secrets are mock_… strings that only this "
+                "process accepts. Loopback clients only."
+            )
+        for warning in settings.warnings:
+            log.warning("config: %s", warning)
+        broker.http()
+        if broker.jwks is not None:
+            await broker.jwks.refresh()
+        try:
+            yield
+        finally:
+            await broker.http.close()
+
+    route_list: list[Route | Mount] = [
+        Route("/api/chatkit/session", routes.create_session, methods=["POST"]),
+        Route("/api/chatkit/session/cancel", routes.cancel_session, methods=["POST"]),
+        Route("/api/chatkit/workflows", routes.list_workflows, methods=["GET"]),
+        Route("/api/chatkit/config", routes.client_config, methods=["GET"]),
+        Route("/healthz", routes.healthz, methods=["GET"]),
+        Route("/readyz", routes.readyz, methods=["GET"]),
+    ]
+    if settings.test_page and STATIC_DIR.is_dir():
+        csp = {"Content-Security-Policy": content_security_policy(settings.chatkit_js_url)}
+        route_list.append(_PageMount("/", app=_TestPage(STATIC_DIR, csp)))
+
+    middleware = [Middleware(RequestContext, mock=settings.mock)]
+    if settings.mock:
+        middleware.append(Middleware(MockGuard))
+    middleware.append(Middleware(BodyLimit))
+
+    app = Starlette(
+        routes=route_list,
+        middleware=middleware,
+        exception_handlers={BrokerError: _broker_error, HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+    app.state.broker = broker
+    return app
+
+
+def app_from_environ() -> Starlette:
+    """uvicorn factory (``broker.app:app_from_environ``): settings from the environment + ``.env``.
+
+    Used by ``serve`` so that each of several workers builds its own app from the same config.
+    """
+    env, _ = read_environment()
+    try:
+        settings = load_settings(env)
+    except ConfigError as exc:  # serve validated already; this only guards direct uvicorn use
+        raise SystemExit(
+            "chatkit-broker: invalid configuration:\n  " + "\n  ".join(exc.problems)
+        ) from None
+    from .logs import setup_logging
+
+    setup_logging(settings.log_format, settings.log_level, secrets=(settings.openai_api_key or "",))
+    return create_app(settings)

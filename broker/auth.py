@@ -1,0 +1,194 @@
+"""Verifies the caller's JWT and turns it into the ChatKit ``user``.
+
+PyJWT does the cryptography; this module decides *which* key and *which* algorithms may
+verify a token — from configuration only, never from the token's own header (RFC 8725).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from .config import JWTSettings
+from .errors import Unauthenticated
+from .jwks import JWKSCache
+
+MAX_TOKEN_BYTES = 8 * 1024
+MAX_USER_CHARS = 512
+MAX_KID_CHARS = 256
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling: the ChatKit user id and the verified claims it came with."""
+
+    user: str
+    claims: Mapping[str, Any]
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None when there is none.
+
+    The scheme is case-insensitive (RFC 7235); anything else malformed is a 401, so a
+    caller learns why rather than being treated as anonymous.
+    """
+    if authorization is None or authorization == "":
+        return None
+    if len(authorization) > MAX_TOKEN_BYTES + 7:
+        raise Unauthenticated("The Authorization header is larger than 8 KiB.")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthenticated(
+            "The Authorization header must use the Bearer scheme: 'Authorization: Bearer <JWT>'.",
+            invalid_token=False,
+        )
+    if not token:
+        raise Unauthenticated(
+            "The Authorization header has no token after 'Bearer'.", invalid_token=False
+        )
+    return token
+
+
+class Verifier:
+    """Verifies tokens against the configured HMAC secret, PEM key or JWKS."""
+
+    def __init__(self, settings: JWTSettings, jwks: JWKSCache | None = None) -> None:
+        self._s = settings
+        self._jwks = jwks
+        self._secret = settings.secret.encode() if settings.secret else None
+        self._pem = (
+            load_pem_public_key(settings.public_key.encode()) if settings.public_key else None
+        )
+        self._require = ["exp", settings.user_claim]
+        if settings.issuer:
+            self._require.append("iss")
+
+    @property
+    def configured(self) -> bool:
+        return self._s.configured
+
+    async def verify(self, token: str) -> Identity:
+        """A verified ``Identity``, or ``Unauthenticated`` saying what is wrong (never echoing the token)."""
+        header = _header(token)
+        alg = header.get("alg")
+        if alg in self._s.hmac_algorithms and self._secret is not None:
+            key: Any = self._secret
+            algorithms = [alg]
+        elif alg in self._s.asymmetric_algorithms:
+            key, algorithms = await self._public_key(header, alg)
+        else:
+            raise Unauthenticated(
+                f"The token's algorithm {_printable(alg)} is not accepted by this broker."
+            )
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=algorithms,
+                audience=self._s.audience,
+                issuer=self._s.issuer,
+                leeway=self._s.leeway,
+                options={"require": self._require, "verify_aud": True},
+            )
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(self._explain(exc)) from None
+        return self._identity(claims)
+
+    def read_unverified(self, token: str) -> Identity:
+        """The token's user *without* checking its signature — mock mode on loopback only."""
+        _header(token)
+        try:
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.InvalidTokenError:
+            raise Unauthenticated("The token is malformed: it is not a JWT.") from None
+        return self._identity(claims)
+
+    async def _public_key(self, header: Mapping[str, Any], alg: str) -> tuple[Any, list[str]]:
+        if self._pem is not None:
+            return self._pem, [alg]
+        if self._jwks is None:  # pragma: no cover - config guarantees one of them
+            raise Unauthenticated("No public key is configured for this token's algorithm.")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not 0 < len(kid) <= MAX_KID_CHARS:
+            raise Unauthenticated(
+                "The token has no usable 'kid' header, which a JWKS key set needs."
+            )
+        signing_key = await self._jwks.key(kid)
+        if signing_key is None:
+            raise Unauthenticated(
+                "The token was signed with a key ('kid') this broker does not know."
+            )
+        if alg not in signing_key.algorithms:
+            raise Unauthenticated(f"The token's algorithm {alg} does not match its key.")
+        return signing_key.key, [alg]
+
+    def _identity(self, claims: Mapping[str, Any]) -> Identity:
+        claim = self._s.user_claim
+        user = claims.get(claim)
+        if not isinstance(user, str) or not user.strip():
+            raise Unauthenticated(f"The token's '{claim}' claim must be a non-empty string.")
+        if len(user) > MAX_USER_CHARS:
+            raise Unauthenticated(
+                f"The token's '{claim}' claim is longer than {MAX_USER_CHARS} characters."
+            )
+        return Identity(user=user, claims=claims)
+
+    def _explain(self, exc: jwt.InvalidTokenError) -> str:
+        if isinstance(exc, jwt.ExpiredSignatureError):
+            return "The token has expired; sign in again to get a fresh one."
+        if isinstance(exc, jwt.ImmatureSignatureError):
+            return "The token is not valid yet (its nbf or iat is in the future); check the clocks."
+        if isinstance(exc, jwt.MissingRequiredClaimError):
+            return f"The token lacks the required '{exc.claim}' claim."
+        if isinstance(exc, jwt.InvalidAudienceError):
+            if self._s.audience is None:
+                return (
+                    "The token carries an 'aud' claim but this broker has no audience configured "
+                    "(set BROKER_JWT_AUDIENCE)."
+                )
+            return "The token's audience ('aud') is not the one this broker accepts."
+        if isinstance(exc, jwt.InvalidIssuerError):
+            return "The token's issuer ('iss') is not the one this broker accepts."
+        if isinstance(exc, jwt.InvalidSignatureError):
+            return "The token's signature is invalid."
+        if isinstance(exc, jwt.InvalidIssuedAtError):
+            return "The token's 'iat' claim is not a valid time."
+        if isinstance(exc, jwt.DecodeError):
+            return "The token is malformed or its claims are not valid JSON."
+        return "The token is invalid."
+
+
+def _header(token: str) -> dict[str, Any]:
+    """The token's header, after the checks that must happen before any cryptography."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise Unauthenticated("The token is larger than 8 KiB.")
+    if token.startswith(("mock_", "ek_")):
+        raise Unauthenticated("That is a ChatKit client secret, not a sign-in token (JWT).")
+    if not _TOKEN_RE.fullmatch(token):
+        raise Unauthenticated(
+            "The token is malformed: a JWT is three base64url parts joined by dots."
+        )
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        raise Unauthenticated("The token is malformed: its header is not valid JSON.") from None
+    if "crit" in header:
+        raise Unauthenticated(
+            "The token uses critical header extensions this broker does not support."
+        )
+    typ = header.get("typ")
+    if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP):
+        raise Unauthenticated(f"The token's type {_printable(typ)} is not an access token (JWT).")
+    return header
+
+
+def _printable(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return repr(text[:32]) if text.isprintable() else "(unprintable)"

@@ -1,0 +1,197 @@
+"""``chatkit-broker``: serve, check, token (and doctor). Exit codes: 0 ok, 1 check failed, 2 usage/config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from .config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings, read_environment
+
+
+def _settings_or_exit(env: dict[str, str]) -> Settings:
+    try:
+        return load_settings(env)
+    except ConfigError as exc:
+        print("chatkit-broker: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .logs import setup_logging
+
+    if args.reload and args.workers > 1:
+        print(
+            "chatkit-broker serve: --reload cannot be combined with --workers > 1", file=sys.stderr
+        )
+        return 2
+    overrides = {
+        "BROKER_MOCK": "1" if args.mock else None,
+        "BROKER_HOST": args.host,
+        "BROKER_PORT": str(args.port) if args.port is not None else None,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[name] = value  # the workers re-read the environment
+    env, _ = read_environment()
+    settings = _settings_or_exit(env)
+    setup_logging(settings.log_format, settings.log_level, secrets=(settings.openai_api_key or "",))
+    if (
+        settings.mock and settings.host not in LOOPBACK_HOSTS
+    ):  # pragma: no cover - config refuses it
+        return 2
+    trusted = ",".join(settings.trusted_proxies)
+    uvicorn.run(
+        "broker.app:app_from_environ",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=args.workers if args.workers > 1 else None,
+        reload=args.reload,
+        proxy_headers=bool(trusted) and not settings.mock,
+        forwarded_allow_ips=trusted or "",
+        server_header=False,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=15,
+        timeout_keep_alive=10,
+    )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    env, from_dotenv = read_environment()
+    settings = _settings_or_exit(env)
+    print(describe(settings, from_dotenv))
+    return 0
+
+
+def describe(s: Settings, from_dotenv: frozenset[str] = frozenset()) -> str:
+    """A summary of the configuration that names no secret."""
+    lines = [f"mode: {'MOCK (loopback only, no OpenAI calls)' if s.mock else 'live'}"]
+    if s.openai_api_key:
+        where = ".env" if s.openai_api_key_source in from_dotenv else "environment"
+        lines.append(
+            f"OpenAI key: {mask(s.openai_api_key)} from {s.openai_api_key_source} ({where})"
+        )
+    lines.append(f"OpenAI base URL: {s.openai_base_url}")
+    if s.openai_organization or s.openai_project:
+        lines.append(
+            f"organization / project: {s.openai_organization or '-'} / {s.openai_project or '-'}"
+        )
+    lines.append("workflows:")
+    for wf in s.workflows:
+        extra = f" requires {', '.join(c for c, _ in wf.require)}" if wf.require else ""
+        lines.append(f"  {wf.name}: {wf.id} ({wf.label}){extra}")
+    j = s.jwt
+    sources = [
+        n
+        for n, on in (("HMAC secret", j.secret), ("PEM key", j.public_key), ("JWKS", j.jwks_url))
+        if on
+    ]
+    lines.append(f"JWT: {', '.join(sources) or 'none (mock mode reads tokens unverified)'}")
+    if j.configured:
+        algs = ", ".join(j.hmac_algorithms + j.asymmetric_algorithms)
+        lines.append(f"  algorithms: {algs}; user claim: {j.user_claim}; leeway: {j.leeway}s")
+        lines.append(f"  audience: {j.audience or '-'}; issuer: {j.issuer or '-'}")
+        if j.jwks_url:
+            lines.append(f"  JWKS URL: {j.jwks_url}")
+    lines.append(f"listen: {s.host}:{s.port}")
+    lines.append(f"rate limits: {s.rate_limit} per user, {s.ip_rate_limit} per address")
+    lines.append(f"store: {'Redis' if s.redis_url else 'in-process memory'}")
+    lines.append(f"upstream: timeout {s.upstream_timeout:g}s, {s.upstream_retries} retries")
+    for warning in s.warnings:
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines)
+
+
+def mask(key: str) -> str:
+    """``sk-proj-…abcd``: enough to tell keys apart, never enough to use one."""
+    prefix = "sk-proj-" if key.startswith("sk-proj-") else key[:3]
+    return f"{prefix}…{key[-4:]}" if len(key) > 12 else "…"
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    import jwt
+
+    env, _ = read_environment()
+    secret = (env.get("BROKER_JWT_SECRET") or "").strip()
+    if not secret:
+        print(
+            "chatkit-broker token: BROKER_JWT_SECRET is not set (tokens are signed with it)",
+            file=sys.stderr,
+        )
+        return 2
+    if len(secret.encode()) < 32:
+        print("chatkit-broker token: BROKER_JWT_SECRET is shorter than 32 bytes", file=sys.stderr)
+        return 2
+    now = int(time.time())
+    claims: dict[str, object] = {"iat": now, "exp": now + args.ttl}
+    for name in ("BROKER_JWT_AUDIENCE", "BROKER_JWT_ISSUER"):
+        if (env.get(name) or "").strip():
+            claims["aud" if name.endswith("AUDIENCE") else "iss"] = env[name].strip()
+    for item in args.claim:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"chatkit-broker token: --claim {item!r} must be key=value", file=sys.stderr)
+            return 2
+        try:
+            claims[key] = json.loads(value)
+        except ValueError:
+            claims[key] = value
+    user_claim = (env.get("BROKER_JWT_USER_CLAIM") or "sub").strip()
+    claims[user_claim] = args.sub
+    print(jwt.encode(claims, secret, algorithm="HS256"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatkit-broker",
+        description="Mints OpenAI ChatKit client secrets for signed-in users.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP service")
+    serve.add_argument(
+        "--mock", action="store_true", help="mock mode: no OpenAI key, loopback only"
+    )
+    serve.add_argument("--host", help="bind address (default BROKER_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default BROKER_PORT, PORT or 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument(
+        "--reload", action="store_true", help="restart on code changes (development)"
+    )
+    serve.set_defaults(func=cmd_serve)
+    check = sub.add_parser("check", help="validate the configuration and print a summary")
+    check.set_defaults(func=cmd_check)
+    token = sub.add_parser("token", help="print a development JWT signed with BROKER_JWT_SECRET")
+    token.add_argument("--sub", required=True, help="the user id (goes into BROKER_JWT_USER_CLAIM)")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    token.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="extra claim (JSON value or string)",
+    )
+    token.set_defaults(func=cmd_token)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "workers", 1) < 1 or getattr(args, "ttl", 1) < 1:
+        parser.error("--workers and --ttl must be at least 1")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

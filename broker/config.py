@@ -1,0 +1,603 @@
+"""Configuration: environment variables (+ ``.env`` + a workflow TOML file) parsed once.
+
+``load_settings`` takes an explicit mapping rather than reading ``os.environ`` so tests and
+the CLI decide exactly what the broker sees, and it collects *every* problem before failing,
+because an operator fixing a deploy wants the whole list, not one error per restart.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_CHATKIT_JS_URL = "https://cdn.platform.openai.com/deployments/chatkit/chatkit.js"
+MIN_HMAC_SECRET_BYTES = 32
+MAX_STATE_VARIABLES = 64
+
+_NAME_RE = re.compile(r"[a-z0-9_-]{1,64}")
+_ID_RE = re.compile(r"wf_[A-Za-z0-9_-]{1,128}")
+_RATE_RE = re.compile(r"\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+\s+)?(second|minute|hour|day)s?\s*")
+_HMAC_ALGS = ("HS256", "HS384", "HS512")
+_ASYMMETRIC_ALGS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)  # fmt: skip
+_KNOWN_ALGS = frozenset(_HMAC_ALGS + _ASYMMETRIC_ALGS)
+
+Primitive = str | int | float | bool
+
+
+class ConfigError(Exception):
+    """Raised with every configuration problem found, each naming its variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class FileUpload:
+    enabled: bool = False
+    max_file_size: int | None = None
+    max_files: int | None = None
+
+
+@dataclass(frozen=True)
+class History:
+    enabled: bool = True
+    recent_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """One allowlisted workflow and the session options the broker sends for it."""
+
+    name: str
+    id: str
+    label: str
+    version: str | None = None
+    expires_after: int | None = None
+    max_requests_per_minute: int | None = None
+    tracing: bool | None = None
+    automatic_thread_titling: bool | None = None
+    file_upload: FileUpload | None = None
+    history: History | None = None
+    # claim name -> required value (a tuple means "any of these")
+    require: tuple[tuple[str, Primitive | tuple[Primitive, ...]], ...] = ()
+    # variable -> literal value, or ("claim", name) to copy a token claim
+    state_variables: tuple[tuple[str, Primitive | tuple[str, str]], ...] = ()
+
+
+@dataclass(frozen=True)
+class JWTSettings:
+    secret: str | None = field(default=None, repr=False)
+    public_key: str | None = field(default=None, repr=False)
+    jwks_url: str | None = None
+    hmac_algorithms: tuple[str, ...] = ()
+    asymmetric_algorithms: tuple[str, ...] = ()
+    audience: str | None = None
+    issuer: str | None = None
+    leeway: int = 30
+    user_claim: str = "sub"
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.secret or self.public_key or self.jwks_url)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the broker needs, validated. Secrets are excluded from ``repr``."""
+
+    mock: bool = False
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_api_key_source: str | None = None
+    openai_base_url: str = DEFAULT_BASE_URL
+    openai_organization: str | None = None
+    openai_project: str | None = None
+    workflows: tuple[Workflow, ...] = ()
+    jwt: JWTSettings = field(default_factory=JWTSettings)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    rate_limit: str = "30/minute"
+    ip_rate_limit: str = "600/minute"
+    redis_url: str | None = field(default=None, repr=False)
+    upstream_timeout: float = 10.0
+    upstream_retries: int = 2
+    chatkit_js_url: str = DEFAULT_CHATKIT_JS_URL
+    test_page: bool = True
+    log_format: str = "text"
+    log_level: str = "info"
+    warnings: tuple[str, ...] = ()
+
+    def workflow(self, ref: str) -> Workflow | None:
+        """Find an allowlisted workflow by its name or its ``wf_`` id."""
+        for wf in self.workflows:
+            if ref in (wf.name, wf.id):
+                return wf
+        return None
+
+
+MOCK_DEMO_WORKFLOWS = (
+    Workflow(name="topic-generation", id="wf_mock_topic_generation", label="Topic generation"),
+    Workflow(name="post-writer", id="wf_mock_post_writer", label="Post writer"),
+)
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def read_environment(cwd: Path | None = None) -> tuple[dict[str, str], frozenset[str]]:
+    """The process environment over ``.env`` (the real environment wins).
+
+    Also returns which variables came from ``.env``, so ``doctor`` can say where a key came from.
+    """
+    path = (cwd or Path.cwd()) / ".env"
+    from_file = (
+        {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
+    )
+    merged = {**from_file, **os.environ}
+    return merged, frozenset(k for k in from_file if k not in os.environ)
+
+
+def _flag(value: str | None) -> bool | None:
+    if value is None or value.strip() == "":
+        return None
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (value or "").split(",") if p.strip())
+
+
+def parse_rate(value: str) -> tuple[int, int]:
+    """``"30/minute"`` → (30, 60): the count and the window in seconds."""
+    m = _RATE_RE.fullmatch(value)
+    if not m or int(m.group(1)) < 1:
+        raise ValueError(value)
+    multiple = int(m.group(2) or 1)
+    unit = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}[m.group(3)]
+    return int(m.group(1)), multiple * unit
+
+
+def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Settings:
+    """Validate ``env`` into ``Settings`` or raise ``ConfigError`` listing every problem."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    get = lambda name: (env.get(name) or "").strip() or None  # noqa: E731
+
+    try:
+        mock = bool(_flag(get("BROKER_MOCK")))
+    except ValueError:
+        problems.append("BROKER_MOCK must be 1 or 0")
+        mock = False
+
+    key, key_source = get("CHATKIT_OPENAI_API_KEY"), "CHATKIT_OPENAI_API_KEY"
+    if not key:
+        key, key_source = get("OPENAI_API_KEY"), "OPENAI_API_KEY"
+    if not key:
+        key_source = None
+        if not mock:
+            problems.append(
+                "OPENAI_API_KEY (or CHATKIT_OPENAI_API_KEY) is required unless BROKER_MOCK=1"
+            )
+
+    base_url = (get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    if urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).netloc:
+        problems.append(f"OPENAI_BASE_URL must be an http(s) URL, got {base_url!r}")
+
+    workflows = _load_workflows(env, cwd, problems)
+    if not workflows:
+        if mock:
+            workflows = list(MOCK_DEMO_WORKFLOWS)
+        elif not any("BROKER_WORKFLOWS" in p for p in problems):
+            problems.append(
+                "BROKER_WORKFLOWS or BROKER_WORKFLOWS_FILE must allowlist at least one workflow"
+            )
+
+    jwt_settings = _load_jwt(env, get, problems, warnings)
+    if not mock and not jwt_settings.configured:
+        problems.append(
+            "live mode needs a way to verify sign-in tokens: set BROKER_JWT_SECRET, "
+            "BROKER_JWT_PUBLIC_KEY or BROKER_JWT_JWKS_URL"
+        )
+
+    host = get("BROKER_HOST") or "127.0.0.1"
+    port = (
+        _int(get("BROKER_PORT") or get("PORT") or "8000", "BROKER_PORT", problems, 1, 65535) or 8000
+    )
+    if mock and host not in LOOPBACK_HOSTS:
+        problems.append(
+            f"BROKER_HOST={host} is not a loopback address: mock mode only listens on "
+            "127.0.0.1, localhost or ::1"
+        )
+
+    for name, default in (
+        ("BROKER_RATE_LIMIT", "30/minute"),
+        ("BROKER_IP_RATE_LIMIT", "600/minute"),
+    ):
+        try:
+            parse_rate(get(name) or default)
+        except ValueError:
+            problems.append(f"{name} must look like '30/minute' (count/second|minute|hour|day)")
+
+    timeout = _float(
+        get("BROKER_UPSTREAM_TIMEOUT") or "10", "BROKER_UPSTREAM_TIMEOUT", problems, 0.1, 120
+    )
+    retries = _int(get("BROKER_UPSTREAM_RETRIES") or "2", "BROKER_UPSTREAM_RETRIES", problems, 0, 2)
+
+    js_url = get("BROKER_CHATKIT_JS_URL") or DEFAULT_CHATKIT_JS_URL
+    if urlsplit(js_url).scheme not in ("http", "https"):
+        problems.append("BROKER_CHATKIT_JS_URL must be an http(s) URL")
+
+    try:
+        test_page = _flag(get("BROKER_TEST_PAGE"))
+    except ValueError:
+        problems.append("BROKER_TEST_PAGE must be 1 or 0")
+        test_page = True
+    log_format = (get("BROKER_LOG_FORMAT") or "").lower() or None
+    if log_format not in (None, "json", "text"):
+        problems.append("BROKER_LOG_FORMAT must be json or text")
+    log_level = (get("BROKER_LOG_LEVEL") or "info").lower()
+    if log_level not in ("debug", "info", "warning", "error", "critical"):
+        problems.append("BROKER_LOG_LEVEL must be debug, info, warning, error or critical")
+
+    origins = _csv(get("BROKER_ALLOWED_ORIGINS"))
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            problems.append(
+                f"BROKER_ALLOWED_ORIGINS: {origin!r} is not an origin like https://app.example.com"
+            )
+
+    redis_url = get("BROKER_REDIS_URL")
+    if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        problems.append("BROKER_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+
+    if problems:
+        raise ConfigError(problems)
+    return Settings(
+        mock=mock,
+        openai_api_key=key,
+        openai_api_key_source=key_source,
+        openai_base_url=base_url,
+        openai_organization=get("OPENAI_ORGANIZATION"),
+        openai_project=get("OPENAI_PROJECT"),
+        workflows=tuple(workflows),
+        jwt=jwt_settings,
+        host=host,
+        port=port,
+        allowed_origins=tuple(o.rstrip("/") for o in origins),
+        trusted_proxies=_csv(get("BROKER_TRUSTED_PROXIES")),
+        rate_limit=get("BROKER_RATE_LIMIT") or "30/minute",
+        ip_rate_limit=get("BROKER_IP_RATE_LIMIT") or "600/minute",
+        redis_url=redis_url,
+        upstream_timeout=timeout or 10.0,
+        upstream_retries=2 if retries is None else retries,
+        chatkit_js_url=js_url,
+        test_page=True if test_page is None else test_page,
+        log_format=log_format or ("text" if os.isatty(2) else "json"),
+        log_level=log_level,
+        warnings=tuple(warnings),
+    )
+
+
+def _int(raw: str, name: str, problems: list[str], lo: int, hi: int | None = None) -> int | None:
+    try:
+        value = int(raw)
+    except ValueError:
+        problems.append(f"{name} must be a whole number, got {raw!r}")
+        return None
+    if value < lo or (hi is not None and value > hi):
+        problems.append(
+            f"{name} must be between {lo} and {hi}" if hi is not None else f"{name} must be >= {lo}"
+        )
+        return None
+    return value
+
+
+def _float(raw: str, name: str, problems: list[str], lo: float, hi: float) -> float | None:
+    try:
+        value = float(raw)
+    except ValueError:
+        problems.append(f"{name} must be a number of seconds, got {raw!r}")
+        return None
+    if not math.isfinite(value) or not lo <= value <= hi:
+        problems.append(f"{name} must be between {lo} and {hi} seconds")
+        return None
+    return value
+
+
+def _load_jwt(
+    env: Mapping[str, str], get: Any, problems: list[str], warnings: list[str]
+) -> JWTSettings:
+    secret = get("BROKER_JWT_SECRET")
+    if secret and len(secret.encode()) < MIN_HMAC_SECRET_BYTES:
+        problems.append(
+            f"BROKER_JWT_SECRET is shorter than {MIN_HMAC_SECRET_BYTES} bytes: use a long random secret"
+        )
+    public_key = get("BROKER_JWT_PUBLIC_KEY")
+    if public_key and public_key.startswith("@"):
+        try:
+            public_key = Path(public_key[1:]).read_text()
+        except OSError as exc:
+            problems.append(f"BROKER_JWT_PUBLIC_KEY: cannot read {public_key[1:]}: {exc.strerror}")
+            public_key = None
+    public_algs: tuple[str, ...] = ()
+    if public_key:
+        public_algs = _algorithms_for_pem(public_key, problems)
+    jwks_url = get("BROKER_JWT_JWKS_URL")
+    if jwks_url and urlsplit(jwks_url).scheme not in ("http", "https"):
+        problems.append("BROKER_JWT_JWKS_URL must be an http(s) URL")
+    if public_key and jwks_url:
+        problems.append("set only one of BROKER_JWT_PUBLIC_KEY and BROKER_JWT_JWKS_URL")
+
+    configured_algs = _csv(get("BROKER_JWT_ALGORITHMS"))
+    for alg in configured_algs:
+        if alg not in _KNOWN_ALGS:
+            problems.append(
+                f"BROKER_JWT_ALGORITHMS: {alg!r} is not a supported algorithm ('none' never is)"
+            )
+    if configured_algs:
+        hmac_algs = tuple(a for a in configured_algs if a in _HMAC_ALGS)
+        asym_algs = tuple(a for a in configured_algs if a in _ASYMMETRIC_ALGS)
+        if secret and not hmac_algs:
+            problems.append("BROKER_JWT_ALGORITHMS names no HS* algorithm for BROKER_JWT_SECRET")
+        if (public_key or jwks_url) and not asym_algs:
+            problems.append(
+                "BROKER_JWT_ALGORITHMS names no RS/PS/ES/EdDSA algorithm for the public key(s)"
+            )
+    else:
+        hmac_algs = _HMAC_ALGS if secret else ()
+        asym_algs = public_algs if public_key else (_ASYMMETRIC_ALGS if jwks_url else ())
+
+    leeway = _int(get("BROKER_JWT_LEEWAY") or "30", "BROKER_JWT_LEEWAY", problems, 0, 600)
+    audience = get("BROKER_JWT_AUDIENCE")
+    if (secret or public_key or jwks_url) and not audience:
+        warnings.append(
+            "BROKER_JWT_AUDIENCE is not set: tokens that carry an 'aud' claim will be refused "
+            "(Supabase: set it to 'authenticated')"
+        )
+    return JWTSettings(
+        secret=secret,
+        public_key=public_key,
+        jwks_url=jwks_url,
+        hmac_algorithms=hmac_algs if secret else (),
+        asymmetric_algorithms=asym_algs if (public_key or jwks_url) else (),
+        audience=audience,
+        issuer=get("BROKER_JWT_ISSUER"),
+        leeway=30 if leeway is None else leeway,
+        user_claim=get("BROKER_JWT_USER_CLAIM") or "sub",
+    )
+
+
+def _algorithms_for_pem(pem: str, problems: list[str]) -> tuple[str, ...]:
+    """The algorithms a PEM public key can verify: its kind decides, never a token header."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(pem.encode())
+    except (ValueError, TypeError):
+        problems.append(
+            "BROKER_JWT_PUBLIC_KEY is not a PEM public key (-----BEGIN PUBLIC KEY-----)"
+        )
+        return ()
+    if isinstance(key, rsa.RSAPublicKey):
+        return ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        by_curve = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+        alg = by_curve.get(key.curve.name)
+        if alg:
+            return (alg,)
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return ("EdDSA",)
+    problems.append(
+        "BROKER_JWT_PUBLIC_KEY: unsupported key type (use RSA, EC P-256/384/521 or Ed25519)"
+    )
+    return ()
+
+
+def _load_workflows(
+    env: Mapping[str, str], cwd: Path | None, problems: list[str]
+) -> list[Workflow]:
+    workflows: dict[str, Workflow] = {}
+    for item in _csv(env.get("BROKER_WORKFLOWS")):
+        name, sep, wf_id = (p.strip() for p in item.partition("="))
+        if not sep:
+            problems.append(f"BROKER_WORKFLOWS: {item!r} must be name=wf_…")
+            continue
+        if _check_name_and_id("BROKER_WORKFLOWS", name, wf_id, problems):
+            if name in workflows:
+                problems.append(f"BROKER_WORKFLOWS: workflow {name!r} is listed twice")
+            workflows[name] = Workflow(name=name, id=wf_id, label=name)
+
+    file = (env.get("BROKER_WORKFLOWS_FILE") or "").strip()
+    if file:
+        path = Path(file) if Path(file).is_absolute() else (cwd or Path.cwd()) / file
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            problems.append(f"BROKER_WORKFLOWS_FILE: cannot read {file}: {exc.strerror}")
+            data = {}
+        except tomllib.TOMLDecodeError as exc:
+            problems.append(f"BROKER_WORKFLOWS_FILE: {file} is not valid TOML: {exc}")
+            data = {}
+        table = data.get("workflows", {})
+        if not isinstance(table, dict):
+            problems.append("BROKER_WORKFLOWS_FILE: [workflows] must be a table")
+            table = {}
+        for name, options in table.items():
+            wf = _workflow_from_toml(name, options, problems)
+            if wf is None:
+                continue
+            if name in workflows:
+                problems.append(
+                    f"workflow {name!r} is defined in both BROKER_WORKFLOWS and BROKER_WORKFLOWS_FILE"
+                )
+                continue
+            workflows[name] = wf
+
+    ids: dict[str, str] = {}
+    for wf in workflows.values():
+        if wf.id in ids:
+            problems.append(f"workflows {ids[wf.id]!r} and {wf.name!r} share the id {wf.id}")
+        ids[wf.id] = wf.name
+    return list(workflows.values())
+
+
+def _check_name_and_id(where: str, name: str, wf_id: Any, problems: list[str]) -> bool:
+    ok = True
+    if not _NAME_RE.fullmatch(name):
+        problems.append(f"{where}: workflow name {name!r} must be 1-64 of a-z 0-9 _ -")
+        ok = False
+    if not isinstance(wf_id, str) or not _ID_RE.fullmatch(wf_id):
+        problems.append(
+            f"{where}: workflow {name!r} id must be wf_ followed by 1-128 of A-Za-z0-9_-"
+        )
+        ok = False
+    return ok
+
+
+_TOML_KEYS = frozenset(
+    {
+        "id", "label", "version", "expires_after", "max_requests_per_minute", "tracing",
+        "automatic_thread_titling", "file_upload", "history", "require", "state_variables",
+    }
+)  # fmt: skip
+
+
+def _workflow_from_toml(name: str, o: Any, problems: list[str]) -> Workflow | None:
+    where = f"BROKER_WORKFLOWS_FILE [workflows.{name}]"
+    if not isinstance(o, dict):
+        problems.append(f"{where} must be a table")
+        return None
+    before = len(problems)
+    _check_name_and_id(where, name, o.get("id"), problems)
+    for unknown in sorted(set(o) - _TOML_KEYS):
+        problems.append(f"{where}: unknown option {unknown!r}")
+
+    def typed(key: str, kind: type | tuple[type, ...], what: str) -> Any:
+        value = o.get(key)
+        if value is not None and (
+            not isinstance(value, kind) or (isinstance(value, bool) and kind is int)
+        ):
+            problems.append(f"{where}: {key} must be {what}")
+            return None
+        return value
+
+    def bounded(table: dict, key: str, lo: int, hi: int | None, label: str) -> int | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < lo
+            or (hi and value > hi)
+        ):
+            span = f"{lo}..{hi}" if hi else f">= {lo}"
+            problems.append(f"{where}: {label} must be a whole number {span}")
+            return None
+        return value
+
+    label = typed("label", str, "a string") or name
+    version = typed("version", str, "a string")
+    if version is not None and version.strip().lower() == "latest":
+        problems.append(
+            f'{where}: version = "latest" is refused (the API accepts it, then chats fail); '
+            "omit version to use the latest deployed one, or pin a number"
+        )
+    expires_after = bounded(o, "expires_after", 1, 600, "expires_after (seconds)")
+    rpm = bounded(o, "max_requests_per_minute", 1, None, "max_requests_per_minute")
+    tracing = typed("tracing", bool, "true or false")
+    titling = typed("automatic_thread_titling", bool, "true or false")
+
+    file_upload = None
+    fu = typed("file_upload", dict, "a table")
+    if fu is not None:
+        for k in set(fu) - {"enabled", "max_file_size", "max_files"}:
+            problems.append(f"{where}: unknown file_upload option {k!r}")
+        if not isinstance(fu.get("enabled", False), bool):
+            problems.append(f"{where}: file_upload.enabled must be true or false")
+        file_upload = FileUpload(
+            enabled=bool(fu.get("enabled", False)),
+            max_file_size=bounded(fu, "max_file_size", 1, 512, "file_upload.max_file_size (MB)"),
+            max_files=bounded(fu, "max_files", 1, None, "file_upload.max_files"),
+        )
+    history = None
+    hi = typed("history", dict, "a table")
+    if hi is not None:
+        for k in set(hi) - {"enabled", "recent_threads"}:
+            problems.append(f"{where}: unknown history option {k!r}")
+        if not isinstance(hi.get("enabled", True), bool):
+            problems.append(f"{where}: history.enabled must be true or false")
+        history = History(
+            enabled=bool(hi.get("enabled", True)),
+            recent_threads=bounded(hi, "recent_threads", 1, None, "history.recent_threads"),
+        )
+
+    require: list[tuple[str, Any]] = []
+    for claim, want in (typed("require", dict, "a table of claim = value") or {}).items():
+        if isinstance(want, list) and want and all(_is_primitive(v) for v in want):
+            require.append((claim, tuple(want)))
+        elif _is_primitive(want):
+            require.append((claim, want))
+        else:
+            problems.append(
+                f"{where}: require.{claim} must be a string, number, boolean or a list of them"
+            )
+
+    state: list[tuple[str, Any]] = []
+    variables = typed("state_variables", dict, "a table") or {}
+    if len(variables) > MAX_STATE_VARIABLES:
+        problems.append(f"{where}: at most {MAX_STATE_VARIABLES} state_variables are allowed")
+    for var, value in variables.items():
+        if len(var) > 64:
+            problems.append(
+                f"{where}: state variable names are at most 64 characters ({var[:20]}…)"
+            )
+        if isinstance(value, str) and value.startswith("claim:") and len(value) > 6:
+            state.append((var, ("claim", value[6:])))
+        elif _is_primitive(value):
+            state.append((var, value))
+        else:
+            problems.append(f"{where}: state_variables.{var} must be a string, number or boolean")
+
+    if len(problems) > before:
+        return None
+    return Workflow(
+        name=name,
+        id=o["id"],
+        label=label,
+        version=version,
+        expires_after=expires_after,
+        max_requests_per_minute=rpm,
+        tracing=tracing,
+        automatic_thread_titling=titling,
+        file_upload=file_upload,
+        history=history,
+        require=tuple(require),
+        state_variables=tuple(state),
+    )
+
+
+def _is_primitive(value: Any) -> bool:
+    return isinstance(value, str | int | bool) or (
+        isinstance(value, float) and math.isfinite(value)
+    )

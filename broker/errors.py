@@ -1,0 +1,108 @@
+"""The broker's exceptions, each carrying the HTTP status and error code it becomes.
+
+Every failure a caller can see is one of these, so the mapping to the SPEC's error table
+lives here and nowhere else; ``error_body`` renders the one JSON shape all errors share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class BrokerError(Exception):
+    """A failure with a status, a snake_case code and a message a person can act on."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers: dict[str, str] = dict(headers or {})
+
+
+class InvalidRequest(BrokerError):
+    status, code = 400, "invalid_request"
+
+
+class Unauthenticated(BrokerError):
+    """401. ``invalid_token`` marks a token that was sent but refused (RFC 6750 §3.1)."""
+
+    status, code = 401, "unauthenticated"
+
+    def __init__(self, message: str, *, invalid_token: bool = True) -> None:
+        challenge = 'Bearer error="invalid_token"' if invalid_token else "Bearer"
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+
+
+class WorkflowNotAllowed(BrokerError):
+    status, code = 403, "workflow_not_allowed"
+
+
+class MockLocalOnly(BrokerError):
+    status, code = 403, "mock_local_only"
+
+
+class NotFound(BrokerError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(BrokerError):
+    status, code = 405, "method_not_allowed"
+
+
+class PayloadTooLarge(BrokerError):
+    status, code = 413, "payload_too_large"
+
+
+class RateLimited(BrokerError):
+    status, code = 429, "rate_limited"
+
+
+class UpstreamAuthFailed(BrokerError):
+    status, code = 502, "upstream_auth_failed"
+
+
+class UpstreamWorkflowNotFound(BrokerError):
+    status, code = 502, "upstream_workflow_not_found"
+
+
+class UpstreamError(BrokerError):
+    status, code = 502, "upstream_error"
+
+
+class UpstreamUnavailable(BrokerError):
+    status, code = 503, "upstream_unavailable"
+
+
+class AuthUnavailable(BrokerError):
+    status, code = 503, "auth_unavailable"
+
+
+class UpstreamTimeout(BrokerError):
+    status, code = 504, "upstream_timeout"
+
+
+class InternalError(BrokerError):
+    status, code = 500, "internal_error"
+
+
+_BY_STATUS: dict[int, type[BrokerError]] = {
+    400: InvalidRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
+
+def from_http_status(
+    status: int, message: str, headers: Mapping[str, str] | None = None
+) -> BrokerError:
+    """Turn a framework HTTP error (unknown route, wrong method …) into the broker's own error."""
+    cls = _BY_STATUS.get(status, InternalError)
+    return cls(message, headers=headers)
+
+
+def error_body(code: str, message: str, request_id: str) -> dict[str, dict[str, str]]:
+    """The one error shape of the API: ``{"error": {"code", "message", "request_id"}}``."""
+    return {"error": {"code": code, "message": message, "request_id": request_id}}

@@ -1,0 +1,251 @@
+"""The OpenAI ChatKit sessions API: create and cancel, with a deadline, retries and error mapping.
+
+All calls share the app's one ``aiohttp.ClientSession`` (SPEC §8-9). Upstream error bodies
+are logged with their ``x-request-id`` for the operator and never forwarded to the browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from .errors import (
+    BrokerError,
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UpstreamWorkflowNotFound,
+)
+
+log = logging.getLogger("broker.upstream")
+
+MAX_BODY_BYTES = 1024 * 1024
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_UNAVAILABLE_STATUSES = frozenset({429, 503})
+BETA_HEADER = ("OpenAI-Beta", "chatkit_beta=v1")
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    base_url: str
+    api_key: str
+    organization: str | None = None
+    project: str | None = None
+    timeout: float = 10.0
+    retries: int = 2
+    backoff: float = 0.25
+
+
+@dataclass(frozen=True)
+class CreatedSession:
+    """What the broker needs from a ``ChatSession``: the secret, its expiry and the session id."""
+
+    client_secret: str
+    expires_at: int
+    session_id: str
+
+
+class _Retryable(Exception):
+    def __init__(self, error: BrokerError, retry_after: float | None = None) -> None:
+        self.error = error
+        self.retry_after = retry_after
+
+
+class HostedSessions:
+    """Creates and cancels hosted ChatKit sessions (``POST /chatkit/sessions``)."""
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        http: Callable[[], aiohttp.ClientSession],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self._c = config
+        self._http = http
+        self._clock = clock
+        self._sleep = sleep
+        self._observe = observe
+        headers = {
+            "Authorization": f"Bearer {config.api_key}",
+            "Content-Type": "application/json",
+            BETA_HEADER[0]: BETA_HEADER[1],
+        }
+        if config.organization:
+            headers["OpenAI-Organization"] = config.organization
+        if config.project:
+            headers["OpenAI-Project"] = config.project
+        self._headers = headers
+        self._create_url = f"{config.base_url}/chatkit/sessions"
+
+    async def create(self, body: Mapping[str, Any], *, workflow_label: str) -> CreatedSession:
+        """Mint a session; raises a ``BrokerError`` subclass naming what went wrong."""
+        data = await self._call(
+            self._create_url, json.dumps(body).encode(), "create", workflow_label
+        )
+        secret, expires_at, session_id = (
+            data.get(k) for k in ("client_secret", "expires_at", "id")
+        )
+        if not isinstance(secret, str) or not secret:
+            log.error("upstream 200 without client_secret for workflow %s", workflow_label)
+            raise UpstreamError("OpenAI answered without a client_secret; see the broker log.")
+        if not isinstance(expires_at, int) or isinstance(expires_at, bool):
+            expires_at = int(time.time()) + 600
+        return CreatedSession(secret, expires_at, session_id if isinstance(session_id, str) else "")
+
+    async def cancel(self, session_id: str) -> bool:
+        """Cancel a session. True when cancelled or already unknown upstream (404)."""
+        url = f"{self._create_url}/{session_id}/cancel"
+        try:
+            await self._call(url, b"", "cancel", session_id, not_found_ok=True)
+        except _NotFound:
+            log.info("session %s was already unknown upstream; counted as cancelled", session_id)
+        return True
+
+    async def _call(
+        self, url: str, payload: bytes, op: str, what: str, *, not_found_ok: bool = False
+    ) -> dict[str, Any]:
+        deadline = self._clock() + self._c.timeout
+        attempt = 0
+        while True:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise UpstreamTimeout(
+                    f"OpenAI did not answer within {self._c.timeout:g} s (BROKER_UPSTREAM_TIMEOUT)."
+                )
+            started = self._clock()
+            try:
+                async with asyncio.timeout(remaining):
+                    return await self._attempt(url, payload, what, not_found_ok)
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"OpenAI did not answer within {self._c.timeout:g} s (BROKER_UPSTREAM_TIMEOUT)."
+                ) from None
+            except _Retryable as r:
+                if attempt >= self._c.retries:
+                    raise r.error from None
+                delay = r.retry_after
+                if delay is None:
+                    delay = self._c.backoff * (2**attempt) * (0.5 + random.random())
+                if self._clock() + delay >= deadline:
+                    raise r.error from None
+                attempt += 1
+                log.info("retrying upstream (%s) in %.2f s, attempt %d", what, delay, attempt + 1)
+                await self._sleep(delay)
+            finally:
+                if self._observe is not None:
+                    self._observe(op, self._clock() - started)
+
+    async def _attempt(
+        self, url: str, payload: bytes, what: str, not_found_ok: bool
+    ) -> dict[str, Any]:
+        try:
+            async with self._http().post(url, data=payload, headers=self._headers) as resp:
+                length = resp.content_length
+                if length is not None and length > MAX_BODY_BYTES:
+                    body = b""
+                    too_large = True
+                else:
+                    body = await resp.content.read(MAX_BODY_BYTES + 1)
+                    too_large = len(body) > MAX_BODY_BYTES
+                status, request_id = resp.status, resp.headers.get("x-request-id", "-")
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            log.warning("upstream connection failed (%s): %s", what, type(exc).__name__)
+            raise _Retryable(
+                UpstreamUnavailable(
+                    "Could not reach OpenAI (connection refused or reset); try again shortly."
+                )
+            ) from None
+
+        if too_large:
+            log.error(
+                "upstream %s answered %d with a body over 1 MiB (x-request-id %s)",
+                what,
+                status,
+                request_id,
+            )
+            raise UpstreamError(
+                "OpenAI answered with an unexpectedly large body; see the broker log."
+            )
+        if 200 <= status < 300:
+            try:
+                data = json.loads(body) if body else {}
+            except (ValueError, UnicodeDecodeError):
+                data = None
+            if not isinstance(data, dict):
+                log.error(
+                    "upstream %s answered %d with a non-JSON body (x-request-id %s)",
+                    what,
+                    status,
+                    request_id,
+                )
+                raise UpstreamError(
+                    "OpenAI answered with a body that is not JSON; see the broker log."
+                )
+            return data
+
+        detail = _error_detail(body)
+        log.warning(
+            "upstream %s answered %d (x-request-id %s): %s", what, status, request_id, detail
+        )
+        if status in (401, 403):
+            raise UpstreamAuthFailed(
+                f"OpenAI refused the broker's API key (HTTP {status}): check CHATKIT_OPENAI_API_KEY / "
+                "OPENAI_API_KEY and that the key has access to ChatKit."
+            )
+        if status == 404:
+            if not_found_ok:
+                raise _NotFound()
+            raise UpstreamWorkflowNotFound(
+                f"OpenAI says the workflow for {what} was not found. Usually the API key belongs to "
+                "another project than the workflow (check CHATKIT_OPENAI_API_KEY, or a stray shell "
+                "OPENAI_API_KEY), or the workflow is not published. Run 'chatkit-broker doctor'."
+            )
+        if status in RETRY_STATUSES:
+            error: BrokerError
+            if status in _UNAVAILABLE_STATUSES:
+                error = UpstreamUnavailable(
+                    f"OpenAI is busy or unavailable (HTTP {status}); try again shortly."
+                )
+            else:
+                error = UpstreamError(f"OpenAI answered HTTP {status}; see the broker log.")
+            raise _Retryable(error, retry_after)
+        raise UpstreamError(f"OpenAI refused the request (HTTP {status}); see the broker log.")
+
+
+class _NotFound(Exception):
+    pass
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return max(0.0, seconds) if seconds == seconds else None
+
+
+def _error_detail(body: bytes) -> str:
+    """The upstream error message for the log, bounded in size."""
+    try:
+        data = json.loads(body)
+        message = data["error"]["message"]
+        if isinstance(message, str):
+            return message[:500]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        pass
+    return repr(body[:200])

@@ -1,0 +1,277 @@
+"""A fake OpenAI API for tests, speaking the real ChatKit wire format (chatkit-api.md §1-3).
+
+It runs a real aiohttp server on a loopback port in a background thread, so both in-process
+apps and real ``chatkit-broker serve`` processes can call it. Tests script its answers per
+workflow id (or for the next N requests) and read back every request it received.
+It also serves a JWKS document (``/jwks.json``) that counts its hits and can be taken down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+BODY = web.RequestKey("body", dict)
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class Behaviour:
+    """How to answer one request. ``kind`` is one of the names in ``FakeOpenAI._answer``."""
+
+    kind: str = "ok"
+    status: int = 200
+    delay: float = 0.0
+    retry_after: str | None = None
+    body: bytes | None = None
+
+
+def error_json(message: str, type_: str = "invalid_request_error") -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": None}}
+
+
+def chat_session(user: str, workflow: dict[str, Any], expires_after: int = 600) -> dict[str, Any]:
+    """A ``ChatSession`` exactly as the API returns it (all ten required fields)."""
+    now = int(time.time())
+    rpm = 10
+    return {
+        "id": "cksess_" + secrets.token_hex(24),
+        "object": "chatkit.session",
+        "status": "active",
+        "chatkit_configuration": {
+            "automatic_thread_titling": {"enabled": True},
+            "file_upload": {"enabled": False, "max_file_size": 512, "max_files": 10},
+            "history": {"enabled": True, "recent_threads": None},
+        },
+        "client_secret": "ek_" + secrets.token_hex(24),
+        "expires_at": now + expires_after,
+        "max_requests_per_1_minute": rpm,
+        "rate_limits": {"max_requests_per_1_minute": rpm},
+        "user": user,
+        "workflow": {
+            "id": workflow.get("id"),
+            "state_variables": workflow.get("state_variables"),
+            "tracing": {"enabled": workflow.get("tracing", {}).get("enabled", True)},
+            "version": workflow.get("version"),
+        },
+    }
+
+
+@dataclass
+class FakeOpenAI:
+    """State and scripting. Thread-safe enough for tests: mutate between requests."""
+
+    url: str = ""
+    requests: list[Recorded] = field(default_factory=list)
+    by_workflow: dict[str, Behaviour] = field(default_factory=dict)
+    queue: deque[Behaviour] = field(default_factory=deque)
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jwks: dict[str, Any] = field(default_factory=lambda: {"keys": []})
+    jwks_up: bool = True
+    jwks_delay: float = 0.0
+    jwks_hits: int = 0
+    models_headers: dict[str, str] = field(
+        default_factory=lambda: {"openai-organization": "org-fake", "openai-project": "proj_fake"}
+    )
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.by_workflow.clear()
+        self.queue.clear()
+        self.sessions.clear()
+        self.jwks = {"keys": []}
+        self.jwks_up, self.jwks_delay, self.jwks_hits = True, 0.0, 0
+
+    def then(self, kind: str, **kw: Any) -> FakeOpenAI:
+        """Answer the next request (whatever it is) with this behaviour; chainable."""
+        self.queue.append(Behaviour(kind=kind, **kw))
+        return self
+
+    def for_workflow(self, workflow_id: str, kind: str, **kw: Any) -> None:
+        self.by_workflow[workflow_id] = Behaviour(kind=kind, **kw)
+
+    def session_requests(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path == "/v1/chatkit/sessions"]
+
+    def cancel_requests(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path.endswith("/cancel")]
+
+    # --- the server side -------------------------------------------------------------
+
+    async def _record(self, request: web.Request) -> Any:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw
+        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
+        return body
+
+    def _behaviour(self, workflow_id: str | None) -> Behaviour:
+        if self.queue:
+            return self.queue.popleft()
+        if workflow_id and workflow_id in self.by_workflow:
+            return self.by_workflow[workflow_id]
+        return Behaviour()
+
+    async def _answer(self, request: web.Request, b: Behaviour, ok: Any) -> web.StreamResponse:
+        rid = {"x-request-id": "req_" + secrets.token_hex(8)}
+        if b.delay:
+            await asyncio.sleep(b.delay)
+        if b.kind == "ok":
+            return web.json_response(ok(), headers=rid)
+        if b.kind == "unauthorized":
+            msg = "Incorrect API key provided: sk-proj-****abcd. You can find your API key at https://platform.openai.com/account/api-keys."
+            return web.json_response(error_json(msg), status=401, headers=rid)
+        if b.kind == "forbidden":
+            return web.json_response(
+                error_json("You do not have access to this resource."), status=403, headers=rid
+            )
+        if b.kind == "workflow_not_found":
+            wf = (request.get(BODY) or {}).get("workflow", {}).get("id", "wf_?")
+            return web.json_response(
+                error_json(f"Workflow with id '{wf}' not found."), status=404, headers=rid
+            )
+        if b.kind == "rate_limited":
+            headers = rid | ({"Retry-After": b.retry_after} if b.retry_after is not None else {})
+            return web.json_response(
+                error_json("Rate limit reached for requests", "requests"),
+                status=429,
+                headers=headers,
+            )
+        if b.kind == "status":
+            body = (
+                b.body
+                if b.body is not None
+                else json.dumps(error_json(f"HTTP {b.status}", "server_error")).encode()
+            )
+            headers = rid | ({"Retry-After": b.retry_after} if b.retry_after is not None else {})
+            return web.Response(
+                body=body, status=b.status, content_type="application/json", headers=headers
+            )
+        if b.kind == "not_json":
+            return web.Response(
+                text="<html>Bad gateway</html>",
+                status=b.status,
+                content_type="text/html",
+                headers=rid,
+            )
+        if b.kind == "no_secret":
+            data = ok()
+            data.pop("client_secret", None)
+            return web.json_response(data, headers=rid)
+        if b.kind == "raw":
+            return web.Response(body=b.body or b"", status=b.status, headers=rid)
+        if b.kind == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError
+        if b.kind == "hang":
+            await asyncio.sleep(3600)
+        raise AssertionError(f"unknown behaviour {b.kind}")
+
+    async def create_session(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        request[BODY] = body if isinstance(body, dict) else {}
+        workflow = request[BODY].get("workflow") or {}
+        b = self._behaviour(workflow.get("id"))
+
+        def ok() -> dict[str, Any]:
+            seconds = (request[BODY].get("expires_after") or {}).get("seconds", 600)
+            session = chat_session(request[BODY].get("user"), workflow, seconds)
+            self.sessions[session["id"]] = session
+            return session
+
+        return await self._answer(request, b, ok)
+
+    async def cancel_session(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        sid = request.match_info["sid"]
+        b = self._behaviour(None)
+        if b.kind == "ok" and sid not in self.sessions:
+            return web.json_response(
+                error_json(f"Chatkit Session with id '{sid}' not found."),
+                status=404,
+                headers={"x-request-id": "req_" + secrets.token_hex(8)},
+            )
+
+        def ok() -> dict[str, Any]:
+            session = self.sessions[sid]
+            session["status"] = "cancelled"
+            return session
+
+        return await self._answer(request, b, ok)
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        b = self._behaviour(None)
+        headers = dict(self.models_headers)
+        if b.kind == "ok":
+            data = {
+                "object": "list",
+                "data": [{"id": "gpt-4.1-mini", "object": "model", "owned_by": "system"}],
+            }
+            return web.json_response(data, headers=headers | {"x-request-id": "req_models"})
+        return await self._answer(request, b, lambda: {})
+
+    async def jwks_doc(self, request: web.Request) -> web.StreamResponse:
+        self.jwks_hits += 1
+        if self.jwks_delay:
+            await asyncio.sleep(self.jwks_delay)
+        if not self.jwks_up:
+            return web.Response(status=503, text="down")
+        return web.json_response(self.jwks)
+
+
+class FakeOpenAIServer:
+    """Runs ``FakeOpenAI`` on 127.0.0.1:<free port> in its own thread and event loop."""
+
+    def __init__(self) -> None:
+        self.fake = FakeOpenAI()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def start(self) -> FakeOpenAI:
+        self._thread.start()
+        port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        self.fake.url = f"http://127.0.0.1:{port}"
+        return self.fake
+
+    async def _start(self) -> int:
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        f = self.fake
+        app.router.add_post("/v1/chatkit/sessions", f.create_session)
+        app.router.add_post("/v1/chatkit/sessions/{sid}/cancel", f.cancel_session)
+        app.router.add_get("/v1/models", f.models)
+        app.router.add_get("/jwks.json", f.jwks_doc)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
