@@ -425,10 +425,13 @@ function workflowButton(wf) {
   const label = document.createElement("span");
   label.className = "wf-label";
   label.textContent = wf.label || wf.name;
-  const name = document.createElement("span");
-  name.className = "wf-name";
-  name.textContent = wf.name;
-  b.append(label, name);
+  b.append(label);
+  if (label.textContent !== wf.name) {
+    const name = document.createElement("span");
+    name.className = "wf-name";
+    name.textContent = wf.name;
+    b.append(name);
+  }
   b.addEventListener("click", () => mount(wf));
   return b;
 }
