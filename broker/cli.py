@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings, read_environment
+from .config import ConfigError, Settings, load_settings, read_environment
 
 
 def _settings_or_exit(env: dict[str, str]) -> Settings:
@@ -42,11 +42,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             os.environ[name] = value  # the workers re-read the environment
     env, _ = read_environment()
     settings = _settings_or_exit(env)
-    setup_logging(settings.log_format, settings.log_level, secrets=(settings.openai_api_key or "",))
-    if (
-        settings.mock and settings.host not in LOOPBACK_HOSTS
-    ):  # pragma: no cover - config refuses it
+    if settings.mock and args.workers > 1:
+        print(
+            "chatkit-broker serve: mock mode runs one worker (its threads and the key that signs "
+            "mock secrets live in one process); drop --workers",
+            file=sys.stderr,
+        )
         return 2
+    setup_logging(settings.log_format, settings.log_level, secrets=(settings.openai_api_key or "",))
     trusted = ",".join(settings.trusted_proxies)
     uvicorn.run(
         "broker.app:app_from_environ",

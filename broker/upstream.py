@@ -127,7 +127,7 @@ class HostedSessions:
             started = self._clock()
             try:
                 async with asyncio.timeout(remaining):
-                    return await self._attempt(url, payload, what, not_found_ok)
+                    return await self._attempt(url, payload, op, what, not_found_ok)
             except TimeoutError:
                 raise UpstreamTimeout(
                     f"OpenAI did not answer within {self._c.timeout:g} s (BROKER_UPSTREAM_TIMEOUT)."
@@ -148,8 +148,9 @@ class HostedSessions:
                     self._observe(op, self._clock() - started)
 
     async def _attempt(
-        self, url: str, payload: bytes, what: str, not_found_ok: bool
+        self, url: str, payload: bytes, op: str, what: str, not_found_ok: bool
     ) -> dict[str, Any]:
+        label = f"{op} {what}"
         try:
             async with self._http().post(url, data=payload, headers=self._headers) as resp:
                 length = resp.content_length
@@ -162,7 +163,7 @@ class HostedSessions:
                 status, request_id = resp.status, resp.headers.get("x-request-id", "-")
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            log.warning("upstream connection failed (%s): %s", what, type(exc).__name__)
+            log.warning("upstream connection failed (%s): %s", label, type(exc).__name__)
             raise _Retryable(
                 UpstreamUnavailable(
                     "Could not reach OpenAI (connection refused or reset); try again shortly."
@@ -172,7 +173,7 @@ class HostedSessions:
         if too_large:
             log.error(
                 "upstream %s answered %d with a body over 1 MiB (x-request-id %s)",
-                what,
+                label,
                 status,
                 request_id,
             )
@@ -187,7 +188,7 @@ class HostedSessions:
             if not isinstance(data, dict):
                 log.error(
                     "upstream %s answered %d with a non-JSON body (x-request-id %s)",
-                    what,
+                    label,
                     status,
                     request_id,
                 )
@@ -198,7 +199,7 @@ class HostedSessions:
 
         detail = _error_detail(body)
         log.warning(
-            "upstream %s answered %d (x-request-id %s): %s", what, status, request_id, detail
+            "upstream %s answered %d (x-request-id %s): %s", label, status, request_id, detail
         )
         if status in (401, 403):
             raise UpstreamAuthFailed(
