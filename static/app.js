@@ -67,15 +67,30 @@ function log(kind, text, { level = "info", detail } = {}) {
     pre.textContent = describe(detail);
     li.append(pre);
   }
-  const list = $("log");
-  const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
-  list.append(li);
-  if (atBottom) list.scrollTop = list.scrollHeight;
+  $("log").append(li);
+  followLog();
 
   const line = `[chatkit-broker] ${time} ${kind} ${text}`;
   const out = level === "error" ? console.error : level === "warn" ? console.warn : console.info;
   if (detail === undefined) out(line);
   else out(line, detail);
+}
+
+// The log stays scrolled to its newest entry unless the reader has scrolled up to read.
+let logFollows = true;
+
+function followLog() {
+  const list = $("log");
+  if (logFollows) list.scrollTop = list.scrollHeight;
+}
+
+function watchLogScroll() {
+  const list = $("log");
+  list.addEventListener("scroll", () => {
+    logFollows = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
+  });
+  // Rewrapping (a narrower window, a rotated phone) must not lose the newest entry either.
+  new ResizeObserver(followLog).observe(list);
 }
 
 function describe(value) {
@@ -472,7 +487,11 @@ async function loadConfig() {
   await loadWorkflows();
 }
 
-$("log-clear").addEventListener("click", () => $("log").replaceChildren());
+watchLogScroll();
+$("log-clear").addEventListener("click", () => {
+  $("log").replaceChildren();
+  logFollows = true;
+});
 $("retry").addEventListener("click", () => state.retry?.());
 $("token-form").addEventListener("submit", (event) => {
   event.preventDefault();
