@@ -62,10 +62,10 @@ function log(kind, text, { level = "info", detail } = {}) {
   msg.textContent = text;
   li.append(t, k, msg);
   if (detail !== undefined) {
-    const pre = document.createElement("code");
-    pre.className = "detail";
-    pre.textContent = describe(detail);
-    li.append(pre);
+    const code = document.createElement("code");
+    code.className = "detail";
+    code.textContent = describe(detail);
+    li.append(code);
   }
   $("log").append(li);
   followLog();

@@ -23,7 +23,14 @@ import pytest
 from .conftest import ROOT, WF_SALES, BrokerProcess, need
 
 try:
-    from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+    from playwright.sync_api import (
+        Browser,
+        ConsoleMessage,
+        Page,
+        Route,
+        expect,
+        sync_playwright,
+    )
 except ImportError:  # the skip (or, in CI, the failure) happens in the `browser` fixture
     sync_playwright = None
 
@@ -79,12 +86,14 @@ def tab(browser: Browser) -> Iterator[Tab]:
     context = browser.new_context(viewport=VIEWPORTS["desktop"])
     t = Tab(context.new_page())
     t.page.set_default_timeout(10_000)
-    t.page.on("console", lambda m: t.console.append(m.text))
+
+    def on_console(message: ConsoleMessage) -> None:
+        t.console.append(message.text)
+        if "Content Security Policy" in message.text:
+            t.problems.append(message.text)
+
+    t.page.on("console", on_console)
     t.page.on("pageerror", lambda e: t.problems.append(f"uncaught error: {e}"))
-    t.page.on(
-        "console",
-        lambda m: t.problems.append(m.text) if "Content Security Policy" in m.text else None,
-    )
     yield t
     context.close()
     assert not t.problems, "the page logged errors or CSP violations"
@@ -105,7 +114,7 @@ def mock(run_broker: Callable[..., BrokerProcess]) -> BrokerProcess:
 
 
 def open_live(tab: Tab, broker: BrokerProcess, tok: str) -> Page:
-    """Open the page in live mode and hand it a token; returns once the workflows are listed."""
+    """Open the page in live mode and hand it a token (which makes it load the workflows)."""
     page = tab.page
     page.goto(broker.url + "/")
     expect(page.locator("#mode")).to_have_text("mode: live")
