@@ -31,6 +31,7 @@ from .errors import BrokerError, error_body, from_http_status
 from .jwks import JWKSCache
 from .middleware import BodyLimit, MockGuard, RequestContext
 from .mock import MockSessions
+from .mock_backend import ENABLE_HINT, MockChatKitBackend, mock_backend_available
 from .registry import MemoryRegistry, SessionRegistry
 from .sessions import SessionBackend, SessionService
 from .upstream import HostedSessions, UpstreamConfig
@@ -79,7 +80,10 @@ class Broker:
     sessions: SessionService
     http: HttpPool
     jwks: JWKSCache | None = None
-    mock_backend: Any = None
+    # Mock mode only: the ChatKit server behind /mock/chatkit (None when the extra is missing)
+    # and the minter of mock secrets, which may name the user of a /mock/chatkit request.
+    mock_backend: MockChatKitBackend | None = None
+    mock_secrets: MockSessions | None = None
     extra_readiness: list[Any] = field(default_factory=list)
 
     async def not_ready(self) -> list[str]:
@@ -102,6 +106,7 @@ def build_broker(
     http: HttpPool | None = None,
     registry: SessionRegistry | None = None,
     backend: SessionBackend | None = None,
+    mock_backend: MockChatKitBackend | None = None,
 ) -> Broker:
     http = http or HttpPool()
     jwks = None
@@ -124,7 +129,13 @@ def build_broker(
                 http,
             )
     sessions = SessionService(settings, backend, registry or MemoryRegistry())
-    return Broker(settings, Verifier(settings.jwt, jwks), sessions, http, jwks)
+    broker = Broker(settings, Verifier(settings.jwt, jwks), sessions, http, jwks)
+    if settings.mock:
+        if mock_backend is None and mock_backend_available():
+            mock_backend = MockChatKitBackend()
+        broker.mock_backend = mock_backend
+        broker.mock_secrets = backend if isinstance(backend, MockSessions) else None
+    return broker
 
 
 async def _broker_error(request: Request, exc: Exception) -> JSONResponse:
@@ -210,6 +221,13 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Starlette
                 "MOCK MODE: no OpenAI calls are made; secrets are mock_… strings that only this "
                 "process accepts. Loopback clients only."
             )
+            if broker.mock_backend is None:
+                log.warning(ENABLE_HINT)
+            else:
+                log.info(
+                    "mock ChatKit backend at /mock/chatkit "
+                    '(api: {url: "/mock/chatkit", domainKey: "local-dev"})'
+                )
         for warning in settings.warnings:
             log.warning("config: %s", warning)
         broker.http()
@@ -229,6 +247,8 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Starlette
         Route("/readyz", routes.readyz, methods=["GET"]),
         Route("/openapi.json", routes.openapi_json, methods=["GET"]),
     ]
+    if settings.mock:  # in live mode the route does not exist (404)
+        route_list.append(Route("/mock/chatkit", routes.mock_chatkit, methods=["POST"]))
     if settings.test_page and STATIC_DIR.is_dir():
         csp = {"Content-Security-Policy": content_security_policy(settings.chatkit_js_url)}
         route_list.append(_PageMount("/", app=_TestPage(STATIC_DIR, csp)))

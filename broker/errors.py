@@ -7,6 +7,20 @@ lives here and nowhere else; ``error_body`` renders the one JSON shape all error
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class UpstreamDetail:
+    """What OpenAI itself answered, for operators only (logs, ``doctor``).
+
+    It rides on the exception but is never rendered into a response: browsers get
+    ``BrokerError.message`` alone, so upstream bodies are never forwarded.
+    """
+
+    status: int
+    message: str
+    request_id: str
 
 
 class BrokerError(Exception):
@@ -14,6 +28,7 @@ class BrokerError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    upstream: UpstreamDetail | None = None
 
     def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)

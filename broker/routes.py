@@ -9,8 +9,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .auth import Identity, bearer_token
-from .errors import InvalidRequest, Unauthenticated, error_body
+from .errors import InvalidRequest, NotFound, Unauthenticated, error_body
 from .mock import MOCK_USER
+from .mock_backend import ENABLE_HINT
 from .openapi import openapi_document, routed_operations
 
 if TYPE_CHECKING:
@@ -138,6 +139,30 @@ async def client_config(request: Request) -> Response:
             "domain_key": "local-dev" if backend else None,
         }
     )
+
+
+async def mock_chatkit(request: Request) -> Response:
+    """The mock ChatKit backend (mock mode only): every ChatKit request, for the caller's user."""
+    broker = _broker(request)
+    if broker.mock_backend is None:
+        raise NotFound(ENABLE_HINT)
+    user = await _mock_chatkit_user(request, broker)
+    request.state.user = user
+    return await broker.mock_backend.handle(await request.body(), user)
+
+
+async def _mock_chatkit_user(request: Request, broker: Broker) -> str:
+    """A mock client secret names its own user; anything else follows the mock-mode token rules."""
+    token = bearer_token(request.headers.get("authorization"))
+    if token is not None and token.startswith("mock_") and broker.mock_secrets is not None:
+        payload = broker.mock_secrets.verify(token)
+        if payload is None:
+            raise Unauthenticated(
+                "This mock client secret has expired, was cancelled or was issued by another "
+                "broker process; mint a new one at /api/chatkit/session."
+            )
+        return str(payload["u"])
+    return (await authenticate(request, broker)).user
 
 
 async def healthz(request: Request) -> Response:

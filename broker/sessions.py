@@ -101,6 +101,10 @@ class SessionService:
         self._backend = backend
         self._registry = registry
 
+    @property
+    def backend(self) -> SessionBackend:
+        return self._backend
+
     def allowed_workflows(self, identity: Identity) -> list[Workflow]:
         return [
             wf for wf in self._settings.workflows if not unmet_requirements(wf, identity.claims)

@@ -20,6 +20,7 @@ import aiohttp
 from .errors import (
     BrokerError,
     UpstreamAuthFailed,
+    UpstreamDetail,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -127,7 +128,7 @@ class HostedSessions:
             started = self._clock()
             try:
                 async with asyncio.timeout(remaining):
-                    return await self._attempt(url, payload, what, not_found_ok)
+                    return await self._attempt(url, payload, op, what, not_found_ok)
             except TimeoutError:
                 raise UpstreamTimeout(
                     f"OpenAI did not answer within {self._c.timeout:g} s (BROKER_UPSTREAM_TIMEOUT)."
@@ -148,8 +149,9 @@ class HostedSessions:
                     self._observe(op, self._clock() - started)
 
     async def _attempt(
-        self, url: str, payload: bytes, what: str, not_found_ok: bool
+        self, url: str, payload: bytes, op: str, what: str, not_found_ok: bool
     ) -> dict[str, Any]:
+        label = f"{op} {what}"
         try:
             async with self._http().post(url, data=payload, headers=self._headers) as resp:
                 length = resp.content_length
@@ -163,7 +165,7 @@ class HostedSessions:
                 status, request_id = resp.status, resp.headers.get("x-request-id", "-")
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            log.warning("upstream connection failed (%s): %s", what, type(exc).__name__)
+            log.warning("upstream connection failed (%s): %s", label, type(exc).__name__)
             raise _Retryable(
                 UpstreamUnavailable(
                     "Could not reach OpenAI (connection refused or reset); try again shortly."
@@ -173,7 +175,7 @@ class HostedSessions:
         if too_large:
             log.error(
                 "upstream %s answered %d with a body over 1 MiB (x-request-id %s)",
-                what,
+                label,
                 status,
                 request_id,
             )
@@ -188,7 +190,7 @@ class HostedSessions:
             if not isinstance(data, dict):
                 log.error(
                     "upstream %s answered %d with a non-JSON body (x-request-id %s)",
-                    what,
+                    label,
                     status,
                     request_id,
                 )
@@ -199,20 +201,27 @@ class HostedSessions:
 
         detail = _error_detail(body)
         log.warning(
-            "upstream %s answered %d (x-request-id %s): %s", what, status, request_id, detail
+            "upstream %s answered %d (x-request-id %s): %s", label, status, request_id, detail
         )
+        upstream = UpstreamDetail(status, detail, request_id)
         if status in (401, 403):
-            raise UpstreamAuthFailed(
-                f"OpenAI refused the broker's API key (HTTP {status}): check CHATKIT_OPENAI_API_KEY / "
-                "OPENAI_API_KEY and that the key has access to ChatKit."
+            raise _with(
+                upstream,
+                UpstreamAuthFailed(
+                    f"OpenAI refused the broker's API key (HTTP {status}): check CHATKIT_OPENAI_API_KEY / "
+                    "OPENAI_API_KEY and that the key has access to ChatKit."
+                ),
             )
         if status == 404:
             if not_found_ok:
                 raise _NotFound()
-            raise UpstreamWorkflowNotFound(
-                f"OpenAI says the workflow for {what} was not found. Usually the API key belongs to "
-                "another project than the workflow (check CHATKIT_OPENAI_API_KEY, or a stray shell "
-                "OPENAI_API_KEY), or the workflow is not published. Run 'chatkit-broker doctor'."
+            raise _with(
+                upstream,
+                UpstreamWorkflowNotFound(
+                    f"OpenAI says the workflow for {what} was not found. Usually the API key belongs to "
+                    "another project than the workflow (check CHATKIT_OPENAI_API_KEY, or a stray shell "
+                    "OPENAI_API_KEY), or the workflow is not published. Run 'chatkit-broker doctor'."
+                ),
             )
         if status in RETRY_STATUSES:
             error: BrokerError
@@ -222,8 +231,17 @@ class HostedSessions:
                 )
             else:
                 error = UpstreamError(f"OpenAI answered HTTP {status}; see the broker log.")
-            raise _Retryable(error, retry_after)
-        raise UpstreamError(f"OpenAI refused the request (HTTP {status}); see the broker log.")
+            raise _Retryable(_with(upstream, error), retry_after)
+        raise _with(
+            upstream,
+            UpstreamError(f"OpenAI refused the request (HTTP {status}); see the broker log."),
+        )
+
+
+def _with(upstream: UpstreamDetail, error: BrokerError) -> BrokerError:
+    """Attach what OpenAI said (operators only; never rendered to a caller)."""
+    error.upstream = upstream
+    return error
 
 
 class _NotFound(Exception):
