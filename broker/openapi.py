@@ -425,10 +425,24 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "summary": "Mock mode only: a local ChatKit backend (custom-backend protocol)",
             "description": "Speaks the ChatKit custom-backend protocol (`openai-chatkit`); "
             "answers every message with a canned, clearly marked mock reply.",
-            "security": [],
+            "security": [{}, {"bearerAuth": []}],
             "requestBody": {
                 "required": True,
-                "content": {JSON: {"schema": {"type": "object"}}},
+                "description": "A ChatKit request (`threads.create`, `threads.list`, …). The "
+                "bearer is a `mock_…` client secret from /api/chatkit/session, or a token as "
+                "in mock mode, or none (`mock-user`).",
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "type": "object",
+                            "required": ["type"],
+                            "properties": {
+                                "type": {"type": "string"},
+                                "params": {"type": "object"},
+                            },
+                        }
+                    }
+                },
             },
             "responses": {
                 "200": {
@@ -438,8 +452,17 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                         "text/event-stream": {"schema": {"type": "string"}},
                     },
                 },
-                "400": _BAD_REQUEST,
+                "400": _error(
+                    "Not a ChatKit request, or one the mock does not fake (files, audio, "
+                    "client tools).",
+                    "invalid_request",
+                ),
                 "401": _UNAUTHENTICATED,
+                "404": _error(
+                    "A thread or item this user does not own, or the backend is off "
+                    "(openai-chatkit not installed).",
+                    "not_found",
+                ),
                 "408": _TIMEOUT,
                 "413": _TOO_LARGE,
                 "429": _RATE_LIMITED,
@@ -470,7 +493,7 @@ def openapi_document(
             responses = op["responses"]
             if mock:
                 # tokens are optional; every request must come from loopback to a local Host
-                if op.get("security"):
+                if op.get("security") and {} not in op["security"]:
                     op["security"] = [{}, *op["security"]]
                 responses["403"] = _error(
                     "Mock mode answers only loopback peers that name localhost, 127.0.0.1 or "

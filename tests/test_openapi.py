@@ -163,9 +163,42 @@ async def test_mock_answers_match_the_document(make_settings, token):
             ("GET", "/healthz", {}, 200),
             ("GET", "/readyz", {}, 200),
             ("GET", "/openapi.json", {}, 200),
+            ("POST", "/mock/chatkit", {"json": {"type": "threads.list", "params": {}}}, 200),
+            ("POST", "/mock/chatkit", {"json": {"type": "threads.explode", "params": {}}}, 400),
+            ("POST", "/mock/chatkit", {"content": b"{", "headers": _json}, 400),
+            (
+                "POST",
+                "/mock/chatkit",
+                {"json": {"type": "threads.get_by_id", "params": {"thread_id": "cthr_nope"}}},
+                404,
+            ),
+            (
+                "POST",
+                "/mock/chatkit",
+                {"json": {"type": "threads.list", "params": {}}, "headers": auth("bad")},
+                401,
+            ),
         ]:
             r = await _exchange(c, method, path, mock=True, **kw)
             assert r.status_code == status, (path, r.text)
+        created = await _exchange(
+            c,
+            "POST",
+            "/mock/chatkit",
+            mock=True,
+            json={
+                "type": "threads.create",
+                "params": {
+                    "input": {
+                        "content": [{"type": "input_text", "text": "hi"}],
+                        "attachments": [],
+                        "inference_options": {},
+                    }
+                },
+            },
+        )
+        assert created.status_code == 200
+        assert created.headers["content-type"].startswith("text/event-stream")
     async with app_client(settings, peer="192.0.2.7") as c:
         for method, path in [
             ("POST", "/api/chatkit/session"),
