@@ -48,7 +48,7 @@ def assert_spec_error(
     error = data["error"]
     assert error["code"] in ERROR_CODES, f"unknown error code {error['code']!r}"
     if headers is not None:
-        lower = {k.lower(): v for k, v in headers.items()}
+        lower = {k.lower(): ", ".join(v) if isinstance(v, list) else v for k, v in headers.items()}
         assert lower.get("x-request-id") == error["request_id"], (lower, error)
     return error
 
@@ -88,7 +88,7 @@ def check_response(
 ) -> None:
     """Assert that this answer is one the OpenAPI document allows."""
     doc = _document(mock)
-    lower = {k.lower(): v for k, v in headers.items()}
+    lower = {k.lower(): ", ".join(v) if isinstance(v, list) else v for k, v in headers.items()}
     assert "x-request-id" in lower, f"{method} {path} {status}: no X-Request-ID"
     op = doc["paths"].get(path, {}).get(method.lower())
     if op is None:
