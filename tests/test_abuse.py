@@ -15,38 +15,46 @@ import pytest
 from broker.middleware import BODY_TIMEOUT
 from broker.server import HEAD_TIMEOUT, MAX_HEAD_BYTES
 
-from .adversarial import SecretWatch, live_env, raise_fd_limit, rss_mib
+from .adversarial import (
+    SecretWatch,
+    broker_process,
+    live_env,
+    make_token,
+    raise_fd_limit,
+    rss_mib,
+)
 from .contract import assert_spec_error
 from .rawhttp import NoAnswer, address, exchange, read_response, request_bytes
 
-
-@pytest.fixture
-def watch() -> SecretWatch:
-    return SecretWatch()
+watch = SecretWatch()
 
 
-@pytest.fixture
-def broker(run_broker, openai, token, watch):
-    """A live broker against the fake OpenAI, and a function that mints through it."""
-    bp = run_broker(live_env(openai.base_url))
+@pytest.fixture(scope="module")
+def broker(fake_server, tmp_path_factory):
+    """A live broker against the fake OpenAI for the whole module, and ``mint(user)``."""
+    fake_server.reset()
+    with broker_process(live_env(fake_server.base_url), tmp_path_factory.mktemp("abuse")) as bp:
 
-    def mint(user: str = "alice", timeout: float = 10.0):
-        tok = token(user)
-        watch.add(tok)
-        raw = request_bytes(
-            "POST",
-            "/api/chatkit/session",
-            [(b"Authorization", b"Bearer " + tok.encode()), (b"Content-Type", b"application/json")],
-            b'{"workflow": "support"}',
-        )
-        r = exchange(bp.url, raw, timeout)
-        if r.status == 200:
-            watch.add(json.loads(r.body)["client_secret"])
-        return r
+        def mint(user: str = "alice", timeout: float = 10.0):
+            tok = make_token(user)
+            watch.add(tok)
+            raw = request_bytes(
+                "POST",
+                "/api/chatkit/session",
+                [
+                    (b"Authorization", b"Bearer " + tok.encode()),
+                    (b"Content-Type", b"application/json"),
+                ],
+                b'{"workflow": "support"}',
+            )
+            r = exchange(bp.url, raw, timeout)
+            if r.status == 200:
+                watch.add(json.loads(r.body)["client_secret"])
+            return r
 
-    bp.mint = mint  # type: ignore[attr-defined]
-    yield bp
-    watch.check(bp.logs())
+        bp.mint = mint  # type: ignore[attr-defined]
+        yield bp
+        watch.check(bp.logs())
 
 
 def _wait_for_log(bp, fragment: str, timeout: float = 5.0) -> str:
@@ -59,8 +67,8 @@ def _wait_for_log(bp, fragment: str, timeout: float = 5.0) -> str:
     raise AssertionError(f"{fragment!r} never appeared in the log:\n{bp.logs()[-2000:]}")
 
 
-def test_client_gone_mid_body_is_not_an_internal_error(broker, token, watch):
-    tok = token("alice")
+def test_client_gone_mid_body_is_not_an_internal_error(broker):
+    tok = make_token("alice")
     watch.add(tok)
     head = request_bytes(
         "POST",
@@ -153,8 +161,8 @@ class Trickler(threading.Thread):
 
 
 @pytest.mark.slow
-def test_slowloris_heads_and_endless_bodies_do_not_starve_others(broker, token, watch):
-    tok = token("mallory").encode()
+def test_slowloris_heads_and_endless_bodies_do_not_starve_others(broker):
+    tok = make_token("mallory").encode()
     watch.add(tok.decode())
     head = request_bytes("GET", "/api/chatkit/workflows", [(b"Authorization", b"Bearer " + tok)])
     slowloris = [Trickler(broker.url, head, 0.5) for _ in range(200)]
@@ -212,7 +220,7 @@ def _open_fds(pid: int) -> int:
 
 
 @pytest.mark.slow
-def test_ten_thousand_idle_connections(run_broker, openai, token, watch):
+def test_ten_thousand_idle_connections(run_broker, openai, token):
     want = 10_000
     limit = raise_fd_limit(want * 2 + 1000)  # ours and the broker's (it inherits the limit)
     count = min(want, limit - 500)  # each process has its own limit
