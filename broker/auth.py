@@ -6,6 +6,9 @@ verify a token — from configuration only, never from the token's own header (R
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -166,7 +169,11 @@ class Verifier:
 
 
 def _header(token: str) -> dict[str, Any]:
-    """The token's header, after the checks that must happen before any cryptography."""
+    """The token's header, after the checks that must happen before any cryptography.
+
+    Parsed here rather than by PyJWT so that each problem gets its own message (PyJWT
+    reports a non-string ``kid`` or an unknown ``crit`` as a generic header error).
+    """
     if len(token) > MAX_TOKEN_BYTES:
         raise Unauthenticated("The token is larger than 8 KiB.")
     if token.startswith(("mock_", "ek_")):
@@ -175,14 +182,19 @@ def _header(token: str) -> dict[str, Any]:
         raise Unauthenticated(
             "The token is malformed: a JWT is three base64url parts joined by dots."
         )
+    segment = token.split(".", 1)[0]
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.InvalidTokenError:
-        raise Unauthenticated("The token is malformed: its header is not valid JSON.") from None
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (binascii.Error, ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict):
+        raise Unauthenticated("The token is malformed: its header is not a JSON object.")
     if "crit" in header:
         raise Unauthenticated(
             "The token uses critical header extensions this broker does not support."
         )
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise Unauthenticated("The token's 'kid' header must be a string.")
     typ = header.get("typ")
     if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP):
         raise Unauthenticated(f"The token's type {_printable(typ)} is not an access token (JWT).")
