@@ -102,6 +102,7 @@ class Verifier:
             )
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(self._explain(exc)) from None
+        _check_numeric_dates(claims)
         return self._identity(claims)
 
     def read_unverified(self, token: str) -> Identity:
@@ -162,10 +163,34 @@ class Verifier:
         if isinstance(exc, jwt.InvalidSignatureError):
             return "The token's signature is invalid."
         if isinstance(exc, jwt.InvalidIssuedAtError):
-            return "The token's 'iat' claim is not a valid time."
+            return _NOT_A_NUMERIC_DATE.format("iat")
+        if isinstance(exc, jwt.exceptions.InvalidSubjectError):
+            return "The token's 'sub' claim must be a non-empty string."
+        if isinstance(exc, jwt.exceptions.InvalidJTIError):
+            return "The token's 'jti' claim must be a string."
         if isinstance(exc, jwt.DecodeError):
+            # PyJWT reports a non-numeric exp/nbf as a DecodeError naming the claim
+            for claim in ("exp", "nbf"):
+                if f"({claim})" in str(exc):
+                    return _NOT_A_NUMERIC_DATE.format(claim)
             return "The token is malformed or its claims are not valid JSON."
         return "The token is invalid."
+
+
+_NOT_A_NUMERIC_DATE = "The token's '{}' claim must be a number of seconds since the epoch."
+
+
+def _check_numeric_dates(claims: Mapping[str, Any]) -> None:
+    """``exp``/``nbf``/``iat`` must be JSON numbers (RFC 7519 NumericDate).
+
+    PyJWT converts them with ``int()``, so it accepts ``"1900000000"`` (a string) and
+    ``true``; neither is a valid time, and a token that carries one is refused.
+    """
+    for claim in ("exp", "nbf", "iat"):
+        if claim in claims:
+            value = claims[claim]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise Unauthenticated(_NOT_A_NUMERIC_DATE.format(claim))
 
 
 def _header(token: str) -> dict[str, Any]:
