@@ -39,14 +39,16 @@ class Identity:
 def bearer_token(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, or None when there is none.
 
-    The scheme is case-insensitive (RFC 7235); anything else malformed is a 401, so a
-    caller learns why rather than being treated as anonymous.
+    The scheme is case-insensitive (RFC 7235) and may be followed by several spaces
+    (RFC 6750: ``"Bearer" 1*SP b64token``); surrounding whitespace is ignored. Anything
+    else malformed is a 401, so a caller learns why rather than being treated as anonymous.
     """
     if authorization is None or authorization == "":
         return None
-    if len(authorization) > MAX_TOKEN_BYTES + 7:
+    if len(authorization) > MAX_TOKEN_BYTES + 16:
         raise Unauthenticated("The Authorization header is larger than 8 KiB.")
-    scheme, _, token = authorization.partition(" ")
+    scheme, _, token = authorization.strip(" \t").partition(" ")
+    token = token.lstrip(" ")
     if scheme.lower() != "bearer":
         raise Unauthenticated(
             "The Authorization header must use the Bearer scheme: 'Authorization: Bearer <JWT>'.",
