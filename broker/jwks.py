@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 from jwt import PyJWK
-from jwt.exceptions import PyJWKError
+from jwt.exceptions import PyJWKError, PyJWTError
 
 from .errors import AuthUnavailable
 
@@ -52,11 +52,13 @@ def signing_keys(document: Any, allowed: tuple[str, ...]) -> dict[str, SigningKe
     for jwk in document["keys"]:
         if not isinstance(jwk, dict):
             continue
-        kid, kty = jwk.get("kid"), jwk.get("kty")
+        kid, kty, crv = jwk.get("kid"), jwk.get("kty"), jwk.get("crv")
         if not isinstance(kid, str) or not kid or jwk.get("use", "sig") != "sig":
             continue
+        if not isinstance(kty, str) or not isinstance(crv, str | None):
+            continue
         if kty == "EC":
-            family: tuple[str, ...] = (_EC_BY_CURVE.get(jwk.get("crv"), ""),)
+            family: tuple[str, ...] = (_EC_BY_CURVE.get(crv or "", ""),)
         else:
             family = _FAMILY.get(kty, ())
         alg = jwk.get("alg")
@@ -65,7 +67,7 @@ def signing_keys(document: Any, allowed: tuple[str, ...]) -> dict[str, SigningKe
             continue
         try:
             parsed = PyJWK(jwk, algorithm=algorithms[0])
-        except (PyJWKError, ValueError, TypeError):
+        except (PyJWTError, PyJWKError, ValueError, TypeError):  # e.g. InvalidKeyError
             continue
         keys[kid] = SigningKey(kid=kid, key=parsed.key, algorithms=algorithms)
     return keys
