@@ -20,6 +20,7 @@ from jwt import PyJWK
 from jwt.exceptions import PyJWKError, PyJWTError
 
 from .errors import AuthUnavailable
+from .httpread import read_capped
 
 log = logging.getLogger("broker.jwks")
 
@@ -148,13 +149,13 @@ class JWKSCache:
             async with self._http().get(self.url, timeout=timeout, allow_redirects=False) as resp:
                 if resp.status != 200:
                     raise ValueError(f"HTTP {resp.status}")
-                body = await resp.content.read(MAX_JWKS_BYTES + 1)
+                body = await read_capped(resp.content, MAX_JWKS_BYTES)
                 if len(body) > MAX_JWKS_BYTES:
                     raise ValueError("key set larger than 512 KiB")
             keys = signing_keys(json.loads(body), self._algorithms)
             if not keys:
                 raise ValueError("no usable signature keys (kid, kty RSA/EC/OKP, use sig)")
-        except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             state = "keeping the cached keys" if self._fetched_ok else "no keys yet"
             log.warning(
                 "JWKS fetch from %s failed (%s); %s", self.url, exc or type(exc).__name__, state
