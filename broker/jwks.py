@@ -155,7 +155,7 @@ class JWKSCache:
             keys = signing_keys(json.loads(body), self._algorithms)
             if not keys:
                 raise ValueError("no usable signature keys (kid, kty RSA/EC/OKP, use sig)")
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
             state = "keeping the cached keys" if self._fetched_ok else "no keys yet"
             log.warning(
                 "JWKS fetch from %s failed (%s); %s", self.url, exc or type(exc).__name__, state
