@@ -127,19 +127,25 @@ class JWKSCache:
         return self._keys.get(kid)
 
     async def refresh(self, *, force: bool = False) -> None:
-        """Fetch the key set unless one was fetched within the cooldown; one fetch at a time."""
-        if self._inflight is not None:
-            await asyncio.shield(self._inflight)
-            return
-        now = self._clock()
-        wait = self._cooldown if self._fetched_ok else self._cold_cooldown
-        if not force and self._last_attempt is not None and now - self._last_attempt < wait:
-            return
-        self._last_attempt = now
-        self._inflight = asyncio.ensure_future(self._fetch())
-        try:
-            await asyncio.shield(self._inflight)
-        finally:
+        """Fetch the key set unless one was fetched within the cooldown; one fetch at a time.
+
+        Callers that arrive while a fetch is running wait for that fetch. The fetch is its
+        own task, so a caller that is cancelled (a client hanging up) neither cancels it
+        nor makes later callers skip it.
+        """
+        task = self._inflight
+        if task is None:
+            now = self._clock()
+            wait = self._cooldown if self._fetched_ok else self._cold_cooldown
+            if not force and self._last_attempt is not None and now - self._last_attempt < wait:
+                return
+            self._last_attempt = now
+            task = self._inflight = asyncio.ensure_future(self._fetch())
+            task.add_done_callback(self._fetch_done)
+        await asyncio.shield(task)
+
+    def _fetch_done(self, task: asyncio.Task[None]) -> None:
+        if self._inflight is task:
             self._inflight = None
 
     async def _fetch(self) -> None:
