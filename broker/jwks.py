@@ -75,7 +75,14 @@ def signing_keys(document: Any, allowed: tuple[str, ...]) -> dict[str, SigningKe
 
 
 class JWKSCache:
-    """Keys from one JWKS URL, refreshed on demand within a cooldown."""
+    """Keys from one JWKS URL, refreshed on demand within a cooldown.
+
+    Staleness bound (SECURITY.md #23): a key set older than ``max_age`` (default 10 min) is
+    refetched before it is used again, so a key removed from the JWKS stops verifying at most
+    ``max_age`` after the last fetch that still listed it — as long as the endpoint answers.
+    While it does not, the last good keys keep working (stale-while-error), because refusing
+    every sign-in during an identity-provider outage is the worse failure.
+    """
 
     def __init__(
         self,
@@ -86,6 +93,7 @@ class JWKSCache:
         cooldown: float = 60.0,
         cold_cooldown: float = 5.0,
         timeout: float = 3.0,
+        max_age: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
@@ -94,9 +102,11 @@ class JWKSCache:
         self._cooldown = cooldown
         self._cold_cooldown = cold_cooldown
         self._timeout = timeout
+        self.max_age = max_age
         self._clock = clock
         self._keys: dict[str, SigningKey] = {}
         self._fetched_ok = False
+        self._fetched_at = 0.0
         self._last_attempt: float | None = None
         self._inflight: asyncio.Task[None] | None = None
         self.fetches = 0
@@ -116,6 +126,8 @@ class JWKSCache:
         Raises ``AuthUnavailable`` only while no key set was ever fetched: then the
         caller did nothing wrong, the broker simply cannot verify anyone yet.
         """
+        if self._fetched_ok and self._clock() - self._fetched_at >= self.max_age:
+            await self.refresh()  # within the cooldown; on failure the old keys stay
         found = self._keys.get(kid)
         if found is not None:
             return found
@@ -169,4 +181,5 @@ class JWKSCache:
             return
         self._keys = keys
         self._fetched_ok = True
+        self._fetched_at = self._clock()
         log.info("JWKS fetched from %s: %d key(s)", self.url, len(keys))
