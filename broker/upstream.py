@@ -25,6 +25,7 @@ from .errors import (
     UpstreamUnavailable,
     UpstreamWorkflowNotFound,
 )
+from .httpread import read_capped
 
 log = logging.getLogger("broker.upstream")
 
@@ -157,7 +158,7 @@ class HostedSessions:
                     body = b""
                     too_large = True
                 else:
-                    body = await resp.content.read(MAX_BODY_BYTES + 1)
+                    body = await read_capped(resp.content, MAX_BODY_BYTES)
                     too_large = len(body) > MAX_BODY_BYTES
                 status, request_id = resp.status, resp.headers.get("x-request-id", "-")
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
