@@ -169,6 +169,11 @@ class HostedSessions:
                     "Could not reach OpenAI (connection refused or reset); try again shortly."
                 )
             ) from None
+        except aiohttp.ClientError as exc:  # not valid HTTP, too many redirects, ...
+            log.error("upstream %s answered with invalid HTTP: %s", what, type(exc).__name__)
+            raise UpstreamError(
+                "OpenAI's answer could not be read as HTTP; see the broker log."
+            ) from None
 
         if too_large:
             log.error(
