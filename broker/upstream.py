@@ -152,7 +152,9 @@ class HostedSessions:
         self, url: str, payload: bytes, what: str, not_found_ok: bool
     ) -> dict[str, Any]:
         try:
-            async with self._http().post(url, data=payload, headers=self._headers) as resp:
+            async with self._http().post(
+                url, data=payload, headers=self._headers, allow_redirects=False
+            ) as resp:
                 length = resp.content_length
                 if length is not None and length > MAX_BODY_BYTES:
                     body = b""
@@ -162,6 +164,7 @@ class HostedSessions:
                     too_large = len(body) > MAX_BODY_BYTES
                 status, request_id = resp.status, resp.headers.get("x-request-id", "-")
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
+                location = resp.headers.get("Location", "")
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             log.warning("upstream connection failed (%s): %s", what, type(exc).__name__)
             raise _Retryable(
@@ -202,6 +205,18 @@ class HostedSessions:
                 )
             return data
 
+        if 300 <= status < 400:
+            log.error(
+                "upstream %s answered %d, a redirect to %r (x-request-id %s); not followed",
+                what,
+                status,
+                location[:200],
+                request_id,
+            )
+            raise UpstreamError(
+                f"OpenAI answered with a redirect (HTTP {status}), which the broker does not "
+                "follow: check OPENAI_BASE_URL."
+            )
         detail = _error_detail(body)
         log.warning(
             "upstream %s answered %d (x-request-id %s): %s", what, status, request_id, detail
