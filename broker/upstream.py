@@ -128,8 +128,12 @@ class HostedSessions:
                 )
             started = self._clock()
             try:
-                async with asyncio.timeout(remaining):
-                    return await self._attempt(url, payload, what, not_found_ok)
+                try:
+                    async with asyncio.timeout(remaining):
+                        return await self._attempt(url, payload, what, not_found_ok)
+                finally:  # the attempt's own latency; back-off below is not upstream time
+                    if self._observe is not None:
+                        self._observe(op, self._clock() - started)
             except TimeoutError:
                 raise UpstreamTimeout(
                     f"OpenAI did not answer within {self._c.timeout:g} s (BROKER_UPSTREAM_TIMEOUT)."
@@ -145,9 +149,6 @@ class HostedSessions:
                 attempt += 1
                 log.info("retrying upstream (%s) in %.2f s, attempt %d", what, delay, attempt + 1)
                 await self._sleep(delay)
-            finally:
-                if self._observe is not None:
-                    self._observe(op, self._clock() - started)
 
     async def _attempt(
         self, url: str, payload: bytes, what: str, not_found_ok: bool
