@@ -394,7 +394,7 @@ async def test_must_reject(case, configured, openai, caplog):
     async with app_client(configured(config)) as c:
         r = await c.post("/api/chatkit/session", json=MINT, headers=bearer(tok))
     assert_refused(r, tok, fragment=fragment)
-    assert openai.session_requests() == []
+    assert openai.requests == []
     assert tok not in broker_log(caplog)
 
 
@@ -502,7 +502,7 @@ async def test_public_key_as_hmac_secret_is_refused(case, configured, openai):
         hits_after_start = openai.jwks_hits
         r = await c.post("/api/chatkit/session", json=MINT, headers=auth(tok))
     assert_refused(r, tok, fragment=fragment)
-    assert openai.session_requests() == []
+    assert openai.requests == []
     # an HS token is never looked up in the JWKS
     assert openai.jwks_hits == hits_after_start
     assert hits_after_start - jwks_hits_before == (0 if config.endswith("pem") else 1)
@@ -566,7 +566,7 @@ async def test_migration_asymmetric_token_is_checked_with_jwks_only(configured, 
     async with app_client(configured("supabase-migration")) as c:
         r = await c.post("/api/chatkit/session", json=MINT, headers=auth(tok))
     assert_refused(r, tok, fragment="signature")
-    assert openai.session_requests() == []
+    assert openai.requests == []
 
 
 # ---------------------------------------------------------------------------------------------
