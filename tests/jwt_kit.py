@@ -9,6 +9,7 @@ public key used as an HMAC secret).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -68,6 +69,12 @@ hLB7E2BUo5z89YQLXTw8Kjt16hUjSfgyk43/QbiNMAOoDpMsLU2GLGEr
 RSA_KEY = serialization.load_pem_private_key(RSA_PRIVATE_PEM, password=None)
 EC_KEY = serialization.load_pem_private_key(EC_PRIVATE_PEM, password=None)
 assert isinstance(RSA_KEY, rsa.RSAPrivateKey) and isinstance(EC_KEY, ec.EllipticCurvePrivateKey)
+
+
+@functools.cache
+def attacker_key() -> rsa.RSAPrivateKey:
+    """An RSA key nobody configured: what an attacker signs with."""
+    return rsa.generate_private_key(65537, 2048)
 
 
 def public_forms(private: Any) -> dict[str, bytes]:

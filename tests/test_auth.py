@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 
 from broker.config import Settings
 
@@ -24,6 +25,7 @@ from .jwt_kit import (
     FIXED_EXP,
     RSA_KEY,
     TinyServer,
+    attacker_key,
     b64url,
     claims,
     fixed_claims,
@@ -173,7 +175,7 @@ REJECT: dict[str, tuple[str, Callable[[], str], str]] = {
     ),
     "r04-rs256-other-key-on-pem": (
         "rsa-pem",
-        lambda: sign(claims(), _other_rsa(), "RS256"),
+        lambda: sign(claims(), attacker_key(), "RS256"),
         "signature",
     ),
     # 5/6 kid (JWKS mode; the fetch counts are asserted in test_jwks.py)
@@ -333,16 +335,6 @@ REJECT: dict[str, tuple[str, Callable[[], str], str]] = {
     ),
     "openai-api-key": ("hs", lambda: "sk-proj-" + "A" * 40, "three"),
 }
-
-_OTHER_RSA: list[Any] = []
-
-
-def _other_rsa() -> Any:
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    if not _OTHER_RSA:
-        _OTHER_RSA.append(rsa.generate_private_key(65537, 2048))
-    return _OTHER_RSA[0]
 
 
 def bearer(tok: str) -> dict[str, bytes]:
@@ -575,15 +567,11 @@ async def test_migration_asymmetric_token_is_checked_with_jwks_only(configured, 
 
 @pytest.mark.parametrize("config", ["rsa-pem", "jwks"])
 async def test_jku_x5u_and_embedded_jwk_are_ignored(config, configured, openai):
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    attacker = rsa.generate_private_key(65537, 2048)
+    attacker = attacker_key()
     elsewhere = await TinyServer().start()
     attacker_jwks = {"keys": [jwk(attacker, "attacker")]}
 
-    async def serve_keys(request):
-        from aiohttp import web
-
+    async def serve_keys(request: web.Request) -> web.Response:
         return web.json_response(attacker_jwks)
 
     elsewhere.handler = serve_keys
@@ -604,6 +592,7 @@ async def test_jku_x5u_and_embedded_jwk_are_ignored(config, configured, openai):
     assert_refused(refused, forged_tok)
     assert accepted.status_code == 200, accepted.text
     assert elsewhere.hits == []
+    assert openai.jwks_hits == (1 if config == "jwks" else 0)  # only the configured JWKS
 
 
 # ---------------------------------------------------------------------------------------------

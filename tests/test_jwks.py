@@ -93,12 +93,6 @@ async def mint(c: httpx.AsyncClient, tok: str) -> httpx.Response:
     return await c.post("/api/chatkit/session", json=MINT, headers=auth(tok))
 
 
-def _other_rsa() -> Any:
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    return rsa.generate_private_key(65537, 2048)
-
-
 # --- 22: rotation; cache hits cost nothing -----------------------------------------------------
 
 
