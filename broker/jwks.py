@@ -176,7 +176,10 @@ class JWKSCache:
         except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
             state = "keeping the cached keys" if self._fetched_ok else "no keys yet"
             log.warning(
-                "JWKS fetch from %s failed (%s); %s", self.url, exc or type(exc).__name__, state
+                "JWKS fetch from %s failed (%s); %s",
+                self.url,
+                str(exc) or type(exc).__name__,
+                state,
             )
             return
         self._keys = keys

@@ -421,7 +421,8 @@ async def test_revoked_key_stops_verifying_within_max_age(jwks_settings, openai,
 # --- 24: a slow JWKS fails fast and stalls nobody else ------------------------------------------
 
 
-async def test_slow_jwks_at_cold_start_fails_fast(jwks_settings, openai, clock):
+async def test_slow_jwks_at_cold_start_fails_fast(jwks_settings, openai, clock, caplog):
+    caplog.set_level(logging.INFO)
     openai.jwks_delay = 2.0
     started = time.monotonic()
     async with jwks_client(jwks_settings, clock, timeout=0.3) as (c, _):
@@ -430,6 +431,7 @@ async def test_slow_jwks_at_cold_start_fails_fast(jwks_settings, openai, clock):
     assert start_up < 2.0
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "auth_unavailable"
+    assert "failed (TimeoutError); no keys yet" in caplog.text  # the log says why
 
 
 async def test_slow_refresh_does_not_stall_other_requests(jwks_settings, openai, clock):
