@@ -186,7 +186,11 @@ class FakeOpenAI:
             request.transport.abort()
             raise asyncio.CancelledError
         if b.kind == "hang":
-            await asyncio.sleep(3600)
+            # never answer, until the client gives up and closes the connection: a handler
+            # that slept for an hour kept the fake's shutdown waiting (runner.cleanup)
+            while request.transport is not None and not request.transport.is_closing():
+                await asyncio.sleep(0.02)
+            raise asyncio.CancelledError
         raise AssertionError(f"unknown behaviour {b.kind}")
 
     async def create_session(self, request: web.Request) -> web.StreamResponse:
