@@ -363,7 +363,7 @@ def _load_jwt(
                 "BROKER_JWT_ALGORITHMS names no RS/PS/ES/EdDSA algorithm for the public key(s)"
             )
     else:
-        hmac_algs = _HMAC_ALGS if secret else ()
+        hmac_algs = _hmac_defaults(secret)
         asym_algs = public_algs if public_key else (_ASYMMETRIC_ALGS if jwks_url else ())
 
     leeway = _int(get("BROKER_JWT_LEEWAY") or "30", "BROKER_JWT_LEEWAY", problems, 0, 600)
@@ -384,6 +384,14 @@ def _load_jwt(
         leeway=30 if leeway is None else leeway,
         user_claim=get("BROKER_JWT_USER_CLAIM") or "sub",
     )
+
+
+def _hmac_defaults(secret: str | None) -> tuple[str, ...]:
+    """HS256, plus HS384/HS512 only when the secret is as long as their hash (RFC 7518 §3.2)."""
+    if not secret:
+        return ()
+    size = len(secret.encode())
+    return tuple(alg for alg, need in (("HS256", 32), ("HS384", 48), ("HS512", 64)) if size >= need)
 
 
 def _algorithms_for_pem(pem: str, problems: list[str]) -> tuple[str, ...]:

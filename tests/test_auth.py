@@ -42,6 +42,7 @@ SUPA_ISS = f"https://{SUPA_REF}.supabase.co/auth/v1"
 AUTH0_ISS = "https://example-tenant.eu.auth0.com/"
 AUTH0_AUD = "https://api.example.com"
 OTHER_SECRET = "another-secret-that-is-also-32-bytes-long!!"
+LONG_SECRET = "a-64-byte-secret-enables-hs384-and-hs512-by-default-0123456789ab"
 MINT = {"workflow": "support"}
 
 # ---------------------------------------------------------------------------------------------
@@ -51,6 +52,7 @@ MINT = {"workflow": "support"}
 def _configs(jwks_url: str) -> dict[str, dict[str, str | None]]:
     return {
         "hs": {},
+        "hs-64-byte-secret": {"BROKER_JWT_SECRET": LONG_SECRET},
         "supabase-legacy": {
             "BROKER_JWT_AUDIENCE": "authenticated",
             "BROKER_JWT_ISSUER": SUPA_ISS,
@@ -142,6 +144,8 @@ def _payload_bytes(raw: bytes) -> Callable[[], str]:
 
 # id -> (configuration, token, fragment the message must contain). Rows refer to SECURITY.md.
 REJECT: dict[str, tuple[str, Callable[[], str], str]] = {
+    # HS384/HS512 need a secret as long as their hash; a 43-byte secret only allows HS256
+    "hs384-with-short-secret": ("hs", lambda: sign(claims(), algorithm="HS384"), "'HS384'"),
     # 1 alg none
     "r01-alg-none": ("hs", forged({"alg": "none", "typ": "JWT"}, signature=""), "'none'"),
     "r01-alg-none-with-signature": ("hs", forged({"alg": "none"}), "'none'"),
@@ -394,10 +398,10 @@ async def test_must_reject(case, configured, openai, caplog):
 # above is for the reason the case names, not for a broken setup.
 ACCEPT: dict[str, tuple[str, Callable[[], str], str]] = {
     "hs256": ("hs", hs(), "alice"),
-    "hs384": ("hs", lambda: sign(claims(), algorithm="HS384"), "alice"),
+    "hs384": ("hs-64-byte-secret", lambda: sign(claims(), LONG_SECRET, "HS384"), "alice"),
     "hs512-typ-at+jwt": (
-        "hs",
-        lambda: sign(claims(), algorithm="HS512", headers={"typ": "at+jwt"}),
+        "hs-64-byte-secret",
+        lambda: sign(claims(), LONG_SECRET, "HS512", {"typ": "at+jwt"}),
         "alice",
     ),
     "exp-within-leeway": ("hs", hs(exp=int(time.time()) - 10), "alice"),
@@ -429,7 +433,6 @@ ACCEPT: dict[str, tuple[str, Callable[[], str], str]] = {
 }
 
 
-@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # HS384 + 43 B
 @pytest.mark.parametrize("case", list(ACCEPT.values()), ids=list(ACCEPT))
 async def test_accepts_well_formed_tokens(case, configured, openai):
     config, make_token, user = case
