@@ -84,8 +84,10 @@ class JWKSCache:
         cold_cooldown: float = 5.0,
         timeout: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
+        on_fetch: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url
+        self._on_fetch = on_fetch  # called with "ok" or "error" after each fetch (metrics)
         self._http = http
         self._algorithms = algorithms
         self._cooldown = cooldown
@@ -157,7 +159,11 @@ class JWKSCache:
             log.warning(
                 "JWKS fetch from %s failed (%s); %s", self.url, exc or type(exc).__name__, state
             )
+            if self._on_fetch is not None:
+                self._on_fetch("error")
             return
         self._keys = keys
         self._fetched_ok = True
+        if self._on_fetch is not None:
+            self._on_fetch("ok")
         log.info("JWKS fetched from %s: %d key(s)", self.url, len(keys))
