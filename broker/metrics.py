@@ -93,6 +93,7 @@ class Metrics:
             registry=r,
         )
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._request_children: dict[tuple[str, str, int], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric, *labels)
@@ -104,7 +105,11 @@ class Metrics:
     # --- hooks --------------------------------------------------------------------------
 
     def request(self, route: str, method: str, status: int) -> None:
-        self._child(self.requests, route, method, str(status)).inc()
+        key = (route, method, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(route, method, str(status))
+        child.inc()
 
     def mint(self, workflow: str, outcome: str) -> None:
         self._child(self.mints, workflow, outcome).inc()
