@@ -97,12 +97,13 @@ def test_metric_hook_is_cheap(make_settings):
 
     metrics = Metrics()
     metrics.request(MINT, "POST", 200)
-    n = 20000
-    started = time.perf_counter()
-    for _ in range(n):
-        metrics.request(MINT, "POST", 200)
-    per_call = (time.perf_counter() - started) / n
-    assert per_call < 20e-6, f"{per_call * 1e6:.1f} µs per request"
+    n, rounds = 5000, []
+    for _ in range(5):  # the best of five, so a busy machine does not fail the test
+        started = time.perf_counter()
+        for _ in range(n):
+            metrics.request(MINT, "POST", 200)
+        rounds.append((time.perf_counter() - started) / n)
+    assert min(rounds) < 20e-6, f"{min(rounds) * 1e6:.1f} µs per request"
 
 
 # --- several workers ------------------------------------------------------------------------
