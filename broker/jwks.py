@@ -95,8 +95,10 @@ class JWKSCache:
         timeout: float = 3.0,
         max_age: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        on_fetch: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url
+        self._on_fetch = on_fetch  # called with "ok" or "error" after each fetch (metrics)
         self._http = http
         self._algorithms = algorithms
         self._cooldown = cooldown
@@ -181,8 +183,12 @@ class JWKSCache:
                 str(exc) or type(exc).__name__,
                 state,
             )
+            if self._on_fetch is not None:
+                self._on_fetch("error")
             return
         self._keys = keys
         self._fetched_ok = True
         self._fetched_at = self._clock()
+        if self._on_fetch is not None:
+            self._on_fetch("ok")
         log.info("JWKS fetched from %s: %d key(s)", self.url, len(keys))
