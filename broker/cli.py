@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from .config import ConfigError, Settings, load_settings, read_environment
 
@@ -51,6 +53,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     setup_logging(settings.log_format, settings.log_level, secrets=(settings.openai_api_key or "",))
     trusted = ",".join(settings.trusted_proxies)
+    from .metrics import multiprocess_dir
+
+    with multiprocess_dir(args.workers) as metrics_dir:
+        if metrics_dir:
+            logging.getLogger("broker").info(
+                "metrics: workers write to %s (PROMETHEUS_MULTIPROC_DIR); /metrics sums them",
+                metrics_dir,
+            )
+        _run_uvicorn(uvicorn, settings, args, trusted)
+    return 0
+
+
+def _run_uvicorn(uvicorn: Any, settings: Settings, args: argparse.Namespace, trusted: str) -> None:
     # Limits against slow and abusive clients (README "Reliability and security"):
     # request heads are capped at 64 KiB and must arrive within 10 s (broker/server.py; plain
     # uvicorn has neither with httptools), bodies at 16 KiB within 10 s (middleware.BodyLimit),
@@ -73,7 +88,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http=_http_protocol(),
         h11_max_incomplete_event_size=64 * 1024,  # the same head cap if h11 is used
     )
-    return 0
 
 
 def _http_protocol() -> str:

@@ -100,6 +100,12 @@ class AuthUnavailable(BrokerError):
     status, code = 503, "auth_unavailable"
 
 
+class StoreUnavailable(BrokerError):
+    """503: the shared store (Redis) cannot be reached, so ownership cannot be checked."""
+
+    status, code = 503, "store_unavailable"
+
+
 class UpstreamTimeout(BrokerError):
     status, code = 504, "upstream_timeout"
 

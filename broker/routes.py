@@ -81,6 +81,8 @@ def _workflow_ref(body: dict[str, Any]) -> str:
 async def create_session(request: Request) -> Response:
     broker = _broker(request)
     identity = await authenticate(request, broker)
+    if broker.limits is not None:  # every authenticated mint counts, whatever its outcome
+        await broker.limits.hit_user(identity.user)
     body = await json_body(request)
     ref = _workflow_ref(body)
     previous = body.get("previous_session_id")

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -26,6 +27,7 @@ from .errors import (
     UpstreamUnavailable,
     UpstreamWorkflowNotFound,
 )
+from .httpread import read_capped
 
 log = logging.getLogger("broker.upstream")
 
@@ -127,8 +129,12 @@ class HostedSessions:
                 )
             started = self._clock()
             try:
-                async with asyncio.timeout(remaining):
-                    return await self._attempt(url, payload, op, what, not_found_ok)
+                try:
+                    async with asyncio.timeout(remaining):
+                        return await self._attempt(url, payload, op, what, not_found_ok)
+                finally:  # the attempt's own latency; back-off below is not upstream time
+                    if self._observe is not None:
+                        self._observe(op, self._clock() - started)
             except TimeoutError:
                 raise UpstreamTimeout(
                     f"OpenAI did not answer within {self._c.timeout:g} s (BROKER_UPSTREAM_TIMEOUT)."
@@ -144,32 +150,36 @@ class HostedSessions:
                 attempt += 1
                 log.info("retrying upstream (%s) in %.2f s, attempt %d", what, delay, attempt + 1)
                 await self._sleep(delay)
-            finally:
-                if self._observe is not None:
-                    self._observe(op, self._clock() - started)
 
     async def _attempt(
         self, url: str, payload: bytes, op: str, what: str, not_found_ok: bool
     ) -> dict[str, Any]:
         label = f"{op} {what}"
         try:
-            async with self._http().post(url, data=payload, headers=self._headers) as resp:
+            async with self._http().post(
+                url, data=payload, headers=self._headers, allow_redirects=False
+            ) as resp:
                 length = resp.content_length
                 if length is not None and length > MAX_BODY_BYTES:
                     body = b""
                     too_large = True
                 else:
-                    limited = await read_limited(resp.content, MAX_BODY_BYTES)
-                    too_large = limited is None
-                    body = limited or b""
+                    body = await read_capped(resp.content, MAX_BODY_BYTES)
+                    too_large = len(body) > MAX_BODY_BYTES
                 status, request_id = resp.status, resp.headers.get("x-request-id", "-")
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
+                location = resp.headers.get("Location", "")
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             log.warning("upstream connection failed (%s): %s", label, type(exc).__name__)
             raise _Retryable(
                 UpstreamUnavailable(
                     "Could not reach OpenAI (connection refused or reset); try again shortly."
                 )
+            ) from None
+        except aiohttp.ClientError as exc:  # not valid HTTP, too many redirects, ...
+            log.error("upstream %s answered with invalid HTTP: %s", label, type(exc).__name__)
+            raise UpstreamError(
+                "OpenAI's answer could not be read as HTTP; see the broker log."
             ) from None
 
         if too_large:
@@ -199,6 +209,18 @@ class HostedSessions:
                 )
             return data
 
+        if 300 <= status < 400:
+            log.error(
+                "upstream %s answered %d, a redirect to %r (x-request-id %s); not followed",
+                label,
+                status,
+                location[:200],
+                request_id,
+            )
+            raise UpstreamError(
+                f"OpenAI answered with a redirect (HTTP {status}), which the broker does not "
+                "follow: check OPENAI_BASE_URL."
+            )
         detail = _error_detail(body)
         log.warning(
             "upstream %s answered %d (x-request-id %s): %s", label, status, request_id, detail
@@ -248,30 +270,20 @@ class _NotFound(Exception):
     pass
 
 
-async def read_limited(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it exceeds ``limit`` bytes (the rest is never read).
-
-    ``StreamReader.read(n)`` returns *up to* n bytes — whatever has arrived — so a single
-    call cuts any body that comes in more than one piece (chunked encoding, TLS records,
-    a slow network); read until EOF instead.
-    """
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await stream.read(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date (RFC 9110)."""
     if value is None:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        return None
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
     return max(0.0, seconds) if seconds == seconds else None
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import secrets
 import threading
@@ -103,7 +102,7 @@ class FakeOpenAI:
     jwks_chunk: int = 0  # > 0: the JWKS is streamed in pieces of this size
     default: Behaviour = field(default_factory=Behaviour)
     huge_sent: int = 0
-    _release: asyncio.Event | None = None
+    _hang_generation: int = 0
     models_headers: dict[str, str] = field(
         default_factory=lambda: {"openai-organization": "org-fake", "openai-project": "proj_fake"}
     )
@@ -125,11 +124,8 @@ class FakeOpenAI:
         self.release_hangs()
 
     def release_hangs(self) -> None:
-        """End every request held by ``hang`` (the server thread's loop does the waking)."""
-        release, self._release = self._release, None
-        if release is not None:
-            loop = release._loop  # type: ignore[attr-defined]
-            loop.call_soon_threadsafe(release.set)
+        """End every request held by ``hang`` (polled by the handlers)."""
+        self._hang_generation += 1
 
     def then(self, kind: str, **kw: Any) -> FakeOpenAI:
         """Answer the next request (whatever it is) with this behaviour; chainable."""
@@ -260,10 +256,15 @@ class FakeOpenAI:
             request.transport.abort()
             raise asyncio.CancelledError
         if b.kind == "hang":
-            if self._release is None:
-                self._release = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._release.wait(), 3600)
+            # never answer, until the client gives up and closes the connection (a handler
+            # that slept for an hour kept the fake's shutdown waiting) or release_hangs()
+            generation = self._hang_generation
+            while (
+                request.transport is not None
+                and not request.transport.is_closing()
+                and generation == self._hang_generation
+            ):
+                await asyncio.sleep(0.02)
             raise asyncio.CancelledError
         raise AssertionError(f"unknown behaviour {b.kind}")
 

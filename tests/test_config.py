@@ -25,9 +25,7 @@ def test_minimal_live_config(base_env):
     assert [w.name for w in s.workflows] == ["support", "sales"]
     assert s.workflow("support").id == WF_SUPPORT and s.workflow(WF_SALES).name == "sales"
     assert s.workflow("nope") is None
-    assert (
-        s.jwt.hmac_algorithms == ("HS256", "HS384", "HS512") and s.jwt.asymmetric_algorithms == ()
-    )
+    assert s.jwt.hmac_algorithms == ("HS256",) and s.jwt.asymmetric_algorithms == ()
     assert (s.host, s.port, s.rate_limit, s.upstream_retries) == ("127.0.0.1", 8000, "30/minute", 2)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.mock = True  # type: ignore[misc]
@@ -181,12 +179,28 @@ def test_pem_key_decides_algorithms(base_env, tmp_path: Path):
 
 def test_secret_and_jwks_together_split_algorithms(base_env):
     s = load_settings(base_env | {"BROKER_JWT_JWKS_URL": "https://x.supabase.co/jwks.json"})
-    assert s.jwt.hmac_algorithms == ("HS256", "HS384", "HS512")
+    assert s.jwt.hmac_algorithms == ("HS256",)
     assert "ES256" in s.jwt.asymmetric_algorithms and "RS256" in s.jwt.asymmetric_algorithms
     s = load_settings(
         base_env | {"BROKER_JWT_JWKS_URL": "https://x/j", "BROKER_JWT_ALGORITHMS": "HS256,ES256"}
     )
     assert (s.jwt.hmac_algorithms, s.jwt.asymmetric_algorithms) == (("HS256",), ("ES256",))
+
+
+@pytest.mark.parametrize(
+    ("length", "expected"),
+    [
+        (32, ("HS256",)),
+        (47, ("HS256",)),
+        (48, ("HS256", "HS384")),
+        (64, ("HS256", "HS384", "HS512")),
+    ],
+)
+def test_hmac_algorithms_follow_the_secret_length(base_env, length, expected):
+    assert (
+        load_settings(base_env | {"BROKER_JWT_SECRET": "k" * length}).jwt.hmac_algorithms
+        == expected
+    )
 
 
 def test_no_audience_is_a_warning(base_env):
