@@ -39,6 +39,7 @@ ERROR_CODES = (
     "upstream_error",
     "upstream_unavailable",
     "auth_unavailable",
+    "store_unavailable",
     "upstream_timeout",
     "not_ready",
 )
@@ -342,6 +343,14 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "429": _RATE_LIMITED,
                 "500": _INTERNAL,
                 **_UPSTREAM,
+                "503": _error(
+                    "OpenAI could not be reached or is overloaded (after retries), the JWKS has "
+                    "never been fetched, or Redis is unreachable so ownership cannot be checked "
+                    "(nothing was sent upstream).",
+                    "upstream_unavailable",
+                    "auth_unavailable",
+                    "store_unavailable",
+                ),
             },
         }
     },

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from email.utils import formatdate
 
 import httpx
 import pytest
@@ -189,10 +190,15 @@ async def test_429_with_a_short_retry_after_is_waited_then_retried(mint, openai)
 
 
 async def test_429_with_an_http_date_retry_after(mint, openai):
-    _tried("429 Retry-After as an HTTP date")
+    _tried("429 Retry-After as an HTTP date (far, then near)")
     openai.then("rate_limited", retry_after="Wed, 21 Oct 2099 07:28:00 GMT")
-    r, _ = await mint()
+    r, seconds = await mint()
+    assert r.status_code == 503 and _code(r) == "upstream_unavailable"
+    assert seconds < 0.5
+    openai.then("rate_limited", retry_after=formatdate(time.time() + 1, usegmt=True))
+    r, seconds = await mint()
     assert r.status_code == 200, r.text
+    assert seconds < DEADLINE
 
 
 @pytest.mark.parametrize(
