@@ -404,8 +404,14 @@ ACCEPT: dict[str, tuple[str, Callable[[], str], str]] = {
         lambda: sign(claims(), LONG_SECRET, "HS512", {"typ": "at+jwt"}),
         "alice",
     ),
-    "exp-within-leeway": ("hs", hs(exp=int(time.time()) - 10), "alice"),
-    "float-times": ("hs", hs(exp=time.time() + 300.5, iat=time.time()), "alice"),
+    # times are read when the test runs, not at collection: a suite that takes longer than
+    # the leeway (or 300 s) before reaching these would otherwise see expired tokens
+    "exp-within-leeway": ("hs", lambda: sign(claims(exp=int(time.time()) - 10)), "alice"),
+    "float-times": (
+        "hs",
+        lambda: sign(claims(exp=time.time() + 300.5, iat=time.time())),
+        "alice",
+    ),
     "sub-512-chars": ("hs", hs(sub="u" * 512), "u" * 512),
     "supabase-user": (
         "supabase-legacy",
