@@ -349,7 +349,7 @@ def test_request_body_property(live):
         body=bodies,
         ctype=content_types,
         path=st.sampled_from(["/api/chatkit/session", "/api/chatkit/session/cancel"]),
-        lie=st.sampled_from([None, 0, 1, -1]),
+        lie=st.sampled_from([None, 0, -1]),
     )
     def run(body: bytes, ctype: bytes, path: str, lie: int | None):
         headers = [(b"Authorization", b"Bearer " + tok)]
@@ -357,21 +357,17 @@ def test_request_body_property(live):
             headers.append((b"Content-Type", ctype))
         if lie is None:
             raw = request_bytes("POST", path, headers, body)
-        else:  # Content-Length that lies: shorter (extra bytes) or a body sent without one
-            length = max(0, len(body) + lie) if lie >= 0 else len(body)
-            if lie == -1:
-                headers.append((b"Transfer-Encoding", b"chunked"))
-                chunked = (b"%x\r\n" % len(body) + body + b"\r\n" if body else b"") + b"0\r\n\r\n"
-                raw = request_bytes("POST", path, headers, chunked, content_length=False)
-            else:
-                headers.append((b"Content-Length", str(length).encode()))
-                raw = request_bytes("POST", path, headers, body, content_length=False)
-                if lie == 1:  # promises one byte more than it sends: the body deadline answers
-                    return
+        elif lie == 0:  # Content-Length 0 with a body behind it: the rest is a bad next request
+            headers.append((b"Content-Length", b"0"))
+            raw = request_bytes("POST", path, headers, body, content_length=False)
+        else:  # chunked transfer encoding instead of a Content-Length
+            headers.append((b"Transfer-Encoding", b"chunked"))
+            chunked = (b"%x\r\n" % len(body) + body + b"\r\n" if body else b"") + b"0\r\n\r\n"
+            raw = request_bytes("POST", path, headers, chunked, content_length=False)
         r = _ask(live.url, raw)
         statuses[r.status] += 1
         if r.status == 413:
-            assert len(body) > 16 * 1024 or lie == -1
+            assert len(body) > 16 * 1024
         if r.status == 200:
             data = json.loads(r.body)
             watch.add(data.get("client_secret"))
