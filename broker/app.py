@@ -139,16 +139,8 @@ def build_broker(
         if settings.mock:
             backend = MockSessions()
         else:
-            assert settings.openai_api_key is not None
             backend = HostedSessions(
-                UpstreamConfig(
-                    base_url=settings.openai_base_url,
-                    api_key=settings.openai_api_key,
-                    organization=settings.openai_organization,
-                    project=settings.openai_project,
-                    timeout=settings.upstream_timeout,
-                    retries=settings.upstream_retries,
-                ),
+                UpstreamConfig.from_settings(settings),
                 http,
                 observe=metrics.observe_upstream,
             )

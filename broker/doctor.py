@@ -452,16 +452,8 @@ class Doctor:
     # --- 4. workflows ---------------------------------------------------------------------------
 
     def _hosted(self, s: Settings, timeout: float) -> HostedSessions:
-        assert s.openai_api_key is not None
         return HostedSessions(
-            UpstreamConfig(
-                base_url=s.openai_base_url,
-                api_key=s.openai_api_key,
-                organization=s.openai_organization,
-                project=s.openai_project,
-                timeout=max(0.1, min(s.upstream_timeout, timeout)),
-                retries=s.upstream_retries,
-            ),
+            UpstreamConfig.from_settings(s, timeout=max(0.1, min(s.upstream_timeout, timeout))),
             self.http,
         )
 

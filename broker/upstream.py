@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from .config import Settings
 from .errors import (
     BrokerError,
     UpstreamAuthFailed,
@@ -46,6 +47,19 @@ class UpstreamConfig:
     timeout: float = 10.0
     retries: int = 2
     backoff: float = 0.25
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, timeout: float | None = None) -> UpstreamConfig:
+        """The upstream part of the broker's settings (live mode: the key is set)."""
+        assert settings.openai_api_key is not None
+        return cls(
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key,
+            organization=settings.openai_organization,
+            project=settings.openai_project,
+            timeout=settings.upstream_timeout if timeout is None else timeout,
+            retries=settings.upstream_retries,
+        )
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,18 @@ def _payload_bytes(raw: bytes) -> Callable[[], str]:
 
 
 # id -> (configuration, token, fragment the message must contain). Rows refer to SECURITY.md.
+def supabase_api_key(role: str) -> Callable[[], str]:
+    """A legacy Supabase API key (anon / service_role): a JWT from the project secret, no sub/aud."""
+    claims_ = {
+        "iss": "supabase",
+        "ref": SUPA_REF,
+        "role": role,
+        "iat": 1700000000,
+        "exp": FIXED_EXP,
+    }
+    return lambda: sign(claims_)
+
+
 REJECT: dict[str, tuple[str, Callable[[], str], str]] = {
     # HS384/HS512 need a secret as long as their hash; a 43-byte secret only allows HS256
     "hs384-with-short-secret": ("hs", lambda: sign(claims(), algorithm="HS384"), "'HS384'"),
@@ -241,41 +253,17 @@ REJECT: dict[str, tuple[str, Callable[[], str], str]] = {
     # 13 Supabase API keys (legacy-secret JWTs without sub/aud)
     "r13-supabase-anon-key": (
         "supabase-legacy",
-        lambda: sign(
-            {
-                "iss": "supabase",
-                "ref": SUPA_REF,
-                "role": "anon",
-                "iat": 1700000000,
-                "exp": FIXED_EXP,
-            }
-        ),
+        supabase_api_key("anon"),
         "'sub'",
     ),
     "r13-supabase-service-role-key": (
         "supabase-legacy",
-        lambda: sign(
-            {
-                "iss": "supabase",
-                "ref": SUPA_REF,
-                "role": "service_role",
-                "iat": 1700000000,
-                "exp": FIXED_EXP,
-            }
-        ),
+        supabase_api_key("service_role"),
         "'sub'",
     ),
     "r13-anon-key-no-aud-config": (
         "hs",
-        lambda: sign(
-            {
-                "iss": "supabase",
-                "ref": SUPA_REF,
-                "role": "anon",
-                "iat": 1700000000,
-                "exp": FIXED_EXP,
-            }
-        ),
+        supabase_api_key("anon"),
         "'sub'",
     ),
     # 14 sub

@@ -48,15 +48,7 @@ class FakeTime:
 
 
 def upstream_config(settings: Settings) -> UpstreamConfig:
-    assert settings.openai_api_key
-    return UpstreamConfig(
-        base_url=settings.openai_base_url,
-        api_key=settings.openai_api_key,
-        organization=settings.openai_organization,
-        project=settings.openai_project,
-        timeout=settings.upstream_timeout,
-        retries=settings.upstream_retries,
-    )
+    return UpstreamConfig.from_settings(settings)
 
 
 @contextlib.asynccontextmanager
