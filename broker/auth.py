@@ -144,6 +144,10 @@ class Verifier:
             raise Unauthenticated(
                 f"The token's '{claim}' claim is longer than {MAX_USER_CHARS} characters."
             )
+        if not user.isprintable() or not _encodable(user):
+            raise Unauthenticated(
+                f"The token's '{claim}' claim holds control characters or invalid Unicode."
+            )
         return Identity(user=user, claims=claims)
 
     def _explain(self, exc: jwt.InvalidTokenError) -> str:
@@ -226,6 +230,14 @@ def _header(token: str) -> dict[str, Any]:
     if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP):
         raise Unauthenticated(f"The token's type {_printable(typ)} is not an access token (JWT).")
     return header
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # lone surrogates from a \udxxx escape in the token's JSON
+        return False
+    return True
 
 
 def _printable(value: Any) -> str:

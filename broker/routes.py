@@ -57,21 +57,21 @@ async def json_body(request: Request) -> dict[str, Any]:
 
 
 def _workflow_ref(body: dict[str, Any]) -> str:
-    """The workflow a mint names: ``workflow`` (string or ``{id}``) wins over ``workflowId``."""
-    if "workflow" in body and body["workflow"] is not None:
-        value = body["workflow"]
-        if isinstance(value, dict):
-            value = value.get("id")
-            if not isinstance(value, str):
-                raise InvalidRequest("'workflow.id' must be a string.")
-        elif not isinstance(value, str):
-            raise InvalidRequest("'workflow' must be a workflow name, or an object with an 'id'.")
-        ref = value
-    elif "workflowId" in body and body["workflowId"] is not None:
-        ref = body["workflowId"]
-        if not isinstance(ref, str):
-            raise InvalidRequest("'workflowId' must be a string.")
-    else:
+    """The workflow a mint names: ``workflow`` (string or ``{id}``) wins over ``workflowId``.
+
+    Both fields are type-checked when present, even the one that loses.
+    """
+    workflow, workflow_id = body.get("workflow"), body.get("workflowId")
+    if workflow_id is not None and not isinstance(workflow_id, str):
+        raise InvalidRequest("'workflowId' must be a string.")
+    if isinstance(workflow, dict):
+        workflow = workflow.get("id")
+        if not isinstance(workflow, str):
+            raise InvalidRequest("'workflow.id' must be a string.")
+    elif workflow is not None and not isinstance(workflow, str):
+        raise InvalidRequest("'workflow' must be a workflow name, or an object with an 'id'.")
+    ref = workflow if workflow is not None else workflow_id
+    if ref is None:
         raise InvalidRequest('Name the workflow: {"workflow": "<name>"}.')
     if not ref:
         raise InvalidRequest("The workflow name is empty.")

@@ -112,6 +112,16 @@ def forged(header: dict[str, Any] | bytes, payload: Any = None, **kw: Any) -> Ca
     return lambda: forge(header, claims() if payload is None else payload, **kw)
 
 
+def lone_surrogate_sub() -> Callable[[], str]:
+    """A validly signed token whose JSON spells ``sub`` as an unpaired UTF-16 surrogate."""
+
+    def make() -> str:
+        payload = json.dumps(claims(sub="@SUB@")).replace('"@SUB@"', '"\\ud800"')
+        return forge({"alg": "HS256", "typ": "JWT"}, payload.encode())
+
+    return make
+
+
 def supa(**overrides: Any) -> dict[str, Any]:
     """Claims of a Supabase user access token."""
     base = {
@@ -273,6 +283,8 @@ REJECT: dict[str, tuple[str, Callable[[], str], str]] = {
     "r14-sub-int": ("hs", hs(sub=123), "'sub'"),
     "r14-sub-list": ("hs", hs(sub=["alice"]), "'sub'"),
     "r14-sub-too-long": ("hs", hs(sub="a" * 513), "512"),
+    "r14-sub-control-chars": ("hs", hs(sub="alice\nadmin"), "control characters"),
+    "r14-sub-lone-surrogate": ("hs", lone_surrogate_sub(), "invalid Unicode"),
     # 16 token-type confusion
     "r16-id-token-for-another-client": (
         "supabase-legacy",
