@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,13 +27,20 @@ from starlette.types import Message, Receive, Scope, Send
 from . import routes
 from .auth import Verifier
 from .config import ConfigError, Settings, load_settings, read_environment
+from .cors import cors_middleware
 from .errors import BrokerError, error_body, from_http_status
 from .jwks import JWKSCache
+from .metrics import Metrics, MetricsMiddleware, count_mints, metrics_endpoint
 from .middleware import BodyLimit, MockGuard, RequestContext
 from .mock import MockSessions
-from .registry import MemoryRegistry, SessionRegistry
+from .mock_backend import ENABLE_HINT, MockChatKitBackend, mock_backend_available
+from .ratelimit import ClientAddress, ClientRateLimit, RateLimits
+from .registry import MemoryRegistry, RedisRegistry, SessionRegistry
 from .sessions import SessionBackend, SessionService
 from .upstream import HostedSessions, UpstreamConfig
+
+if TYPE_CHECKING:
+    from .store import RedisStore
 
 log = logging.getLogger("broker")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -79,8 +86,14 @@ class Broker:
     sessions: SessionService
     http: HttpPool
     jwks: JWKSCache | None = None
-    mock_backend: Any = None
+    # Mock mode only: the ChatKit server behind /mock/chatkit (None when the extra is missing)
+    # and the minter of mock secrets, which may name the user of a /mock/chatkit request.
+    mock_backend: MockChatKitBackend | None = None
+    mock_secrets: MockSessions | None = None
     extra_readiness: list[Any] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
+    limits: RateLimits | None = None
+    store: RedisStore | None = None
 
     async def not_ready(self) -> list[str]:
         """What keeps the broker from serving: the JWKS never fetched, and so on."""
@@ -102,29 +115,48 @@ def build_broker(
     http: HttpPool | None = None,
     registry: SessionRegistry | None = None,
     backend: SessionBackend | None = None,
+    mock_backend: MockChatKitBackend | None = None,
+    metrics: Metrics | None = None,
+    store: RedisStore | None = None,
 ) -> Broker:
     http = http or HttpPool()
+    metrics = metrics or Metrics()
+    if store is None and settings.redis_url:
+        from .store import RedisStore  # redis is imported only by deployments that use it
+
+        store = RedisStore(settings.redis_url, settings.redis_prefix, metrics=metrics)
+    if registry is None:
+        registry = RedisRegistry(store) if store is not None else MemoryRegistry()
     jwks = None
     if settings.jwt.jwks_url:
-        jwks = JWKSCache(settings.jwt.jwks_url, http, algorithms=settings.jwt.asymmetric_algorithms)
+        jwks = JWKSCache(
+            settings.jwt.jwks_url,
+            http,
+            algorithms=settings.jwt.asymmetric_algorithms,
+            on_fetch=metrics.jwks_fetch,
+        )
     if backend is None:
         if settings.mock:
             backend = MockSessions()
         else:
-            assert settings.openai_api_key is not None
             backend = HostedSessions(
-                UpstreamConfig(
-                    base_url=settings.openai_base_url,
-                    api_key=settings.openai_api_key,
-                    organization=settings.openai_organization,
-                    project=settings.openai_project,
-                    timeout=settings.upstream_timeout,
-                    retries=settings.upstream_retries,
-                ),
+                UpstreamConfig.from_settings(settings),
                 http,
+                observe=metrics.observe_upstream,
             )
-    sessions = SessionService(settings, backend, registry or MemoryRegistry())
-    return Broker(settings, Verifier(settings.jwt, jwks), sessions, http, jwks)
+    sessions = SessionService(settings, backend, registry)
+    broker = Broker(settings, Verifier(settings.jwt, jwks), sessions, http, jwks)
+    broker.metrics = metrics
+    broker.store = store
+    broker.limits = RateLimits(settings, metrics=metrics, store=store)
+    if store is not None:
+        broker.extra_readiness.append(store.readiness)
+    if settings.mock:
+        if mock_backend is None and mock_backend_available():
+            mock_backend = MockChatKitBackend()
+        broker.mock_backend = mock_backend
+        broker.mock_secrets = backend if isinstance(backend, MockSessions) else None
+    return broker
 
 
 async def _broker_error(request: Request, exc: Exception) -> JSONResponse:
@@ -210,31 +242,55 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Starlette
                 "MOCK MODE: no OpenAI calls are made; secrets are mock_… strings that only this "
                 "process accepts. Loopback clients only."
             )
+            if broker.mock_backend is None:
+                log.warning(ENABLE_HINT)
+            else:
+                log.info(
+                    "mock ChatKit backend at /mock/chatkit "
+                    '(api: {url: "/mock/chatkit", domainKey: "local-dev"})'
+                )
         for warning in settings.warnings:
             log.warning("config: %s", warning)
         broker.http()
         if broker.jwks is not None:
             await broker.jwks.refresh()
+        if broker.store is not None:
+            await broker.store.start()
         try:
             yield
         finally:
             await broker.http.close()
+            if broker.store is not None:
+                await broker.store.close()
 
     route_list: list[Route | Mount] = [
-        Route("/api/chatkit/session", routes.create_session, methods=["POST"]),
+        Route("/api/chatkit/session", count_mints(routes.create_session), methods=["POST"]),
         Route("/api/chatkit/session/cancel", routes.cancel_session, methods=["POST"]),
         Route("/api/chatkit/workflows", routes.list_workflows, methods=["GET"]),
         Route("/api/chatkit/config", routes.client_config, methods=["GET"]),
         Route("/healthz", routes.healthz, methods=["GET"]),
         Route("/readyz", routes.readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", routes.openapi_json, methods=["GET"]),
     ]
+    if settings.mock:  # in live mode the route does not exist (404)
+        route_list.append(Route("/mock/chatkit", routes.mock_chatkit, methods=["POST"]))
     if settings.test_page and STATIC_DIR.is_dir():
         csp = {"Content-Security-Policy": content_security_policy(settings.chatkit_js_url)}
         route_list.append(_PageMount("/", app=_TestPage(STATIC_DIR, csp)))
 
-    middleware = [Middleware(RequestContext, mock=settings.mock)]
+    # outermost first: metrics see every answer; CORS headers reach 429s; the address
+    # limit runs before routing, so before any JWT work
+    middleware = [
+        Middleware(MetricsMiddleware, metrics=broker.metrics, routes=lambda: app.routes),
+        Middleware(RequestContext, mock=settings.mock),
+    ]
     if settings.mock:
         middleware.append(Middleware(MockGuard))
+    middleware.extend(cors_middleware(settings.allowed_origins))
+    if broker.limits is not None:
+        addresses = ClientAddress(settings.trusted_proxies, mock=settings.mock)
+        middleware.append(Middleware(ClientRateLimit, limits=broker.limits, addresses=addresses))
     middleware.append(Middleware(BodyLimit))
 
     app = Starlette(

@@ -6,6 +6,9 @@ verify a token — from configuration only, never from the token's own header (R
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,14 +39,16 @@ class Identity:
 def bearer_token(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, or None when there is none.
 
-    The scheme is case-insensitive (RFC 7235); anything else malformed is a 401, so a
-    caller learns why rather than being treated as anonymous.
+    The scheme is case-insensitive (RFC 7235) and may be followed by several spaces
+    (RFC 6750: ``"Bearer" 1*SP b64token``); surrounding whitespace is ignored. Anything
+    else malformed is a 401, so a caller learns why rather than being treated as anonymous.
     """
     if authorization is None or authorization == "":
         return None
-    if len(authorization) > MAX_TOKEN_BYTES + 7:
+    if len(authorization) > MAX_TOKEN_BYTES + 16:
         raise Unauthenticated("The Authorization header is larger than 8 KiB.")
-    scheme, _, token = authorization.partition(" ")
+    scheme, _, token = authorization.strip(" \t").partition(" ")
+    token = token.lstrip(" ")
     if scheme.lower() != "bearer":
         raise Unauthenticated(
             "The Authorization header must use the Bearer scheme: 'Authorization: Bearer <JWT>'.",
@@ -99,6 +104,7 @@ class Verifier:
             )
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(self._explain(exc)) from None
+        _check_numeric_dates(claims)
         return self._identity(claims)
 
     def read_unverified(self, token: str) -> Identity:
@@ -138,6 +144,10 @@ class Verifier:
             raise Unauthenticated(
                 f"The token's '{claim}' claim is longer than {MAX_USER_CHARS} characters."
             )
+        if not user.isprintable() or not _encodable(user):
+            raise Unauthenticated(
+                f"The token's '{claim}' claim holds control characters or invalid Unicode."
+            )
         return Identity(user=user, claims=claims)
 
     def _explain(self, exc: jwt.InvalidTokenError) -> str:
@@ -159,14 +169,42 @@ class Verifier:
         if isinstance(exc, jwt.InvalidSignatureError):
             return "The token's signature is invalid."
         if isinstance(exc, jwt.InvalidIssuedAtError):
-            return "The token's 'iat' claim is not a valid time."
+            return _NOT_A_NUMERIC_DATE.format("iat")
+        if isinstance(exc, jwt.exceptions.InvalidSubjectError):
+            return "The token's 'sub' claim must be a non-empty string."
+        if isinstance(exc, jwt.exceptions.InvalidJTIError):
+            return "The token's 'jti' claim must be a string."
         if isinstance(exc, jwt.DecodeError):
+            # PyJWT reports a non-numeric exp/nbf as a DecodeError naming the claim
+            for claim in ("exp", "nbf"):
+                if f"({claim})" in str(exc):
+                    return _NOT_A_NUMERIC_DATE.format(claim)
             return "The token is malformed or its claims are not valid JSON."
         return "The token is invalid."
 
 
+_NOT_A_NUMERIC_DATE = "The token's '{}' claim must be a number of seconds since the epoch."
+
+
+def _check_numeric_dates(claims: Mapping[str, Any]) -> None:
+    """``exp``/``nbf``/``iat`` must be JSON numbers (RFC 7519 NumericDate).
+
+    PyJWT converts them with ``int()``, so it accepts ``"1900000000"`` (a string) and
+    ``true``; neither is a valid time, and a token that carries one is refused.
+    """
+    for claim in ("exp", "nbf", "iat"):
+        if claim in claims:
+            value = claims[claim]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise Unauthenticated(_NOT_A_NUMERIC_DATE.format(claim))
+
+
 def _header(token: str) -> dict[str, Any]:
-    """The token's header, after the checks that must happen before any cryptography."""
+    """The token's header, after the checks that must happen before any cryptography.
+
+    Parsed here rather than by PyJWT so that each problem gets its own message (PyJWT
+    reports a non-string ``kid`` or an unknown ``crit`` as a generic header error).
+    """
     if len(token) > MAX_TOKEN_BYTES:
         raise Unauthenticated("The token is larger than 8 KiB.")
     if token.startswith(("mock_", "ek_")):
@@ -175,18 +213,31 @@ def _header(token: str) -> dict[str, Any]:
         raise Unauthenticated(
             "The token is malformed: a JWT is three base64url parts joined by dots."
         )
+    segment = token.split(".", 1)[0]
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.InvalidTokenError:
-        raise Unauthenticated("The token is malformed: its header is not valid JSON.") from None
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (binascii.Error, ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict):
+        raise Unauthenticated("The token is malformed: its header is not a JSON object.")
     if "crit" in header:
         raise Unauthenticated(
             "The token uses critical header extensions this broker does not support."
         )
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise Unauthenticated("The token's 'kid' header must be a string.")
     typ = header.get("typ")
     if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP):
         raise Unauthenticated(f"The token's type {_printable(typ)} is not an access token (JWT).")
     return header
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # lone surrogates from a \udxxx escape in the token's JSON
+        return False
+    return True
 
 
 def _printable(value: Any) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from .config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings, read_environment
+from .config import ConfigError, Settings, load_settings, read_environment
 
 
 def _settings_or_exit(env: dict[str, str]) -> Settings:
@@ -42,12 +44,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
             os.environ[name] = value  # the workers re-read the environment
     env, _ = read_environment()
     settings = _settings_or_exit(env)
-    setup_logging(settings.log_format, settings.log_level, secrets=(settings.openai_api_key or "",))
-    if (
-        settings.mock and settings.host not in LOOPBACK_HOSTS
-    ):  # pragma: no cover - config refuses it
+    if settings.mock and args.workers > 1:
+        print(
+            "chatkit-broker serve: mock mode runs one worker (its threads and the key that signs "
+            "mock secrets live in one process); drop --workers",
+            file=sys.stderr,
+        )
         return 2
+    setup_logging(settings.log_format, settings.log_level, secrets=(settings.openai_api_key or "",))
     trusted = ",".join(settings.trusted_proxies)
+    from .metrics import multiprocess_dir
+
+    with multiprocess_dir(args.workers) as metrics_dir:
+        if metrics_dir:
+            logging.getLogger("broker").info(
+                "metrics: workers write to %s (PROMETHEUS_MULTIPROC_DIR); /metrics sums them",
+                metrics_dir,
+            )
+        _run_uvicorn(uvicorn, settings, args, trusted)
+    return 0
+
+
+def _run_uvicorn(uvicorn: Any, settings: Settings, args: argparse.Namespace, trusted: str) -> None:
+    # Limits against slow and abusive clients (README "Reliability and security"):
+    # request heads are capped at 64 KiB and must arrive within 10 s (broker/server.py; plain
+    # uvicorn has neither with httptools), bodies at 16 KiB within 10 s (middleware.BodyLimit),
+    # idle keep-alive connections close after 10 s. No limit_concurrency: its 503s would turn
+    # away real users whenever idle connections pile up; the deadlines bound those instead.
     uvicorn.run(
         "broker.app:app_from_environ",
         factory=True,
@@ -62,8 +85,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         timeout_graceful_shutdown=15,
         timeout_keep_alive=10,
+        http=_http_protocol(),
+        h11_max_incomplete_event_size=64 * 1024,  # the same head cap if h11 is used
     )
-    return 0
+
+
+def _http_protocol() -> str:
+    """The guarded httptools protocol, or h11 (which caps heads itself) without httptools."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:  # pragma: no cover - uvicorn[standard] installs it
+        return "h11"
+    return "broker.server:GuardedHttpToolsProtocol"
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -152,6 +185,33 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import dotenv_file, for_stream, run_doctor
+
+    token = args.token
+    if token == "-":
+        token = sys.stdin.readline().strip()
+    if token is not None and not token.strip():
+        print(
+            "chatkit-broker doctor: --token needs a JWT (or - to read one from stdin)",
+            file=sys.stderr,
+        )
+        return 2
+    if token is not None and token.strip().lower().startswith("bearer "):
+        token = token.strip()[7:]  # pasted from an Authorization header
+    env, _ = read_environment()
+    code, report = run_doctor(
+        env,
+        os.environ,
+        dotenv_file(),
+        timeout=args.timeout,
+        token=token.strip() if token else None,
+        as_json=args.json,
+    )
+    print(for_stream(report, sys.stdout.encoding, as_json=args.json))
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatkit-broker",
@@ -182,6 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra claim (JSON value or string)",
     )
     token.set_defaults(func=cmd_token)
+    doctor = sub.add_parser(
+        "doctor",
+        help="diagnose the OpenAI side: key, project, workflows, sign-in tokens, domains",
+    )
+    doctor.add_argument("--json", action="store_true", help="print a machine-readable report")
+    doctor.add_argument(
+        "--timeout",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="time bound for the whole run, in seconds (default 20)",
+    )
+    doctor.add_argument(
+        "--token", metavar="JWT", help="verify this sign-in token as the service would (- = stdin)"
+    )
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 
@@ -190,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "workers", 1) < 1 or getattr(args, "ttl", 1) < 1:
         parser.error("--workers and --ttl must be at least 1")
+    if not 0 < getattr(args, "timeout", 1) <= 600:
+        parser.error("--timeout must be between 0 and 600 seconds")
     return int(args.func(args) or 0)
 
 

@@ -7,6 +7,7 @@ because an operator fixing a deploy wants the whole list, not one error per rest
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -26,6 +27,7 @@ MAX_STATE_VARIABLES = 64
 
 _NAME_RE = re.compile(r"[a-z0-9_-]{1,64}")
 _ID_RE = re.compile(r"wf_[A-Za-z0-9_-]{1,128}")
+_REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9:._-]{1,64}")
 _RATE_RE = re.compile(r"\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+\s+)?(second|minute|hour|day)s?\s*")
 _HMAC_ALGS = ("HS256", "HS384", "HS512")
 _ASYMMETRIC_ALGS = (
@@ -113,6 +115,7 @@ class Settings:
     rate_limit: str = "30/minute"
     ip_rate_limit: str = "600/minute"
     redis_url: str | None = field(default=None, repr=False)
+    redis_prefix: str = "chatkit-broker:"
     upstream_timeout: float = 10.0
     upstream_retries: int = 2
     chatkit_js_url: str = DEFAULT_CHATKIT_JS_URL
@@ -268,6 +271,17 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
     redis_url = get("BROKER_REDIS_URL")
     if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         problems.append("BROKER_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+    redis_prefix = get("BROKER_REDIS_PREFIX") or "chatkit-broker:"
+    if not _REDIS_PREFIX_RE.fullmatch(redis_prefix):
+        problems.append("BROKER_REDIS_PREFIX must be 1-64 of A-Za-z0-9:._-")
+    trusted_proxies = _csv(get("BROKER_TRUSTED_PROXIES"))
+    for proxy in trusted_proxies:
+        if not _is_address_or_network(proxy):
+            problems.append(
+                f"BROKER_TRUSTED_PROXIES: {proxy!r} is not an IP address or network "
+                "(like 10.0.0.5 or 10.0.0.0/8); '*' is refused because it lets any client "
+                "choose its own address"
+            )
 
     if problems:
         raise ConfigError(problems)
@@ -283,10 +297,11 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
         host=host,
         port=port,
         allowed_origins=tuple(o.rstrip("/") for o in origins),
-        trusted_proxies=_csv(get("BROKER_TRUSTED_PROXIES")),
+        trusted_proxies=trusted_proxies,
         rate_limit=get("BROKER_RATE_LIMIT") or "30/minute",
         ip_rate_limit=get("BROKER_IP_RATE_LIMIT") or "600/minute",
         redis_url=redis_url,
+        redis_prefix=redis_prefix,
         upstream_timeout=timeout or 10.0,
         upstream_retries=2 if retries is None else retries,
         chatkit_js_url=js_url,
@@ -295,6 +310,14 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
         log_level=log_level,
         warnings=tuple(warnings),
     )
+
+
+def _is_address_or_network(value: str) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _int(raw: str, name: str, problems: list[str], lo: int, hi: int | None = None) -> int | None:
@@ -363,7 +386,7 @@ def _load_jwt(
                 "BROKER_JWT_ALGORITHMS names no RS/PS/ES/EdDSA algorithm for the public key(s)"
             )
     else:
-        hmac_algs = _HMAC_ALGS if secret else ()
+        hmac_algs = _hmac_defaults(secret)
         asym_algs = public_algs if public_key else (_ASYMMETRIC_ALGS if jwks_url else ())
 
     leeway = _int(get("BROKER_JWT_LEEWAY") or "30", "BROKER_JWT_LEEWAY", problems, 0, 600)
@@ -384,6 +407,14 @@ def _load_jwt(
         leeway=30 if leeway is None else leeway,
         user_claim=get("BROKER_JWT_USER_CLAIM") or "sub",
     )
+
+
+def _hmac_defaults(secret: str | None) -> tuple[str, ...]:
+    """HS256, plus HS384/HS512 only when the secret is as long as their hash (RFC 7518 §3.2)."""
+    if not secret:
+        return ()
+    size = len(secret.encode())
+    return tuple(alg for alg, need in (("HS256", 32), ("HS384", 48), ("HS512", 64)) if size >= need)
 
 
 def _algorithms_for_pem(pem: str, problems: list[str]) -> tuple[str, ...]:

@@ -7,6 +7,20 @@ lives here and nowhere else; ``error_body`` renders the one JSON shape all error
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class UpstreamDetail:
+    """What OpenAI itself answered, for operators only (logs, ``doctor``).
+
+    It rides on the exception but is never rendered into a response: browsers get
+    ``BrokerError.message`` alone, so upstream bodies are never forwarded.
+    """
+
+    status: int
+    message: str
+    request_id: str
 
 
 class BrokerError(Exception):
@@ -14,6 +28,7 @@ class BrokerError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    upstream: UpstreamDetail | None = None
 
     def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
@@ -51,6 +66,12 @@ class MethodNotAllowed(BrokerError):
     status, code = 405, "method_not_allowed"
 
 
+class RequestTimeout(BrokerError):
+    """408: the request body did not arrive in time (the caller may simply retry)."""
+
+    status, code = 408, "request_timeout"
+
+
 class PayloadTooLarge(BrokerError):
     status, code = 413, "payload_too_large"
 
@@ -79,6 +100,12 @@ class AuthUnavailable(BrokerError):
     status, code = 503, "auth_unavailable"
 
 
+class StoreUnavailable(BrokerError):
+    """503: the shared store (Redis) cannot be reached, so ownership cannot be checked."""
+
+    status, code = 503, "store_unavailable"
+
+
 class UpstreamTimeout(BrokerError):
     status, code = 504, "upstream_timeout"
 
@@ -91,6 +118,7 @@ _BY_STATUS: dict[int, type[BrokerError]] = {
     400: InvalidRequest,
     404: NotFound,
     405: MethodNotAllowed,
+    408: RequestTimeout,
     413: PayloadTooLarge,
 }
 

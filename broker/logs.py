@@ -21,7 +21,7 @@ _SECRET_RE = re.compile(
     r"|\bek_[A-Za-z0-9_-]{4,}|\bmock_[A-Za-z0-9_.-]{16,}"  # ChatKit client secrets
     r"|Bearer\s+\S+",
 )
-ACCESS_FIELDS = ("method", "path", "status", "ms", "user", "workflow", "client")
+ACCESS_FIELDS = ("method", "path", "status", "ms", "user", "workflow")
 
 
 def redact(text: str) -> str:

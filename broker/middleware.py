@@ -6,6 +6,7 @@ every mint and must cost microseconds, not a task switch.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -13,9 +14,10 @@ import secrets
 import time
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import BrokerError, MockLocalOnly, PayloadTooLarge, error_body
+from .errors import BrokerError, MockLocalOnly, PayloadTooLarge, RequestTimeout, error_body
 from .logs import request_id_var
 from .mock import is_local_host_header, is_loopback_address
 
@@ -23,6 +25,7 @@ access_log = logging.getLogger("broker.access")
 error_log = logging.getLogger("broker.error")
 
 MAX_BODY_BYTES = 16 * 1024
+BODY_TIMEOUT = 10.0
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 
 
@@ -82,6 +85,10 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # the client hung up before its body arrived: nobody to answer, not a bug
+            if not response_started:
+                status = 499  # nginx's "client closed request", for the access log only
         except Exception:
             error_log.exception("unhandled error on %s %s", scope["method"], path)
             if not response_started:
@@ -137,11 +144,16 @@ class MockGuard:
 
 
 class BodyLimit:
-    """Refuse request bodies over 16 KiB: early by Content-Length, else while reading."""
+    """Refuse request bodies over 16 KiB (early by Content-Length, else while reading), and
+    bodies that have not fully arrived ``timeout`` seconds after the app first asks for them
+    (408: a client that stops mid-body would otherwise hold its handler forever)."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int = MAX_BODY_BYTES, timeout: float = BODY_TIMEOUT
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -153,14 +165,30 @@ class BodyLimit:
             await send_error(send, error, scope["state"]["request_id"])
             return
         seen = 0
+        complete = False
+        deadline: float | None = None
 
         async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete, deadline
+            if complete:  # e.g. a streaming response listening for the disconnect
+                return await receive()
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + self.timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"The request body did not arrive within {self.timeout:g} s.",
+                    headers={"Connection": "close"},
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise error
+                complete = not message.get("more_body", False)
+            else:
+                complete = True
             return message
 
         await self.app(scope, limited_receive, send)

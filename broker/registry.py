@@ -9,7 +9,10 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .store import RedisStore
 
 
 class SessionRegistry(Protocol):
@@ -61,3 +64,66 @@ class MemoryRegistry:
         sessions.discard(session_id)
         if not sessions:
             del self._by_user[user]
+
+
+# --- Redis: shared by every worker and instance ------------------------------------------
+
+_ADD = """
+redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('EXPIREAT', KEYS[2], last[2])
+return 1
+"""
+_SESSIONS_OF = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+
+class RedisRegistry:
+    """The registry in Redis, so a cancel reaches sessions minted by any worker or instance.
+
+    ``<prefix>sess:<id>`` holds the owner and expires with the session (``EXAT``);
+    ``<prefix>user:<user>`` is a sorted set of that user's session ids scored by expiry,
+    pruned on read and expiring with its last session. Every call goes through
+    ``RedisStore.call``: bounded, and ``StoreUnavailable`` (503) when Redis is down.
+    """
+
+    def __init__(self, store: RedisStore, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+        self._add = store.client.register_script(_ADD)
+        self._sessions_of = store.client.register_script(_SESSIONS_OF)
+
+    async def add(self, session_id: str, user: str, expires_at: int) -> None:
+        if expires_at <= self._clock():
+            return
+        keys = [self._store.key("sess", session_id), self._store.key("user", user)]
+        await self._store.call(
+            "registry", lambda: self._add(keys=keys, args=[user, expires_at, session_id])
+        )
+
+    async def owner(self, session_id: str) -> str | None:
+        key = self._store.key("sess", session_id)
+        value = await self._store.call("registry", lambda: self._store.client.get(key))
+        return value.decode() if value is not None else None
+
+    async def sessions_of(self, user: str) -> list[str]:
+        key = self._store.key("user", user)
+        now = int(self._clock())
+        ids = await self._store.call("registry", lambda: self._sessions_of(keys=[key], args=[now]))
+        return sorted(i.decode() for i in ids)
+
+    async def remove(self, session_id: str) -> None:
+        user = await self.owner(session_id)
+        if user is None:
+            return
+
+        async def remove_both() -> None:
+            async with self._store.client.pipeline(transaction=True) as pipe:
+                pipe.delete(self._store.key("sess", session_id))
+                pipe.zrem(self._store.key("user", user), session_id)
+                await pipe.execute()
+
+        await self._store.call("registry", remove_both)

@@ -9,8 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .auth import Identity, bearer_token
-from .errors import InvalidRequest, Unauthenticated, error_body
+from .errors import InvalidRequest, NotFound, Unauthenticated, error_body
 from .mock import MOCK_USER
+from .mock_backend import ENABLE_HINT
+from .openapi import openapi_document, routed_operations
 
 if TYPE_CHECKING:
     from .app import Broker
@@ -55,21 +57,21 @@ async def json_body(request: Request) -> dict[str, Any]:
 
 
 def _workflow_ref(body: dict[str, Any]) -> str:
-    """The workflow a mint names: ``workflow`` (string or ``{id}``) wins over ``workflowId``."""
-    if "workflow" in body and body["workflow"] is not None:
-        value = body["workflow"]
-        if isinstance(value, dict):
-            value = value.get("id")
-            if not isinstance(value, str):
-                raise InvalidRequest("'workflow.id' must be a string.")
-        elif not isinstance(value, str):
-            raise InvalidRequest("'workflow' must be a workflow name, or an object with an 'id'.")
-        ref = value
-    elif "workflowId" in body and body["workflowId"] is not None:
-        ref = body["workflowId"]
-        if not isinstance(ref, str):
-            raise InvalidRequest("'workflowId' must be a string.")
-    else:
+    """The workflow a mint names: ``workflow`` (string or ``{id}``) wins over ``workflowId``.
+
+    Both fields are type-checked when present, even the one that loses.
+    """
+    workflow, workflow_id = body.get("workflow"), body.get("workflowId")
+    if workflow_id is not None and not isinstance(workflow_id, str):
+        raise InvalidRequest("'workflowId' must be a string.")
+    if isinstance(workflow, dict):
+        workflow = workflow.get("id")
+        if not isinstance(workflow, str):
+            raise InvalidRequest("'workflow.id' must be a string.")
+    elif workflow is not None and not isinstance(workflow, str):
+        raise InvalidRequest("'workflow' must be a workflow name, or an object with an 'id'.")
+    ref = workflow if workflow is not None else workflow_id
+    if ref is None:
         raise InvalidRequest('Name the workflow: {"workflow": "<name>"}.')
     if not ref:
         raise InvalidRequest("The workflow name is empty.")
@@ -79,6 +81,8 @@ def _workflow_ref(body: dict[str, Any]) -> str:
 async def create_session(request: Request) -> Response:
     broker = _broker(request)
     identity = await authenticate(request, broker)
+    if broker.limits is not None:  # every authenticated mint counts, whatever its outcome
+        await broker.limits.hit_user(identity.user)
     body = await json_body(request)
     ref = _workflow_ref(body)
     previous = body.get("previous_session_id")
@@ -139,6 +143,30 @@ async def client_config(request: Request) -> Response:
     )
 
 
+async def mock_chatkit(request: Request) -> Response:
+    """The mock ChatKit backend (mock mode only): every ChatKit request, for the caller's user."""
+    broker = _broker(request)
+    if broker.mock_backend is None:
+        raise NotFound(ENABLE_HINT)
+    user = await _mock_chatkit_user(request, broker)
+    request.state.user = user
+    return await broker.mock_backend.handle(await request.body(), user)
+
+
+async def _mock_chatkit_user(request: Request, broker: Broker) -> str:
+    """A mock client secret names its own user; anything else follows the mock-mode token rules."""
+    token = bearer_token(request.headers.get("authorization"))
+    if token is not None and token.startswith("mock_") and broker.mock_secrets is not None:
+        payload = broker.mock_secrets.verify(token)
+        if payload is None:
+            raise Unauthenticated(
+                "This mock client secret has expired, was cancelled or was issued by another "
+                "broker process; mint a new one at /api/chatkit/session."
+            )
+        return str(payload["u"])
+    return (await authenticate(request, broker)).user
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -150,3 +178,13 @@ async def readyz(request: Request) -> Response:
         body = error_body("not_ready", message, request.state.request_id) | {"missing": missing}
         return JSONResponse(body, status_code=503)
     return JSONResponse({"status": "ready"})
+
+
+async def openapi_json(request: Request) -> Response:
+    """The OpenAPI document of this broker: the operations it routes, in its mode."""
+    doc = getattr(request.app.state, "openapi", None)
+    if doc is None:
+        routed = routed_operations(request.app.routes)
+        doc = openapi_document(mock=_broker(request).settings.mock, routed=routed)
+        request.app.state.openapi = doc
+    return JSONResponse(doc)

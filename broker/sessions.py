@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from .auth import Identity
 from .config import Settings, Workflow
-from .errors import NotFound, WorkflowNotAllowed
+from .errors import NotFound, StoreUnavailable, WorkflowNotAllowed
 from .registry import SessionRegistry
 from .upstream import CreatedSession
 
@@ -101,6 +101,10 @@ class SessionService:
         self._backend = backend
         self._registry = registry
 
+    @property
+    def backend(self) -> SessionBackend:
+        return self._backend
+
     def allowed_workflows(self, identity: Identity) -> list[Workflow]:
         return [
             wf for wf in self._settings.workflows if not unmet_requirements(wf, identity.claims)
@@ -130,7 +134,15 @@ class SessionService:
             body, workflow_label=f"{workflow.name!r} ({workflow.id})"
         )
         if created.session_id:
-            await self._registry.add(created.session_id, identity.user, created.expires_at)
+            try:
+                await self._registry.add(created.session_id, identity.user, created.expires_at)
+            except StoreUnavailable:
+                # the secret is minted: hand it out; it only cannot be cancelled early
+                log.warning(
+                    "session %s minted but not recorded (shared store unavailable): it cannot "
+                    "be cancelled through the broker and simply expires",
+                    created.session_id,
+                )
         if previous_session_id and previous_session_id != created.session_id:
             await self._cancel_quietly(identity, previous_session_id)
         return MintedSession(
@@ -151,7 +163,10 @@ class SessionService:
         cancelled = []
         for sid in targets:
             await self._backend.cancel(sid)
-            await self._registry.remove(sid)
+            try:
+                await self._registry.remove(sid)
+            except StoreUnavailable:  # cancelled upstream; the entry expires with the session
+                log.warning("session %s cancelled but still in the registry", sid)
             cancelled.append(sid)
         return cancelled
 

@@ -13,18 +13,22 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 
+from .config import Settings
 from .errors import (
     BrokerError,
     UpstreamAuthFailed,
+    UpstreamDetail,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
     UpstreamWorkflowNotFound,
 )
+from .httpread import read_capped
 
 log = logging.getLogger("broker.upstream")
 
@@ -43,6 +47,19 @@ class UpstreamConfig:
     timeout: float = 10.0
     retries: int = 2
     backoff: float = 0.25
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, timeout: float | None = None) -> UpstreamConfig:
+        """The upstream part of the broker's settings (live mode: the key is set)."""
+        assert settings.openai_api_key is not None
+        return cls(
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key,
+            organization=settings.openai_organization,
+            project=settings.openai_project,
+            timeout=settings.upstream_timeout if timeout is None else timeout,
+            retries=settings.upstream_retries,
+        )
 
 
 @dataclass(frozen=True)
@@ -126,8 +143,12 @@ class HostedSessions:
                 )
             started = self._clock()
             try:
-                async with asyncio.timeout(remaining):
-                    return await self._attempt(url, payload, what, not_found_ok)
+                try:
+                    async with asyncio.timeout(remaining):
+                        return await self._attempt(url, payload, op, what, not_found_ok)
+                finally:  # the attempt's own latency; back-off below is not upstream time
+                    if self._observe is not None:
+                        self._observe(op, self._clock() - started)
             except TimeoutError:
                 raise UpstreamTimeout(
                     f"OpenAI did not answer within {self._c.timeout:g} s (BROKER_UPSTREAM_TIMEOUT)."
@@ -143,36 +164,42 @@ class HostedSessions:
                 attempt += 1
                 log.info("retrying upstream (%s) in %.2f s, attempt %d", what, delay, attempt + 1)
                 await self._sleep(delay)
-            finally:
-                if self._observe is not None:
-                    self._observe(op, self._clock() - started)
 
     async def _attempt(
-        self, url: str, payload: bytes, what: str, not_found_ok: bool
+        self, url: str, payload: bytes, op: str, what: str, not_found_ok: bool
     ) -> dict[str, Any]:
+        label = f"{op} {what}"
         try:
-            async with self._http().post(url, data=payload, headers=self._headers) as resp:
+            async with self._http().post(
+                url, data=payload, headers=self._headers, allow_redirects=False
+            ) as resp:
                 length = resp.content_length
                 if length is not None and length > MAX_BODY_BYTES:
                     body = b""
                     too_large = True
                 else:
-                    body = await resp.content.read(MAX_BODY_BYTES + 1)
+                    body = await read_capped(resp.content, MAX_BODY_BYTES)
                     too_large = len(body) > MAX_BODY_BYTES
                 status, request_id = resp.status, resp.headers.get("x-request-id", "-")
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
+                location = resp.headers.get("Location", "")
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            log.warning("upstream connection failed (%s): %s", what, type(exc).__name__)
+            log.warning("upstream connection failed (%s): %s", label, type(exc).__name__)
             raise _Retryable(
                 UpstreamUnavailable(
                     "Could not reach OpenAI (connection refused or reset); try again shortly."
                 )
             ) from None
+        except aiohttp.ClientError as exc:  # not valid HTTP, too many redirects, ...
+            log.error("upstream %s answered with invalid HTTP: %s", label, type(exc).__name__)
+            raise UpstreamError(
+                "OpenAI's answer could not be read as HTTP; see the broker log."
+            ) from None
 
         if too_large:
             log.error(
                 "upstream %s answered %d with a body over 1 MiB (x-request-id %s)",
-                what,
+                label,
                 status,
                 request_id,
             )
@@ -187,7 +214,7 @@ class HostedSessions:
             if not isinstance(data, dict):
                 log.error(
                     "upstream %s answered %d with a non-JSON body (x-request-id %s)",
-                    what,
+                    label,
                     status,
                     request_id,
                 )
@@ -196,22 +223,41 @@ class HostedSessions:
                 )
             return data
 
+        if 300 <= status < 400:
+            log.error(
+                "upstream %s answered %d, a redirect to %r (x-request-id %s); not followed",
+                label,
+                status,
+                location[:200],
+                request_id,
+            )
+            raise UpstreamError(
+                f"OpenAI answered with a redirect (HTTP {status}), which the broker does not "
+                "follow: check OPENAI_BASE_URL."
+            )
         detail = _error_detail(body)
         log.warning(
-            "upstream %s answered %d (x-request-id %s): %s", what, status, request_id, detail
+            "upstream %s answered %d (x-request-id %s): %s", label, status, request_id, detail
         )
+        upstream = UpstreamDetail(status, detail, request_id)
         if status in (401, 403):
-            raise UpstreamAuthFailed(
-                f"OpenAI refused the broker's API key (HTTP {status}): check CHATKIT_OPENAI_API_KEY / "
-                "OPENAI_API_KEY and that the key has access to ChatKit."
+            raise _with(
+                upstream,
+                UpstreamAuthFailed(
+                    f"OpenAI refused the broker's API key (HTTP {status}): check CHATKIT_OPENAI_API_KEY / "
+                    "OPENAI_API_KEY and that the key has access to ChatKit."
+                ),
             )
         if status == 404:
             if not_found_ok:
                 raise _NotFound()
-            raise UpstreamWorkflowNotFound(
-                f"OpenAI says the workflow for {what} was not found. Usually the API key belongs to "
-                "another project than the workflow (check CHATKIT_OPENAI_API_KEY, or a stray shell "
-                "OPENAI_API_KEY), or the workflow is not published. Run 'chatkit-broker doctor'."
+            raise _with(
+                upstream,
+                UpstreamWorkflowNotFound(
+                    f"OpenAI says the workflow for {what} was not found. Usually the API key belongs to "
+                    "another project than the workflow (check CHATKIT_OPENAI_API_KEY, or a stray shell "
+                    "OPENAI_API_KEY), or the workflow is not published. Run 'chatkit-broker doctor'."
+                ),
             )
         if status in RETRY_STATUSES:
             error: BrokerError
@@ -221,8 +267,17 @@ class HostedSessions:
                 )
             else:
                 error = UpstreamError(f"OpenAI answered HTTP {status}; see the broker log.")
-            raise _Retryable(error, retry_after)
-        raise UpstreamError(f"OpenAI refused the request (HTTP {status}); see the broker log.")
+            raise _Retryable(_with(upstream, error), retry_after)
+        raise _with(
+            upstream,
+            UpstreamError(f"OpenAI refused the request (HTTP {status}); see the broker log."),
+        )
+
+
+def _with(upstream: UpstreamDetail, error: BrokerError) -> BrokerError:
+    """Attach what OpenAI said (operators only; never rendered to a caller)."""
+    error.upstream = upstream
+    return error
 
 
 class _NotFound(Exception):
@@ -230,12 +285,19 @@ class _NotFound(Exception):
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date (RFC 9110)."""
     if value is None:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        return None
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
     return max(0.0, seconds) if seconds == seconds else None
 
 

@@ -210,3 +210,75 @@ def wait_until_serving(bp: BrokerProcess, timeout: float = 20) -> None:
         except httpx.TransportError:
             time.sleep(0.05)
     raise AssertionError(f"broker did not start within {timeout}s:\n{bp.logs()}")
+
+
+# --- Redis: the machine's server (own key prefix per test), or a private redis-server -------
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@pytest.fixture
+def redis_env() -> Iterator[dict[str, str]]:
+    """Env for a broker on the shared Redis under a key prefix of its own; keys deleted after."""
+    import secrets
+
+    import redis
+
+    need(redis_reachable(REDIS_URL), f"no Redis at {REDIS_URL}")
+    prefix = f"test-{secrets.token_hex(6)}:"
+    yield {"BROKER_REDIS_URL": REDIS_URL, "BROKER_REDIS_PREFIX": prefix}
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=prefix + "*", count=500))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port that a test may kill and restart."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = f"--port {self.port} --bind 127.0.0.1 --appendonly no --dir {self.workdir}"
+        self.proc = subprocess.Popen(
+            ["redis-server", *args.split(), "--save", ""],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not redis_reachable(self.url):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.02)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server, started; killed after the test."""
+    need(shutil.which("redis-server") is not None, "redis-server is not installed")
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.kill()

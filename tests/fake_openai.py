@@ -4,10 +4,19 @@ It runs a real aiohttp server on a loopback port in a background thread, so both
 apps and real ``chatkit-broker serve`` processes can call it. Tests script its answers per
 workflow id (or for the next N requests) and read back every request it received.
 It also serves a JWKS document (``/jwks.json``) that counts its hits and can be taken down.
+
+Faults for the adversarial tests: ``trickle`` (the body dribbles out ``chunk`` bytes every
+``interval`` s), ``reset_mid_body`` (headers and half the body, then a TCP reset),
+``truncated`` (a 200 whose JSON stops halfway), ``ok`` with another ``content_type``, ``huge``
+(a body of ``size`` bytes, with or without Content-Length; ``huge_sent`` counts what was
+actually written before the client hung up), and ``hang`` (released by ``reset``/``stop``).
+``python -m tests.fake_openai --delay 0.05`` runs it standalone for load tests, with
+``GET /_fake/sessions`` returning which user each session was minted for.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import secrets
@@ -39,6 +48,11 @@ class Behaviour:
     delay: float = 0.0
     retry_after: str | None = None
     body: bytes | None = None
+    interval: float = 0.0
+    chunk: int = 64
+    size: int = 0
+    chunked: bool = False
+    content_type: str | None = None
 
 
 def error_json(message: str, type_: str = "invalid_request_error") -> dict[str, Any]:
@@ -85,6 +99,10 @@ class FakeOpenAI:
     jwks_up: bool = True
     jwks_delay: float = 0.0
     jwks_hits: int = 0
+    jwks_chunk: int = 0  # > 0: the JWKS is streamed in pieces of this size
+    default: Behaviour = field(default_factory=Behaviour)
+    huge_sent: int = 0
+    _hang_generation: int = 0
     models_headers: dict[str, str] = field(
         default_factory=lambda: {"openai-organization": "org-fake", "openai-project": "proj_fake"}
     )
@@ -100,6 +118,14 @@ class FakeOpenAI:
         self.sessions.clear()
         self.jwks = {"keys": []}
         self.jwks_up, self.jwks_delay, self.jwks_hits = True, 0.0, 0
+        self.jwks_chunk = 0
+        self.default = Behaviour()
+        self.huge_sent = 0
+        self.release_hangs()
+
+    def release_hangs(self) -> None:
+        """End every request held by ``hang`` (polled by the handlers)."""
+        self._hang_generation += 1
 
     def then(self, kind: str, **kw: Any) -> FakeOpenAI:
         """Answer the next request (whatever it is) with this behaviour; chainable."""
@@ -131,14 +157,58 @@ class FakeOpenAI:
             return self.queue.popleft()
         if workflow_id and workflow_id in self.by_workflow:
             return self.by_workflow[workflow_id]
-        return Behaviour()
+        return self.default
 
     async def _answer(self, request: web.Request, b: Behaviour, ok: Any) -> web.StreamResponse:
         rid = {"x-request-id": "req_" + secrets.token_hex(8)}
         if b.delay:
             await asyncio.sleep(b.delay)
         if b.kind == "ok":
+            if b.content_type:
+                body = json.dumps(ok()).encode()
+                return web.Response(body=body, content_type=b.content_type, headers=rid)
             return web.json_response(ok(), headers=rid)
+        if b.kind == "trickle":
+            body = json.dumps(ok()).encode()
+            resp = web.StreamResponse(headers=rid | {"Content-Type": "application/json"})
+            resp.content_length = len(body)
+            await resp.prepare(request)
+            for i in range(0, len(body), b.chunk):
+                await resp.write(body[i : i + b.chunk])
+                await asyncio.sleep(b.interval)
+            await resp.write_eof()
+            return resp
+        if b.kind == "reset_mid_body":
+            body = json.dumps(ok()).encode()
+            resp = web.StreamResponse(headers=rid | {"Content-Type": "application/json"})
+            resp.content_length = len(body)
+            await resp.prepare(request)
+            await resp.write(body[: len(body) // 2])
+            await asyncio.sleep(0.05)
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError
+        if b.kind == "truncated":
+            body = json.dumps(ok()).encode()
+            return web.Response(
+                body=body[: len(body) // 2], content_type="application/json", headers=rid
+            )
+        if b.kind == "huge":
+            resp = web.StreamResponse(headers=rid | {"Content-Type": "application/json"})
+            if not b.chunked:
+                resp.content_length = b.size
+            await resp.prepare(request)
+            block = b"[" + b" " * 65534 + b"]"
+            try:
+                while self.huge_sent < b.size:
+                    await resp.write(block)
+                    self.huge_sent += len(block)
+                    if b.interval:
+                        await asyncio.sleep(b.interval)
+                await resp.write_eof()
+            except (ConnectionError, RuntimeError):
+                pass  # the client hung up: what it read is counted in huge_sent
+            return resp
         if b.kind == "unauthorized":
             msg = "Incorrect API key provided: sk-proj-****abcd. You can find your API key at https://platform.openai.com/account/api-keys."
             return web.json_response(error_json(msg), status=401, headers=rid)
@@ -186,7 +256,16 @@ class FakeOpenAI:
             request.transport.abort()
             raise asyncio.CancelledError
         if b.kind == "hang":
-            await asyncio.sleep(3600)
+            # never answer, until the client gives up and closes the connection (a handler
+            # that slept for an hour kept the fake's shutdown waiting) or release_hangs()
+            generation = self._hang_generation
+            while (
+                request.transport is not None
+                and not request.transport.is_closing()
+                and generation == self._hang_generation
+            ):
+                await asyncio.sleep(0.02)
+            raise asyncio.CancelledError
         raise AssertionError(f"unknown behaviour {b.kind}")
 
     async def create_session(self, request: web.Request) -> web.StreamResponse:
@@ -239,7 +318,25 @@ class FakeOpenAI:
             await asyncio.sleep(self.jwks_delay)
         if not self.jwks_up:
             return web.Response(status=503, text="down")
+        if self.jwks_chunk:
+            body = json.dumps(self.jwks).encode()
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await resp.prepare(request)  # chunked transfer encoding
+            for i in range(0, len(body), self.jwks_chunk):
+                await resp.write(body[i : i + self.jwks_chunk])
+                await asyncio.sleep(0.01)
+            await resp.write_eof()
+            return resp
         return web.json_response(self.jwks)
+
+    async def minted(self, request: web.Request) -> web.StreamResponse:
+        """Which user and secret each session was minted for (for load tests)."""
+        return web.json_response(
+            {
+                sid: {"user": s["user"], "client_secret": s["client_secret"]}
+                for sid, s in self.sessions.items()
+            }
+        )
 
 
 class FakeOpenAIServer:
@@ -251,27 +348,62 @@ class FakeOpenAIServer:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
 
-    def start(self) -> FakeOpenAI:
+    def start(self, port: int = 0) -> FakeOpenAI:
         self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        port = asyncio.run_coroutine_threadsafe(self._start(port), self._loop).result(10)
         self.fake.url = f"http://127.0.0.1:{port}"
         return self.fake
 
-    async def _start(self) -> int:
+    async def _start(self, port: int = 0) -> int:
         app = web.Application(client_max_size=4 * 1024 * 1024)
         f = self.fake
         app.router.add_post("/v1/chatkit/sessions", f.create_session)
         app.router.add_post("/v1/chatkit/sessions/{sid}/cancel", f.cancel_session)
         app.router.add_get("/v1/models", f.models)
         app.router.add_get("/jwks.json", f.jwks_doc)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        app.router.add_get("/_fake/sessions", f.minted)
+        self._runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=0.5
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=4096)
         await site.start()
         return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
+    async def _stop(self) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:  # handlers still "hanging" for timeout tests
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
     def stop(self) -> None:
+        self.fake.release_hangs()
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+def main() -> None:
+    """Run the fake standalone: ``python -m tests.fake_openai --port 0 --delay 0.05``.
+
+    Prints ``http://127.0.0.1:<port>`` on its first line, then serves until killed.
+    """
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0)
+    args = parser.parse_args()
+    server = FakeOpenAIServer()
+    fake = server.start(port=args.port)
+    fake.default = Behaviour(delay=args.delay)
+    print(fake.url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

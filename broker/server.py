@@ -1,0 +1,143 @@
+"""uvicorn's httptools protocol with the two guards it lacks against hostile clients.
+
+uvicorn (0.30-0.54) puts no limit on the size of a request head when it parses with
+httptools, and no deadline on receiving it: one client sending an endless header line grew a
+broker to hundreds of MB (200 MiB of header → +330 MB RSS, never returned), and a connection
+that trickles its head (slowloris) or sends nothing at all is kept open forever. This
+subclass adds:
+
+* ``MAX_HEAD_BYTES``: a request head (request line + headers) over 64 KiB is answered
+  431 ``headers_too_large`` and the connection closed, before more is buffered;
+* ``HEAD_TIMEOUT``: a connection must deliver a complete head within 10 s of opening (or of
+  its first byte after a keep-alive pause): otherwise 408 ``request_timeout`` and close
+  (silently when it sent nothing at all);
+* malformed HTTP gets the SPEC error shape (400 ``invalid_request``) instead of uvicorn's
+  plain-text 400.
+
+The request *body* deadline lives in ``middleware.BodyLimit`` (it needs the app's answer).
+``cli.serve`` selects this class with ``http="broker.server:GuardedHttpToolsProtocol"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .errors import error_body
+
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TIMEOUT = 10.0
+
+
+def error_response(status: int, reason: str, code: str, message: str) -> bytes:
+    """A complete HTTP/1.1 error answer in the SPEC shape that closes the connection."""
+    request_id = secrets.token_hex(8)
+    body = json.dumps(error_body(code, message, request_id)).encode()
+    return (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        f"x-request-id: {request_id}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode() + body
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """``HttpToolsProtocol`` plus a head size cap and a head deadline (see the module doc)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True  # between messages, or inside a request head
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._got_bytes = False
+        self._completed = False  # a message ended inside the chunk being parsed
+
+    # --- the guards ---------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._in_head:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm()  # a pipelined head behind a running request: its turn comes later
+            return
+        if self._got_bytes:
+            self._refuse(
+                408,
+                "Request Timeout",
+                "request_timeout",
+                f"The request head did not arrive within {HEAD_TIMEOUT:g} s.",
+            )
+        else:
+            self.transport.close()
+
+    def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
+        self._disarm()
+        self.logger.info("refused a client: %d %s", status, code)
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(error_response(status, reason, code, message))
+        self.transport.close()
+
+    # --- uvicorn / httptools hooks ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._arm()
+        self._completed = False
+        super().data_received(data)
+        # bytes still unparsed into a complete head count against the cap; a chunk in which
+        # a message ended is not counted (its tail, if any, starts a pipelined request)
+        if self._in_head and not self._completed and not self.transport.is_closing():
+            self._got_bytes = True
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(
+                    431,
+                    "Request Header Fields Too Large",
+                    "headers_too_large",
+                    f"The request line and headers are larger than {MAX_HEAD_BYTES // 1024} KiB.",
+                )
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head_bytes, self._got_bytes = True, 0, False
+        self._completed = True
+
+    def send_400_response(self, msg: str) -> None:
+        self._disarm()
+        self.transport.write(
+            error_response(
+                400,
+                "Bad Request",
+                "invalid_request",
+                "The request is not valid HTTP/1.1.",
+            )
+        )
+        self.transport.close()

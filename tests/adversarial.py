@@ -1,0 +1,141 @@
+"""Helpers shared by the adversarial tests: the environment of a real broker process, a
+watch list of secrets that must never reach its log, and the process's memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import resource
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .conftest import (
+    API_KEY,
+    SECRET,
+    WF_SALES,
+    WF_SUPPORT,
+    BrokerProcess,
+    cli_command,
+    free_port,
+    wait_until_serving,
+)
+
+# Patterns of the secrets the tests create: the fake mints ``ek_`` + 48 hex, mock secrets
+# are ``mock_`` + an itsdangerous token, JWTs are two base64url JSON objects and a signature.
+SECRET_PATTERNS = {
+    "API key": re.compile(re.escape(API_KEY)),
+    "JWT": re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"),
+    "client_secret": re.compile(r"ek_[0-9a-f]{48}"),
+    "mock secret": re.compile(r"mock_[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_.-]{10,}"),
+    "Authorization value": re.compile(r"Bearer\s+[A-Za-z0-9_.-]{16,}"),
+    "JWT secret": re.compile(re.escape(SECRET)),
+}
+
+
+_WORD = re.compile(r"[A-Za-z0-9_.~+/=-]{8,}")
+
+
+def live_env(base_url: str, **overrides: str | None) -> dict[str, str]:
+    """A live configuration against the fake OpenAI at ``base_url`` (its ``/v1``), with
+    rate limits out of the way (these tests measure other things)."""
+    env = {
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_BASE_URL": base_url,
+        "BROKER_WORKFLOWS": f"support={WF_SUPPORT},sales={WF_SALES}",
+        "BROKER_JWT_SECRET": SECRET,
+        "BROKER_UPSTREAM_TIMEOUT": "3",
+        "BROKER_LOG_FORMAT": "json",
+        "BROKER_LOG_LEVEL": "info",
+        "BROKER_RATE_LIMIT": "1000000/minute",
+        "BROKER_IP_RATE_LIMIT": "10000000/minute",
+        "BROKER_TEST_PAGE": "0",
+    }
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def mock_env(**overrides: str | None) -> dict[str, str]:
+    env = live_env("http://127.0.0.1:9/v1", OPENAI_API_KEY=None, OPENAI_BASE_URL=None)
+    env["BROKER_MOCK"] = "1"
+    env.update({k: v for k, v in overrides.items() if v is not None})
+    return env
+
+
+class SecretWatch:
+    """Collects every secret value a test handled; ``check(log)`` fails if one is in the log."""
+
+    def __init__(self) -> None:
+        self.values: set[str] = {API_KEY, SECRET}
+
+    def add(self, *values: str | None) -> None:
+        for value in values:
+            if value and len(value) >= 8:
+                self.values.add(value)
+
+    def check(self, log: str) -> int:
+        """Assert no secret value or secret-shaped string appears; returns the lines checked."""
+        if len(self.values) <= 2000:
+            leaks = [v[:12] + "…" for v in self.values if v in log]
+        else:  # tens of thousands of secrets (load test): compare whole words, not substrings
+            words = set(_WORD.findall(log))
+            leaks = [v[:12] + "…" for v in self.values if v in words]
+        assert not leaks, f"secrets in the broker log: {leaks}"
+        for what, pattern in SECRET_PATTERNS.items():
+            match = pattern.search(log)
+            assert match is None, f"a {what} is in the broker log: {match.group(0)[:16]}…"
+        return log.count("\n")
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, MiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def raise_fd_limit(want: int) -> int:
+    """Raise this process's open-file limit towards ``want`` (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+@contextlib.contextmanager
+def broker_process(env: dict[str, str], log_dir: Path, *args: str) -> Iterator[BrokerProcess]:
+    """A real ``chatkit-broker serve`` for a whole module (``run_broker`` is per test)."""
+    port = free_port()
+    log_path = log_dir / f"broker-{port}.log"
+    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*cli_command(), "serve", "--port", str(port), *args],
+            env=full_env,
+            cwd=log_dir,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    bp = BrokerProcess(f"http://127.0.0.1:{port}", proc, log_path)
+    try:
+        wait_until_serving(bp)
+        yield bp
+    finally:
+        bp.stop()
+
+
+def make_token(user: str, ttl: int = 3600) -> str:
+    """A valid HS256 sign-in token for ``user`` (for module-scoped fixtures, which cannot use
+    the function-scoped ``token`` fixture)."""
+    import jwt
+
+    now = int(time.time())
+    return jwt.encode({"sub": user, "iat": now, "exp": now + ttl}, SECRET, algorithm="HS256")

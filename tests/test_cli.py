@@ -1,0 +1,149 @@
+"""The command line, run as a user runs it: real processes, real ports, real output."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import httpx
+import jwt
+
+from .conftest import API_KEY, SECRET, WF_SUPPORT, cli_command, free_port
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*cli_command(), *args],
+        env={"PATH": "/usr/bin:/bin", **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_check_lists_every_problem_and_exits_2(tmp_path):
+    r = run_cli(
+        "check",
+        env={
+            "BROKER_WORKFLOWS": "Bad=wf_1,ok=nope",
+            "BROKER_JWT_SECRET": "short",
+            "BROKER_PORT": "x",
+        },
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    for needle in ("OPENAI_API_KEY", "'Bad'", "'ok' id", "BROKER_JWT_SECRET", "BROKER_PORT"):
+        assert needle in r.stderr, needle
+    assert r.stderr.count("\n  - ") >= 5
+
+
+def test_check_summary_masks_secrets(tmp_path, base_env):
+    (tmp_path / ".env").write_text(f"CHATKIT_OPENAI_API_KEY={API_KEY}\n")
+    env = {k: v for k, v in base_env.items() if k != "OPENAI_API_KEY"}
+    r = run_cli("check", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert API_KEY not in r.stdout and SECRET not in r.stdout
+    assert "sk-proj-…XYZ"[-3:] in r.stdout and "from CHATKIT_OPENAI_API_KEY (.env)" in r.stdout
+    assert f"support: {WF_SUPPORT}" in r.stdout
+    assert "BROKER_JWT_AUDIENCE is not set" in r.stdout
+
+
+def test_token_command_signs_with_the_secret(tmp_path):
+    env = {"BROKER_JWT_SECRET": SECRET, "BROKER_JWT_AUDIENCE": "authenticated"}
+    r = run_cli(
+        "token",
+        "--sub",
+        "me",
+        "--ttl",
+        "120",
+        "--claim",
+        "role=pro",
+        "--claim",
+        "n=3",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    claims = jwt.decode(r.stdout.strip(), SECRET, algorithms=["HS256"], audience="authenticated")
+    assert claims["sub"] == "me" and claims["role"] == "pro" and claims["n"] == 3
+    assert claims["exp"] - claims["iat"] == 120
+    missing = run_cli("token", "--sub", "me", env={}, cwd=tmp_path)
+    assert missing.returncode == 2 and "BROKER_JWT_SECRET" in missing.stderr
+
+
+def test_serve_usage_errors(tmp_path):
+    r = run_cli("serve", "--mock", "--reload", "--workers", "2", env={}, cwd=tmp_path)
+    assert r.returncode == 2 and "--reload" in r.stderr
+    r = run_cli(
+        "serve", "--mock", "--host", "0.0.0.0", "--port", str(free_port()), env={}, cwd=tmp_path
+    )
+    assert r.returncode == 2 and "not a loopback address" in r.stderr
+    r = run_cli("serve", env={}, cwd=tmp_path)
+    assert r.returncode == 2 and "OPENAI_API_KEY" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("frobnicate", env={}, cwd=tmp_path)
+    assert r.returncode == 2
+
+
+def test_live_server_mints_with_a_cli_token(run_broker, base_env, openai, tmp_path):
+    tok = run_cli("token", "--sub", "dana", env=base_env, cwd=tmp_path).stdout.strip()
+    bp = run_broker(base_env)
+    r = httpx.post(
+        bp.url + "/api/chatkit/session",
+        json={"workflow": "support"},
+        headers={"Authorization": f"Bearer {tok}"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["client_secret"].startswith("ek_")
+    assert openai.session_requests()[0].body["user"] == "dana"
+
+
+def test_mock_server_from_zero_config(run_broker):
+    bp = run_broker({}, "--mock")
+    r = httpx.post(bp.url + "/api/chatkit/session", json={"workflow": "topic-generation"})
+    assert r.status_code == 200 and r.json()["mock"] is True
+    assert r.headers["x-chatkit-broker-mode"] == "mock"
+    assert "MOCK MODE" in bp.logs()
+
+
+def test_logs_of_every_failure_path_hold_no_secret(run_broker, base_env, openai, token):
+    """Run a real server through success and each failure path, then read its whole log."""
+    bp = run_broker(base_env | {"BROKER_UPSTREAM_TIMEOUT": "1", "BROKER_LOG_LEVEL": "debug"})
+    good, other = token("erin"), token("erin", key="y" * 40)
+    secrets_seen = []
+
+    def mint(tok: str | None, workflow: str = "support") -> httpx.Response:
+        headers = {"Authorization": f"Bearer {tok}"} if tok else {}
+        r = httpx.post(
+            bp.url + "/api/chatkit/session",
+            json={"workflow": workflow},
+            headers=headers,
+            timeout=10,
+        )
+        if r.status_code == 200:
+            secrets_seen.append(r.json()["client_secret"])
+        return r
+
+    assert mint(good).status_code == 200
+    assert mint(other).status_code == 401
+    assert mint(None).status_code == 401
+    assert mint(good, "nope").status_code == 403
+    for kind, status in [
+        ("unauthorized", 502),
+        ("workflow_not_found", 502),
+        ("not_json", 502),
+        ("no_secret", 502),
+        ("reset", 503),
+        ("hang", 504),
+    ]:
+        openai.for_workflow(WF_SUPPORT, kind)
+        assert mint(good).status_code == status, kind
+    openai.by_workflow.clear()
+    assert mint(good).status_code == 200
+    bp.stop()
+    log = bp.logs()
+    assert "upstream create 'support'" in log and "answered 401" in log  # the failures were logged…
+    for secret in (API_KEY, SECRET, good, other, *secrets_seen, "Bearer ey"):
+        assert secret not in log  # …without any secret
+    assert "Traceback" not in log

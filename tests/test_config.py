@@ -1,0 +1,231 @@
+"""Configuration parsing: explicit mappings in, a frozen Settings or every problem out."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from broker.config import ConfigError, load_settings, parse_rate, read_environment
+
+from .conftest import API_KEY, SECRET, WF_SALES, WF_SUPPORT
+
+
+def problems_of(env: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    return info.value.problems
+
+
+def test_minimal_live_config(base_env):
+    s = load_settings(base_env)
+    assert s.mock is False
+    assert s.openai_api_key == API_KEY and s.openai_api_key_source == "OPENAI_API_KEY"
+    assert [w.name for w in s.workflows] == ["support", "sales"]
+    assert s.workflow("support").id == WF_SUPPORT and s.workflow(WF_SALES).name == "sales"
+    assert s.workflow("nope") is None
+    assert s.jwt.hmac_algorithms == ("HS256",) and s.jwt.asymmetric_algorithms == ()
+    assert (s.host, s.port, s.rate_limit, s.upstream_retries) == ("127.0.0.1", 8000, "30/minute", 2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.mock = True  # type: ignore[misc]
+    assert API_KEY not in repr(s) and SECRET not in repr(s)
+
+
+def test_chatkit_key_wins_over_openai_key(base_env):
+    s = load_settings(base_env | {"CHATKIT_OPENAI_API_KEY": "sk-proj-chatkitkey000000000000"})
+    assert s.openai_api_key == "sk-proj-chatkitkey000000000000"
+    assert s.openai_api_key_source == "CHATKIT_OPENAI_API_KEY"
+
+
+def test_every_problem_is_listed_at_once():
+    problems = problems_of(
+        {
+            "BROKER_WORKFLOWS": "Bad Name=wf_x,ok=notanid,noequals",
+            "BROKER_JWT_SECRET": "short",
+            "BROKER_PORT": "99999",
+            "BROKER_RATE_LIMIT": "lots",
+            "BROKER_UPSTREAM_TIMEOUT": "-1",
+            "BROKER_LOG_FORMAT": "xml",
+            "BROKER_ALLOWED_ORIGINS": "https://ok.example.com,not-an-origin",
+            "BROKER_JWT_ALGORITHMS": "none,HS256",
+        }
+    )
+    text = "\n".join(problems)
+    for needle in (
+        "OPENAI_API_KEY",
+        "'Bad Name'",
+        "'ok' id must be wf_",
+        "'noequals' must be name=wf_",
+        "BROKER_JWT_SECRET is shorter than 32 bytes",
+        "BROKER_PORT",
+        "BROKER_RATE_LIMIT",
+        "BROKER_UPSTREAM_TIMEOUT",
+        "BROKER_LOG_FORMAT",
+        "'not-an-origin'",
+        "'none' is not a supported algorithm",
+    ):
+        assert needle in text, needle
+
+
+def test_live_needs_workflows_and_a_key_source():
+    problems = problems_of({"OPENAI_API_KEY": API_KEY})
+    assert any("allowlist at least one workflow" in p for p in problems)
+    assert any(
+        "BROKER_JWT_SECRET, BROKER_JWT_PUBLIC_KEY or BROKER_JWT_JWKS_URL" in p for p in problems
+    )
+
+
+def test_mock_mode_needs_nothing_and_offers_demo_workflows():
+    s = load_settings({"BROKER_MOCK": "1"})
+    assert s.mock and s.openai_api_key is None
+    assert [w.name for w in s.workflows] == ["topic-generation", "post-writer"]
+
+
+def test_mock_mode_refuses_non_loopback_bind():
+    problems = problems_of({"BROKER_MOCK": "1", "BROKER_HOST": "0.0.0.0"})
+    assert any("mock mode only listens on" in p for p in problems)
+    for host in ("127.0.0.1", "localhost", "::1"):
+        assert load_settings({"BROKER_MOCK": "1", "BROKER_HOST": host}).host == host
+
+
+def test_port_env_is_honoured(base_env):
+    assert load_settings(base_env | {"PORT": "5055"}).port == 5055
+    assert load_settings(base_env | {"PORT": "5055", "BROKER_PORT": "6066"}).port == 6066
+
+
+def test_workflow_file_is_validated_against_api_limits(base_env, tmp_path: Path):
+    f = tmp_path / "wf.toml"
+    variables = ", ".join(f"v{i} = {i}" for i in range(65))
+    f.write_text(
+        f"""
+[workflows.bad]
+id = "{WF_SALES}"
+version = "latest"
+expires_after = 601
+max_requests_per_minute = 0
+file_upload = {{ enabled = true, max_file_size = 513, max_files = 0 }}
+history = {{ recent_threads = 0 }}
+state_variables = {{ {variables} }}
+colour = "red"
+
+[workflows.nested]
+id = "{WF_SALES[:-1]}f"
+state_variables = {{ deep = {{ a = 1 }} }}
+require = {{ role = {{ x = 1 }} }}
+"""
+    )
+    text = "\n".join(problems_of(base_env | {"BROKER_WORKFLOWS_FILE": str(f)}))
+    for needle in (
+        'version = "latest" is refused',
+        "expires_after (seconds) must be a whole number 1..600",
+        "max_requests_per_minute must be a whole number >= 1",
+        "file_upload.max_file_size (MB) must be a whole number 1..512",
+        "file_upload.max_files must be a whole number >= 1",
+        "history.recent_threads must be a whole number >= 1",
+        "at most 64 state_variables",
+        "unknown option 'colour'",
+        "state_variables.deep must be a string, number or boolean",
+        "require.role must be",
+    ):
+        assert needle in text, needle
+
+
+def test_workflow_name_clash_and_shared_id(base_env, tmp_path: Path):
+    f = tmp_path / "wf.toml"
+    f.write_text(f'[workflows.support]\nid = "{WF_SALES}"\n')
+    text = "\n".join(problems_of(base_env | {"BROKER_WORKFLOWS_FILE": str(f)}))
+    assert "defined in both" in text
+    text = "\n".join(problems_of(base_env | {"BROKER_WORKFLOWS": f"a={WF_SUPPORT},b={WF_SUPPORT}"}))
+    assert "share the id" in text
+
+
+def test_missing_or_broken_workflow_file(base_env, tmp_path: Path):
+    text = "\n".join(problems_of(base_env | {"BROKER_WORKFLOWS_FILE": str(tmp_path / "nope.toml")}))
+    assert "cannot read" in text
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[workflows.x\n")
+    text = "\n".join(problems_of(base_env | {"BROKER_WORKFLOWS_FILE": str(broken)}))
+    assert "not valid TOML" in text
+
+
+def test_pem_key_decides_algorithms(base_env, tmp_path: Path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    def pem(private) -> str:
+        return (
+            private.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
+
+    env = base_env | {"BROKER_JWT_SECRET": ""}
+    ec_pem = pem(ec.generate_private_key(ec.SECP256R1()))
+    assert load_settings(env | {"BROKER_JWT_PUBLIC_KEY": ec_pem}).jwt.asymmetric_algorithms == (
+        "ES256",
+    )
+    path = tmp_path / "rsa.pem"
+    path.write_text(pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+    s = load_settings(env | {"BROKER_JWT_PUBLIC_KEY": f"@{path}"})
+    assert s.jwt.asymmetric_algorithms[0] == "RS256" and "HS256" not in s.jwt.asymmetric_algorithms
+    text = "\n".join(problems_of(env | {"BROKER_JWT_PUBLIC_KEY": "not a key"}))
+    assert "not a PEM public key" in text
+    both = env | {"BROKER_JWT_PUBLIC_KEY": ec_pem, "BROKER_JWT_JWKS_URL": "https://x/jwks.json"}
+    assert any("only one of" in p for p in problems_of(both))
+
+
+def test_secret_and_jwks_together_split_algorithms(base_env):
+    s = load_settings(base_env | {"BROKER_JWT_JWKS_URL": "https://x.supabase.co/jwks.json"})
+    assert s.jwt.hmac_algorithms == ("HS256",)
+    assert "ES256" in s.jwt.asymmetric_algorithms and "RS256" in s.jwt.asymmetric_algorithms
+    s = load_settings(
+        base_env | {"BROKER_JWT_JWKS_URL": "https://x/j", "BROKER_JWT_ALGORITHMS": "HS256,ES256"}
+    )
+    assert (s.jwt.hmac_algorithms, s.jwt.asymmetric_algorithms) == (("HS256",), ("ES256",))
+
+
+@pytest.mark.parametrize(
+    ("length", "expected"),
+    [
+        (32, ("HS256",)),
+        (47, ("HS256",)),
+        (48, ("HS256", "HS384")),
+        (64, ("HS256", "HS384", "HS512")),
+    ],
+)
+def test_hmac_algorithms_follow_the_secret_length(base_env, length, expected):
+    assert (
+        load_settings(base_env | {"BROKER_JWT_SECRET": "k" * length}).jwt.hmac_algorithms
+        == expected
+    )
+
+
+def test_no_audience_is_a_warning(base_env):
+    assert any("BROKER_JWT_AUDIENCE" in w for w in load_settings(base_env).warnings)
+    assert load_settings(base_env | {"BROKER_JWT_AUDIENCE": "authenticated"}).warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30/minute", (30, 60)),
+        ("5 per second", (5, 1)),
+        ("100/hour", (100, 3600)),
+        ("2/10 minutes", (2, 600)),
+    ],
+)
+def test_parse_rate(text, expected):
+    assert parse_rate(text) == expected
+
+
+def test_dotenv_is_loaded_but_environment_wins(tmp_path: Path, monkeypatch):
+    (tmp_path / ".env").write_text("OPENAI_API_KEY=sk-from-dotenv\nBROKER_PORT=9001\n")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-shell")
+    monkeypatch.delenv("BROKER_PORT", raising=False)
+    env, from_dotenv = read_environment(tmp_path)
+    assert env["OPENAI_API_KEY"] == "sk-from-shell"
+    assert env["BROKER_PORT"] == "9001"
+    assert "BROKER_PORT" in from_dotenv and "OPENAI_API_KEY" not in from_dotenv

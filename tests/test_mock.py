@@ -1,0 +1,169 @@
+"""Mock mode: loopback-only, signed expiring mock_ secrets, and never a silent fallback."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.config import load_settings
+from broker.mock import MockSessions, is_local_host_header, is_loopback_address
+
+from .conftest import SECRET, app_client, auth
+
+MOCK = {"BROKER_MOCK": "1", "BROKER_LOG_FORMAT": "json"}
+
+
+async def test_mock_mint_without_token(openai):
+    async with app_client(load_settings(MOCK)) as c:
+        r = await c.post("/api/chatkit/session", json={"workflow": "topic-generation"})
+        backend = c.app.state.broker.sessions.backend
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["mock"] is True
+    assert data["client_secret"].startswith("mock_")
+    assert data["session_id"].startswith("cksess_mock_")
+    assert data["workflow"] == {"name": "topic-generation", "id": "wf_mock_topic_generation"}
+    assert r.headers["x-chatkit-broker-mode"] == "mock"
+    assert backend.verify(data["client_secret"])["u"] == "mock-user"
+    assert openai.requests == []  # no OpenAI call in mock mode
+
+
+async def test_mock_every_response_says_mock():
+    async with app_client(load_settings(MOCK)) as c:
+        for r in (
+            await c.get("/api/chatkit/config"),
+            await c.get("/api/chatkit/workflows"),
+            await c.get("/nope"),
+        ):
+            assert r.headers["x-chatkit-broker-mode"] == "mock"
+        assert (await c.get("/api/chatkit/config")).json()["mode"] == "mock"
+        assert (await c.get("/api/chatkit/workflows")).json()["mock"] is True
+
+
+async def test_token_read_unverified_when_no_key_configured():
+    async with app_client(load_settings(MOCK)) as c:
+        tok = __import__("jwt").encode(
+            {"sub": "dev-bob"}, "any-key-at-all-any-key-at-all-123", "HS256"
+        )
+        r = await c.post(
+            "/api/chatkit/session", json={"workflow": "post-writer"}, headers=auth(tok)
+        )
+        assert r.status_code == 200
+        assert (
+            c.app.state.broker.sessions.backend.verify(r.json()["client_secret"])["u"] == "dev-bob"
+        )
+        r = await c.post(
+            "/api/chatkit/session", json={"workflow": "post-writer"}, headers=auth("garbage")
+        )
+        assert r.status_code == 401
+
+
+async def test_token_verified_when_key_configured(token):
+    async with app_client(load_settings(MOCK | {"BROKER_JWT_SECRET": SECRET})) as c:
+        good = await c.post(
+            "/api/chatkit/session", json={"workflow": "post-writer"}, headers=auth(token("carol"))
+        )
+        bad = await c.post(
+            "/api/chatkit/session",
+            json={"workflow": "post-writer"},
+            headers=auth(token("carol", key="x" * 40)),
+        )
+    assert good.status_code == 200
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "unauthenticated"
+
+
+async def test_mock_allowlist_still_applies():
+    async with app_client(load_settings(MOCK)) as c:
+        r = await c.post("/api/chatkit/session", json={"workflow": "wf_anything"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "workflow_not_allowed"
+
+
+@pytest.mark.parametrize("peer", ["10.0.0.5", "192.168.1.20", "8.8.8.8", "::ffff:10.0.0.1"])
+async def test_non_loopback_peer_is_refused(peer):
+    async with app_client(load_settings(MOCK), peer=peer) as c:
+        r = await c.post(
+            "/api/chatkit/session",
+            json={"workflow": "topic-generation"},
+            headers={"X-Forwarded-For": "127.0.0.1"},
+        )
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == "mock_local_only"
+    assert r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["evil.example.com", "evil.example.com:8000", "127.0.0.1.nip.io", "localhost.evil.com", ""],
+)
+async def test_non_local_host_header_is_refused(host):
+    async with app_client(load_settings(MOCK)) as c:
+        r = await c.get("/api/chatkit/config", headers={"Host": host})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "mock_local_only"
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "localhost:8000", "127.0.0.1:1", "[::1]:8000", "[::1]", "LOCALHOST"]
+)
+async def test_local_host_headers_pass(host):
+    async with app_client(load_settings(MOCK), peer="::1") as c:
+        r = await c.get("/api/chatkit/config", headers={"Host": host})
+    assert r.status_code == 200
+
+
+def test_guards_unit():
+    assert (
+        is_loopback_address("127.0.0.1")
+        and is_loopback_address("127.8.9.10")
+        and is_loopback_address("::1")
+    )
+    assert is_loopback_address("::ffff:127.0.0.1")
+    assert (
+        not is_loopback_address("10.0.0.1")
+        and not is_loopback_address(None)
+        and not is_loopback_address("x")
+    )
+    assert not is_local_host_header("[::1]evil") and not is_local_host_header("localhost:80x")
+
+
+async def test_mock_secret_expires_and_is_bound_to_its_process():
+    now = [1_000_000.0]
+    sessions = MockSessions(clock=lambda: now[0])
+    body = {
+        "user": "u1",
+        "workflow": {"id": "wf_x"},
+        "expires_after": {"anchor": "created_at", "seconds": 60},
+    }
+    created = await sessions.create(body, workflow_label="x")
+    assert created.expires_at == 1_000_060
+    assert sessions.verify(created.client_secret)["u"] == "u1"
+    assert MockSessions().verify(created.client_secret) is None  # another process's key
+    assert sessions.verify(created.client_secret[:-2] + "xx") is None  # tampered
+    now[0] += 61
+    assert sessions.verify(created.client_secret) is None  # expired
+    now[0] -= 61
+    await sessions.cancel(created.session_id)
+    assert sessions.verify(created.client_secret) is None  # cancelled
+
+
+async def test_live_mode_never_accepts_a_mock_secret(make_settings, openai):
+    async with app_client(load_settings(MOCK)) as mock_client:
+        secret = (
+            await mock_client.post("/api/chatkit/session", json={"workflow": "topic-generation"})
+        ).json()["client_secret"]
+    async with app_client(make_settings()) as live:
+        r = await live.post(
+            "/api/chatkit/session", json={"workflow": "support"}, headers=auth(secret)
+        )
+        cancel = await live.post(
+            "/api/chatkit/session/cancel",
+            json={"session_id": "cksess_mock_x"},
+            headers=auth(secret),
+        )
+    assert r.status_code == 401 and "client secret" in r.json()["error"]["message"]
+    assert cancel.status_code == 401
+    assert secret not in r.text
+    assert openai.requests == []
+
+
+async def test_live_mode_has_no_mock_header(client):
+    r = await client.get("/api/chatkit/config")
+    assert "x-chatkit-broker-mode" not in r.headers

@@ -1,0 +1,187 @@
+"""The session registry (memory and Redis) and revocation: cancel own / all / someone else's,
+and ``previous_session_id`` on a refresh."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from broker.registry import MemoryRegistry, RedisRegistry
+from broker.store import RedisStore
+
+from .conftest import app_client, auth
+
+MINT = "/api/chatkit/session"
+CANCEL = "/api/chatkit/session/cancel"
+SUPPORT = {"workflow": "support"}
+
+
+@pytest.fixture
+async def redis_registry(redis_env) -> AsyncIterator[tuple[RedisRegistry, RedisStore]]:
+    store = RedisStore(redis_env["BROKER_REDIS_URL"], redis_env["BROKER_REDIS_PREFIX"])
+    yield RedisRegistry(store), store
+    await store.close()
+
+
+async def test_redis_registry_records_owners_and_expires_with_the_session(redis_registry):
+    registry, store = redis_registry
+    now = int(time.time())
+    await registry.add("cksess_a", "alice", now + 600)
+    await registry.add("cksess_b", "alice", now + 120)
+    await registry.add("cksess_c", "bob", now + 300)
+    await registry.add("cksess_old", "alice", now - 1)  # already expired: not recorded
+    assert await registry.owner("cksess_a") == "alice"
+    assert await registry.owner("cksess_c") == "bob"
+    assert await registry.owner("cksess_old") is None
+    assert await registry.owner("cksess_unknown") is None
+    assert await registry.sessions_of("alice") == ["cksess_a", "cksess_b"]
+    assert await registry.sessions_of("nobody") == []
+
+    client = store.client
+    # the keys expire with their session; the user's set with its last session
+    ttl_a = await client.ttl(store.key("sess", "cksess_a"))
+    ttl_b = await client.ttl(store.key("sess", "cksess_b"))
+    ttl_user = await client.ttl(store.key("user", "alice"))
+    assert 595 <= ttl_a <= 600 and 115 <= ttl_b <= 120 and 595 <= ttl_user <= 600
+
+    await registry.remove("cksess_a")
+    await registry.remove("cksess_a")  # twice is fine
+    assert await registry.owner("cksess_a") is None
+    assert await registry.sessions_of("alice") == ["cksess_b"]
+
+
+async def test_redis_registry_prunes_expired_members(redis_registry):
+    registry, store = redis_registry
+    now = int(time.time())
+    await registry.add("cksess_live", "carol", now + 60)
+    # an entry whose time has passed (as if its key had expired) is not listed
+    await store.client.zadd(store.key("user", "carol"), {"cksess_gone": now - 5})
+    assert await registry.sessions_of("carol") == ["cksess_live"]
+    assert await store.client.zscore(store.key("user", "carol"), "cksess_gone") is None
+
+
+async def test_memory_registry_forgets_expired_sessions():
+    clock = [1000.0]
+    registry = MemoryRegistry(clock=lambda: clock[0])
+    await registry.add("cksess_a", "alice", 1010)
+    await registry.add("cksess_b", "alice", 1100)
+    assert await registry.sessions_of("alice") == ["cksess_a", "cksess_b"]
+    clock[0] = 1050
+    assert await registry.owner("cksess_a") is None
+    assert await registry.sessions_of("alice") == ["cksess_b"]
+
+
+# --- through the API, on both registries --------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_env(request) -> dict[str, str]:
+    if request.param == "memory":
+        return {}
+    return request.getfixturevalue("redis_env")
+
+
+async def mint(c, tok: str, **extra) -> str:
+    r = await c.post(MINT, json={**SUPPORT, **extra}, headers=auth(tok))
+    assert r.status_code == 200, r.text
+    return r.json()["session_id"]
+
+
+async def test_cancel_own_all_and_someone_elses(make_settings, store_env, openai, token):
+    alice, bob = token("alice"), token("bob")
+    async with app_client(make_settings(**store_env)) as c:
+        a1, a2, a3 = [await mint(c, alice) for _ in range(3)]
+        b1 = await mint(c, bob)
+
+        # someone else's session: 404 and nothing upstream
+        r = await c.post(CANCEL, json={"session_id": b1}, headers=auth(alice))
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        r = await c.post(CANCEL, json={"session_id": "cksess_unknown"}, headers=auth(alice))
+        assert r.status_code == 404
+        assert openai.cancel_requests() == []
+
+        # one's own
+        r = await c.post(CANCEL, json={"session_id": a1}, headers=auth(alice))
+        assert r.status_code == 200 and r.json() == {"cancelled": [a1]}
+        assert [q.path for q in openai.cancel_requests()] == [f"/v1/chatkit/sessions/{a1}/cancel"]
+        assert openai.sessions[a1]["status"] == "cancelled"
+        # it left the registry: a second cancel is a 404
+        r = await c.post(CANCEL, json={"session_id": a1}, headers=auth(alice))
+        assert r.status_code == 404
+
+        # all of one's own, none of bob's
+        r = await c.post(CANCEL, json={"all": True}, headers=auth(alice))
+        assert r.status_code == 200 and sorted(r.json()["cancelled"]) == sorted([a2, a3])
+        assert openai.sessions[b1]["status"] == "active"
+        r = await c.post(CANCEL, json={"all": True}, headers=auth(alice))
+        assert r.json() == {"cancelled": []}
+
+        # a session the API no longer knows counts as cancelled and leaves the registry
+        del openai.sessions[b1]
+        r = await c.post(CANCEL, json={"session_id": b1}, headers=auth(bob))
+        assert r.status_code == 200 and r.json() == {"cancelled": [b1]}
+        assert (await c.post(CANCEL, json={"all": True}, headers=auth(bob))).json() == {
+            "cancelled": []
+        }
+
+
+async def test_previous_session_id_is_cancelled_only_when_owned(
+    make_settings, store_env, openai, token
+):
+    alice, bob = token("alice"), token("bob")
+    async with app_client(make_settings(**store_env)) as c:
+        old = await mint(c, alice)
+        bobs = await mint(c, bob)
+
+        new = await mint(c, alice, previous_session_id=old)
+        assert new != old
+        assert [q.path for q in openai.cancel_requests()] == [f"/v1/chatkit/sessions/{old}/cancel"]
+        assert openai.sessions[old]["status"] == "cancelled"
+        r = await c.post(CANCEL, json={"session_id": old}, headers=auth(alice))
+        assert r.status_code == 404  # gone from the registry
+
+        # naming bob's session as one's previous does nothing to it
+        await mint(c, alice, previous_session_id=bobs)
+        assert len(openai.cancel_requests()) == 1
+        assert openai.sessions[bobs]["status"] == "active"
+
+        # a failed cancel upstream never fails the mint
+        openai.then("ok").then("status", status=500).then("status", status=500)
+        openai.then("status", status=500)
+        r = await c.post(MINT, json={**SUPPORT, "previous_session_id": new}, headers=auth(alice))
+        assert r.status_code == 200
+
+
+async def test_sessions_minted_by_one_instance_are_cancelled_by_another(
+    make_settings, redis_env, openai, token
+):
+    settings = make_settings(**redis_env)
+    alice = token("alice")
+    async with app_client(settings) as a, app_client(settings) as b:
+        s1 = await mint(a, alice)
+        s2 = await mint(b, alice)
+        r = await b.post(CANCEL, json={"session_id": s1}, headers=auth(alice))
+        assert r.json() == {"cancelled": [s1]}
+        r = await a.post(CANCEL, json={"all": True}, headers=auth(alice))
+        assert r.json() == {"cancelled": [s2]}
+        # and someone else's stays 404 from either instance
+        s3 = await mint(a, token("bob"))
+        r = await b.post(CANCEL, json={"session_id": s3}, headers=auth(alice))
+        assert r.status_code == 404
+    assert len(openai.cancel_requests()) == 2
+
+
+async def test_redis_keys_carry_the_prefix(make_settings, redis_env, openai, token):
+    async with app_client(make_settings(**redis_env)) as c:
+        await mint(c, token("alice"))
+    client = aioredis.Redis.from_url(redis_env["BROKER_REDIS_URL"])
+    try:
+        keys = [k.decode() async for k in client.scan_iter(match="*", count=1000)]
+    finally:
+        await client.aclose()
+    mine = [k for k in keys if k.startswith(redis_env["BROKER_REDIS_PREFIX"])]
+    kinds = {k[len(redis_env["BROKER_REDIS_PREFIX"]) :].split(":", 1)[0] for k in mine}
+    assert kinds == {"sess", "user", "limits"}
