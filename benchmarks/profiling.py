@@ -52,6 +52,33 @@ def _component(frame: str) -> str:
     return parts[0]
 
 
+# Each sample goes to the first bucket whose marker is in its stack (the broker's and the
+# floors' request paths); what matches none is the event loop and aiohttp's I/O callbacks.
+BUCKETS = (
+    ("JWT verification (Verifier.verify)", ("Verifier.verify",)),
+    ("rate-limit checks (limits)", ("RateLimits._hit",)),
+    ("access log", ("Logger._log", "JSONFormatter", "StreamHandler")),
+    ("upstream call: aiohttp post + read (+ JSON parse)", ("HostedSessions._attempt", "_endpoint")),
+    ("mint bookkeeping: deadline, retry loop, body JSON, registry", ("SessionService.mint",)),
+    ("endpoint: auth header, JSON body, allowlist, JSONResponse", ("create_session",)),
+    ("ASGI layers: middleware, Starlette, response send", ("run_asgi",)),
+    ("HTTP server: uvicorn's httptools protocol", ("uvicorn/protocols", "broker/server.py")),
+)
+OTHER = "event loop, aiohttp I/O callbacks, other"
+
+
+def buckets(raw: Path) -> dict[str, float]:
+    """Share of the samples per part of the request path (see BUCKETS)."""
+    counts: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            name = next((b for b, marks in BUCKETS if any(m in stack for m in marks)), OTHER)
+            counts[name] += int(count)
+    total = sum(counts.values()) or 1
+    return {name: n / total for name, n in counts.most_common()}
+
+
 def summarize(raw: Path, top: int = 18, cpu_us_per_req: float | None = None) -> str:
     """Where the server's CPU went: self time per package (the broker's modules per file),
     and inclusive time of the broker's own functions, as shares of the samples (and as µs
@@ -79,7 +106,9 @@ def summarize(raw: Path, top: int = 18, cpu_us_per_req: float | None = None) -> 
         return f"  {100 * share:5.1f}%{per_req}  {name}"
 
     unit = " and µs per request" if cpu_us_per_req else ""
-    lines = [f"py-spy: {total} samples. Self time by package (share{unit}):"]
+    lines = [f"py-spy: {total} samples. By part of the request path (share{unit}):"]
+    lines += [fmt(round(share * total), name) for name, share in buckets(raw).items()]
+    lines.append(f"Self time by package (share{unit}):")
     lines += [fmt(n, name) for name, n in by_component.most_common(top)]
     lines.append(f"Inclusive time of the service's own functions (share{unit}):")
     lines += [fmt(n, name) for name, n in inclusive.most_common(top)]
