@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from . import procs
+
 HS_SECRET = "bench-hs256-secret-" + "x" * 32  # >= 32 bytes, as BROKER_JWT_SECRET demands
 KID = "bench-es256"
 
@@ -341,7 +343,7 @@ def _post_status(url: str, token: str) -> int:
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with procs.http_open(req, timeout=10) as resp:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code

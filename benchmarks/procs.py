@@ -28,6 +28,8 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 _PR_SET_PDEATHSIG = 1
 
 _live: list[Child] = []
+# urllib without proxies: a proxy from the environment must never see loopback traffic
+http_open = urllib.request.build_opener(urllib.request.ProxyHandler({})).open
 _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not after fork
 
 
@@ -128,7 +130,7 @@ def wait_http_ok(url: str, child: Child, timeout: float = 30.0) -> None:
                 f"before it was ready; log tail:\n{child.log_tail()}"
             )
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with http_open(url, timeout=2) as resp:
                 if resp.status == 200:
                     return
                 last = resp.status

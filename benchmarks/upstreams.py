@@ -27,28 +27,17 @@ _ID = "@@ID@@"
 
 
 def chat_session_template() -> str:
-    """The upstream body with `@@ID@@` where a 48-hex id goes (twice: id and secret)."""
-    body = {
-        "id": "cksess_" + _ID,
-        "object": "chatkit.session",
-        "status": "active",
-        "chatkit_configuration": {
-            "automatic_thread_titling": {"enabled": True},
-            "file_upload": {"enabled": False, "max_file_size": 512, "max_files": 10},
-            "history": {"enabled": True, "recent_threads": None},
-        },
-        "client_secret": "ek_" + _ID + "_" + "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6",
-        "expires_at": EXPIRES_AT,
-        "max_requests_per_1_minute": 10,
-        "rate_limits": {"max_requests_per_1_minute": 10},
-        "user": "user17",
-        "workflow": {
-            "id": WORKFLOW_ID,
-            "state_variables": None,
-            "tracing": {"enabled": True},
-            "version": None,
-        },
-    }
+    """The upstream body with `@@ID@@` where a 48-hex id goes (twice: id and secret).
+
+    The shape is the tests' fake OpenAI's (tests/fake_openai.py), so there is one definition
+    of a `ChatSession`; only the id, the secret and the expiry are fixed here.
+    """
+    from tests.fake_openai import chat_session
+
+    body = chat_session("user17", {"id": WORKFLOW_ID})
+    body["id"] = "cksess_" + _ID
+    body["client_secret"] = "ek_" + _ID + "_a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"
+    body["expires_at"] = EXPIRES_AT
     return json.dumps(body, separators=(", ", ": "))
 
 
