@@ -10,7 +10,9 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,8 @@ from .errors import Unauthenticated
 from .jwks import JWKSCache
 
 MAX_TOKEN_BYTES = 8 * 1024
+VERIFIED_CACHE_SIZE = 4096
+VERIFIED_CACHE_SECONDS = 60.0
 MAX_USER_CHARS = 512
 MAX_KID_CHARS = 256
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -64,9 +68,21 @@ def bearer_token(authorization: str | None) -> str | None:
 class Verifier:
     """Verifies tokens against the configured HMAC secret, PEM key or JWKS."""
 
-    def __init__(self, settings: JWTSettings, jwks: JWKSCache | None = None) -> None:
+    def __init__(
+        self,
+        settings: JWTSettings,
+        jwks: JWKSCache | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        cache_size: int = VERIFIED_CACHE_SIZE,
+        cache_seconds: float = VERIFIED_CACHE_SECONDS,
+    ) -> None:
         self._s = settings
         self._jwks = jwks
+        self._clock = clock
+        self._cache: OrderedDict[str, tuple[float, Identity]] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_seconds = cache_seconds
         self._secret = settings.secret.encode() if settings.secret else None
         self._pem = (
             load_pem_public_key(settings.public_key.encode()) if settings.public_key else None
@@ -80,7 +96,35 @@ class Verifier:
         return self._s.configured
 
     async def verify(self, token: str) -> Identity:
-        """A verified ``Identity``, or ``Unauthenticated`` saying what is wrong (never echoing the token)."""
+        """A verified ``Identity``, or ``Unauthenticated`` saying what is wrong (never echoing the token).
+
+        A token that verified recently is answered from a small cache (the same access token
+        usually comes back for the workflow list, the mint and each refresh): until its
+        ``exp`` (+ leeway) and at most ``cache_seconds``, so a key removed from the JWKS is
+        honoured at most that much longer. Refused tokens are never cached.
+        """
+        cached = self._cache.get(token)
+        if cached is not None:
+            if self._clock() < cached[0]:
+                return cached[1]
+            del self._cache[token]
+        identity = await self._verify(token)
+        self._remember(token, identity)
+        return identity
+
+    def _remember(self, token: str, identity: Identity) -> None:
+        if self._cache_size <= 0:
+            return
+        exp = identity.claims.get("exp")
+        now = self._clock()
+        good_until = min(float(exp) + self._s.leeway, now + self._cache_seconds)
+        if good_until <= now:
+            return
+        self._cache[token] = (good_until, identity)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def _verify(self, token: str) -> Identity:
         header = _header(token)
         alg = header.get("alg")
         if alg in self._s.hmac_algorithms and self._secret is not None:

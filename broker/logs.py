@@ -81,6 +81,12 @@ class TextFormatter(logging.Formatter):
 
 def setup_logging(fmt: str, level: str, *, secrets: tuple[str, ...] = ()) -> None:
     """Route the broker's and uvicorn's logs through one handler on stderr."""
+    # Neither formatter prints thread, process or caller, so don't collect them for every
+    # record: the logging HOWTO's "Optimization" switches, worth ~40% of an access line.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # no findCaller() stack walk per record
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_Context(secrets))

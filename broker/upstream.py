@@ -177,7 +177,10 @@ class HostedSessions:
                 if length is not None and length > MAX_BODY_BYTES:
                     body = b""
                     too_large = True
-                else:
+                elif length is not None:  # the usual case: a known, small length
+                    body = await resp.read()
+                    too_large = False
+                else:  # chunked: read with the cap
                     body = await read_capped(resp.content, MAX_BODY_BYTES)
                     too_large = len(body) > MAX_BODY_BYTES
                 status, request_id = resp.status, resp.headers.get("x-request-id", "-")

@@ -63,7 +63,9 @@ async def jwks_client(
         clock=clock,
         **cache_kw,
     )
-    broker = dataclasses.replace(broker, jwks=cache, verifier=Verifier(settings.jwt, cache))
+    # the verified-token cache is off here: these tests are about the key cache alone
+    verifier = Verifier(settings.jwt, cache, cache_size=0)
+    broker = dataclasses.replace(broker, jwks=cache, verifier=verifier)
     app = create_app(settings, broker=broker)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
     async with (
