@@ -141,13 +141,27 @@ def broker_timings(quick: bool = False) -> tuple[list[Timing], dict]:
     hs_token = jwt.encode(claims(), HS_SECRET, algorithm="HS256")
     es_token = jwt.encode(claims(), es_key, algorithm="ES256", headers={"kid": KID})
 
-    def verifier(extra: dict[str, str], jwks: JWKSCache | None = None) -> Verifier:
-        return Verifier(load_settings({**_base_env(), **extra}).jwt, jwks)
+    def uncached(settings, jwks: JWKSCache | None = None) -> Verifier:
+        """A Verifier that checks every call (without its verified-token cache, if it has one)."""
+        try:
+            return Verifier(settings, jwks, cache_size=0)
+        except TypeError:  # a broker without the cache
+            return Verifier(settings, jwks)
+
+    def verifier(extra: dict[str, str]) -> Verifier:
+        return uncached(load_settings({**_base_env(), **extra}).jwt)
 
     hs = verifier({"BROKER_JWT_SECRET": HS_SECRET})
     pem_v = verifier({"BROKER_JWT_PUBLIC_KEY": pem})
+    hs_cached = Verifier(load_settings({**_base_env(), "BROKER_JWT_SECRET": HS_SECRET}).jwt)
     timings = [
         time_call("broker Verifier HS256", lambda: _drive(hs.verify(hs_token)), repeat, min_time),
+        time_call(
+            "broker Verifier HS256, token seen before (its cache, if any)",
+            lambda: _drive(hs_cached.verify(hs_token)),
+            repeat,
+            min_time,
+        ),
         time_call(
             "broker Verifier ES256 (PEM key)",
             lambda: _drive(pem_v.verify(es_token)),
@@ -163,12 +177,12 @@ def broker_timings(quick: bool = False) -> tuple[list[Timing], dict]:
         cache = JWKSCache(server.url, pool, algorithms=settings.asymmetric_algorithms)
 
         async def warm() -> None:
-            await Verifier(settings, cache).verify(es_token)  # first use fetches the key set
+            await uncached(settings, cache).verify(es_token)  # first use fetches the key set
             await pool.close()  # from here on, a fetch could not even reach the server
 
         asyncio.run(warm())
         fetches_warm, hits_warm = cache.fetches, server.hits
-        jwks_v = Verifier(settings, cache)
+        jwks_v = uncached(settings, cache)
         t = time_call(
             "broker Verifier ES256 (JWKS, warm cache)",
             lambda: _drive(jwks_v.verify(es_token)),
@@ -261,15 +275,17 @@ def jwks_hot_path(bench) -> dict:
     """Broker in JWKS mode (ES256): after warm-up, a load run must fetch the JWKS 0 times,
     and a burst of tokens with an unknown `kid` at most once."""
     from . import loadgen
-    from .runner import SESSION_PATH, TARGETS, Case
+    from .runner import N_COLD_USERS, SESSION_PATH, TARGETS, Case
 
     key, jwk = es256_keypair()
     jwks = _JwksServer({"keys": [jwk]})
+    # more distinct tokens than the broker's verified-token cache holds: every request
+    # goes through the key lookup, not just the first use of each token
     tokens = bench.tmp / "tokens-es256.txt"
     tokens.write_text(
         "\n".join(
             jwt.encode(claims(f"user{i}"), key, algorithm="ES256", headers={"kid": KID})
-            for i in range(200)
+            for i in range(N_COLD_USERS)
         )
         + "\n"
     )
@@ -280,7 +296,7 @@ def jwks_hot_path(bench) -> dict:
     case = Case(
         "jwks-c128", "JWKS mode (ES256), 0 ms upstream, 128 conns", "nginx", 128, 1, ("broker",)
     )
-    result: dict = {"jwks_url": jwks.url}
+    result: dict = {"jwks_url": jwks.url, "tokens": N_COLD_USERS}
     child = None
     print(f"  jwks: broker with BROKER_JWT_JWKS_URL={jwks.url}", flush=True)
     try:
@@ -355,7 +371,8 @@ def _jwks_markdown(r: dict) -> str:
     mark = "PASS" if r["passed"] else "MISS"
     uk = r["unknown_kid"]
     return (
-        f"- {mark} JWKS mode (ES256, 128 conns, {r['requests']:,} requests, {r['rps']:,.0f} req/s, "
+        f"- {mark} JWKS mode (ES256, 128 conns, {r['tokens']:,} distinct tokens, "
+        f"{r['requests']:,} requests, {r['rps']:,.0f} req/s, "
         f"p99 {r['p99_ms']:.1f} ms, {r['errors']} errors): JWKS fetched {r['fetches_at_start']}x at start, "
         f"{r['fetches_after_warmup']}x after warm-up, {r['fetches_during_load']}x during the load run; "
         f"{uk['requests']} tokens with an unknown kid → statuses {uk['statuses']}, {uk['fetches']} refetch(es)"

@@ -35,7 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 SESSION_PATH = "/api/chatkit/session"
 WORKFLOW = "bench"
-N_USERS = 200
+N_USERS = 200  # tokens rotated by wrk in the ordinary cases
+# More distinct tokens than the broker's verified-token cache holds (broker/auth.py, 4,096):
+# rotated in order, none is still cached when it comes round again, so every mint verifies.
+N_COLD_USERS = 20_000
 SLOW_DELAY_MS = 50.0
 
 
@@ -72,6 +75,7 @@ class Case:
     connections: int
     workers: int
     targets: tuple[str, ...]
+    users: int = N_USERS  # distinct tokens rotated by wrk
 
 
 CLIENTS = ("b-httpx", "b-httpx-aiohttp")
@@ -81,6 +85,15 @@ CASES = {
         Case("zero-c16", "0 ms upstream, 16 conns", "nginx", 16, 1, ("a", "b", "broker")),
         Case(
             "zero-c128", "0 ms upstream, 128 conns", "nginx", 128, 1, ("a", "b", *CLIENTS, "broker")
+        ),
+        Case(
+            "cold-c128",
+            f"0 ms upstream, 128 conns, {N_COLD_USERS:,} tokens (none cached)",
+            "nginx",
+            128,
+            1,
+            ("b", "broker"),
+            N_COLD_USERS,
         ),
         Case("slow-c128", "50 ms upstream, 128 conns", "slow", 128, 1, ("a", "b", "broker")),
         Case(
@@ -203,7 +216,7 @@ class Bench:
     tmp: Path
     upstream_urls: dict[str, str] = field(default_factory=dict)
     upstream_pids: list[int] = field(default_factory=list)
-    tokens_file: Path | None = None
+    tokens_files: dict[int, Path] = field(default_factory=dict)  # users -> file
     hs_secret: str = jwtbench.HS_SECRET
     rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -246,18 +259,18 @@ class Bench:
 
     # --- tokens
 
-    def make_tokens(self, use_cli: bool) -> Path:
-        """N_USERS HS256 tokens (sub user0..user199, ttl 3600), one per line.
+    def make_tokens(self, users: int, use_cli: bool) -> Path:
+        """`users` HS256 tokens (sub user0, user1, ..., ttl 3600), one per line.
 
         Minted by `chatkit-broker token --sub userN --ttl 3600`'s own code (broker.cli.main,
-        200 calls in one subprocess rather than 200 interpreter starts); with no broker
+        called in one subprocess rather than one interpreter start per token); with no broker
         installed, by PyJWT with the same claims.
         """
-        path = self.tmp / "tokens-hs256.txt"
+        path = self.tmp / f"tokens-hs256-{users}.txt"
         if use_cli:
             code = (
                 "import sys\nfrom broker.cli import main\n"
-                f"for i in range({N_USERS}):\n"
+                f"for i in range({users}):\n"
                 "    rc = main(['token', '--sub', f'user{i}', '--ttl', '3600'])\n"
                 "    if rc: sys.exit(rc)\n"
             )
@@ -267,10 +280,10 @@ class Bench:
                 cwd=self.tmp,
                 capture_output=True,
                 text=True,
-                timeout=120,
+                timeout=300,
             )
             lines = res.stdout.split()
-            if res.returncode != 0 or len(lines) != N_USERS:
+            if res.returncode != 0 or len(lines) != users:
                 raise RuntimeError(
                     f"chatkit-broker token failed ({res.returncode}): {res.stderr[-500:]}"
                 )
@@ -279,7 +292,7 @@ class Bench:
 
             lines = [
                 jwt.encode(jwtbench.claims(f"user{i}", 3600), self.hs_secret, algorithm="HS256")
-                for i in range(N_USERS)
+                for i in range(users)
             ]
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -397,13 +410,13 @@ class Bench:
         row["other_load_before"] = round(self.wait_quiet(), 2)
         try:
             child, base = self.start_target(target, case)
-            assert self.tokens_file is not None
-            self.probe(base, target, self.tokens_file.read_text().split("\n", 1)[0])
+            tokens = self.tokens_files[case.users]
+            self.probe(base, target, tokens.read_text().split("\n", 1)[0])
             wrk_log = self.tmp / f"{self.seq:03d}-wrk.log"
             common = {
                 "connections": case.connections,
                 "threads": a.threads,
-                "tokens_file": self.tokens_file,
+                "tokens_file": tokens,
                 "log_path": wrk_log,
             }
             with procs.Sampler(child.pid) as sampler:
@@ -684,8 +697,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--max-wait",
         type=float,
-        default=60.0,
-        help="seconds in all (default 60) to wait before runs for other processes on the "
+        default=30.0,
+        help="seconds in all (default 30) to wait before runs for other processes on the "
         "machine to go quiet (< 0.25 cores busy)",
     )
     ap.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
@@ -781,7 +794,8 @@ def main(argv: list[str] | None = None) -> int:
         if "jwks" in selected and "broker" in runnable:
             kinds.add("nginx")
         bench.start_upstreams(kinds)
-        bench.tokens_file = bench.make_tokens(use_cli="broker" in runnable)
+        for users in sorted({c.users for c in cases}):
+            bench.tokens_files[users] = bench.make_tokens(users, use_cli="broker" in runnable)
         if "jwt" in selected:
             extras["jwt"] = jwtbench.run(quick=args.quick, with_broker="broker" in runnable)
         if "jwks" in selected and "broker" in runnable:
