@@ -657,11 +657,12 @@ def report(saved: dict) -> str:
         f"medians; errors and RSS are the worst round.",
         "",
         markdown_table(summary),
-        "",
     ]
-    for name, ok, detail in check_targets(summary):
-        if ok is not None:
-            lines.append(f"- {'PASS' if ok else 'MISS'} {name}: {detail}")
+    checks = [(n, ok, d) for n, ok, d in check_targets(summary) if ok is not None]
+    if checks:
+        lines.append("")
+    for name, ok, detail in checks:
+        lines.append(f"- {'PASS' if ok else 'MISS'} {name}: {detail}")
     for key in ("jwt", "jwks"):
         if key in saved.get("extras", {}):
             lines += ["", saved["extras"][key]["markdown"]]
