@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -90,23 +90,16 @@ class Broker:
     # and the minter of mock secrets, which may name the user of a /mock/chatkit request.
     mock_backend: MockChatKitBackend | None = None
     mock_secrets: MockSessions | None = None
-    extra_readiness: list[Any] = field(default_factory=list)
+    # each answers None when ready, else what is missing (JWKS never fetched, Redis never reached)
+    readiness: list[Callable[[], Awaitable[str | None]]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     limits: RateLimits | None = None
     store: RedisStore | None = None
 
     async def not_ready(self) -> list[str]:
         """What keeps the broker from serving: the JWKS never fetched, and so on."""
-        missing = []
-        if self.jwks is not None and not self.jwks.ready:
-            await self.jwks.refresh()
-            if not self.jwks.ready:
-                missing.append(f"the JWKS at {self.jwks.url} has never been fetched")
-        for check in self.extra_readiness:
-            problem = await check()
-            if problem:
-                missing.append(problem)
-        return missing
+        problems = [await check() for check in self.readiness]
+        return [problem for problem in problems if problem]
 
 
 def build_broker(
@@ -144,19 +137,21 @@ def build_broker(
                 http,
                 observe=metrics.observe_upstream,
             )
-    sessions = SessionService(settings, backend, registry)
-    broker = Broker(settings, Verifier(settings.jwt, jwks), sessions, http, jwks)
-    broker.metrics = metrics
-    broker.store = store
-    broker.limits = RateLimits(settings, metrics=metrics, store=store)
-    if store is not None:
-        broker.extra_readiness.append(store.readiness)
-    if settings.mock:
-        if mock_backend is None and mock_backend_available():
-            mock_backend = MockChatKitBackend()
-        broker.mock_backend = mock_backend
-        broker.mock_secrets = backend if isinstance(backend, MockSessions) else None
-    return broker
+    if settings.mock and mock_backend is None and mock_backend_available():
+        mock_backend = MockChatKitBackend()
+    return Broker(
+        settings,
+        Verifier(settings.jwt, jwks),
+        SessionService(settings, backend, registry),
+        http,
+        jwks,
+        mock_backend=mock_backend if settings.mock else None,
+        mock_secrets=backend if settings.mock and isinstance(backend, MockSessions) else None,
+        readiness=[c.readiness for c in (jwks, store) if c is not None],
+        metrics=metrics,
+        limits=RateLimits(settings, metrics=metrics, store=store),
+        store=store,
+    )
 
 
 async def _broker_error(request: Request, exc: Exception) -> JSONResponse:

@@ -118,6 +118,12 @@ class JWKSCache:
         """True once a key set has been fetched successfully at least once."""
         return self._fetched_ok
 
+    async def readiness(self) -> str | None:
+        """For ``/readyz``: a problem while no key set was ever fetched (one try per cooldown)."""
+        if not self._fetched_ok:
+            await self.refresh()
+        return None if self._fetched_ok else f"the JWKS at {self.url} has never been fetched"
+
     @property
     def kids(self) -> tuple[str, ...]:
         return tuple(self._keys)

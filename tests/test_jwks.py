@@ -65,7 +65,7 @@ async def jwks_client(
     )
     # the verified-token cache is off here: these tests are about the key cache alone
     verifier = Verifier(settings.jwt, cache, cache_size=0)
-    broker = dataclasses.replace(broker, jwks=cache, verifier=verifier)
+    broker = dataclasses.replace(broker, jwks=cache, verifier=verifier, readiness=[cache.readiness])
     app = create_app(settings, broker=broker)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
     async with (
