@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .config import ConfigError, Settings, load_settings, read_environment
+from .config import ConfigError, Settings, load_settings, read_dotenv, read_environment
 
 
 def _settings_or_exit(env: dict[str, str]) -> Settings:
@@ -186,7 +186,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import dotenv_file, for_stream, run_doctor
+    from .doctor import for_stream, run_doctor
 
     token = args.token
     if token == "-":
@@ -203,7 +203,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     code, report = run_doctor(
         env,
         os.environ,
-        dotenv_file(),
+        read_dotenv(),
         timeout=args.timeout,
         token=token.strip() if token else None,
         as_json=args.json,

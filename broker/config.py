@@ -140,15 +140,20 @@ MOCK_DEMO_WORKFLOWS = (
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
+def read_dotenv(cwd: Path | None = None) -> dict[str, str]:
+    """The values written in ``./.env`` itself, whatever the environment says."""
+    path = (cwd or Path.cwd()) / ".env"
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
 def read_environment(cwd: Path | None = None) -> tuple[dict[str, str], frozenset[str]]:
     """The process environment over ``.env`` (the real environment wins).
 
     Also returns which variables came from ``.env``, so ``doctor`` can say where a key came from.
     """
-    path = (cwd or Path.cwd()) / ".env"
-    from_file = (
-        {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
-    )
+    from_file = read_dotenv(cwd)
     merged = {**from_file, **os.environ}
     return merged, frozenset(k for k in from_file if k not in os.environ)
 

@@ -27,12 +27,10 @@ import textwrap
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from dotenv import dotenv_values
 
 from .app import HttpPool
 from .auth import Identity, Verifier
@@ -46,6 +44,7 @@ from .errors import (
     UpstreamUnavailable,
     UpstreamWorkflowNotFound,
 )
+from .httpread import read_capped
 from .jwks import MAX_JWKS_BYTES, JWKSCache, signing_keys
 from .logs import redact
 from .sessions import build_session_request, unmet_requirements
@@ -147,14 +146,6 @@ class _Budget:
     def skipped(self) -> str:
         where = self.exhausted_by or "an earlier check"
         return f"skipped: no time left (the --timeout budget ran out during {where})"
-
-
-def dotenv_file(cwd: Path | None = None) -> dict[str, str]:
-    """The values written in ``./.env`` itself, whatever the environment says."""
-    path = (cwd or Path.cwd()) / ".env"
-    if not path.is_file():
-        return {}
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
 def _key_in_effect(env: Mapping[str, str]) -> tuple[str | None, str | None]:
@@ -722,7 +713,7 @@ class Doctor:
                 self.http().get(url, allow_redirects=False) as resp,
             ):
                 status = resp.status
-                body = await resp.content.read(MAX_JWKS_BYTES + 1)
+                body = await read_capped(resp.content, MAX_JWKS_BYTES)
             if status != 200:
                 raise ValueError(f"HTTP {status}")
             if len(body) > MAX_JWKS_BYTES:
