@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .store import RedisStore
 
 log = logging.getLogger("broker")
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 class HttpPool:

@@ -1,4 +1,4 @@
-"""The test page (``static/``) in real Chromium, against a real ``chatkit-broker serve`` process.
+"""The test page (``broker/static/``) in real Chromium, against a real ``chatkit-broker serve`` process.
 
 There is no internet here, so the ChatKit script URL is answered through request interception
 with ``chatkit_stand_in.js``: it defines ``<openai-chatkit>``, records what the page passes to
@@ -373,10 +373,10 @@ def test_mock_mode_without_backend_uses_the_mock_secret_flow(tab: Tab, mock):
 
 def test_page_has_no_inline_script_or_style():
     """The page must work under a CSP without 'unsafe-inline' for scripts or styles."""
-    html = (ROOT / "static" / "index.html").read_text()
+    html = (ROOT / "broker" / "static" / "index.html").read_text()
     assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), "inline <script>"
     assert not re.search(r"<style\b", html), "inline <style>"
     assert not re.search(r"\sstyle=", html), "style attribute"
     assert not re.search(r"\son[a-z]+=", html), "inline event handler"
-    js = (ROOT / "static" / "app.js").read_text()
+    js = (ROOT / "broker" / "static" / "app.js").read_text()
     assert "innerHTML" not in js and 'setAttribute("style"' not in js
