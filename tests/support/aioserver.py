@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 
 @contextlib.asynccontextmanager
-async def serve(app: web.Application, *, keepalive: float = 75.0) -> AsyncIterator[str]:
+async def serve(
+    app: web.Application, *, keepalive: float = 75.0, **server: Any
+) -> AsyncIterator[str]:
     """``async with serve(app) as url``: ``url`` is ``http://127.0.0.1:<port>``."""
     runner = web.AppRunner(
-        app, keepalive_timeout=keepalive, handle_signals=False, shutdown_timeout=0.1
+        app, keepalive_timeout=keepalive, handle_signals=False, shutdown_timeout=0.1, **server
     )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
