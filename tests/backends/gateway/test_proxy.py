@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -187,10 +188,8 @@ async def test_a_connect_that_hangs_is_a_504_after_the_connect_timeout(
     for _ in range(8):
         filler = socket.socket()
         filler.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             filler.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
         fillers.append(filler)
     try:
         gateway.upstream = replace(
@@ -367,7 +366,7 @@ async def test_closing_the_browser_before_the_first_byte_closes_the_upstream(
 ) -> None:
     point(gateway, backend, "/hang", idle_timeout=30)
     host, port = gateway.url.removeprefix("http://").split(":")  # type: ignore[attr-defined]
-    reader, writer = await asyncio.open_connection(host, int(port))
+    _reader, writer = await asyncio.open_connection(host, int(port))
     body = json.dumps(BODY).encode()
     writer.write(
         b"POST /chatkit/support HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
