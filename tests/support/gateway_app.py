@@ -39,7 +39,11 @@ class GatewayTestApp:
         assertion = self.signer.sign(self.user, audience=self.audience, workflow=self.audience)
         own = [(ASSERTION_HEADER, assertion), ("X-Request-ID", request_id)]
         try:
-            await self.proxy.relay(scope, receive, send, self.upstream, own, record)
+            body = await self.proxy.read_body(scope, receive)
+            if body is None:
+                record.outcome = "client_closed"
+                return
+            await self.proxy.relay(scope, receive, send, self.upstream, body, own, record)
         except BrokerError as exc:
             await _json(send, exc.status, error_body(exc.code, exc.message, request_id))
 

@@ -200,17 +200,23 @@ class GatewayProxy:
         self._max_event = max_event_bytes
         self._clock = clock
 
+    async def read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The request body under the gateway's cap (``PayloadTooLarge``), None if the
+        client left; read before ``relay`` so the caller can look at the request type."""
+        return await read_request_body(scope, receive, self._max_request)
+
     async def relay(
         self,
         scope: Scope,
         receive: Receive,
         send: Send,
         upstream: Upstream,
+        body: bytes,
         own_headers: Sequence[tuple[str, str]],
         record: Relay | None = None,
     ) -> Relay:
-        """Forward one ``POST`` and relay its answer; ``own_headers`` (the assertion, the
-        request id) are added after the inbound headers were filtered.
+        """Forward one ``POST`` with ``body`` and relay its answer; ``own_headers`` (the
+        assertion, the request id) are added after the inbound headers were filtered.
 
         Raises a ``BrokerError`` before anything was sent to the browser (the caller renders
         it), ``StreamAborted`` after. ``record`` is filled in on every path.
@@ -218,15 +224,11 @@ class GatewayProxy:
         record = record if record is not None else Relay()
         started = self._clock()
         try:
-            body = await read_request_body(scope, receive, self._max_request)
-            if body is None:
-                record.outcome = Outcome.CLIENT_CLOSED
-                return record
             headers = self._policy.forward(
                 scope["headers"], [*own_headers, ("Accept-Encoding", "identity")]
             )
             await self._race_disconnect(
-                self._exchange(send, upstream, body, headers, record, started), receive, record
+                self._exchange(send, upstream, body, headers, record), receive, record
             )
             return record
         except BrokerError as exc:
@@ -265,8 +267,8 @@ class GatewayProxy:
         body: bytes,
         headers: list[tuple[str, str]],
         record: Relay,
-        started: float,
     ) -> None:
+        started = self._clock()
         response = await self._open(upstream, body, headers)
         record.ttfb = self._clock() - started
         record.upstream_status = response.status
