@@ -11,6 +11,7 @@ The token::
     header  {"alg": "ES256", "kid": <RFC 7638 thumbprint>, "typ": "chatkit-broker-assertion+jwt"}
     claims  {"iss": <BROKER_PUBLIC_URL>, "aud": <workflow audience>, "sub": <user>,
              "iat", "exp": iat + 60, "jti": <unique>, "wf": <workflow>, "sid"?: <session id>,
+             "req_sha256": <base64url SHA-256 of the forwarded request body>,
              ...forwarded claims of the user's own token (e.g. email, org)}
 
 The backend side is ``AssertionVerifier`` (or the ``verify`` shortcut)::
@@ -18,7 +19,8 @@ The backend side is ``AssertionVerifier`` (or the ``verify`` shortcut)::
     from broker.assertion import AssertionVerifier
     verifier = AssertionVerifier(jwks_url="http://127.0.0.1:8000/.well-known/jwks.json",
                                  audience="support", issuer="chatkit-broker")
-    verified = await verifier.verify(request.headers["chatkit-broker-assertion"])
+    verified = await verifier.verify(request.headers.get("chatkit-broker-assertion"),
+                                     body=await request.body())
     verified.user  # the signed-in user, as the broker verified them
 
 A backend in another language needs only a JWT library: pin ``ES256``, require ``exp``,
@@ -31,9 +33,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import hmac
 import json
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +59,10 @@ MIN_SECRET_BYTES = 32
 MAX_ASSERTION_BYTES = 8 * 1024
 MAX_USER_CHARS = 512
 # claims the broker sets itself: a forwarded claim of the same name never overrides them
-RESERVED_CLAIMS = frozenset({"iss", "aud", "sub", "iat", "nbf", "exp", "jti", "wf", "sid"})
+RESERVED_CLAIMS = frozenset(
+    {"iss", "aud", "sub", "iat", "nbf", "exp", "jti", "wf", "sid", "req_sha256"}
+)
+MAX_REMEMBERED_JTIS = 100_000
 _REQUIRED = ["iss", "aud", "sub", "iat", "exp", "jti"]
 
 
@@ -144,6 +151,11 @@ def generate_private_key_pem() -> str:
     ).decode()
 
 
+def body_digest(body: bytes) -> str:
+    """``req_sha256``: base64url SHA-256 of the exact request body the broker forwarded."""
+    return _b64url(hashlib.sha256(body).digest())
+
+
 def forwarded_claims(claims: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
     """The named claims of the user's verified token, minus the ones the broker sets itself."""
     return {n: claims[n] for n in names if n in claims and n not in RESERVED_CLAIMS}
@@ -166,6 +178,7 @@ class _Claims:
         workflow: str,
         session_id: str | None,
         extra: Mapping[str, Any] | None,
+        body: bytes | None,
     ) -> dict[str, Any]:
         now = int(self.clock())
         claims: dict[str, Any] = {
@@ -182,6 +195,8 @@ class _Claims:
         )
         if session_id is not None:
             claims["sid"] = session_id
+        if body is not None:
+            claims["req_sha256"] = body_digest(body)
         return claims
 
 
@@ -248,10 +263,17 @@ class AssertionSigner:
         workflow: str,
         session_id: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        body: bytes | None = None,
     ) -> str:
-        """A fresh assertion for one request (a new ``jti`` every time)."""
+        """A fresh assertion for one request (a new ``jti`` every time); with ``body``, the
+        claim ``req_sha256`` binds it to that request body."""
         claims = self._claims.build(
-            user, audience=audience, workflow=workflow, session_id=session_id, extra=extra
+            user,
+            audience=audience,
+            workflow=workflow,
+            session_id=session_id,
+            extra=extra,
+            body=body,
         )
         return jwt.encode(claims, self._key, algorithm="ES256", headers=self._headers)
 
@@ -315,9 +337,15 @@ class HMACAssertionSigner:
         workflow: str,
         session_id: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        body: bytes | None = None,
     ) -> str:
         claims = self._claims.build(
-            user, audience=audience, workflow=workflow, session_id=session_id, extra=extra
+            user,
+            audience=audience,
+            workflow=workflow,
+            session_id=session_id,
+            extra=extra,
+            body=body,
         )
         return jwt.encode(claims, self._secret, algorithm="HS256", headers=self._headers)
 
@@ -386,6 +414,7 @@ def verify_with_key(
     key: ec.EllipticCurvePublicKey | str | Mapping[str, Any] | None = None,
     secret: str | bytes | None = None,
     leeway: float = 5.0,
+    body: bytes | None = None,
 ) -> VerifiedAssertion:
     """Verify against one known key: an ES256 public key (object, PEM or JWK dict), or an
     HS256 ``secret`` — exactly one, and the token's algorithm must match it.
@@ -402,12 +431,23 @@ def verify_with_key(
             raise ValueError(f"the assertion secret must be at least {MIN_SECRET_BYTES} bytes")
         if header.get("alg") != "HS256":
             raise InvalidAssertion("the assertion is not signed with HS256")
-        return _decode(token, raw, "HS256", audience=audience, issuer=issuer, leeway=leeway)
-    if header.get("alg") != "ES256":
-        raise InvalidAssertion("the assertion is not signed with ES256")
-    return _decode(
-        token, _public_key(key), "ES256", audience=audience, issuer=issuer, leeway=leeway
-    )
+        verified = _decode(token, raw, "HS256", audience=audience, issuer=issuer, leeway=leeway)
+    else:
+        if header.get("alg") != "ES256":
+            raise InvalidAssertion("the assertion is not signed with ES256")
+        verified = _decode(
+            token, _public_key(key), "ES256", audience=audience, issuer=issuer, leeway=leeway
+        )
+    if body is not None:
+        check_body(verified, body)
+    return verified
+
+
+def check_body(verified: VerifiedAssertion, body: bytes) -> None:
+    """Refuse an assertion whose ``req_sha256`` is missing or not that of ``body``."""
+    claimed = verified.claims.get("req_sha256")
+    if not isinstance(claimed, str) or not hmac.compare_digest(claimed, body_digest(body)):
+        raise InvalidAssertion("the assertion was not issued for this request body")
 
 
 def _public_key(key: Any) -> ec.EllipticCurvePublicKey:
@@ -454,7 +494,11 @@ class AssertionVerifier:
     cooldown: float = 30.0
     http: Callable[[], Any] | None = None
     clock: Callable[[], float] = time.monotonic
+    # refuse a second use of the same assertion (jti) in this process until it expires
+    single_use: bool = False
+    wall_clock: Callable[[], float] = time.time
     _keys: JWKSCache | None = field(default=None, init=False, repr=False)
+    _spent: OrderedDict[str, float] = field(default_factory=OrderedDict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.audience:
@@ -472,8 +516,32 @@ class AssertionVerifier:
                 clock=self.clock,
             )
 
-    async def verify(self, token: str | None) -> VerifiedAssertion:
-        """The verified user and claims, or ``InvalidAssertion`` / ``AssertionKeysUnavailable``."""
+    async def verify(self, token: str | None, *, body: bytes | None = None) -> VerifiedAssertion:
+        """The verified user and claims, or ``InvalidAssertion`` / ``AssertionKeysUnavailable``.
+
+        With ``body`` (the raw request body), the assertion must carry the matching
+        ``req_sha256``, so a captured assertion cannot be replayed with another request.
+        """
+        verified = await self._verified(token)
+        if body is not None:
+            check_body(verified, body)
+        if self.single_use:
+            self._spend(verified)
+        return verified
+
+    def _spend(self, verified: VerifiedAssertion) -> None:
+        now = self.wall_clock()
+        while self._spent:
+            jti, expires = next(iter(self._spent.items()))
+            if expires + self.leeway >= now and len(self._spent) < MAX_REMEMBERED_JTIS:
+                break
+            del self._spent[jti]
+        jti = verified.claims["jti"]
+        if jti in self._spent:
+            raise InvalidAssertion("the assertion was already used (replayed)")
+        self._spent[jti] = float(verified.claims["exp"])
+
+    async def _verified(self, token: str | None) -> VerifiedAssertion:
         if self._keys is None:
             return verify_with_key(
                 token or "",
@@ -519,6 +587,7 @@ async def verify(
     issuer: str = DEFAULT_ISSUER,
     secret: str | bytes | None = None,
     leeway: float = 5.0,
+    body: bytes | None = None,
 ) -> VerifiedAssertion:
     """One-call verification for a backend: ``await verify(header, jwks_url=…, audience=…)``.
 
@@ -531,4 +600,4 @@ async def verify(
         verifier = _VERIFIERS[cache_key] = AssertionVerifier(
             jwks_url=jwks_url, audience=audience, issuer=issuer, secret=secret, leeway=leeway
         )
-    return await verifier.verify(token)
+    return await verifier.verify(token, body=body)

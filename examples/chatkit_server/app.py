@@ -153,26 +153,31 @@ def create_app(options: Options) -> Starlette:
     """The Starlette app: ``POST /chatkit`` (ChatKit protocol) and ``GET /healthz``."""
     if options.secret:
         verifier = AssertionVerifier(
-            secret=options.secret, audience=options.audience, issuer=options.issuer
+            secret=options.secret,
+            audience=options.audience,
+            issuer=options.issuer,
+            single_use=True,
         )
     else:
         verifier = AssertionVerifier(
             jwks_url=options.broker.rstrip("/") + "/.well-known/jwks.json",
             audience=options.audience,
             issuer=options.issuer,
+            single_use=True,  # each assertion is minted for one request: refuse a replay
         )
     store = UserMemoryStore()
     server = GreetingServer(store, options)
 
     async def chatkit_endpoint(request: Request) -> Response:
+        body = await request.body()
         try:
-            caller = await verifier.verify(request.headers.get(ASSERTION_HEADER))
+            # bound to this body (req_sha256) and single-use: a captured assertion is worthless
+            caller = await verifier.verify(request.headers.get(ASSERTION_HEADER), body=body)
         except InvalidAssertion as exc:
             log.warning("refused a request: %s", exc)
             return _error(401, "unauthenticated", f"Refused: {exc}.")
         except AssertionKeysUnavailable as exc:
             return _error(503, "keys_unavailable", f"{exc}.")
-        body = await request.body()
         try:
             parsed = _REQUEST.validate_json(body)
         except ValidationError:

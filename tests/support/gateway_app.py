@@ -36,13 +36,15 @@ class GatewayTestApp:
         request_id = secrets.token_hex(8)
         record = Relay()
         self.records.append(record)
-        assertion = self.signer.sign(self.user, audience=self.audience, workflow=self.audience)
-        own = [(ASSERTION_HEADER, assertion), ("X-Request-ID", request_id)]
         try:
             body = await self.proxy.read_body(scope, receive)
             if body is None:
                 record.outcome = "client_closed"
                 return
+            assertion = self.signer.sign(
+                self.user, audience=self.audience, workflow=self.audience, body=body
+            )
+            own = [(ASSERTION_HEADER, assertion), ("X-Request-ID", request_id)]
             await self.proxy.relay(scope, receive, send, self.upstream, body, own, record)
         except BrokerError as exc:
             await _json(send, exc.status, error_body(exc.code, exc.message, request_id))

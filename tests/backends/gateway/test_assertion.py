@@ -473,3 +473,45 @@ def test_the_plain_pyjwt_snippet_from_the_readme_verifies_and_refuses() -> None:
     assert verified_user(s.sign("alice", audience="support", workflow="support")) == "alice"
     with pytest.raises(jwt.InvalidTokenError):
         verified_user(s.sign("alice", audience="billing", workflow="billing"))
+
+
+# --- binding to the request, single use ------------------------------------------------------
+
+
+def test_an_assertion_is_bound_to_the_body_it_was_minted_for() -> None:
+    s = signer()
+    body = b'{"type":"threads.create","params":{}}'
+    token = s.sign("alice", audience="support", workflow="support", body=body)
+    key = public_pem(s)
+    assert verify_with_key(token, key=key, audience="support", issuer=ISSUER, body=body).user
+    with pytest.raises(InvalidAssertion) as caught:
+        verify_with_key(token, key=key, audience="support", issuer=ISSUER, body=body + b" ")
+    assert "body" in str(caught.value)
+    unbound = s.sign("alice", audience="support", workflow="support")
+    with pytest.raises(InvalidAssertion):  # a backend that checks bodies needs the claim
+        verify_with_key(unbound, key=key, audience="support", issuer=ISSUER, body=body)
+
+
+async def test_a_single_use_verifier_refuses_a_replay_until_it_expires() -> None:
+    wall = FakeClock()  # the verifier's idea of now, for forgetting spent ids
+    s = signer()
+    host = JWKSHost(s.jwks())
+    async with serve(host.app) as url:
+        verifier = AssertionVerifier(
+            jwks_url=f"{url}/.well-known/jwks.json",
+            audience="support",
+            issuer=ISSUER,
+            single_use=True,
+            wall_clock=wall,
+        )
+        token = s.sign("alice", audience="support", workflow="support")
+        assert (await verifier.verify(token)).user == "alice"
+        with pytest.raises(InvalidAssertion) as caught:
+            await verifier.verify(token)
+        assert "replayed" in str(caught.value)
+        assert (await verifier.verify(s.sign("alice", audience="support", workflow="s"))).user
+        assert len(verifier._spent) == 2
+        # once those have expired they are forgotten (the signature check refuses them anyway)
+        wall.now += 120
+        await verifier.verify(s.sign("alice", audience="support", workflow="support"))
+        assert len(verifier._spent) == 1
