@@ -10,29 +10,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from chatkit.server import ChatKitServer, StreamingResult
-from chatkit.store import NotFoundError
-from chatkit.types import (
-    AssistantMessageContent,
-    AssistantMessageContentPartAdded,
-    AssistantMessageContentPartDone,
-    AssistantMessageContentPartTextDelta,
-    AssistantMessageItem,
-    ChatKitReq,
-    ThreadItem,
-    ThreadItemAddedEvent,
-    ThreadItemDoneEvent,
-    ThreadItemUpdatedEvent,
-    ThreadMetadata,
-    ThreadStreamEvent,
-    UserMessageItem,
-    UserMessageTagContent,
-    UserMessageTextContent,
-)
+with warnings.catch_warnings():
+    # chatkit.widgets subclasses its own deprecated widget classes at import time
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from chatkit.server import ChatKitServer, StreamingResult
+    from chatkit.store import NotFoundError
+    from chatkit.types import (
+        AssistantMessageContent,
+        AssistantMessageContentPartAdded,
+        AssistantMessageContentPartDone,
+        AssistantMessageContentPartTextDelta,
+        AssistantMessageItem,
+        ChatKitReq,
+        ThreadItem,
+        ThreadItemAddedEvent,
+        ThreadItemDoneEvent,
+        ThreadItemUpdatedEvent,
+        ThreadMetadata,
+        ThreadStreamEvent,
+        UserMessageItem,
+        UserMessageTagContent,
+        UserMessageTextContent,
+    )
 from pydantic import TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
