@@ -72,6 +72,7 @@ class Upstream:
     """Where one workflow's requests go, and how long to wait for them."""
 
     url: str
+    workflow: str = ""  # for metrics and logs
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     # what to tell the operator when the backend refuses the assertion (JWKS URL, audience)
@@ -192,6 +193,7 @@ class GatewayProxy:
         max_json_bytes: int = MAX_JSON_BYTES,
         max_event_bytes: int = MAX_EVENT_BYTES,
         clock: Callable[[], float] = time.perf_counter,
+        on_stream: Callable[[str, int], None] | None = None,
     ) -> None:
         self._http = http
         self._policy = policy or HeaderPolicy()
@@ -199,6 +201,8 @@ class GatewayProxy:
         self._max_json = max_json_bytes
         self._max_event = max_event_bytes
         self._clock = clock
+        # called with (workflow, +1) when an event stream starts and (workflow, -1) when it ends
+        self._on_stream = on_stream
 
     async def read_body(self, scope: Scope, receive: Receive) -> bytes | None:
         """The request body under the gateway's cap (``PayloadTooLarge``), None if the
@@ -458,7 +462,18 @@ class GatewayProxy:
             "status": response.status,
             "headers": headers,
         }
-        await send(start)
+        if self._on_stream is not None:
+            self._on_stream(upstream.workflow, 1)
+        try:
+            await send(start)
+            await self._pump(send, upstream, response, record)
+        finally:
+            if self._on_stream is not None:
+                self._on_stream(upstream.workflow, -1)
+
+    async def _pump(
+        self, send: Send, upstream: Upstream, response: aiohttp.ClientResponse, record: Relay
+    ) -> None:
         framing = _Framing(self._max_event)
         content = response.content
         while True:
