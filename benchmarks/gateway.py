@@ -250,27 +250,36 @@ async def _open_streams(url: str, count: int, pid: int | None) -> tuple[int, int
         return len(responses), rss_idle, rss_open
 
 
-async def measure(
-    name: str, url: str, pid: int | None, *, events: int, seconds: float, streams: int
-) -> Result:
+async def ttfe(url: str, events: int) -> tuple[float, float]:
+    """p50 and p99 of the time to the first event, over 300 sequential requests."""
     async with aiohttp.ClientSession() as session:
-        for _ in range(20):  # warm-up: connections, JIT-less caches, key loading
+        for _ in range(20):  # warm-up: connections, caches, key loading
             await _first_event(session, url, events)
-        samples = [await _first_event(session, url, events) for _ in range(300)]
-    samples.sort()
-    rate = await _throughput(url, events, seconds)
-    opened, idle, held = await _open_streams(url, streams, pid)
-    per_stream = (held - idle) / max(1, opened) / 1024
-    return Result(
-        name,
-        statistics.median(samples) * 1000,
-        samples[int(len(samples) * 0.99) - 1] * 1000,
-        rate,
-        idle / 2**20,
-        held / 2**20,
-        per_stream,
-        opened,
-    )
+        samples = sorted([await _first_event(session, url, events) for _ in range(300)])
+    return statistics.median(samples) * 1000, samples[int(len(samples) * 0.99) - 1] * 1000
+
+
+async def measure_all(
+    paths: Sequence[tuple[str, str, int]], *, events: int, seconds: float, streams: int
+) -> list[Result]:
+    """Each measurement for every path before the next, so no path inherits another's
+    leftovers (the backend still tearing down a thousand held streams, say)."""
+    firsts = [await ttfe(url, events) for _, url, _ in paths]
+    rates = []
+    for _, url, _ in paths:
+        rates.append(await _throughput(url, events, seconds))
+        await asyncio.sleep(1)
+    held = []
+    for _, url, pid in paths:
+        held.append(await _open_streams(url, streams, pid))
+        await asyncio.sleep(3)  # let the backend cancel the held streams
+    results = []
+    for (name, _, _), (p50, p99), rate, (opened, idle, rss) in zip(
+        paths, firsts, rates, held, strict=True
+    ):
+        per_stream = (rss - idle) / max(1, opened) / 1024
+        results.append(Result(name, p50, p99, rate, idle / 2**20, rss / 2**20, per_stream, opened))
+    return results
 
 
 def _start(role: str, port: int, upstream: str | None, workdir: Path) -> Child:
@@ -300,45 +309,24 @@ def run(argv: Sequence[str]) -> int:
     raise_nofile()
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"gateway-bench-{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)
-    results: list[Result] = []
     try:
         backend_port = free_port()
         backend = _start("backend", backend_port, None, workdir)
         upstream = f"http://127.0.0.1:{backend_port}/chatkit"
-        results.append(
-            asyncio.run(
-                measure(
-                    "direct",
-                    upstream,
-                    backend.pid,
-                    events=args.events,
-                    seconds=args.seconds,
-                    streams=args.streams,
-                )
-            )
-        )
+        paths = [("direct", upstream, backend.pid)]
         for role in ("broker", "peer"):
             port = free_port()
             child = _start(role, port, upstream, workdir)
-            results.append(
-                asyncio.run(
-                    measure(
-                        role,
-                        f"http://127.0.0.1:{port}/chatkit",
-                        child.pid,
-                        events=args.events,
-                        seconds=args.seconds,
-                        streams=args.streams,
-                    )
-                )
-            )
-            child.stop()
+            paths.append((role, f"http://127.0.0.1:{port}/chatkit", child.pid))
+        results = asyncio.run(
+            measure_all(paths, events=args.events, seconds=args.seconds, streams=args.streams)
+        )
     finally:
         stop_all()
 
     print(
         f"\n{args.events} events per stream; {args.seconds:g} s at 32 concurrent; "
-        f"{args.streams} streams held open (RSS of the process on the path)\n"
+        f"{args.streams} streams held open (RSS: the proxy process; for direct, the backend)\n"
     )
     print(
         "| path | first event p50 | p99 | streams/s | RSS idle | RSS with streams open | per stream |"
