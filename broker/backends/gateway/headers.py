@@ -103,6 +103,10 @@ class HeaderPolicy:
             folded = fold(name)
             if folded in listed or self.is_identity(folded):
                 continue
-            kept.append((name.decode("latin-1"), value.decode("latin-1")))
+            try:  # the HTTP client re-encodes values as UTF-8: keep only what round-trips
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            kept.append((name.decode("latin-1"), text))
         kept.extend(own)
         return kept

@@ -435,7 +435,7 @@ class GatewayProxy:
                 log.warning("gateway: %s answered invalid JSON: %s", upstream.url, _snippet(body))
                 raise BackendError("The workflow's server answered invalid JSON.") from None
         headers = [
-            (b"content-type", response.headers.get("Content-Type", "application/json").encode()),
+            (b"content-type", _raw(response.headers.get("Content-Type", "application/json"))),
             (b"content-length", str(len(body)).encode()),
             (b"cache-control", b"no-store"),
         ]
@@ -450,7 +450,7 @@ class GatewayProxy:
         self, send: Send, upstream: Upstream, response: aiohttp.ClientResponse, record: Relay
     ) -> None:
         headers = [
-            (b"content-type", response.headers.get("Content-Type", SSE).encode()),
+            (b"content-type", _raw(response.headers.get("Content-Type", SSE))),
             (b"cache-control", b"no-store"),
             (b"x-accel-buffering", b"no"),
             *_passed_through(response),
@@ -501,7 +501,11 @@ class GatewayProxy:
                     framing.limit,
                 )
                 raise StreamAborted("unframed stream")
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            try:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except OSError:  # a server that raises on a gone client (uvicorn just drops)
+                record.outcome = Outcome.CLIENT_CLOSED
+                return
             record.bytes_out += len(chunk)
         if framing.pending:
             log.warning(
@@ -516,10 +520,15 @@ class GatewayProxy:
 _PASSED_THROUGH = ("Content-Encoding", "Content-Language", "Retry-After")
 
 
+def _raw(value: str) -> bytes:
+    """A response header value as the backend sent it (aiohttp decoded it with surrogateescape)."""
+    return value.encode("utf-8", "surrogateescape")
+
+
 def _passed_through(response: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
     """The few answer headers a browser may need; never ``Set-Cookie`` on the broker's origin."""
     return [
-        (name.lower().encode(), value.encode("latin-1"))
+        (name.lower().encode(), _raw(value))
         for name in _PASSED_THROUGH
         if (value := response.headers.get(name)) is not None
     ]

@@ -537,3 +537,10 @@ async def test_an_idle_pooled_connection_is_dropped_before_the_backend_would(
         assert peers[2] != peers[1]
     finally:
         await pool.close()
+
+
+def test_header_values_pass_as_utf8_and_undecodable_ones_are_dropped() -> None:
+    kept = HeaderPolicy().forward(
+        [(b"x-name", "café".encode()), (b"x-bad", b"\xff\xfe"), (b"accept", b"*/*")], []
+    )
+    assert kept == [("x-name", "café"), ("accept", "*/*")]
