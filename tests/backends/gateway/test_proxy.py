@@ -544,3 +544,71 @@ def test_header_values_pass_as_utf8_and_undecodable_ones_are_dropped() -> None:
         [(b"x-name", "café".encode()), (b"x-bad", b"\xff\xfe"), (b"accept", b"*/*")], []
     )
     assert kept == [("x-name", "café"), ("accept", "*/*")]
+
+
+async def test_a_refused_connection_is_retried_once_and_then_succeeds(
+    gateway: GatewayTestApp, browser: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing was sent when the connection was refused, so one retry is safe."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound but not listening yet: the first connect is refused
+    port = sock.getsockname()[1]
+    answered = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(
+            next(
+                line.split(b":")[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+        )
+        await reader.readexactly(length)
+        answered.append(True)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        await writer.drain()
+        writer.close()
+
+    async def listen_later() -> asyncio.Server:
+        await asyncio.sleep(0.03)
+        sock.listen(8)
+        return await asyncio.start_server(answer, sock=sock)
+
+    gateway.upstream = replace(gateway.upstream, url=f"http://127.0.0.1:{port}/chatkit")
+    late = asyncio.ensure_future(listen_later())
+    with caplog.at_level(logging.INFO, logger="broker.gateway"):
+        response = await browser.post("/chatkit/support", json=BODY)
+    server = await late
+    server.close()
+    assert response.status_code == 200 and response.json() == {}
+    assert answered == [True]
+    assert "retrying once" in caplog.text
+
+
+async def test_no_credential_or_assertion_reaches_the_logs(
+    gateway: GatewayTestApp,
+    backend: FakeBackend,
+    browser: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    headers = {
+        "Authorization": "Bearer eyJhbGciOi.eyJzdWIiOi.users-token",
+        "Cookie": "sid=cookie-value",
+    }
+    with caplog.at_level(logging.DEBUG):
+        for path in ("/sse", "/status?code=401", "/status?code=500", "/reset", "/bad-json"):
+            point(gateway, backend, path)
+            with contextlib.suppress(httpx.HTTPError):
+                await browser.post("/chatkit/support", json=BODY, headers=headers)
+    assertions = [
+        v
+        for seen in backend.requests
+        for n, v in seen.headers
+        if n.lower() == "chatkit-broker-assertion"
+    ]
+    assert len(assertions) == 5
+    for secret in [*assertions, "users-token", "cookie-value"]:
+        assert secret not in caplog.text
