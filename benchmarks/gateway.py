@@ -68,10 +68,10 @@ def _backend_app() -> Any:
 
 def _broker_app(upstream: str) -> Any:
     from broker.assertion import ASSERTION_HEADER, AssertionSigner
-    from broker.backends.gateway.proxy import GatewayPool, GatewayProxy, StreamAborted, Upstream
+    from broker.backends.gateway.proxy import GatewayProxy, StreamAborted, Upstream, gateway_pool
     from broker.errors import BrokerError
 
-    pool = GatewayPool()
+    pool = gateway_pool()
     proxy = GatewayProxy(pool)
     signer = AssertionSigner()
     target = Upstream(upstream, workflow="bench", idle_timeout=120)

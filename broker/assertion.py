@@ -246,9 +246,7 @@ class AssertionSigner:
     ) -> AssertionSigner:
         """From ``BROKER_ASSERTION_KEY`` (PEM text or ``@path``) and previous ``@path`` PEMs."""
         current = load_private_key(key) if key else None
-        old: list[ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey] = []
-        for text in previous:
-            old.append(_load_any_key(text))
+        old = [load_previous_key(text) for text in previous]
         return cls(current, previous=old, issuer=issuer, lifetime=lifetime)
 
     @property
@@ -284,7 +282,7 @@ class AssertionSigner:
         return {"keys": keys}
 
 
-def _load_any_key(text: str) -> ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey:
+def load_previous_key(text: str) -> ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey:
     """A previous key may be the old private PEM (as it was configured) or its public half."""
     pem = _read_maybe_file(text)
     if "PRIVATE KEY" in pem:

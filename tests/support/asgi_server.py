@@ -11,15 +11,24 @@ from typing import Any
 import uvicorn
 
 
-@contextlib.asynccontextmanager
-async def run_asgi(app: Any, **config: Any) -> AsyncIterator[str]:
-    """``async with run_asgi(app) as url``: real HTTP on a loopback port, stopped at exit.
-
-    The socket is bound first and handed to uvicorn, so there is no free-port race.
-    """
+def bound_socket() -> socket.socket:
+    """A loopback TCP socket bound to a free port (not listening yet)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def run_asgi(
+    app: Any, *, sock: socket.socket | None = None, **config: Any
+) -> AsyncIterator[str]:
+    """``async with run_asgi(app) as url``: real HTTP on a loopback port, stopped at exit.
+
+    The socket is bound first and handed to uvicorn, so there is no free-port race; pass
+    one from ``bound_socket()`` to know the URL before the app exists.
+    """
+    sock = sock or bound_socket()
     port = sock.getsockname()[1]
     settings: dict[str, Any] = {
         "lifespan": "off",

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,21 +25,25 @@ from ...assertion import (
     HMACAssertionSigner,
     forwarded_claims,
 )
-from ...errors import BrokerError, InvalidRequest, error_body
+from ...config import Settings, Workflow
+from ...errors import BrokerError, InvalidRequest, render
+from ...http import HttpPool
+from ...ratelimit import RateLimits
+from ...session_secrets import SessionSecrets
+from ..base import Admission, Backend
 from .headers import HeaderPolicy
 from .metrics import GatewayMetrics
 from .proxy import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
-    GatewayPool,
     GatewayProxy,
     Relay,
     StreamAborted,
     Upstream,
+    gateway_pool,
 )
 
 log = logging.getLogger("broker.gateway")
-access_log = logging.getLogger("broker.gateway.access")
 
 JWKS_PATH = "/.well-known/jwks.json"
 # the request types that start a model turn: what max_messages_per_minute counts
@@ -56,15 +60,19 @@ STREAMING_TYPES = frozenset(
 MessageLimiter = Callable[[str, str, int], Awaitable[None]]
 
 
-class _Identity(Protocol):
-    user: str
-    claims: Mapping[str, Any]
+def message_limiter(limits: RateLimits) -> MessageLimiter:
+    """``max_messages_per_minute`` on the broker's own limiter (Redis when configured, so
+    it holds across instances; per process while Redis is down)."""
 
+    async def hit(user: str, workflow: str, per_minute: int) -> None:
+        await limits.hit_per_minute(
+            "workflow_messages",
+            f"{workflow}:{user}",
+            per_minute,
+            what=f"messages to workflow {workflow!r} for this user",
+        )
 
-class _Admission(Protocol):
-    identity: _Identity
-    workflow: Any
-    session_id: str | None
+    return hit
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,16 @@ class GatewaySettings:
     public_url: str | None = None  # BROKER_PUBLIC_URL: the assertions' iss, the JWKS URL
     strip_headers: tuple[str, ...] = ()  # BROKER_GATEWAY_STRIP_HEADERS
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GatewaySettings:
+        return cls(
+            assertion_key=settings.assertion_key,
+            previous_keys=settings.assertion_previous_keys,
+            assertion_secret=settings.assertion_secret,
+            public_url=settings.public_url,
+            strip_headers=settings.gateway_strip_headers,
+        )
+
     @property
     def issuer(self) -> str:
         return self.public_url or "chatkit-broker"
@@ -87,26 +105,32 @@ class GatewaySettings:
         return base + JWKS_PATH
 
 
-def audience_of(workflow: Any) -> str:
+def audience_of(workflow: Workflow) -> str:
     """A workflow's audience: its ``audience`` option, else its name."""
-    return getattr(workflow, "audience", None) or workflow.name
+    return workflow.audience or workflow.name
 
 
-class GatewayBackend:
-    """Serves every ``kind = "gateway"`` workflow through one shared proxy and pool."""
+class GatewayBackend(Backend):
+    """Serves every ``kind = "gateway"`` workflow through one shared proxy and pool.
 
-    kind = "gateway"
+    Sessions are the broker's own ``cks_`` secrets (``sessions``); the ChatKit requests those
+    secrets (or an app JWT) authorise are relayed to the workflow's ``server``.
+    """
+
+    kind: ClassVar[str] = "gateway"
 
     def __init__(
         self,
         settings: GatewaySettings,
+        sessions: SessionSecrets | None = None,
         *,
         metrics: GatewayMetrics | None = None,
         limiter: MessageLimiter | None = None,
-        pool: GatewayPool | None = None,
+        pool: HttpPool | None = None,
         signer: AssertionSigner | None = None,
-        render_error: Callable[[Send, BrokerError, str], Awaitable[None]] | None = None,
     ) -> None:
+        if sessions is not None:
+            self.sessions = sessions
         self.settings = settings
         self.signer = signer or AssertionSigner.from_config(
             settings.assertion_key, settings.previous_keys, issuer=settings.issuer
@@ -116,10 +140,9 @@ class GatewayBackend:
             if settings.assertion_secret
             else None
         )
-        self.pool = pool or GatewayPool()
+        self.pool = pool or gateway_pool()
         self.metrics = metrics
         self._limiter = limiter
-        self._render_error = render_error or _send_error
         self.proxy = GatewayProxy(
             self.pool,
             HeaderPolicy(settings.strip_headers),
@@ -128,35 +151,27 @@ class GatewayBackend:
 
     # --- the Backend protocol -----------------------------------------------------------
 
-    async def startup(self) -> None:
-        if self.signer.ephemeral:
-            log.warning(
-                "BROKER_ASSERTION_KEY is not set: gateway assertions are signed with a key made "
-                "at start-up (one per instance, new on restart); set it for production"
-            )
-
     async def shutdown(self) -> None:
         await self.pool.close()
 
-    def readiness(self) -> list[Callable[[], Awaitable[str | None]]]:
-        # a gateway backend being down is that workflow's 503, not the broker's unreadiness
-        return []
+    # readiness(): none. A gateway's server being down is that workflow's 503, and it says
+    # so; the broker itself (other workflows, mints) is still ready.
 
-    def routes(self) -> list[BaseRoute]:
+    def routes(self) -> Sequence[BaseRoute]:
         return [Route(JWKS_PATH, self.jwks_endpoint, methods=["GET"])]
 
     async def jwks_endpoint(self, request: Request) -> Response:
         """The public keys backends verify assertions with; cacheable for a few minutes."""
         return JSONResponse(self.signer.jwks(), headers={"Cache-Control": "public, max-age=300"})
 
-    def signer_for(self, workflow: Any) -> AssertionSigner | HMACAssertionSigner:
-        if getattr(workflow, "assertion", "es256") == "hs256":
+    def signer_for(self, workflow: Workflow) -> AssertionSigner | HMACAssertionSigner:
+        if workflow.assertion == "hs256":
             if self.hmac_signer is None:  # config validation should make this impossible
                 raise BrokerError("BROKER_ASSERTION_SECRET is required for hs256 workflows.")
             return self.hmac_signer
         return self.signer
 
-    def upstream_for(self, workflow: Any) -> Upstream:
+    def upstream_for(self, workflow: Workflow) -> Upstream:
         signer = self.signer_for(workflow)
         if signer.algorithm == "ES256":
             how = f"against {self.settings.jwks_url}"
@@ -167,16 +182,14 @@ class GatewayBackend:
             f"{audience_of(workflow)!r} and issuer {signer.issuer!r}."
         )
         return Upstream(
-            workflow.server,
+            workflow.server or "",
             workflow=workflow.name,
-            connect_timeout=getattr(workflow, "connect_timeout", None) or DEFAULT_CONNECT_TIMEOUT,
-            idle_timeout=getattr(workflow, "idle_timeout", None) or DEFAULT_IDLE_TIMEOUT,
+            connect_timeout=workflow.connect_timeout or DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout=workflow.idle_timeout or DEFAULT_IDLE_TIMEOUT,
             identity_hint=hint,
         )
 
-    async def serve(
-        self, admission: _Admission, scope: Scope, receive: Receive, send: Send
-    ) -> None:
+    async def serve(self, admission: Admission, scope: Scope, receive: Receive, send: Send) -> None:
         """Relay one admitted ``POST /chatkit/<name>``; never raises before the first byte."""
         workflow = admission.workflow
         state = scope.setdefault("state", {})
@@ -189,7 +202,7 @@ class GatewayBackend:
                 record.outcome = "client_closed"
                 return
             request_type = _request_type(body)
-            per_minute = getattr(workflow, "max_messages_per_minute", None)
+            per_minute = workflow.max_messages_per_minute
             if per_minute and request_type in STREAMING_TYPES and self._limiter is not None:
                 await self._limiter(admission.identity.user, workflow.name, per_minute)
             signer = self.signer_for(workflow)
@@ -198,9 +211,7 @@ class GatewayBackend:
                 audience=audience_of(workflow),
                 workflow=workflow.name,
                 session_id=admission.session_id,
-                extra=forwarded_claims(
-                    admission.identity.claims, getattr(workflow, "forward_claims", ()) or ()
-                ),
+                extra=forwarded_claims(admission.identity.claims, workflow.forward_claims),
                 body=body,
             )
             own = [(ASSERTION_HEADER, assertion), ("X-Request-ID", request_id)]
@@ -213,7 +224,10 @@ class GatewayBackend:
             return
         except BrokerError as exc:
             record.outcome, record.status = exc.code, exc.status
-            await self._render_error(send, exc, request_id)
+            rendered = render(exc, request_id)
+            start = {"type": "http.response.start", "status": rendered.status}
+            await send({**start, "headers": rendered.headers})
+            await send({"type": "http.response.body", "body": rendered.body})
         finally:
             self._finished(workflow.name, request_type, record, state)
 
@@ -229,27 +243,15 @@ class GatewayBackend:
     def _finished(
         self, workflow: str, request_type: str, record: Relay, state: dict[str, Any]
     ) -> None:
+        """Metrics, and the facts the one access-log line of this request adds (how it
+        ended, bytes relayed, the backend's time to first byte)."""
         if self.metrics is not None:
             self.metrics.finished(workflow, record)
-        state.update(outcome=str(record.outcome), relayed_bytes=record.bytes_out)
-        ttfb = f"{record.ttfb * 1000:.1f}ms" if record.ttfb is not None else "-"
-        access_log.info(
-            "gateway %s %s %s %s in %.1fms, first byte %s, %d bytes",
-            workflow,
-            request_type,
-            record.status if record.status is not None else "-",
-            record.outcome,
-            record.duration * 1000,
-            ttfb,
-            record.bytes_out,
-            extra={
-                "workflow": workflow,
-                "status": record.status,
-                "ms": round(record.duration * 1000, 2),
-                "outcome": str(record.outcome),
-                "type": request_type,
-                "bytes": record.bytes_out,
-            },
+        state.update(
+            outcome=str(record.outcome),
+            chatkit_type=request_type,
+            relayed_bytes=record.bytes_out,
+            ttfb_ms=round(record.ttfb * 1000, 2) if record.ttfb is not None else None,
         )
 
 
@@ -265,16 +267,3 @@ def _request_type(body: bytes) -> str:
             "The body must be a ChatKit request: a JSON object with a 'type' such as 'threads.list'."
         )
     return kind
-
-
-async def _send_error(send: Send, error: BrokerError, request_id: str) -> None:
-    body = json.dumps(error_body(error.code, error.message, request_id)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def configured_strip_headers(value: str | None) -> Sequence[str]:
-    """``BROKER_GATEWAY_STRIP_HEADERS``: comma-separated names, ``Prefix-*`` for prefixes."""
-    return tuple(part.strip() for part in (value or "").split(",") if part.strip())

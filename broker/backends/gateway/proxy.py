@@ -30,9 +30,16 @@ from typing import Any
 import aiohttp
 from starlette.types import Message, Receive, Scope, Send
 
-from ...errors import BrokerError, PayloadTooLarge
+from ...errors import (
+    BackendError,
+    BackendRejectedIdentity,
+    BackendTimeout,
+    BackendUnavailable,
+    BrokerError,
+    PayloadTooLarge,
+)
+from ...http import HttpPool
 from ...httpread import read_capped
-from .errors import BackendError, BackendRejectedIdentity, BackendTimeout, BackendUnavailable
 from .headers import HeaderPolicy
 
 log = logging.getLogger("broker.gateway")
@@ -92,39 +99,14 @@ class Relay:
     streamed: bool = False
 
 
-class GatewayPool:
-    """The gateway's one pooled ``aiohttp.ClientSession``, shared by every gateway workflow.
+def gateway_pool(*, limit: int = 4096, keepalive: float = POOL_KEEPALIVE) -> HttpPool:
+    """The gateway's own pool, shared by every gateway workflow.
 
-    Separate from the broker's pool because a relay wants raw bytes (no decompression) and a
-    keep-alive shorter than the backends': a connection the backend already closed would fail
-    a POST that must not be retried.
+    Apart from the broker's (30 s keep-alive) because an idle connection must be dropped
+    before the backend drops it (uvicorn: 5 s): a POST on a connection the backend already
+    closed fails, and must not be retried. Relays pass ``auto_decompress=False`` per request.
     """
-
-    def __init__(self, *, limit: int = 4096, keepalive: float = POOL_KEEPALIVE) -> None:
-        self._limit = limit
-        self._keepalive = keepalive
-        self._session: aiohttp.ClientSession | None = None
-
-    def __call__(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self._limit,
-                limit_per_host=0,
-                keepalive_timeout=self._keepalive,
-                ttl_dns_cache=300,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                trust_env=False,
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+    return HttpPool(limit=limit, keepalive=keepalive)
 
 
 class _Framing:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +12,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from starlette.types import Receive, Scope, Send
 
+from broker import config
 from broker.assertion import AssertionSigner, body_digest, verify_with_key
+from broker.auth import Identity
+from broker.backends.base import Admission
 from broker.backends.gateway.backend import GatewayBackend, GatewaySettings
 from broker.backends.gateway.metrics import GatewayMetrics
 from broker.errors import RateLimited
@@ -23,29 +25,8 @@ from tests.support.fake_backend import FakeBackend, fake_backend
 SECRET = "shared-assertion-secret-that-is-32-bytes+"
 
 
-@dataclass(frozen=True)
-class Identity:
-    user: str
-    claims: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Workflow:
-    name: str
-    server: str
-    audience: str | None = None
-    forward_claims: tuple[str, ...] = ()
-    assertion: str = "es256"
-    connect_timeout: float | None = None
-    idle_timeout: float | None = 2.0
-    max_messages_per_minute: int | None = None
-
-
-@dataclass(frozen=True)
-class Admission:
-    identity: Identity
-    workflow: Workflow
-    session_id: str | None = None
+def Workflow(name: str, server: str, **options: Any) -> config.Workflow:
+    return config.Workflow(name=name, label=name, kind="gateway", server=server, **options)
 
 
 @dataclass
@@ -65,9 +46,11 @@ class CountingLimiter:
 class App:
     backend: GatewayBackend
     admission: Admission
+    states: list[dict[str, Any]] = field(default_factory=list)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope.setdefault("state", {})["request_id"] = "req-1"
+        self.states.append(scope["state"])
         await self.backend.serve(self.admission, scope, receive, send)
 
 
@@ -169,26 +152,23 @@ async def test_a_body_without_a_chatkit_type_is_a_400(fake: FakeBackend) -> None
     await backend.shutdown()
 
 
-async def test_one_access_line_and_metrics_per_proxied_request(
-    fake: FakeBackend, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_metrics_and_the_access_line_facts_per_proxied_request(fake: FakeBackend) -> None:
     registry = CollectorRegistry()
     backend = GatewayBackend(GatewaySettings(), metrics=GatewayMetrics(registry))
     app = App(
         backend, Admission(Identity("alice", {}), Workflow("support", fake.url("/sse?count=2")))
     )
-    with caplog.at_level(logging.INFO, logger="broker.gateway.access"):
-        response = await serve_one(app, create("hi"))
-        app.admission = Admission(
-            Identity("alice", {}), Workflow("support", fake.url("/status?code=500"))
-        )
-        failed = await serve_one(app, create("hi"))
+    response = await serve_one(app, create("hi"))
+    app.admission = Admission(
+        Identity("alice", {}), Workflow("support", fake.url("/status?code=500"))
+    )
+    failed = await serve_one(app, create("hi"))
     assert response.status_code == 200 and failed.status_code == 502
-    lines = [r for r in caplog.records if r.name == "broker.gateway.access"]
-    assert len(lines) == 2
-    assert lines[0].outcome == "completed" and lines[0].type == "threads.create"
-    assert lines[1].outcome == "backend_error" and lines[1].status == 502
-    assert "completed" in lines[0].getMessage() and "first byte" in lines[0].getMessage()
+    assert failed.json()["error"]["request_id"] == "req-1"
+    ok, bad = app.states
+    assert ok["outcome"] == "completed" and ok["chatkit_type"] == "threads.create"
+    assert ok["relayed_bytes"] == len(response.content) and ok["ttfb_ms"] > 0
+    assert bad["outcome"] == "backend_error"
 
     def value(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, labels)

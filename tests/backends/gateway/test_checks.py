@@ -9,7 +9,7 @@ import pytest
 
 from broker.assertion import AssertionSigner, generate_private_key_pem
 from broker.backends.gateway.checks import check_keys, probe
-from broker.backends.gateway.proxy import GatewayPool, GatewayProxy, Upstream
+from broker.backends.gateway.proxy import GatewayProxy, Upstream, gateway_pool
 from tests.support.asgi_server import run_asgi
 from tests.support.fake_backend import fake_backend
 from tests.support.gateway_app import GatewayTestApp
@@ -28,7 +28,7 @@ def test_an_ephemeral_key_is_a_warning_and_a_configured_one_is_named() -> None:
 
 async def test_a_server_that_verifies_the_assertion_passes() -> None:
     signer = AssertionSigner.from_config(generate_private_key_pem())
-    host = GatewayTestApp(GatewayProxy(GatewayPool()), signer, Upstream("http://unset"))
+    host = GatewayTestApp(GatewayProxy(gateway_pool()), signer, Upstream("http://unset"))
     async with run_asgi(host) as broker_url:
         app = create_app(Options(broker=broker_url, audience="support"))
         async with run_asgi(app) as example_url, aiohttp.ClientSession() as session:

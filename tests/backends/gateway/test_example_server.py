@@ -13,7 +13,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from broker.assertion import ASSERTION_HEADER, AssertionSigner
-from broker.backends.gateway.proxy import GatewayPool, GatewayProxy, Upstream
+from broker.backends.gateway.proxy import GatewayProxy, Upstream, gateway_pool
 from tests.support.asgi_server import run_asgi
 from tests.support.fake_backend import sse_events
 from tests.support.gateway_app import GatewayTestApp
@@ -40,7 +40,7 @@ def create(text: str) -> dict[str, Any]:
 @pytest.fixture
 async def stack() -> AsyncIterator[tuple[GatewayTestApp, str, str]]:
     """(the gateway app, its URL, the example server's URL), wired as in the README."""
-    pool = GatewayPool()
+    pool = gateway_pool()
     gateway = GatewayTestApp(GatewayProxy(pool), AssertionSigner(), Upstream("http://unset"))
     async with run_asgi(gateway) as gateway_url:
         example = create_app(Options(broker=gateway_url, audience="support", delay=0.05))

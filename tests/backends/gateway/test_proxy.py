@@ -17,7 +17,8 @@ import pytest
 
 from broker.assertion import AssertionSigner, verify_with_key
 from broker.backends.gateway.headers import HeaderPolicy
-from broker.backends.gateway.proxy import GatewayPool, GatewayProxy, Upstream
+from broker.backends.gateway.proxy import GatewayProxy, Upstream, gateway_pool
+from broker.http import HttpPool
 from tests.support.asgi_server import run_asgi
 from tests.support.fake_backend import EVENT, FakeBackend, fake_backend, sse_events
 from tests.support.gateway_app import GatewayTestApp
@@ -32,14 +33,14 @@ async def backend() -> AsyncIterator[FakeBackend]:
 
 
 @pytest.fixture
-async def pool() -> AsyncIterator[GatewayPool]:
-    p = GatewayPool()
+async def pool() -> AsyncIterator[HttpPool]:
+    p = gateway_pool()
     yield p
     await p.close()
 
 
 @pytest.fixture
-async def gateway(backend: FakeBackend, pool: GatewayPool) -> AsyncIterator[GatewayTestApp]:
+async def gateway(backend: FakeBackend, pool: HttpPool) -> AsyncIterator[GatewayTestApp]:
     app = GatewayTestApp(
         GatewayProxy(pool, HeaderPolicy(["X-Tenant", "X-Acme-*"])),
         AssertionSigner(),
@@ -524,7 +525,7 @@ async def test_an_idle_pooled_connection_is_dropped_before_the_backend_would(
 ) -> None:
     """keepalive below the backend's: the second request after the pool's keepalive opens a
     new connection instead of reusing one the backend may be closing."""
-    pool = GatewayPool(keepalive=0.3)
+    pool = gateway_pool(keepalive=0.3)
     app = GatewayTestApp(GatewayProxy(pool), AssertionSigner(), Upstream(backend.url("/json")))
     try:
         async with run_asgi(app) as url, httpx.AsyncClient(base_url=url) as client:
