@@ -266,6 +266,10 @@ class Doctor:
                 )
             if mock:
                 return check.set(SKIP, "none (mock mode makes no OpenAI calls)")
+            if self.settings is not None and all(
+                wf.kind == "gateway" for wf in self.settings.workflows
+            ):
+                return check.set(SKIP, "none needed (gateway workflows make no OpenAI calls)")
             return check.set(
                 FAIL,
                 "no API key is set",
@@ -335,6 +339,8 @@ class Doctor:
             return check.set(SKIP, "skipped: mock mode makes no OpenAI calls")
         if key.status == FAIL:
             return check.set(SKIP, "skipped: no usable API key (check 2)")
+        if s.openai_api_key is None:  # gateway workflows alone (check 2 said so)
+            return check.set(SKIP, "skipped: no workflow calls OpenAI")
         if self.budget.exhausted:
             return check.set(FAIL, self.budget.skipped())
 
@@ -459,11 +465,12 @@ class Doctor:
             return check.set(
                 SKIP, "skipped: mock mode makes no OpenAI calls (run doctor without BROKER_MOCK)"
             )
-        if works.status in (FAIL, SKIP):
+        hosted_ok = works.status not in (FAIL, SKIP)
+        if not hosted_ok and all(wf.kind == "hosted" for wf in s.workflows):
             return check.set(SKIP, "skipped: check 3 (key and project) did not pass")
 
         for wf in s.workflows:
-            item = Check(wf.name, f"{wf.name} ({wf.id})")
+            item = Check(wf.name, f"{wf.name} ({wf.target})")
             item.data = {
                 "name": wf.name,
                 "id": wf.id,
@@ -481,7 +488,12 @@ class Doctor:
             if self.budget.exhausted:
                 item.set(SKIP, self.budget.skipped())
                 continue
-            await self._mint_and_cancel(s, wf, item)
+            if wf.kind == "gateway":
+                await self._probe_gateway(s, wf, item)
+            elif not hosted_ok:
+                item.set(SKIP, "skipped: check 3 (key and project) did not pass")
+            else:
+                await self._mint_and_cancel(s, wf, item)
 
         for item in check.items:
             if item.data["http_status"] == 404:
@@ -502,7 +514,42 @@ class Doctor:
             return check.set(FAIL, summary, fix)
         if any(i.status == WARN for i in check.items):
             return check.set(WARN, f"{n} of {n} minted, with warnings", fix)
-        return check.set(PASS, f"{n} of {n} minted and cancelled")
+        if all(wf.kind == "hosted" for wf in s.workflows):
+            return check.set(PASS, f"{n} of {n} minted and cancelled")
+        return check.set(PASS, f"{n} of {n} answered as expected")
+
+    async def _probe_gateway(self, s: Settings, wf: Workflow, item: Check) -> None:
+        """A gateway workflow: one signed threads.list to its server, and the signing key."""
+        from .backends.gateway.backend import GatewayBackend, GatewaySettings, audience_of
+        from .backends.gateway.checks import check_keys, probe
+
+        backend = GatewayBackend(GatewaySettings.from_settings(s), pool=self.http)
+        signer = backend.signer_for(wf)
+        limit, by_budget = self.budget.limit(wf.connect_timeout + wf.idle_timeout)
+        finding = await probe(
+            self.http(),
+            workflow=wf.name,
+            url=wf.server or "",
+            audience=audience_of(wf),
+            signer=signer,
+            jwks_url=backend.settings.jwks_url,
+            timeout=limit,
+        )
+        item.data.update(server=wf.server, audience=audience_of(wf), assertion=wf.assertion)
+        status = {"ok": PASS, "warn": WARN, "fail": FAIL}[finding.status]
+        summary = finding.message
+        if status == FAIL and by_budget and "did not answer" in summary:
+            summary = self.budget.ran_out(f"the probe of {wf.name}")
+        fix = None
+        for key in check_keys(signer):
+            if key.status == "warn":
+                item.details.append(key.message)
+                fix = (
+                    "set BROKER_ASSERTION_KEY (a P-256 PEM, or @path) so every instance signs alike"
+                )
+                if status == PASS:
+                    status = WARN
+        item.set(status, summary, fix)
 
     async def _mint_and_cancel(self, s: Settings, wf: Workflow, item: Check) -> None:
         body = build_session_request(wf, Identity(user=DOCTOR_USER, claims={}))
