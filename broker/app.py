@@ -100,12 +100,19 @@ def build_broker(
 
         store = RedisStore(settings.redis_url, settings.redis_prefix, metrics=metrics)
     if registry is None:
-        registry = RedisRegistry(store) if store is not None else MemoryRegistry()
+        registry = (
+            RedisRegistry(store)
+            if store is not None
+            else MemoryRegistry(on_evict=metrics.registry_eviction)
+        )
     if jwks is None and settings.jwt.jwks_url:
         jwks = JWKSCache(
             settings.jwt.jwks_url,
             http,
             algorithms=settings.jwt.asymmetric_algorithms,
+            cooldown=settings.jwt.jwks_cooldown,
+            timeout=settings.jwt.jwks_timeout,
+            max_age=settings.jwt.jwks_max_age,
             on_fetch=metrics.jwks_fetch,
         )
     limits = RateLimits(settings, metrics=metrics, store=store)

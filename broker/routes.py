@@ -25,7 +25,7 @@ def _broker(request: Request) -> Broker:
 async def authenticate(request: Request, broker: Broker, *, count_mint: bool = False) -> Identity:
     """The caller's identity, through the gate (optional only in mock mode, SPEC §5)."""
     identity = await broker.gate.identify(
-        request.headers.get("authorization"), count_mint=count_mint
+        request.headers.get("authorization"), count_mint=count_mint, query=request.url.query
     )
     request.state.user = identity.user
     return identity

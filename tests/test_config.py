@@ -370,3 +370,27 @@ def test_every_variable_the_code_reads_is_documented():
     table = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", rows))
     assert sorted(v for v in read if v not in example) == []
     assert sorted(v for v in read if v not in table) == []
+
+
+def test_token_lifetime_and_jwks_timings_are_configurable(base_env):
+    s = load_settings(
+        base_env
+        | {
+            "BROKER_JWT_MAX_AGE": "3600",
+            "BROKER_JWKS_TIMEOUT": "1.5",
+            "BROKER_JWKS_COOLDOWN": "30",
+            "BROKER_JWKS_MAX_AGE": "120",
+        }
+    )
+    assert (s.jwt.max_age, s.jwt.jwks_timeout, s.jwt.jwks_cooldown, s.jwt.jwks_max_age) == (
+        3600,
+        1.5,
+        30.0,
+        120.0,
+    )
+    defaults = load_settings(base_env).jwt
+    assert (defaults.max_age, defaults.jwks_timeout, defaults.jwks_cooldown) == (86400, 3.0, 60.0)
+    text = "\n".join(
+        problems_of(base_env | {"BROKER_JWT_MAX_AGE": "5", "BROKER_JWKS_TIMEOUT": "0"})
+    )
+    assert "BROKER_JWT_MAX_AGE must be between 60" in text and "BROKER_JWKS_TIMEOUT" in text
