@@ -232,3 +232,14 @@ async def test_a_backend_that_is_down_is_a_503_with_a_request_id(tmp_path: Path)
     error = response.json()["error"]
     assert error["code"] == "backend_unavailable"
     assert error["request_id"] == response.headers["x-request-id"]
+
+
+async def test_the_openapi_document_describes_the_gateway_routes(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.broker, timeout=10) as browser:
+        doc = (await browser.get("/openapi.json")).json()
+        keys = (await browser.get("/.well-known/jwks.json")).json()
+    assert "get" in doc["paths"]["/.well-known/jwks.json"]
+    assert "post" in doc["paths"]["/chatkit/{name}"]
+    schema = doc["paths"]["/.well-known/jwks.json"]["get"]["responses"]["200"]["content"]
+    required = schema["application/json"]["schema"]["properties"]["keys"]["items"]["required"]
+    assert all(set(required) <= set(key) for key in keys["keys"])
