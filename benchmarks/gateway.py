@@ -5,8 +5,10 @@
 Three paths to one trivial SSE backend (Starlette on uvicorn, no model, no delay):
 
 * ``direct``: the client talks to the backend;
-* ``broker``: through ``GatewayProxy`` (the relay ``POST /chatkit/<name>`` uses, with a fresh
-  ES256 assertion per request) under uvicorn/httptools, as ``chatkit-broker serve`` runs it;
+* ``broker``: ``chatkit-broker serve`` itself with one gateway workflow (JWT verified, gate,
+  address limit, a fresh ES256 assertion per request, the relay, access log, metrics);
+* ``relay``: ``GatewayProxy`` alone (assertion + relay) under uvicorn/httptools, to tell the
+  relay's cost from the rest of the broker's;
 * ``peer``: a Starlette + ``httpx.AsyncClient`` streaming proxy written the way FastAPI
   tutorials show (``client.send(req, stream=True)`` → ``StreamingResponse(r.aiter_raw())``).
 
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 
 from .procs import Child, free_port, process_tree, raise_nofile, stop_all, wait_http_ok
 
@@ -141,7 +144,7 @@ def serve(role: str, port: int, upstream: str | None) -> None:
     raise_nofile()
     if role == "backend":
         app = _backend_app()
-    elif role == "broker":
+    elif role == "relay":
         assert upstream
         app = _broker_app(upstream)
     else:
@@ -171,6 +174,14 @@ def _has_uvloop() -> bool:
 
 
 @dataclass
+class BenchPath:
+    name: str
+    url: str
+    pid: int
+    headers: dict[str, str]
+
+
+@dataclass
 class Result:
     path: str
     ttfe_p50_ms: float
@@ -182,9 +193,12 @@ class Result:
     opened: int
 
 
-async def _first_event(session: aiohttp.ClientSession, url: str, events: int) -> float:
+async def _first_event(
+    session: aiohttp.ClientSession, url: str, events: int, extra: dict[str, str]
+) -> float:
     started = time.perf_counter()
-    async with session.post(url, data=BODY, headers={"x-events": str(events)}) as response:
+    headers = {**extra, "x-events": str(events)}
+    async with session.post(url, data=BODY, headers=headers) as response:
         first = await response.content.readany()
         took = time.perf_counter() - started
         assert first.startswith(b"data: "), first[:80]
@@ -192,7 +206,9 @@ async def _first_event(session: aiohttp.ClientSession, url: str, events: int) ->
     return took
 
 
-async def _throughput(url: str, events: int, seconds: float, concurrency: int = 32) -> float:
+async def _throughput(
+    url: str, events: int, seconds: float, extra: dict[str, str], concurrency: int = 32
+) -> float:
     done = 0
     deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
@@ -201,7 +217,8 @@ async def _throughput(url: str, events: int, seconds: float, concurrency: int = 
         async def worker() -> None:
             nonlocal done
             while time.perf_counter() < deadline:
-                async with session.post(url, data=BODY, headers={"x-events": str(events)}) as r:
+                headers = {**extra, "x-events": str(events)}
+                async with session.post(url, data=BODY, headers=headers) as r:
                     body = await r.read()
                     assert body.count(b"\n\n") == events
                 done += 1
@@ -222,7 +239,9 @@ def _rss(pid: int) -> int:
     return total
 
 
-async def _open_streams(url: str, count: int, pid: int | None) -> tuple[int, int, int]:
+async def _open_streams(
+    url: str, count: int, pid: int | None, extra: dict[str, str]
+) -> tuple[int, int, int]:
     """Hold ``count`` streams open (one event read from each): (opened, rss idle, rss open)."""
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
@@ -234,7 +253,7 @@ async def _open_streams(url: str, count: int, pid: int | None) -> tuple[int, int
         async def one() -> None:
             async with sem:
                 response = await session.post(
-                    url, data=BODY, headers={"x-events": "1", "x-hold": "60"}
+                    url, data=BODY, headers={**extra, "x-events": "1", "x-hold": "60"}
                 )
                 await response.content.readany()
                 responses.append(response)
@@ -250,35 +269,35 @@ async def _open_streams(url: str, count: int, pid: int | None) -> tuple[int, int
         return len(responses), rss_idle, rss_open
 
 
-async def ttfe(url: str, events: int) -> tuple[float, float]:
+async def ttfe(url: str, events: int, extra: dict[str, str]) -> tuple[float, float]:
     """p50 and p99 of the time to the first event, over 300 sequential requests."""
     async with aiohttp.ClientSession() as session:
         for _ in range(20):  # warm-up: connections, caches, key loading
-            await _first_event(session, url, events)
-        samples = sorted([await _first_event(session, url, events) for _ in range(300)])
+            await _first_event(session, url, events, extra)
+        samples = sorted([await _first_event(session, url, events, extra) for _ in range(300)])
     return statistics.median(samples) * 1000, samples[int(len(samples) * 0.99) - 1] * 1000
 
 
 async def measure_all(
-    paths: Sequence[tuple[str, str, int]], *, events: int, seconds: float, streams: int
+    paths: Sequence[BenchPath], *, events: int, seconds: float, streams: int
 ) -> list[Result]:
     """Each measurement for every path before the next, so no path inherits another's
     leftovers (the backend still tearing down a thousand held streams, say)."""
-    firsts = [await ttfe(url, events) for _, url, _ in paths]
+    firsts = [await ttfe(p.url, events, p.headers) for p in paths]
     rates = []
-    for _, url, _ in paths:
-        rates.append(await _throughput(url, events, seconds))
+    for p in paths:
+        rates.append(await _throughput(p.url, events, seconds, p.headers))
         await asyncio.sleep(1)
     held = []
-    for _, url, pid in paths:
-        held.append(await _open_streams(url, streams, pid))
+    for p in paths:
+        held.append(await _open_streams(p.url, streams, p.pid, p.headers))
         await asyncio.sleep(3)  # let the backend cancel the held streams
     results = []
-    for (name, _, _), (p50, p99), rate, (opened, idle, rss) in zip(
-        paths, firsts, rates, held, strict=True
-    ):
+    for p, (p50, p99), rate, (opened, idle, rss) in zip(paths, firsts, rates, held, strict=True):
         per_stream = (rss - idle) / max(1, opened) / 1024
-        results.append(Result(name, p50, p99, rate, idle / 2**20, rss / 2**20, per_stream, opened))
+        results.append(
+            Result(p.name, p50, p99, rate, idle / 2**20, rss / 2**20, per_stream, opened)
+        )
     return results
 
 
@@ -293,9 +312,32 @@ def _start(role: str, port: int, upstream: str | None, workdir: Path) -> Child:
     return child
 
 
+JWT_SECRET = "benchmark-jwt-secret-that-is-32-bytes-long"
+
+
+def _start_broker(port: int, upstream: str, workdir: Path) -> Child:
+    """``chatkit-broker serve`` itself, one gateway workflow ``bench`` in front of the backend."""
+    from broker.assertion import generate_private_key_pem
+
+    env = {
+        **os.environ,
+        "BROKER_WORKFLOWS": f"bench={upstream}",
+        "BROKER_JWT_SECRET": JWT_SECRET,
+        "BROKER_SESSION_SECRET": "benchmark-session-secret-32-bytes-long!",
+        "BROKER_ASSERTION_KEY": generate_private_key_pem(),
+        "BROKER_PORT": str(port),
+        "BROKER_IP_RATE_LIMIT": "100000000/minute",
+        "BROKER_LOG_FORMAT": "json",
+    }
+    argv = [str(Path(sys.executable).parent / "chatkit-broker"), "serve"]
+    child = Child("broker", argv, workdir / "broker.log").start(env=env, cwd=workdir)
+    wait_http_ok(f"http://127.0.0.1:{port}/healthz", child)
+    return child
+
+
 def run(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gateway")
-    parser.add_argument("role", nargs="?", choices=["backend", "broker", "peer"])
+    parser.add_argument("role", nargs="?", choices=["backend", "relay", "peer"])
     parser.add_argument("--port", type=int)
     parser.add_argument("--upstream")
     parser.add_argument("--streams", type=int, default=1000)
@@ -313,11 +355,22 @@ def run(argv: Sequence[str]) -> int:
         backend_port = free_port()
         backend = _start("backend", backend_port, None, workdir)
         upstream = f"http://127.0.0.1:{backend_port}/chatkit"
-        paths = [("direct", upstream, backend.pid)]
-        for role in ("broker", "peer"):
+        paths = [BenchPath("direct", upstream, backend.pid, {})]
+        port = free_port()
+        broker = _start_broker(port, upstream, workdir)
+        token = jwt.encode({"sub": "bench-user", "exp": int(time.time()) + 3600}, JWT_SECRET)
+        paths.append(
+            BenchPath(
+                "broker",
+                f"http://127.0.0.1:{port}/chatkit/bench",
+                broker.pid,
+                {"Authorization": f"Bearer {token}"},
+            )
+        )
+        for role in ("relay", "peer"):
             port = free_port()
             child = _start(role, port, upstream, workdir)
-            paths.append((role, f"http://127.0.0.1:{port}/chatkit", child.pid))
+            paths.append(BenchPath(role, f"http://127.0.0.1:{port}/chatkit", child.pid, {}))
         results = asyncio.run(
             measure_all(paths, events=args.events, seconds=args.seconds, streams=args.streams)
         )
