@@ -1,5 +1,7 @@
 """Gateway workflows: the broker in front of the user's own ChatKit server.
 
+``backend`` is the ``Backend`` the seam mounts (limits, assertion, relay, observability);
 ``proxy`` relays requests and streams; ``headers`` decides which request headers pass;
-``broker.assertion`` signs who is calling.
+``metrics`` and ``checks`` (for ``doctor``) observe it; ``broker.assertion`` signs who is
+calling.
 """
