@@ -243,3 +243,51 @@ async def test_the_openapi_document_describes_the_gateway_routes(stack: Stack) -
     schema = doc["paths"]["/.well-known/jwks.json"]["get"]["responses"]["200"]["content"]
     required = schema["application/json"]["schema"]["properties"]["keys"]["items"]["required"]
     assert all(set(required) <= set(key) for key in keys["keys"])
+
+
+async def test_a_backend_reset_mid_stream_breaks_the_browsers_stream_through_the_broker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The broker's middleware must not turn an aborted relay into a clean, finished answer."""
+    from tests.support.fake_backend import EVENT, fake_backend
+
+    async with fake_backend() as backend:
+        settings = load_settings(
+            {
+                "BROKER_WORKFLOWS": f"flaky={backend.url('/reset')},slow={backend.url('/sse?count=4&gap=0.3')}",
+                "BROKER_JWT_SECRET": JWT_SECRET,
+                "BROKER_SESSION_SECRET": SESSION_SECRET,
+                "BROKER_LOG_FORMAT": "json",
+            }
+        )
+        headers = {"Authorization": f"Bearer {token()}"}
+        with caplog.at_level(logging.INFO, logger="broker.access"):
+            async with (
+                run_asgi(create_app(settings), lifespan="on") as url,
+                httpx.AsyncClient(base_url=url, timeout=10) as browser,
+            ):
+                received = b""
+                with pytest.raises(httpx.RemoteProtocolError):
+                    async with browser.stream(
+                        "POST", "/chatkit/flaky", json=create("hi"), headers=headers
+                    ) as response:
+                        assert response.status_code == 200
+                        async for chunk in response.aiter_raw():
+                            received += chunk
+                # the open-streams gauge counts a stream while it is relayed
+                async with browser.stream(
+                    "POST", "/chatkit/slow", json=create("hi"), headers=headers
+                ) as response:
+                    async for _ in response.aiter_raw():
+                        break
+                    metrics = (await browser.get("/metrics")).text
+                after = (await browser.get("/metrics")).text
+    assert received == EVENT * 2
+    assert 'broker_gateway_open_streams{workflow="slow"} 1.0' in metrics
+    assert 'broker_gateway_open_streams{workflow="slow"} 0.0' in after
+    outcomes = {
+        r.workflow: r.outcome
+        for r in caplog.records
+        if r.name == "broker.access" and r.path.startswith("/chatkit/")
+    }
+    assert outcomes == {"flaky": "backend_reset", "slow": "client_closed"}
