@@ -77,3 +77,27 @@ def test_strip_headers_accept_names_and_prefixes() -> None:
         "X-Tenant",
         "X-Acme-*",
     )
+
+
+def test_check_summarises_the_gateway_assertions_without_key_material(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.support import cli_command
+
+    pem = generate_private_key_pem()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        **BASE,
+        "BROKER_ASSERTION_KEY": pem,
+        "BROKER_PUBLIC_URL": "https://broker.example",
+    }
+    out = subprocess.run(
+        [*cli_command(), "check"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "gateway assertions: ES256, key " in out.stdout
+    assert "keys at https://broker.example/.well-known/jwks.json" in out.stdout
+    assert "helpdesk: audience helpdesk, es256" in out.stdout
+    assert "PRIVATE KEY" not in out.stdout + out.stderr
+    assert pem.splitlines()[1] not in out.stdout + out.stderr
