@@ -291,3 +291,40 @@ async def test_a_backend_reset_mid_stream_breaks_the_browsers_stream_through_the
         if r.name == "broker.access" and r.path.startswith("/chatkit/")
     }
     assert outcomes == {"flaky": "backend_reset", "slow": "client_closed"}
+
+
+async def test_the_message_limit_holds_across_instances_sharing_redis() -> None:
+    import secrets as _secrets
+
+    from tests.support import REDIS_URL, need, redis_reachable
+    from tests.support.fake_backend import fake_backend
+
+    need(redis_reachable(REDIS_URL), f"Redis at {REDIS_URL} is needed")
+    async with fake_backend() as backend:
+        (wf_file := Path(f"/tmp/gw-{_secrets.token_hex(4)}.toml")).write_text(
+            f'[workflows.shared]\nserver = "{backend.url("/json")}"\nmax_messages_per_minute = 2\n'
+        )
+        env = {
+            "BROKER_WORKFLOWS_FILE": str(wf_file),
+            "BROKER_JWT_SECRET": JWT_SECRET,
+            "BROKER_SESSION_SECRET": SESSION_SECRET,
+            "BROKER_REDIS_URL": REDIS_URL,
+            "BROKER_REDIS_PREFIX": f"gw-test-{_secrets.token_hex(4)}:",
+            "BROKER_LOG_FORMAT": "json",
+        }
+        headers = {"Authorization": f"Bearer {token('dora')}"}
+        try:
+            async with (
+                run_asgi(create_app(load_settings(env)), lifespan="on") as one,
+                run_asgi(create_app(load_settings(env)), lifespan="on") as two,
+                httpx.AsyncClient(timeout=10) as browser,
+            ):
+                codes = []
+                for base in (one, two, one):
+                    answer = await browser.post(
+                        f"{base}/chatkit/shared", json=create("hi"), headers=headers
+                    )
+                    codes.append(answer.status_code)
+        finally:
+            wf_file.unlink()
+    assert codes == [200, 200, 429]
