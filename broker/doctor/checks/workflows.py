@@ -61,7 +61,8 @@ async def check(ctx: DoctorContext, key: KeyFacts, works: KeyWorks) -> Check:
     for wf in s.workflows:
         item = Check(wf.name, f"{wf.name} ({wf.target})")
         if wf.kind not in MINTED_KINDS:
-            item.set(Status.SKIP, f"skipped: a {wf.kind} workflow, checked by its backend")
+            a = "an" if wf.kind[:1] in "aeiou" else "a"
+            item.set(Status.SKIP, f"skipped: {a} {wf.kind} workflow, checked by its backend")
             fact = Minted()
         elif ctx.budget.exhausted:
             item.set(Status.SKIP, ctx.budget.skipped())
