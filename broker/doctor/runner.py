@@ -16,7 +16,7 @@ from ..http import HttpPool
 from .budget import Budget
 from .checks import CheckFn, auth, backend_checks, config, domains, key, openai, workflows
 from .context import DoctorContext
-from .report import Check, Report, render_json, render_text, render_width, scrub
+from .report import Report, render_json, render_text, render_width, scrub
 
 DEFAULT_TIMEOUT = 20.0
 
@@ -27,26 +27,23 @@ async def run(
     *,
     clock: Callable[[], float] = time.monotonic,
 ) -> Report:
-    """Every check against ``ctx``; ``extra`` (default: the backends' own) after the six.
-
-    Closes ``ctx.http`` at the end: a run owns its pool.
-    """
+    """Every check against ``ctx``; ``extra`` (default: the backends' own) after the six."""
     started = clock()
-    checks: list[Check] = []
-    try:
-        checks.append(await config.check(ctx))
-        key_check, key_facts = await key.check(ctx)
-        checks.append(key_check)
-        works_check, works = await openai.check(ctx, key_facts)
-        checks.append(works_check)
-        checks.append(await workflows.check(ctx, key_facts, works))
-        checks.append(await auth.check(ctx))
-        checks.append(await domains.check(ctx))
-        for contributed in backend_checks(ctx.settings) if extra is None else extra:
-            checks.append(await contributed(ctx))
-    finally:
-        await ctx.http.close()
+    checks = [await config.check(ctx)]
+    key_check, key_facts = await key.check(ctx)
+    works_check, works = await openai.check(ctx, key_facts)
+    checks += [key_check, works_check, await workflows.check(ctx, key_facts, works)]
+    checks += [await auth.check(ctx), await domains.check(ctx)]
+    for contributed in backend_checks(ctx.settings) if extra is None else extra:
+        checks.append(await contributed(ctx))
     return Report(tuple(checks), clock() - started, ctx.budget.seconds, ctx.budget.exhausted_by)
+
+
+async def _run_with_own_pool(ctx: DoctorContext, extra: Sequence[CheckFn] | None) -> Report:
+    try:
+        return await run(ctx, extra)
+    finally:  # closed in the loop that used it
+        await ctx.http.close()
 
 
 def run_doctor(
@@ -73,7 +70,7 @@ def run_doctor(
         ctx = DoctorContext.load(
             env, shell, dotenv, http=HttpPool(limit=8), budget=Budget(timeout), token=token
         )
-        report = asyncio.run(run(ctx, extra))
+        report = asyncio.run(_run_with_own_pool(ctx, extra))
     finally:
         broker_log.removeHandler(silent)  # one handler per call would pile up otherwise
         broker_log.propagate, broker_log.level = saved

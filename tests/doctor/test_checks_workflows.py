@@ -4,9 +4,14 @@ cancelled; OpenAI's errors explained; other kinds left to their backends."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
+from broker.config import Workflow
+from broker.doctor import Budget, DoctorContext, KeyFacts, KeyWorks, Status
+from broker.doctor.checks import workflows
+from broker.http import HttpPool
 from tests.conftest import API_KEY, SECRET, WF_SALES, WF_SUPPORT, app_client, auth
 from tests.support.doctor import OTHER_KEY, cancelled_ids, minted_ids
 
@@ -201,3 +206,27 @@ def test_gateway_workflows_only_need_no_openai_key(doctor, openai, all_kinds_ser
     )
     assert [e["status"] for e in workflows["data"]["workflows"]] == ["skip"]
     assert openai.requests == []
+
+
+async def test_the_check_alone_over_hand_built_settings(make_settings, openai):
+    """The check as the runner calls it: a context, and the facts checks 2 and 3 handed on."""
+    base = make_settings()
+    gateway = Workflow(name="chat", label="Chat", kind="gateway", server="https://chat.example.com")
+    settings = replace(base, workflows=(gateway, *base.workflows))
+    ctx = DoctorContext({}, {}, {}, settings, (), HttpPool(limit=2), Budget(5.0))
+    key = KeyFacts(usable=True, label="sk-proj-…fXYZ, OPENAI_API_KEY from .env")
+    try:
+        check = await workflows.check(ctx, key, KeyWorks(passed=True, project="proj_fake"))
+        refused = await workflows.check(ctx, key, KeyWorks(passed=False))
+    finally:
+        await ctx.http.close()
+    assert [(i.title, i.status) for i in check.items] == [
+        ("chat (https://chat.example.com)", Status.SKIP),
+        (f"support ({WF_SUPPORT})", Status.PASS),
+        (f"sales ({WF_SALES})", Status.PASS),
+    ]
+    assert check.status is Status.PASS
+    assert check.summary == "2 of 2 minted and cancelled; 1 gateway workflow checked by its backend"
+    assert len(minted_ids(openai)) == 2 and cancelled_ids(openai) == minted_ids(openai)
+    assert refused.status is Status.SKIP and refused.items == []
+    assert refused.summary == "skipped: check 3 (key and project) did not pass"
