@@ -172,7 +172,9 @@ async def _verify_token(
     check.data["token"] = result
     j = s.jwt
     jwks = (
-        JWKSCache(j.jwks_url, ctx.http, algorithms=j.asymmetric_algorithms) if j.jwks_url else None
+        JWKSCache(j.jwks_url, ctx.http, algorithms=j.asymmetric_algorithms, timeout=j.jwks_timeout)
+        if j.jwks_url
+        else None
     )
     verifier = Verifier(j, jwks)
     try:
