@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import API_KEY, SECRET, cli_command
-from tests.fake_openai import FakeOpenAI
+from tests.support import API_KEY, SECRET, cli_command
 from tests.support.doctor import OTHER_KEY, DoctorRun, cli, in_process
+from tests.support.fake_openai import FakeOpenAI
 
 
 def _secrets(openai: FakeOpenAI, dotenv: dict[str, str] | None, forbidden: tuple[str, ...]):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import API_KEY, WF_SALES
+from tests.support import API_KEY, WF_SALES
 from tests.support.doctor import OTHER_KEY
 
 

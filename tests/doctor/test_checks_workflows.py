@@ -12,7 +12,7 @@ from broker.config import Workflow
 from broker.doctor import Budget, DoctorContext, KeyFacts, KeyWorks, Status
 from broker.doctor.checks import workflows
 from broker.http import HttpPool
-from tests.conftest import API_KEY, SECRET, WF_SALES, WF_SUPPORT, app_client, auth
+from tests.support import API_KEY, SECRET, WF_SALES, WF_SUPPORT, app_client, auth
 from tests.support.doctor import OTHER_KEY, cancelled_ids, minted_ids
 
 SESSION_SECRET = "session-secret-that-is-at-least-32-bytes!"

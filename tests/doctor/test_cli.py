@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from broker.cli import main
-from tests.conftest import API_KEY, WF_SALES
+from tests.support import API_KEY, WF_SALES
 
 
 def test_the_real_cli_passes_reading_dotenv_and_a_token_on_stdin(doctor_cli, doctor_env, token):

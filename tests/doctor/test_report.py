@@ -6,7 +6,7 @@ import json
 
 from broker.doctor import Check, Report, Status, render_json, render_text, scrub
 from broker.doctor.report import render_width
-from tests.conftest import API_KEY, WF_SALES
+from tests.support import API_KEY, WF_SALES
 
 
 def test_text_report_fits_100_columns_when_piped(doctor, doctor_env, openai):

@@ -12,7 +12,7 @@ from typing import Any
 from broker.config import Workflow
 from broker.doctor import Check, DoctorContext, Status, backend_checks, run_doctor
 from broker.doctor.checks import CheckFn
-from tests.conftest import API_KEY, WF_SALES, WF_SUPPORT
+from tests.support import API_KEY, WF_SALES, WF_SUPPORT
 from tests.support.doctor import OTHER_KEY, cancelled_ids, minted_ids
 
 
