@@ -46,9 +46,29 @@ async def test_doctor_probes_a_gateway_workflow_and_needs_no_openai_key() -> Non
             ok = await _report({k: v for k, v in env.items() if k != "BROKER_PUBLIC_URL"})
     checks = {c["id"]: c for c in ok["checks"]}
     assert checks["key"]["status"] == "skip" and checks["key_works"]["status"] == "skip"
-    assert checks["workflows"]["status"] == "pass", checks["workflows"]
+    assert checks["gateway"]["status"] == "pass", checks["gateway"]
+    assert checks["gateway"]["data"]["workflows"][0]["status"] == "pass"
     assert ok["exit_code"] == 0
-    bad = {c["id"]: c for c in refused["checks"]}["workflows"]
+    bad = {c["id"]: c for c in refused["checks"]}["gateway"]
     assert bad["status"] == "fail"
     assert f"issuer {broker_url!r}" in bad["details"][0]
     assert refused["exit_code"] == 1
+
+
+async def test_doctor_warns_about_an_ephemeral_key_and_explains_the_refusal() -> None:
+    broker = GatewayTestApp(GatewayProxy(gateway_pool()), AssertionSigner(), Upstream("http://x"))
+    async with run_asgi(broker) as broker_url:
+        example = create_app(Options(broker=broker_url, audience="example"))
+        async with run_asgi(example) as example_url:
+            report = await _report(
+                {
+                    "BROKER_WORKFLOWS": f"example={example_url}/chatkit",
+                    "BROKER_JWT_SECRET": "j" * 40,
+                    "BROKER_JWT_AUDIENCE": "app",
+                    "BROKER_SESSION_SECRET": "s" * 40,
+                }
+            )
+    gateway = {c["id"]: c for c in report["checks"]}["gateway"]
+    assert gateway["status"] == "fail"
+    assert "throw-away key" in " ".join(gateway["details"])
+    assert "BROKER_ASSERTION_KEY" in gateway["fix"]
