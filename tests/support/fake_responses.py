@@ -58,12 +58,24 @@ class Reply:
     fail_after: int | None = None
     status: int = 200
     message: str = ""
+    item_id: str | None = None  # a fixed message id, e.g. "__fake_id__" as Chat Completions gives
 
 
 def text(
-    value: str, *, chunks: int = 3, delay: float = 0.0, hang_after: int | None = None
+    value: str,
+    *,
+    chunks: int = 3,
+    delay: float = 0.0,
+    hang_after: int | None = None,
+    item_id: str | None = None,
 ) -> Reply:
-    return Reply(outputs=[("message", value)], chunks=chunks, delay=delay, hang_after=hang_after)
+    return Reply(
+        outputs=[("message", value)],
+        chunks=chunks,
+        delay=delay,
+        hang_after=hang_after,
+        item_id=item_id,
+    )
 
 
 def tool_call(name: str, arguments: dict[str, Any], *, call_id: str | None = None) -> Reply:
@@ -296,7 +308,7 @@ class FakeResponses:
                     )
                     done.append(item)
                     continue
-                item_id = "msg_" + secrets.token_hex(12)
+                item_id = reply.item_id or "msg_" + secrets.token_hex(12)
                 where = {"item_id": item_id, "output_index": index, "content_index": 0}
                 await send(
                     {
@@ -358,7 +370,9 @@ class FakeResponses:
                 }
             )
             await resp.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
+            self.disconnected.set()  # the client hung up: nothing more to send
+        except asyncio.CancelledError:
             self.disconnected.set()
             raise
         return resp

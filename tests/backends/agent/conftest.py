@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from openai import AsyncOpenAI
 
 from broker.backends.agent.store import SQLStore, attachments, items, resolve_database_url, threads
 
 from ...conftest import need
+from ...support.fake_responses import FakeResponses, FakeResponsesServer
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -66,3 +68,27 @@ async def store(db_url: str) -> AsyncIterator[SQLStore]:
         await conn.execute(threads.delete())
     yield s
     await s.close()
+
+
+@pytest.fixture(scope="session")
+def responses_server() -> Iterator[FakeResponses]:
+    server = FakeResponsesServer()
+    fake = server.start()
+    yield fake
+    server.stop()
+
+
+@pytest.fixture
+def responses(responses_server: FakeResponses) -> Iterator[FakeResponses]:
+    """The fake Responses API, emptied for this test."""
+    responses_server.reset()
+    yield responses_server
+    responses_server.release()
+
+
+@pytest.fixture
+def openai_client(responses: FakeResponses) -> AsyncOpenAI:
+    """What the broker builds from its settings, pointed at the fake (no retries: fast failures)."""
+    return AsyncOpenAI(
+        api_key="sk-test-key-never-shown", base_url=responses.base_url, max_retries=0
+    )
