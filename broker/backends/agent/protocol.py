@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from chatkit.server import ChatKitServer, StreamingResult
+from chatkit.server import ChatKitServer, NonStreamingResult, StreamingResult
 from chatkit.store import NotFoundError
 from chatkit.types import (
     AttachmentsCreateReq,
@@ -34,7 +34,7 @@ from starlette.responses import Response, StreamingResponse
 from ...errors import InvalidRequest, NotFound
 from .store import Caller, SQLStore
 
-__all__ = ["answer", "check_request", "describe", "parse_request"]
+__all__ = ["answer", "check_request", "describe", "first_chunk", "parse_request", "process"]
 
 MAX_MESSAGE = 300
 MAX_ID_SHOWN = 80
@@ -133,26 +133,25 @@ async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byte
         yield chunk
 
 
-async def answer(
+async def process(
     server: ChatKitServer[Caller], body: bytes, caller: Caller, *, uploads: bool = False
-) -> Response:
-    """Check and process one ChatKit request body for ``caller``: JSON, or an SSE stream.
-
-    The first stream event is pulled before answering, so a request that fails at once
-    gets a proper HTTP error instead of a 200 that breaks off.
-    """
+) -> StreamingResult | NonStreamingResult:
+    """Parse, check and start one ChatKit request; chatkit's own errors become 400/404."""
     request = parse_request(body)
     store = server.store
     assert isinstance(store, SQLStore)
     await check_request(request, store, caller, uploads=uploads)
     try:
-        result = await server.process(body, caller)
+        return await server.process(body, caller)
     except NotFoundError as exc:
         raise NotFound(f"{_shown(str(exc))}.") from None
     except ValueError as exc:
         raise InvalidRequest(f"ChatKit refused this request: {_shown(str(exc))}") from None
-    if not isinstance(result, StreamingResult):
-        return Response(result.json, media_type="application/json", headers=NO_STORE)
+
+
+async def first_chunk(result: StreamingResult) -> tuple[bytes, AsyncIterator[bytes]]:
+    """The stream's first event and the rest: pulled before answering 200, so a request
+    that fails at once gets a proper HTTP error instead of a stream that breaks off."""
     stream = aiter(result)
     try:
         first = await anext(stream)
@@ -162,6 +161,17 @@ async def answer(
         raise NotFound(f"{_shown(str(exc))}.") from None
     except ValueError as exc:
         raise InvalidRequest(f"ChatKit refused this request: {_shown(str(exc))}") from None
+    return first, stream
+
+
+async def answer(
+    server: ChatKitServer[Caller], body: bytes, caller: Caller, *, uploads: bool = False
+) -> Response:
+    """Check and process one ChatKit request body for ``caller``: JSON, or an SSE stream."""
+    result = await process(server, body, caller, uploads=uploads)
+    if isinstance(result, NonStreamingResult):
+        return Response(result.json, media_type="application/json", headers=NO_STORE)
+    first, rest = await first_chunk(result)
     return StreamingResponse(
-        _chain(first, stream), media_type="text/event-stream", headers=SSE_HEADERS
+        _chain(first, rest), media_type="text/event-stream", headers=SSE_HEADERS
     )

@@ -365,6 +365,18 @@ class SQLStore(Store[Caller | str]):
         data, has_more = rows
         return _make_page([ThreadMetadata.model_validate_json(r.data) for r in data], has_more)
 
+    async def thread_workflow(self, thread_id: str, user: str) -> str | None:
+        """Which workflow a thread of ``user`` belongs to (None if it is not theirs).
+
+        For routes that name a thread but no workflow, so they can pick the right engine.
+        """
+        async with self._connect() as conn:
+            return await conn.scalar(
+                sa.select(threads.c.workflow).where(
+                    threads.c.id == thread_id, threads.c.user_id == user
+                )
+            )
+
     async def delete_thread(self, thread_id: str, context: Caller | str) -> None:
         async def work(conn: AsyncConnection) -> None:
             await self._check_thread(conn, thread_id, context)

@@ -433,3 +433,10 @@ async def test_postgresql_going_down_and_back_is_503_then_works(pg_url: str) -> 
         await proxy.restore()
         assert (await store.load_thread(t.id, ALICE)).id == t.id
         await store.close()
+
+
+async def test_a_threads_workflow_is_found_for_its_owner_only(store: SQLStore) -> None:
+    t = await new_thread(store, ALICE_SALES)
+    assert await store.thread_workflow(t.id, "alice") == "sales"
+    assert await store.thread_workflow(t.id, "bob") is None
+    assert await store.thread_workflow("thr_unknown", "alice") is None
