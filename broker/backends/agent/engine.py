@@ -153,7 +153,8 @@ class AgentServer(ChatKitServer[Caller]):
     """A ``ChatKitServer`` for one workflow's target; the context is the ``Caller``.
 
     ``openai_client`` carries the broker's key and base URL into every run (as the model
-    provider), so nothing depends on process-global Agents SDK defaults.
+    provider), so nothing depends on process-global Agents SDK defaults; None suits agents
+    whose model is a ``Model`` object (mock mode's canned one).
     """
 
     def __init__(
@@ -161,7 +162,7 @@ class AgentServer(ChatKitServer[Caller]):
         store: SQLStore,
         target: Target,
         *,
-        openai_client: AsyncOpenAI,
+        openai_client: AsyncOpenAI | None,
         tracing: bool = False,
         history_limit: int = 100,
     ) -> None:
