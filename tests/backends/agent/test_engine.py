@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import datetime
 from pathlib import Path
 
 import httpx
-from agents import Agent, GuardrailFunctionOutput, input_guardrail
+from agents import (
+    Agent,
+    GuardrailFunctionOutput,
+    RunContextWrapper,
+    StopAtTools,
+    function_tool,
+    input_guardrail,
+)
+from chatkit.actions import ActionConfig
+from chatkit.agents import AgentContext, ClientToolCall
+from chatkit.types import SDKHiddenContextItem
+from chatkit.widgets import Button, Card
 
 from broker.backends.agent.engine import GUARDRAIL_MESSAGE, AgentServer
 from broker.backends.agent.store import Caller, SQLStore
 from broker.backends.agent.targets import AgentTarget, load_target
 
-from ...support.fake_responses import FakeResponses, http_error, stream_error, text
+from ...support.fake_responses import FakeResponses, http_error, stream_error, text, tool_call
 from .harness import Chat, assistant_texts, done_text, serve, sse
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -239,3 +251,132 @@ async def test_a_client_that_hangs_up_gets_its_partial_reply_saved(
     texts = responses.requests[-1].texts()
     assert texts[:2] == ["Tell me a story", seen]
     assert "The user cancelled the stream" in texts[2] and texts[3] == "Never mind"
+
+
+async def test_retry_replaces_the_reply_and_drops_what_followed(
+    store, openai_client, responses
+) -> None:
+    responses.script(text("First answer."), text("Second answer."))
+    async with serve(agent_server(store, openai_client)) as url, httpx.AsyncClient() as http:
+        chat = Chat(http, url, "alice")
+        await chat.send("Question?")
+        user_id = (await chat.items())[0]["id"]
+        # A hidden note after the message (as a hang-up leaves) must not reach the retry.
+        await store.add_thread_item(
+            chat.thread_id,
+            SDKHiddenContextItem(
+                id="shcx_1",
+                thread_id=chat.thread_id,
+                created_at=datetime.now(),
+                content="The user cancelled the stream.",
+            ),
+            ALICE,
+        )
+        r = await chat.post("threads.retry_after_item", thread_id=chat.thread_id, item_id=user_id)
+        assert r.status_code == 200 and done_text(sse(r.text)) == "Second answer."
+        assert assistant_texts(await chat.items()) == ["Second answer."]
+    assert responses.requests[1].texts() == ["Question?"]
+
+
+async def test_a_client_tool_call_round_trips_through_the_browser(
+    store, openai_client, responses
+) -> None:
+    @function_tool
+    async def get_location(ctx: RunContextWrapper[AgentContext]) -> str:
+        """Ask the browser where the user is."""
+        ctx.context.client_tool_call = ClientToolCall(name="get_location", arguments={})
+        return "asked the browser"
+
+    agent = Agent(
+        name="geo",
+        model="gpt-test",
+        tools=[get_location],
+        tool_use_behavior=StopAtTools(stop_at_tool_names=["get_location"]),
+    )
+    responses.script(tool_call("get_location", {}), text("You are in Oslo."))
+    async with serve(agent_server(store, openai_client, agent)) as url, httpx.AsyncClient() as http:
+        chat = Chat(http, url, "alice")
+        events = await chat.send("Where am I?")
+        (call,) = [
+            e["item"]
+            for e in events
+            if e["type"] == "thread.item.done" and e["item"]["type"] == "client_tool_call"
+        ]
+        assert call["status"] == "pending" and call["name"] == "get_location"
+        r = await chat.post(
+            "threads.add_client_tool_output", thread_id=chat.thread_id, result={"city": "Oslo"}
+        )
+        assert r.status_code == 200 and done_text(sse(r.text)) == "You are in Oslo."
+        # Now nothing is pending: a second tool output is refused before any stream.
+        again = await chat.post(
+            "threads.add_client_tool_output", thread_id=chat.thread_id, result={}
+        )
+        assert again.status_code == 400
+    outputs = [i for i in responses.requests[1].input if i.get("type") == "function_call_output"]
+    assert outputs and "Oslo" in outputs[0]["output"]
+
+
+async def test_a_widget_action_reaches_the_agent_as_hidden_context(
+    store, openai_client, responses
+) -> None:
+    @function_tool
+    async def show_card(ctx: RunContextWrapper[AgentContext]) -> str:
+        """Show a card with a button."""
+        card = Card(
+            children=[
+                Button(
+                    label="Approve",
+                    onClickAction=ActionConfig(type="order.approve", payload={"order": 7}),
+                )
+            ]
+        )
+        await ctx.context.stream_widget(card)
+        return "card shown"
+
+    agent = Agent(
+        name="orders",
+        model="gpt-test",
+        tools=[show_card],
+        tool_use_behavior=StopAtTools(stop_at_tool_names=["show_card"]),
+    )
+    responses.script(tool_call("show_card", {}), text("Order 7 approved."))
+    async with serve(agent_server(store, openai_client, agent)) as url, httpx.AsyncClient() as http:
+        chat = Chat(http, url, "alice")
+        events = await chat.send("Show me order 7")
+        (widget,) = [
+            e["item"]
+            for e in events
+            if e["type"] == "thread.item.done" and e["item"]["type"] == "widget"
+        ]
+        action = {"type": "order.approve", "payload": {"order": 7}}
+        r = await chat.post(
+            "threads.custom_action", thread_id=chat.thread_id, item_id=widget["id"], action=action
+        )
+        assert r.status_code == 200 and done_text(sse(r.text)) == "Order 7 approved."
+        # The note is stored for the model but never shown.
+        assert [i["type"] for i in await chat.items()] == [
+            "user_message",
+            "widget",
+            "assistant_message",
+        ]
+    note = responses.requests[-1].texts()[-1]
+    assert "<HiddenContext>" in note and "order.approve" in note and '"order": 7' in note
+
+
+async def test_feedback_rename_and_delete_work_for_the_owner(
+    store, openai_client, responses
+) -> None:
+    async with serve(agent_server(store, openai_client)) as url, httpx.AsyncClient() as http:
+        chat = Chat(http, url, "alice")
+        await chat.send("hi")
+        reply = (await chat.items())[1]["id"]
+        r = await chat.post(
+            "items.feedback", thread_id=chat.thread_id, item_ids=[reply], kind="positive"
+        )
+        assert r.status_code == 200 and r.json() == {}
+        r = await chat.post("threads.update", thread_id=chat.thread_id, title="Renamed")
+        assert r.json()["title"] == "Renamed"
+        listed = (await chat.post("threads.list", limit=5)).json()["data"]
+        assert [t["title"] for t in listed] == ["Renamed"]
+        assert (await chat.post("threads.delete", thread_id=chat.thread_id)).status_code == 200
+        assert (await chat.post("threads.get_by_id", thread_id=chat.thread_id)).status_code == 404
