@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import pytest
 from agents import (
     Agent,
     GuardrailFunctionOutput,
@@ -16,7 +17,10 @@ from agents import (
     StopAtTools,
     function_tool,
     input_guardrail,
+    set_trace_processors,
+    set_tracing_disabled,
 )
+from agents.tracing import TracingProcessor
 from chatkit.actions import ActionConfig
 from chatkit.agents import AgentContext, ClientToolCall
 from chatkit.types import SDKHiddenContextItem
@@ -380,3 +384,38 @@ async def test_feedback_rename_and_delete_work_for_the_owner(
         assert [t["title"] for t in listed] == ["Renamed"]
         assert (await chat.post("threads.delete", thread_id=chat.thread_id)).status_code == 200
         assert (await chat.post("threads.get_by_id", thread_id=chat.thread_id)).status_code == 404
+
+
+class TraceCollector(TracingProcessor):
+    """Receives every trace the Agents SDK would export (instead of api.openai.com)."""
+
+    def __init__(self) -> None:
+        self.traces: list[str] = []
+
+    def on_trace_start(self, trace) -> None:
+        self.traces.append(trace.name)
+
+    def on_trace_end(self, trace) -> None: ...
+    def on_span_start(self, span) -> None: ...
+    def on_span_end(self, span) -> None: ...
+    def shutdown(self) -> None: ...
+    def force_flush(self) -> None: ...
+
+
+@pytest.mark.parametrize("tracing", [False, True])
+async def test_agents_sdk_tracing_is_off_unless_asked_for(
+    store, openai_client, responses, tracing: bool
+) -> None:
+    collector = TraceCollector()
+    set_trace_processors([collector])
+    try:
+        target = load_target("examples.agent.builder_export:run_workflow")
+        server = AgentServer(store, target, openai_client=openai_client, tracing=tracing)
+        responses.script(text('{"topic":"other"}'), text("ok"))
+        async with serve(server) as url, httpx.AsyncClient() as http:
+            assert done_text(await Chat(http, url, "alice").send("hi")) == "ok"
+    finally:
+        set_trace_processors([])
+        set_tracing_disabled(True)
+    # The export opens `with trace("Triage")` itself: only the process-wide switch stops it.
+    assert ("Triage" in collector.traces) is tracing
