@@ -111,6 +111,15 @@ def build_broker(
     keys = [secrets.token_urlsafe(32)] if settings.mock else list(settings.session_secrets)
     session_secrets = SessionSecrets(keys, registry) if keys else None
 
+    verifier = verifier or Verifier(settings.jwt, jwks)
+    gate = Gate(
+        verifier=verifier,
+        workflows=settings.workflows,
+        limits=limits,
+        secrets=session_secrets,
+        anonymous_user=MOCK_USER if settings.mock else None,
+        trust_unverified=settings.mock,
+    )
     by_kind: dict[str, Backend] = {}
     every: Backend | None = None
     if settings.mock:
@@ -126,16 +135,13 @@ def build_broker(
                 if backend is not None
                 else HostedBackend.from_settings(settings, http, observe=metrics.observe_upstream)
             )
+        if "agent" in kinds:
+            assert session_secrets is not None  # config requires BROKER_SESSION_SECRET
+            # imported here: chatkit, the Agents SDK and SQLAlchemy load only when needed
+            from .backends.agent.backend import AgentBackend
+
+            by_kind["agent"] = AgentBackend(settings, session_secrets, gate, limits)
     backends = Backends(by_kind, every=every, broker_sessions=session_secrets)
-    verifier = verifier or Verifier(settings.jwt, jwks)
-    gate = Gate(
-        verifier=verifier,
-        workflows=settings.workflows,
-        limits=limits,
-        secrets=session_secrets,
-        anonymous_user=MOCK_USER if settings.mock else None,
-        trust_unverified=settings.mock,
-    )
     readiness = [c.readiness for c in (jwks, store) if c is not None]
     for b in backends:
         readiness.extend(b.readiness())

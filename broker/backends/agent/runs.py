@@ -17,21 +17,10 @@ from typing import Any
 
 from chatkit.server import NonStreamingResult, StreamingResult
 
-from ...errors import BrokerError, InvalidRequest, PayloadTooLarge
+from ...errors import BackendError, InvalidRequest, PayloadTooLarge, RunTimeout
 from .engine import AgentServer, RunOutcome, current_outcome
 from .protocol import process
 from .store import MAX_PAGE_SIZE, Caller
-
-try:  # the lead's seam adds these to broker.errors; until then they live here
-    from ...errors import BackendError, RunTimeout  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the merge state
-
-    class BackendError(BrokerError):  # type: ignore[no-redef]
-        status, code = 502, "backend_error"
-
-    class RunTimeout(BrokerError):  # type: ignore[no-redef]
-        status, code = 504, "run_timeout"
-
 
 __all__ = [
     "MAX_INPUT_BYTES",

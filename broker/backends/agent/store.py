@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import sqlalchemy as sa
 from chatkit.store import NotFoundError, Store, StoreItemType
@@ -32,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from ...errors import StoreUnavailable
+from .options import DEFAULT_DATABASE_URL, MEMORY_URL, DatabaseURLError, resolve_database_url
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -49,8 +49,6 @@ log = logging.getLogger("broker.agent.store")
 
 #: Bump when the tables change, and add the step from the previous version to ``_MIGRATIONS``.
 SCHEMA_VERSION = 1
-DEFAULT_DATABASE_URL = "sqlite:///./chatkit-broker.sqlite3"
-MEMORY_URL = "sqlite+aiosqlite://"
 MAX_PAGE_SIZE = 100
 HIDDEN_TYPES = frozenset({"hidden_context_item", "sdk_hidden_context"})
 # 128 random bits, where chatkit's default ids carry 32 (uuid4().hex[:8]).
@@ -68,10 +66,6 @@ _PREFIXES: dict[str, str] = {
 _ITEM: TypeAdapter[ThreadItem] = TypeAdapter(ThreadItem)
 _ATTACHMENT: TypeAdapter[Attachment] = TypeAdapter(Attachment)
 _T = TypeVar("_T")
-
-
-class DatabaseURLError(ValueError):
-    """``BROKER_DATABASE_URL`` is not a database this store can use (a configuration error)."""
 
 
 class SchemaTooNew(RuntimeError):
@@ -107,46 +101,6 @@ def _scope(context: Caller | str) -> tuple[str, str]:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(ID_BYTES)}"
-
-
-def resolve_database_url(value: str | None, *, mock: bool = False) -> str:
-    """The SQLAlchemy async URL for ``BROKER_DATABASE_URL`` as people write it.
-
-    Unset means an in-memory database in mock mode and ``./chatkit-broker.sqlite3``
-    otherwise; ``memory`` asks for the in-memory one explicitly. ``sqlite:///path`` and
-    ``postgresql://…`` are mapped to the aiosqlite and asyncpg drivers.
-    """
-    raw = (value or "").strip()
-    if not raw:
-        return MEMORY_URL if mock else resolve_database_url(DEFAULT_DATABASE_URL)
-    if raw in {"memory", "memory://", "sqlite://", "sqlite:///:memory:", MEMORY_URL}:
-        return MEMORY_URL
-    scheme, sep, rest = raw.partition("://")
-    scheme = scheme.lower()
-    if not sep:
-        raise DatabaseURLError(
-            "BROKER_DATABASE_URL must look like sqlite:///path/to/file.sqlite3, "
-            "postgresql://user@host:5432/dbname or memory."
-        )
-    if scheme in {"sqlite", "sqlite+aiosqlite"}:
-        if rest in {"", "/:memory:"}:
-            return MEMORY_URL
-        if not rest.startswith("/") or rest == "/":
-            raise DatabaseURLError(
-                "BROKER_DATABASE_URL for SQLite needs three slashes and a path: "
-                "sqlite:///relative.sqlite3 or sqlite:////absolute/path.sqlite3."
-            )
-        return f"sqlite+aiosqlite://{rest}"
-    if scheme in {"postgres", "postgresql", "postgresql+asyncpg"}:
-        # asyncpg takes `ssl`, not libpq's `sslmode`; accept the libpq spelling people copy.
-        parts = urlsplit("x://" + rest)
-        query = [("ssl" if k == "sslmode" else k, v) for k, v in parse_qsl(parts.query)]
-        rest = rest.split("?", 1)[0] + (f"?{urlencode(query)}" if query else "")
-        return f"postgresql+asyncpg://{rest}"
-    raise DatabaseURLError(
-        f"BROKER_DATABASE_URL uses {scheme!r}; only sqlite:///…, postgresql://… and memory "
-        "are supported."
-    )
 
 
 def describe_url(url: str) -> str:

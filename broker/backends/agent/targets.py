@@ -93,14 +93,16 @@ def load_target(spec: str, *, base_dir: Path | None = None) -> Target:
     Raises ``TargetError`` naming the problem.
     """
     where, sep, attr = spec.rpartition(":")
-    if not sep or not where or not attr.isidentifier():
+    if not sep or not where or not all(part.isidentifier() for part in attr.split(".")):
         raise TargetError(
             spec, "expected 'package.module:attribute' or 'path/to/file.py:attribute'"
         )
     module = _import(spec, where, base_dir)
-    if not hasattr(module, attr):
-        raise TargetError(spec, f"module {module.__name__!r} has no attribute {attr!r}")
-    value = getattr(module, attr)
+    value: Any = module
+    for part in attr.split("."):
+        if not hasattr(value, part):
+            raise TargetError(spec, f"module {module.__name__!r} has no attribute {attr!r}")
+        value = getattr(value, part)
     if isinstance(value, Agent):
         return AgentTarget(spec, value)
     if inspect.iscoroutinefunction(value):

@@ -54,7 +54,22 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """``BROKER_DATABASE_URL`` as a person writes it: a SQLite file, or the session's PostgreSQL."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'threads.sqlite3'}"
-    return request.getfixturevalue("pg_url")
+    url = request.getfixturevalue("pg_url")
+    asyncio.run(_empty(url))  # one database per session: each test starts with no threads
+    return url
+
+
+async def _empty(url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url, timeout=3)
+    try:
+        await conn.execute(
+            "DO $$ BEGIN IF to_regclass('ckb_items') IS NOT NULL THEN "
+            "TRUNCATE ckb_threads, ckb_items, ckb_attachments; END IF; END $$"
+        )
+    finally:
+        await conn.close()
 
 
 @pytest.fixture
