@@ -1,0 +1,91 @@
+"""Agent workflows in real ``chatkit-broker serve`` processes: a conversation survives a
+restart on a SQLite file, and two brokers share one PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import jwt
+
+from ...conftest import API_KEY, SECRET, BrokerProcess
+from ...support.fake_responses import FakeResponses, text
+
+ROOT = Path(__file__).resolve().parents[3]
+SESSION_SECRET = "session-secret-that-is-at-least-32-bytes!"
+
+
+def token(sub: str) -> dict[str, str]:
+    now = int(time.time())
+    signed = jwt.encode({"sub": sub, "iat": now, "exp": now + 300}, SECRET, algorithm="HS256")
+    return {"Authorization": f"Bearer {signed}"}
+
+
+def env_for(responses: FakeResponses, database_url: str) -> dict[str, str]:
+    return {
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_BASE_URL": responses.base_url,
+        # a file path: serve runs in a temporary directory, where no package `examples` is
+        "BROKER_WORKFLOWS": f"support={ROOT}/examples/agent/support_agent.py:agent",
+        "BROKER_JWT_SECRET": SECRET,
+        "BROKER_SESSION_SECRET": SESSION_SECRET,
+        "BROKER_DATABASE_URL": database_url,
+        "BROKER_LOG_FORMAT": "json",
+    }
+
+
+def run(broker: BrokerProcess, user: str, message: str, thread_id: str | None = None) -> dict:
+    body = {"input": message} | ({"thread_id": thread_id} if thread_id else {})
+    r = httpx.post(
+        f"{broker.url}/api/workflows/support/runs", json=body, headers=token(user), timeout=30
+    )
+    assert r.status_code == 200, (r.text, broker.logs())
+    return r.json()
+
+
+def items(broker: BrokerProcess, user: str, thread_id: str) -> list[str]:
+    r = httpx.get(
+        f"{broker.url}/api/threads/{thread_id}/items?order=asc", headers=token(user), timeout=10
+    )
+    assert r.status_code == 200, r.text
+    return [
+        "".join(part["text"] for part in item["content"])
+        for item in r.json()["data"]
+        if item["type"] in ("user_message", "assistant_message")
+    ]
+
+
+def test_a_conversation_survives_a_restart_on_a_sqlite_file(
+    run_broker: Callable[..., BrokerProcess], responses: FakeResponses, tmp_path: Path
+) -> None:
+    env = env_for(responses, f"sqlite:///{tmp_path / 'threads.sqlite3'}")
+    responses.script(text("Before the restart."), text("After the restart."))
+    first = run_broker(env)
+    thread_id = run(first, "alice", "Remember me")["thread_id"]
+    first.stop()
+    assert "Application shutdown complete" in first.logs()  # the store closed cleanly
+    second = run_broker(env)
+    assert items(second, "alice", thread_id) == ["Remember me", "Before the restart."]
+    assert run(second, "alice", "Still there?", thread_id)["output"] == "After the restart."
+    assert responses.requests[-1].texts() == ["Remember me", "Before the restart.", "Still there?"]
+    assert (tmp_path / "threads.sqlite3").is_file()
+    r = httpx.get(f"{second.url}/api/threads/{thread_id}/items", headers=token("bob"), timeout=10)
+    assert r.status_code == 404
+
+
+def test_two_brokers_share_one_postgresql(
+    run_broker: Callable[..., BrokerProcess], responses: FakeResponses, pg_url: str
+) -> None:
+    env = env_for(responses, pg_url)
+    a, b = run_broker(env), run_broker(env)
+    responses.script(text("Answered by A."), text("Answered by B."))
+    thread_id = run(a, "carol", "Hello A")["thread_id"]
+    assert run(b, "carol", "Hello B", thread_id)["output"] == "Answered by B."
+    expected = ["Hello A", "Answered by A.", "Hello B", "Answered by B."]
+    assert items(a, "carol", thread_id) == items(b, "carol", thread_id) == expected
+    listed = httpx.get(f"{a.url}/api/threads?workflow=support", headers=token("carol"), timeout=10)
+    assert [t["id"] for t in listed.json()["data"]] == [thread_id]
+    ready = [httpx.get(f"{p.url}/readyz", timeout=5).status_code for p in (a, b)]
+    assert ready == [200, 200]
