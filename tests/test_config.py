@@ -360,10 +360,16 @@ def test_every_variable_the_code_reads_is_documented():
     import re
 
     root = Path(__file__).resolve().parent.parent
-    read = set(
-        re.findall(r'get\("([A-Z][A-Z0-9_]+)"\)', (root / "broker" / "config.py").read_text())
-    )
+    sources = ("config.py", "backends/agent/options.py")
+    read = {
+        name
+        for source in sources
+        for name in re.findall(
+            r'get\("([A-Z][A-Z0-9_]+)"\)', (root / "broker" / source).read_text()
+        )
+    }
     assert {"BROKER_SESSION_SECRET", "BROKER_WORKFLOWS", "OPENAI_API_KEY"} <= read
+    assert {"BROKER_DATABASE_URL", "BROKER_RUN_TIMEOUT"} <= read
     example = (root / ".env.example").read_text()
     readme = (root / "README.md").read_text()
     rows = "\n".join(line for line in readme.splitlines() if line.startswith("| `"))

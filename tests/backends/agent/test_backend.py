@@ -271,3 +271,13 @@ async def test_a_workflow_message_limit_applies_to_agent_messages(
     assert codes == [200, 200, 429]
     assert listing.status_code == 200  # reading is not a message
     assert json.loads(listing.text)["data"]
+
+
+async def test_the_served_openapi_document_describes_the_agent_routes(client) -> None:
+    from broker.openapi import documented_operations, routed_operations
+
+    routed = routed_operations(client.app.routes)
+    assert {("/api/workflows/{name}/runs", "POST"), ("/api/threads", "GET")} <= routed
+    assert routed <= documented_operations()
+    served = (await client.get("/openapi.json")).json()
+    assert {(p, m.upper()) for p, ops in served["paths"].items() for m in ops} == routed
