@@ -132,8 +132,17 @@ def build_broker(
     if settings.mock:
         if session_secrets is None:  # pragma: no cover - keys always exist in mock mode
             raise RuntimeError("mock mode needs session keys")
-        engine = mock_backend or MockChatKitBackend()
-        every = MockBackend(session_secrets, engine)
+        if mock_backend is not None:  # the in-memory mock server, injected (its own tests)
+            every = MockBackend(session_secrets, mock_backend)
+        else:
+            # mock mode runs on the agent engine with a canned model: same store, streaming,
+            # stop and retry as agent workflows, no OpenAI (threads in memory by default)
+            from .backends.agent.backend import MockAgentBackend
+            from .backends.agent.canned import mock_target
+
+            every = MockAgentBackend(
+                settings, session_secrets, gate, limits, mock_agent=mock_target()
+            )
     else:
         kinds = {wf.kind for wf in settings.workflows}
         if "hosted" in kinds or backend is not None:

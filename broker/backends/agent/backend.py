@@ -36,7 +36,7 @@ from .protocol import answer, parse_request
 from .store import Caller, SchemaTooNew, SQLStore
 from .targets import Target, TargetError, load_target
 
-__all__ = ["AgentBackend", "load_targets"]
+__all__ = ["AgentBackend", "MockAgentBackend", "load_targets"]
 
 log = logging.getLogger("broker.agent")
 
@@ -264,3 +264,9 @@ async def _json_object(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return data
+
+
+class MockAgentBackend(AgentBackend):
+    """Mock mode: every workflow, whatever its kind, runs the canned mock agent."""
+
+    kind: ClassVar[str] = "mock"

@@ -24,9 +24,10 @@ from chatkit.errors import CustomStreamError
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from ..._mock_chatkit import echo_reply, long_reply, slow_reply, split_deltas, widget_card
+from ..mock.chatkit_server import echo_reply, long_reply, slow_reply, split_deltas, widget_card
+from .targets import AgentTarget
 
-__all__ = ["CannedModel", "mock_agent"]
+__all__ = ["CannedModel", "mock_agent", "mock_target"]
 
 WIDGET_TOOL = "show_mock_widget"
 ERROR_MESSAGE = "[mock] /error ended this stream with an error event on purpose."
@@ -229,6 +230,11 @@ async def show_mock_widget(ctx: RunContextWrapper[AgentContext[Any]], text: str)
         copy_text=f"[mock] widget card for: /widget {text}".strip(),
     )
     return "The widget card is shown."
+
+
+def mock_target(*, step: float = 0.02, slow_step: float = 0.5) -> AgentTarget:
+    """Mock mode's target for every workflow."""
+    return AgentTarget("mock", mock_agent(step=step, slow_step=slow_step))
 
 
 def mock_agent(*, step: float = 0.02, slow_step: float = 0.5) -> Agent[Any]:

@@ -84,6 +84,11 @@ async def check_request(
     whether an attachment store is configured; without one, uploads are refused up front.
     """
     params: Any = request.params
+    if isinstance(request, ThreadsSyncCustomActionReq):
+        raise InvalidRequest(
+            "This workflow answers widget actions as a stream (threads.custom_action), "
+            "not synchronously (threads.sync_custom_action)."
+        )
     if isinstance(request, AttachmentsCreateReq | InputTranscribeReq) and not uploads:
         what = "file uploads" if isinstance(request, AttachmentsCreateReq) else "dictation"
         raise InvalidRequest(f"This workflow does not accept {what} ({request.type}).")
