@@ -3,6 +3,7 @@ restart on a SQLite file, and two brokers share one PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -89,3 +90,38 @@ def test_two_brokers_share_one_postgresql(
     assert [t["id"] for t in listed.json()["data"]] == [thread_id]
     ready = [httpx.get(f"{p.url}/readyz", timeout=5).status_code for p in (a, b)]
     assert ready == [200, 200]
+
+
+def test_stop_in_the_browser_keeps_the_partial_reply_in_a_real_broker(
+    run_broker: Callable[..., BrokerProcess], responses: FakeResponses, tmp_path: Path
+) -> None:
+    broker = run_broker(env_for(responses, f"sqlite:///{tmp_path / 'threads.sqlite3'}"))
+    responses.script(text("A long answer that the user stops halfway", chunks=8, hang_after=3))
+    message = {
+        "content": [{"type": "input_text", "text": "Go on"}],
+        "attachments": [],
+        "inference_options": {},
+    }
+    body = {"type": "threads.create", "params": {"input": message}}
+    seen, deltas, thread_id = "", 0, None
+    with (
+        httpx.Client(timeout=30) as http,
+        http.stream("POST", f"{broker.url}/chatkit/support", json=body, headers=token("dave")) as r,
+    ):
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            thread_id = thread_id or event.get("thread", {}).get("id")
+            if event.get("update", {}).get("type") == "assistant_message.content_part.text_delta":
+                seen += event["update"]["delta"]
+                deltas += 1
+            if deltas == 3:
+                break  # the Stop button: the browser closes the stream
+    for _ in range(100):
+        saved = items(broker, "dave", thread_id)
+        if len(saved) == 2:
+            break
+        time.sleep(0.05)
+    assert saved == ["Go on", seen]
