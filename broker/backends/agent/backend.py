@@ -28,7 +28,7 @@ from ...config import ConfigError, Settings, Workflow
 from ...errors import InvalidRequest, NotFound, StoreUnavailable
 from ...gate import Gate
 from ...ratelimit import RateLimits
-from ..base import Admission, Backend, SessionMaker
+from ..base import Admission, Backend, Check, SessionMaker
 from . import runs
 from .engine import AgentServer
 from .options import AgentOptions
@@ -136,7 +136,7 @@ class AgentBackend(Backend):
                 self._started = True
                 log.info("agent threads in %s", self.store.where)
 
-    def readiness(self) -> Sequence[Any]:
+    def readiness(self) -> Sequence[Check]:
         async def store_ready() -> str | None:
             try:
                 await self._ensure_started()

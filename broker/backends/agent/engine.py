@@ -12,6 +12,7 @@ partial reply saved.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -422,8 +423,6 @@ def _jsonable(value: Any) -> Any:
     """A final output as JSON data: pydantic models and dataclasses dumped, others as they are."""
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
-    if hasattr(value, "__dataclass_fields__"):
-        import dataclasses
-
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return value

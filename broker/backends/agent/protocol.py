@@ -84,11 +84,6 @@ async def check_request(
     whether an attachment store is configured; without one, uploads are refused up front.
     """
     params: Any = request.params
-    if isinstance(request, ThreadsSyncCustomActionReq):
-        raise InvalidRequest(
-            "This workflow answers widget actions as a stream (threads.custom_action), "
-            "not synchronously (threads.sync_custom_action)."
-        )
     if isinstance(request, AttachmentsCreateReq | InputTranscribeReq) and not uploads:
         what = "file uploads" if isinstance(request, AttachmentsCreateReq) else "dictation"
         raise InvalidRequest(f"This workflow does not accept {what} ({request.type}).")
@@ -108,10 +103,16 @@ async def check_request(
     except NotFoundError as exc:
         raise NotFound(f"{_shown(str(exc))}.") from None
 
+    # after the ownership checks: a foreign thread is a 404 whatever the request
+    if isinstance(request, ThreadsSyncCustomActionReq):
+        raise InvalidRequest(
+            "This workflow answers widget actions as a stream (threads.custom_action), "
+            "not synchronously (threads.sync_custom_action)."
+        )
     if isinstance(request, ThreadsRetryAfterItemReq) and not isinstance(loaded[0], UserMessageItem):
         raise InvalidRequest("threads.retry_after_item must name a user message (params.item_id).")
     if (
-        isinstance(request, ThreadsCustomActionReq | ThreadsSyncCustomActionReq)
+        isinstance(request, ThreadsCustomActionReq)
         and loaded
         and not isinstance(loaded[0], WidgetItem)
     ):

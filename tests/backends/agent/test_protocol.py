@@ -139,6 +139,11 @@ async def test_ids_of_the_wrong_kind_are_400_before_the_stream(alice_thread) -> 
             "file uploads",
         ),
         ("input.transcribe", {"audio_base64": "AA==", "mime_type": "audio/webm"}, "dictation"),
+        (
+            "threads.sync_custom_action",
+            {"thread_id": chat.thread_id, "action": {"type": "x"}},
+            "not synchronously",
+        ),
     ]
     for type_, params, words in cases:
         r = await chat.post(type_, **params)
