@@ -19,8 +19,8 @@ from aiohttp import web
 
 from broker.config import Settings
 
-from .conftest import SECRET, WF_SALES, WF_SUPPORT, app_client, auth
-from .jwt_kit import (
+from .support import SECRET, WF_SALES, WF_SUPPORT, app_client, auth
+from .support.jwt_kit import (
     EC_KEY,
     FIXED_EXP,
     RSA_KEY,

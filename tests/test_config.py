@@ -16,7 +16,7 @@ from broker.config import (
     read_environment,
 )
 
-from .conftest import API_KEY, SECRET, WF_SALES, WF_SUPPORT
+from .support import API_KEY, SECRET, WF_SALES, WF_SUPPORT
 
 
 def problems_of(env: dict[str, str]) -> list[str]:

@@ -14,8 +14,8 @@ from openapi_spec_validator import validate
 from broker import errors
 from broker.openapi import ERROR_CODES, documented_operations, openapi_document, routed_operations
 
-from .conftest import WF_SUPPORT, app_client, auth
-from .contract import check_response
+from .support import WF_SUPPORT, app_client, auth
+from .support.contract import check_response
 
 
 @pytest.mark.parametrize("mock", [False, True], ids=["live", "mock"])

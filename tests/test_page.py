@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ROOT, WF_SALES, BrokerProcess, need
+from .support import ROOT, WF_SALES, BrokerProcess, need
 
 try:
     from playwright.sync_api import (

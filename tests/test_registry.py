@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from broker.registry import MemoryRegistry, RedisRegistry
 from broker.store import RedisStore
 
-from .conftest import app_client, auth
+from .support import app_client, auth
 
 MINT = "/api/chatkit/session"
 CANCEL = "/api/chatkit/session/cancel"
