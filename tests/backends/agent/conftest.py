@@ -14,7 +14,7 @@ from openai import AsyncOpenAI
 
 from broker.backends.agent.store import SQLStore, attachments, items, resolve_database_url, threads
 
-from ...conftest import need
+from ...support import need
 from ...support.fake_responses import FakeResponses, FakeResponsesServer
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

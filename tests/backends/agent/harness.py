@@ -25,7 +25,7 @@ from broker.backends.agent.protocol import answer
 from broker.backends.agent.store import Caller
 from broker.errors import BrokerError, error_body
 
-from ...conftest import free_port
+from ...support import free_port
 
 STREAM_EVENTS: TypeAdapter[ThreadStreamEvent] = TypeAdapter(ThreadStreamEvent)
 

@@ -14,7 +14,7 @@ from pydantic import TypeAdapter
 
 from broker.config import ConfigError, Settings, load_settings
 
-from ...conftest import API_KEY, WF_SUPPORT, app_client, auth
+from ...support import API_KEY, WF_SUPPORT, app_client, auth
 from ...support.fake_responses import FakeResponses, http_error, text
 from .harness import done_text, sse
 

@@ -11,7 +11,7 @@ import httpx
 from broker.backends.agent.backend import MockAgentBackend
 from broker.config import load_settings
 
-from ...conftest import app_client
+from ...support import app_client
 from .harness import done_text, sse
 
 MOCK = {"BROKER_MOCK": "1", "BROKER_LOG_FORMAT": "json"}

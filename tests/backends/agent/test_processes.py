@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import jwt
 
-from ...conftest import API_KEY, SECRET, BrokerProcess
+from ...support import API_KEY, SECRET, BrokerProcess
 from ...support.fake_responses import FakeResponses, text
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -35,7 +35,7 @@ from broker.backends.agent.store import (
 )
 from broker.errors import StoreUnavailable
 
-from ...conftest import free_port
+from ...support import free_port
 from .tcp_proxy import TcpProxy
 
 ALICE = Caller("alice", "support")
