@@ -125,3 +125,28 @@ def test_stop_in_the_browser_keeps_the_partial_reply_in_a_real_broker(
             break
         time.sleep(0.05)
     assert saved == ["Go on", seen]
+
+
+def test_a_database_from_a_newer_broker_stops_the_start(
+    run_broker: Callable[..., BrokerProcess], responses: FakeResponses, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from broker.backends.agent.store import SQLStore, resolve_database_url, schema_table
+
+    url = f"sqlite:///{tmp_path / 'threads.sqlite3'}"
+
+    async def age() -> None:
+        store = SQLStore(resolve_database_url(url))
+        await store.start()
+        async with store._engine.begin() as conn:
+            await conn.execute(schema_table.update().values(version=99))
+        await store.close()
+
+    asyncio.run(age())
+    broker = run_broker(env_for(responses, url), ready=False)
+    assert broker.proc.wait(30) != 0
+    assert (
+        "has schema version 99, but this chatkit-broker understands versions up to 1"
+        in broker.logs()
+    )
