@@ -66,4 +66,5 @@ class DoctorContext:
         found |= {(self.dotenv.get(v) or "").strip() for v in API_KEY_VARIABLES}
         if self.settings is not None:
             found.add(self.settings.jwt.secret or "")
+            found |= set(self.settings.session_secrets)
         return found - {""}

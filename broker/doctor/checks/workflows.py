@@ -53,8 +53,7 @@ async def check(ctx: DoctorContext, key: KeyFacts, works: KeyWorks) -> Check:
             Status.SKIP,
             "skipped: mock mode makes no OpenAI calls (run doctor without BROKER_MOCK)",
         )
-    minted = [wf for wf in s.workflows if wf.kind in MINTED_KINDS]
-    if minted and not works.passed:
+    if any(wf.kind in MINTED_KINDS for wf in s.workflows) and not works.passed:
         return check.set(Status.SKIP, "skipped: check 3 (key and project) did not pass")
 
     rows: list[tuple[Workflow, Check, Minted]] = []
