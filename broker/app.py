@@ -30,6 +30,7 @@ from .config import ConfigError, Settings, load_settings, read_environment
 from .cors import cors_middleware
 from .errors import BrokerError, error_body, from_http_status
 from .jwks import JWKSCache
+from .kit import kit_headers
 from .metrics import Metrics, MetricsMiddleware, count_mints, metrics_endpoint
 from .middleware import BodyLimit, MockGuard, RequestContext
 from .mock import MockSessions
@@ -202,7 +203,8 @@ class _TestPage:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *self.headers]}
+                extra = [*self.headers, *kit_headers(scope)]
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
