@@ -18,6 +18,8 @@
 export const KIT_VERSION = "0.1.0";
 
 const MINT_PATH = "/api/chatkit/session";
+// 5xx answers that name a configuration problem: retrying cannot help, so they are final.
+const FINAL_CODES = new Set(["upstream_auth_failed", "upstream_workflow_not_found", "backend_rejected_identity"]);
 const CANCEL_PATH = "/api/chatkit/session/cancel";
 
 /** The `chatkit.*` DOM events of `<openai-chatkit>` (types of @openai/chatkit 1.9.0). */
@@ -103,7 +105,7 @@ export const CHATKIT_EVENTS = Object.freeze([
  * @typedef {object} ChatKitConnection
  * @property {ChatKitApi} api the `api` object handed to ChatKit
  * @property {KitEvents} events every mint, refresh, error and chatkit.* event (`entries`, and an "event" DOM event for each new one)
- * @property {() => Promise<number>} signOut cancels all of the user's broker sessions; resolves to how many
+ * @property {() => Promise<string[]>} signOut cancels all of the user's broker sessions; resolves to their ids
  * @property {() => void} disconnect stops listening to the element and refuses further secrets
  */
 
@@ -131,6 +133,7 @@ export class BrokerError extends Error {
 
   /** Whether trying again later may succeed: no answer at all, a 5xx, or a 429. */
   get transient() {
+    if (FINAL_CODES.has(this.code)) return false;
     return this.code === "network_error" || this.status === 429 || this.status >= 500;
   }
 }
@@ -254,6 +257,12 @@ function aborted() {
   });
 }
 
+function signedOut() {
+  return new BrokerError("Signed out: this ChatKit connection hands out no more secrets.", {
+    code: "signed_out",
+  });
+}
+
 /** @param {unknown} value @returns {value is MintAnswer} */
 function isMintAnswer(value) {
   if (!value || typeof value !== "object") return false;
@@ -311,6 +320,7 @@ class BrokerSession {
     /** @type {Promise<MintAnswer> | null} */
     this.minting = null;
     this.closed = false;
+    this.signedOut = false;
   }
 
   /** @param {Omit<KitEvent, "at">} event */
@@ -319,6 +329,7 @@ class BrokerSession {
   }
 
   check() {
+    if (this.signedOut) throw signedOut();
     if (this.signal?.aborted || this.closed) throw aborted();
   }
 
@@ -349,11 +360,12 @@ class BrokerSession {
   }
 
   /**
-   * One JSON request to the broker. Resolves to the parsed body; rejects with BrokerError.
+   * One JSON request to the broker. Resolves to the parsed body and the request id; rejects
+   * with BrokerError.
    * @param {string} path
    * @param {unknown} body
    * @param {string | null} token
-   * @returns {Promise<unknown>}
+   * @returns {Promise<{data: unknown, requestId: string | null}>}
    */
   async post(path, body, token) {
     const url = join(this.broker, path);
@@ -391,7 +403,7 @@ class BrokerSession {
     }
     if (!res.ok) throw await errorFromResponse(res, what, text);
     try {
-      return JSON.parse(text);
+      return { data: JSON.parse(text), requestId: res.headers.get("X-Request-ID") };
     } catch {
       throw await errorFromResponse(res, what, text);
     }
@@ -414,7 +426,7 @@ class BrokerSession {
       } catch (err) {
         const e =
           err instanceof BrokerError ? err : new BrokerError(String(err), { code: "error", cause: err });
-        if (e.code === "aborted") throw e;
+        if (e.code === "aborted" || e.code === "signed_out") throw e;
         if (e.status === 401 && this.getToken && !askedAgain) {
           askedAgain = true;
           this.emit({ type: "token", reason: "the broker refused the token (401)", error: e });
@@ -458,12 +470,12 @@ class BrokerSession {
     try {
       this.check();
       const answer = await this.withRetries(async (token) => {
-        const data = await this.post(MINT_PATH, body, token);
+        const { data, requestId } = await this.post(MINT_PATH, body, token);
         if (!isMintAnswer(data)) {
           throw new BrokerError(
             `The broker's answer to POST ${MINT_PATH} is not a session (no client_secret, ` +
               "expires_at and session_id): is `broker` pointing at a chatkit-broker?",
-            { status: 200, code: "bad_response" },
+            { status: 200, code: "bad_response", requestId },
           );
         }
         return data;
@@ -483,7 +495,7 @@ class BrokerSession {
       return answer;
     } catch (err) {
       const e = err instanceof BrokerError ? err : new BrokerError(String(err), { cause: err });
-      if (e.code !== "aborted") this.emit({ type: "error", reason, error: e });
+      if (e.code !== "aborted" && e.code !== "signed_out") this.emit({ type: "error", reason, error: e });
       throw e;
     }
   }
@@ -505,20 +517,23 @@ class BrokerSession {
     return /** @type {MintAnswer} */ (this.answer);
   }
 
-  /** Cancels every broker session of the user (all workflows); resolves to how many. */
+  /**
+   * Cancels every broker session of the user (all workflows); resolves to their ids.
+   * @returns {Promise<string[]>}
+   */
   async signOut() {
     try {
-      const data = await this.withRetries((token) => this.post(CANCEL_PATH, { all: true }, token));
-      const cancelled = data && typeof data === "object" && "cancelled" in data ? Number(data.cancelled) : 0;
-      this.emit({ type: "signout", cancelled });
+      const { data } = await this.withRetries((token) => this.post(CANCEL_PATH, { all: true }, token));
+      const list = data && typeof data === "object" && "cancelled" in data ? data.cancelled : null;
+      const cancelled = Array.isArray(list) ? list.filter((id) => typeof id === "string") : [];
+      this.emit({ type: "signout", cancelled: cancelled.length });
       return cancelled;
     } catch (err) {
       const e = err instanceof BrokerError ? err : new BrokerError(String(err), { cause: err });
       this.emit({ type: "error", reason: "sign-out", error: e });
       throw e;
     } finally {
-      this.closed = true;
-      this.answer = null;
+      this.signedOut = true;
     }
   }
 }
@@ -538,6 +553,7 @@ function hostedApi(session) {
   let unused = session.answer?.client_secret ?? null;
   return {
     getClientSecret: async (currentClientSecret) => {
+      session.check();
       if (currentClientSecret === null && unused !== null && !session.expiring()) {
         const secret = unused; // the prefetched one: ChatKit's mount does not wait on the broker
         unused = null;
@@ -649,9 +665,9 @@ export function describeApi(api) {
 
 /**
  * Cancels all of the user's broker sessions (sign-out) for an `api` made by createChatKitApi;
- * afterwards that api refuses to hand out secrets. Resolves to how many sessions were cancelled.
+ * afterwards that api refuses to hand out secrets. Resolves to the cancelled sessions' ids.
  * @param {object} api
- * @returns {Promise<number>}
+ * @returns {Promise<string[]>}
  */
 export function signOut(api) {
   const session = SESSIONS.get(api);
@@ -726,7 +742,7 @@ export async function connectChatKit(element, options) {
   return {
     api,
     events,
-    signOut: () => (session ? session.signOut() : Promise.resolve(0)),
+    signOut: () => (session ? session.signOut() : Promise.resolve([])),
     disconnect: () => {
       for (const name of CHATKIT_EVENTS) element.removeEventListener(name, forward);
       if (session) session.closed = true;

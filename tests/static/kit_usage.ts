@@ -36,7 +36,7 @@ export async function custom(el: OpenAIChatKit): Promise<void> {
   await signOut(api);
 }
 
-export async function connected(el: OpenAIChatKit): Promise<number> {
+export async function connected(el: OpenAIChatKit): Promise<string[]> {
   const chat = await connectChatKit(el, { workflow: "support", getToken: () => "t", locale: "en" });
   const api: ChatKitOptions["api"] = chat.api;
   chat.events.subscribe((event) => {
