@@ -723,7 +723,6 @@ function renderConsole() {
       ),
     );
     if (t.progress) items.push(h("li", { class: "turn progress", text: t.progress }));
-    if (t.error) items.push(h("li", { class: "turn backend-error", data: { role: "error" }, text: `backend error: ${t.error.message}` }));
     if (!items.length) items.push(h("li", { class: "hint", text: "Send a message to start a thread (threads.create)." }));
     const list = $("console-transcript");
     list.replaceChildren(...items);

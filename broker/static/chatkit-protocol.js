@@ -112,6 +112,7 @@ export function applyEvent(t, event) {
       break;
     case "error":
       t.progress = null;
+      for (const m of t.messages) m.done = true; // the reply ends here
       t.error = { message: event.message || `the backend reported an error (${event.code})`, allowRetry: Boolean(event.allow_retry) };
       break;
     default:
