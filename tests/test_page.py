@@ -369,7 +369,9 @@ def test_protocol_console_chats_with_the_mock_backend_when_chatkit_is_blocked(ta
     expect(page.locator("#console-error-reason")).to_have_text(
         "[mock] /error ended this stream with an error event on purpose."
     )
-    expect(page.locator("#console-transcript .turn.assistant")).to_have_attribute("data-done", "true")
+    expect(page.locator("#console-transcript .turn.assistant")).to_have_attribute(
+        "data-done", "true"
+    )
     tab.shot("console-backend-error")
     page.click("#console-retry")
     expect(sse_log(page).last).to_have_text("threads.retry_after_item ← error")
