@@ -222,6 +222,10 @@ export async function errorFromResponse(res, what, text) {
       retryAfterMs,
     });
   }
+  if (typeof error === "string" && error) {
+    // not the broker's shape, but words someone meant for a person (e.g. a starter-app server)
+    return new BrokerError(error.slice(0, 300), { status: res.status, code: `http_${res.status}`, requestId: headerId, retryAfterMs });
+  }
   const type = (res.headers.get("Content-Type") || "no content type").split(";")[0];
   return new BrokerError(
     `${what} answered HTTP ${res.status} with ${type}, not the broker's JSON: ` +
@@ -742,7 +746,7 @@ export async function connectChatKit(element, options) {
   return {
     api,
     events,
-    signOut: () => (session ? session.signOut() : Promise.resolve([])),
+    signOut: () => signOut(api),
     disconnect: () => {
       for (const name of CHATKIT_EVENTS) element.removeEventListener(name, forward);
       if (session) session.closed = true;

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ..browser import Tab, browser, tab
-from ..conftest import ROOT
+from ..conftest import ROOT, need
 
 __all__ = ["browser", "tab"]  # fixtures
 
@@ -618,8 +618,29 @@ def test_aborting_stops_a_mint_in_back_off(kit):
 # ------------------------------------------------------------------------- the protocol client
 
 
+def chatkit_types() -> Any:
+    """chatkit-python's own models (the mock extra), to hold the fixtures to the real wire format."""
+    try:
+        from pydantic import TypeAdapter
+
+        # chatkit.types, imported the way the mock backend does (its deprecation noise muted)
+        from broker._mock_chatkit import ChatKitReq, ThreadStreamEvent
+    except ImportError:
+        need(False, "openai-chatkit is not installed (pip install '.[mock]')")
+    return TypeAdapter(ThreadStreamEvent), TypeAdapter(ChatKitReq)
+
+
 def sse(*events: dict[str, Any]) -> str:
+    """A server-sent-event body; every event must parse as chatkit's ThreadStreamEvent."""
+    stream_event, _ = chatkit_types()
+    for event in events:
+        stream_event.validate_python(event)
     return "".join(f"data: {json.dumps(e)}\n\n" for e in events)
+
+
+def assert_chatkit_request(body: Any) -> None:
+    _, request = chatkit_types()
+    request.validate_python(body)
 
 
 ITEM = {
@@ -686,6 +707,7 @@ def test_protocol_stream_closed_mid_reply_is_one_error_with_the_request_id(kit):
         {"id": "msg_1", "role": "assistant", "text": "Hel", "done": True}
     ]
     [seen] = fake.requests("/chatkit/demo")
+    assert_chatkit_request(seen.body)
     assert seen.body == {
         "type": "threads.create",
         "params": {
@@ -745,3 +767,98 @@ def test_protocol_error_answer_is_a_broker_error(kit):
         "message": "The ChatKit server answered 500.",
         "requestId": "req_be",
     }
+
+
+def test_protocol_events_split_anywhere_parse_the_same(kit):
+    """Chunks cut mid-line, CRLF line ends, comments and multi-line data (the SSE rules)."""
+    tab, _ = kit
+    added = {"type": "thread.item.added", "item": ITEM | {"content": []}}
+    delta = {
+        "type": "thread.item.updated",
+        "item_id": "msg_1",
+        "update": {
+            "type": "assistant_message.content_part.text_delta",
+            "content_index": 0,
+            "delta": "a\nb",
+        },
+    }
+    done = {
+        "type": "thread.item.done",
+        "item": ITEM | {"content": [{"type": "output_text", "text": "a\nb", "annotations": []}]},
+    }
+    body = sse(added, delta, done)
+    body = ": keep-alive\r\n\r\n" + body.replace("\n\n", "\r\n\r\n", 1)
+    # the last event's JSON split over two data lines, which SSE joins with a newline
+    last = json.dumps(done)
+    cut = last.index(", ") + 1  # between two JSON tokens, where the joining newline is harmless
+    body = body.replace(f"data: {last}", f"data: {last[:cut]}\ndata: {last[cut:]}")
+    result = run(
+        tab,
+        f"""
+        const {{readEvents}} = await import("/chatkit-protocol.js");
+        const text = {json.dumps(body)};
+        const bytes = new TextEncoder().encode(text);
+        const results = [];
+        for (const size of [1, 3, 7, 64, bytes.length]) {{
+          const stream = new ReadableStream({{start(c) {{
+            for (let i = 0; i < bytes.length; i += size) c.enqueue(bytes.slice(i, i + size));
+            c.close();
+          }}}});
+          const seen = [];
+          for await (const e of readEvents(new Response(stream), "test")) seen.push(e.type === "thread.item.updated" ? e.update.delta : e.type);
+          results.push(seen);
+        }}
+        return results;
+        """,
+    )
+    assert all(r == result[0] for r in result), result
+    assert result[0] == ["thread.item.added", "a\nb", "thread.item.done"]
+
+
+def test_protocol_stream_that_errors_mid_body_is_interrupted(kit):
+    tab, _ = kit
+    first = sse({"type": "thread.item.added", "item": ITEM | {"content": []}})
+    result = run(
+        tab,
+        f"""
+        const {{readEvents}} = await import("/chatkit-protocol.js");
+        const stream = new ReadableStream({{start(c) {{
+          c.enqueue(new TextEncoder().encode({json.dumps(first)} + "data: {{\\"type\\": \\"thr"));
+          setTimeout(() => c.error(new TypeError("network error")), 20);
+        }}}});
+        const res = new Response(stream, {{headers: {{"X-Request-ID": "req_reset"}}}});
+        const seen = [];
+        try {{ for await (const e of readEvents(res, "threads.create")) seen.push(e.type); return "resolved"; }}
+        catch (e) {{ return {{error: asData(e), seen}}; }}
+        """,
+    )
+    assert result["seen"] == ["thread.item.added"]
+    assert result["error"]["code"] == "stream_interrupted"
+    assert result["error"]["requestId"] == "req_reset"
+    assert (
+        result["error"]["message"]
+        == "The backend's stream for threads.create broke off after 1 events."
+    )
+
+
+def test_a_prefetched_hosted_secret_that_expired_is_not_handed_over(kit):
+    tab, fake = kit
+    fake.script("/api/chatkit/session", lambda: mint_answer(1, ttl=1), lambda: mint_answer(2))
+    result = run(
+        tab,
+        "const api = await kit.createChatKitApi({workflow: 'demo', getToken});"
+        " await new Promise((r) => setTimeout(r, 1300)); return api.getClientSecret(null);",
+    )
+    assert result == "ek_secret2"
+    assert fake.requests("/api/chatkit/session")[1].body["previous_session_id"] == "cksess_1"
+
+
+def test_an_error_that_is_only_a_string_keeps_its_words(kit):
+    tab, fake = kit
+    fake.script("/api/chatkit/session", {"status": 400, "json": {"error": "Missing workflow id"}})
+    result = run(
+        tab,
+        "try { await kit.createChatKitApi({workflow: 'demo', getToken}); } catch (e) { return asData(e); }",
+    )
+    assert result["message"] == "Missing workflow id"
+    assert result["code"] == "http_400"
