@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Callable
 
 import pytest
@@ -438,3 +439,51 @@ def test_page_has_no_inline_script_or_style():
         assert "innerHTML" not in js and 'setAttribute("style"' not in js, path.name
         assert "insertAdjacentHTML" not in js and "document.write" not in js, path.name
         assert "__chatkitBroker" not in js, f"{path.name} has a test hook"
+
+
+# ------------------------------------------------------------------------- every kind
+
+
+@pytest.mark.parametrize("kind", ["hosted", "gateway", "agent", "mock"])
+def test_the_page_connects_every_backend_kind_through_the_kit(tab: Tab, mock, kind):
+    """The mint answer alone decides the mode (SPEC: ``backend`` null for hosted, else
+    ``{url, domain_key}``); the page shows the kind and URL and hands ChatKit what the kit built."""
+    page = tab.page
+    page.route(CHATKIT_JS, serve_stand_in)
+    custom = kind != "hosted"
+    secret = f"cks_{kind}_secret" if custom else "ek_hosted_secret"
+    answer = {
+        "client_secret": secret,
+        "expires_at": int(time.time()) + 600,
+        "session_id": f"cksess_{kind}",
+        "workflow": {"name": "post-writer", "kind": kind, "id": None if custom else "wf_x"},
+        "backend": {"url": "/chatkit/post-writer", "domain_key": "local-dev"} if custom else None,
+        "mock": kind == "mock",
+    }
+    page.route("**/api/chatkit/session", lambda route: route.fulfill(json=answer))
+    backend_auth: list[str] = []
+
+    def backend(route: Route) -> None:
+        backend_auth.append(route.request.headers.get("authorization", ""))
+        route.fulfill(json={"data": [], "has_more": False})
+
+    page.route("**/chatkit/post-writer", backend)
+    page.goto(mock.url + "/")
+    page.click("button[data-workflow=post-writer]")
+    expect(status(page)).to_have_attribute("data-state", "ready")
+    expect(page.locator("#backend dd[data-field=kind]")).to_have_text(kind)
+    expect(page.locator("#backend dd[data-field=url]")).to_have_text(
+        "/chatkit/post-writer" if custom else "OpenAI (hosted; ChatKit talks to api.openai.com)"
+    )
+    [options] = tab.stand_in()["setOptions"]
+    if custom:
+        assert options["apiKeys"] == ["domainKey", "fetch", "url"]
+        assert options["url"] == "/chatkit/post-writer"
+        assert options["domainKey"] == "local-dev"
+        assert backend_auth == [f"Bearer {secret}"]
+    else:
+        assert options["apiKeys"] == ["getClientSecret"]
+        assert tab.stand_in()["secrets"] == [secret]
+        assert backend_auth == []
+    assert secret not in page.locator("#log").inner_text()
+    tab.shot(f"kind-{kind}")

@@ -267,8 +267,9 @@ function onKitEvent(e, generation) {
     case "mint":
     case "refresh": {
       const where = e.backendUrl ? `${e.kind} backend ${displayPath(e.backendUrl)}` : `${e.kind}`;
-      const verb = e.type === "mint" ? "secret minted" : `secret renewed (${e.reason}; previous ${e.previousSessionId})`;
-      log("kit", `${verb} for ${e.workflow}: session ${e.sessionId}, expires in ${ttl(e.expiresAt ?? 0)} s, ${where}`);
+      const expires = `expires in ${ttl(e.expiresAt ?? 0)} s`;
+      if (e.type === "mint") log("kit", `secret minted for ${e.workflow}: session ${e.sessionId}, ${expires}, ${where}`);
+      else log("kit", `secret renewed for ${e.workflow} (${e.reason}): session ${e.sessionId} replaces ${e.previousSessionId}, ${expires}`);
       if (current && live.api) update(() => (state.backend = describeApi(/** @type {object} */ (live.api))));
       break;
     }
