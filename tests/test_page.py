@@ -2,9 +2,11 @@
 
 There is no internet here, so the ChatKit script URL is answered through request interception
 with ``chatkit_stand_in.js``: it defines ``<openai-chatkit>``, records what the page passes to
-``setOptions`` on ``window.__chatkitStandIn``, calls ``getClientSecret`` like the real component
-and dispatches ``chatkit.*`` events. Each test saves screenshots of the state it reaches, at
-desktop and phone width, to ``test-artifacts/`` (gitignored).
+``setOptions`` on ``window.__chatkitStandIn``, calls ``getClientSecret`` (hosted) or POSTs to
+``api.url`` through ``api.fetch`` (custom backends) like the real component, and dispatches
+``chatkit.*`` events. With the script blocked instead, the page's protocol console chats with
+the real mock backend. Each test saves screenshots of the state it reaches, at desktop and
+phone width, to ``test-artifacts/`` (gitignored).
 
 Needs Debian's ``/usr/bin/chromium`` and the ``playwright`` package (never a downloaded
 browser): without them these tests skip, except under ``CI``, where they fail.

@@ -195,7 +195,9 @@ function reasonFor(err) {
   if (err.code === "network_error" && err.status === 0) return "could not reach the broker — is it running?";
   switch (err.status) {
     case 401:
-      return state.token ? "token expired or invalid — paste a new one" : "no token — paste one (chatkit-broker token --sub me)";
+      return state.token
+        ? "token expired or invalid — paste a new one"
+        : "no token — paste one (chatkit-broker token --sub me)";
     case 403:
       return err.code === "workflow_not_allowed" ? "not allowed for this workflow" : err.message;
     case 429:
@@ -268,8 +270,13 @@ function onKitEvent(e, generation) {
     case "refresh": {
       const where = e.backendUrl ? `${e.kind} backend ${displayPath(e.backendUrl)}` : `${e.kind}`;
       const expires = `expires in ${ttl(e.expiresAt ?? 0)} s`;
-      if (e.type === "mint") log("kit", `secret minted for ${e.workflow}: session ${e.sessionId}, ${expires}, ${where}`);
-      else log("kit", `secret renewed for ${e.workflow} (${e.reason}): session ${e.sessionId} replaces ${e.previousSessionId}, ${expires}`);
+      if (e.type === "mint")
+        log("kit", `secret minted for ${e.workflow}: session ${e.sessionId}, ${expires}, ${where}`);
+      else
+        log(
+          "kit",
+          `secret renewed for ${e.workflow} (${e.reason}): session ${e.sessionId} replaces ${e.previousSessionId}, ${expires}`,
+        );
       if (current && live.api) update(() => (state.backend = describeApi(/** @type {object} */ (live.api))));
       break;
     }
@@ -320,7 +327,10 @@ function loadChatKitScript(url) {
   const seconds = SCRIPT_TIMEOUT_MS / 1000;
   live.script = new Promise((resolve, reject) => {
     const timer = setTimeout(
-      () => reject(new Error(`the ChatKit script from ${url} did not define <${CHATKIT_TAG}> within ${seconds} s`)),
+      () =>
+        reject(
+          new Error(`the ChatKit script from ${url} did not define <${CHATKIT_TAG}> within ${seconds} s`),
+        ),
       SCRIPT_TIMEOUT_MS,
     );
     script.addEventListener("error", () => {
@@ -358,7 +368,13 @@ function unmount() {
   update(() => {
     state.view = "placeholder";
     state.backend = null;
-    state.console = { transcript: emptyTranscript(), threads: null, busy: false, error: null, failedText: null };
+    state.console = {
+      transcript: emptyTranscript(),
+      threads: null,
+      busy: false,
+      error: null,
+      failedText: null,
+    };
   });
 }
 
@@ -411,7 +427,11 @@ async function mount(workflow) {
   render(); // the element is in the page before ChatKit gets its options
   const readyTimer = setTimeout(() => {
     if (current() && state.status.name === "loading") {
-      fail(new Error(`ChatKit did not report ready within ${READY_TIMEOUT_MS / 1000} s — look at the browser console`));
+      fail(
+        new Error(
+          `ChatKit did not report ready within ${READY_TIMEOUT_MS / 1000} s — look at the browser console`,
+        ),
+      );
     }
   }, READY_TIMEOUT_MS);
   element.addEventListener("chatkit.ready", () => clearTimeout(readyTimer), { once: true });
@@ -451,7 +471,9 @@ function openConsole(api) {
       if (generation === live.generation) log("sse", `${request} ← ${event.type}`, { detail: event });
     },
   });
-  log("page", `ChatKit is unavailable: the protocol console talks to ${displayPath(api.url)} directly`, { level: "warn" });
+  log("page", `ChatKit is unavailable: the protocol console talks to ${displayPath(api.url)} directly`, {
+    level: "warn",
+  });
   update(() => (state.view = "console"));
 }
 
@@ -475,7 +497,9 @@ async function consoleRun(work, failedText = null) {
   } catch (err) {
     if (generation !== live.generation) return;
     const problem = { reason: reasonFor(err), detail: detailFor(err) };
-    log("console", `error: ${problem.reason}${problem.detail ? ` [${problem.detail}]` : ""}`, { level: "error" });
+    log("console", `error: ${problem.reason}${problem.detail ? ` [${problem.detail}]` : ""}`, {
+      level: "error",
+    });
     update(() => {
       state.console.error = problem;
       state.console.failedText = failedText;
@@ -490,7 +514,10 @@ function consoleSend(text) {
   const t = state.console.transcript;
   const changed = () => update();
   return consoleRun(
-    (client) => (t.threadId ? client.addUserMessage(t.threadId, text, t, changed) : client.createThread(text, t, changed)),
+    (client) =>
+      t.threadId
+        ? client.addUserMessage(t.threadId, text, t, changed)
+        : client.createThread(text, t, changed),
     text,
   );
 }
@@ -505,13 +532,17 @@ function consoleRetry() {
   }
   if (!t.threadId || !last) return;
   update(() => (t.messages = t.messages.slice(0, t.messages.indexOf(last) + 1)));
-  return consoleRun((client) => client.retryAfterItem(/** @type {string} */ (t.threadId), last.id, t, () => update()));
+  return consoleRun((client) =>
+    client.retryAfterItem(/** @type {string} */ (t.threadId), last.id, t, () => update()),
+  );
 }
 
 function consoleListThreads() {
   return consoleRun(async (client) => {
     const page = await client.listThreads();
-    update(() => (state.console.threads = page.data.map((th) => ({ id: th.id, title: th.title || "(untitled)" }))));
+    update(
+      () => (state.console.threads = page.data.map((th) => ({ id: th.id, title: th.title || "(untitled)" }))),
+    );
   });
 }
 
@@ -638,7 +669,11 @@ function render() {
           {
             class: "workflow",
             data: { workflow: wf.name },
-            attrs: { type: "button", "aria-pressed": String(wf.name === state.selected), ...(wf.id ? { title: wf.id } : {}) },
+            attrs: {
+              type: "button",
+              "aria-pressed": String(wf.name === state.selected),
+              ...(wf.id ? { title: wf.id } : {}),
+            },
             on: { click: () => mount(wf) },
           },
           h("span", { class: "wf-label", text: label }),
@@ -648,20 +683,30 @@ function render() {
     );
   });
 
-  part("backend", state.backend && [state.backend.kind, state.backend.backendUrl, state.backend.sessionId], () => {
-    const b = state.backend;
-    const rows = b
-      ? [
-          ["kind", b.kind],
-          ["URL", b.backendUrl ? displayPath(b.backendUrl) : "OpenAI (hosted; ChatKit talks to api.openai.com)"],
-          ["session", b.sessionId],
-        ]
-      : [["kind", "—"]];
-    $("backend").replaceChildren(
-      ...rows.flatMap(([k, v]) => [h("dt", { text: k }), h("dd", { text: v, data: { field: k.toLowerCase() } })]),
-    );
-    $("backend").dataset.kind = b?.kind ?? "none";
-  });
+  part(
+    "backend",
+    state.backend && [state.backend.kind, state.backend.backendUrl, state.backend.sessionId],
+    () => {
+      const b = state.backend;
+      const rows = b
+        ? [
+            ["kind", b.kind],
+            [
+              "URL",
+              b.backendUrl ? displayPath(b.backendUrl) : "OpenAI (hosted; ChatKit talks to api.openai.com)",
+            ],
+            ["session", b.sessionId],
+          ]
+        : [["kind", "—"]];
+      $("backend").replaceChildren(
+        ...rows.flatMap(([k, v]) => [
+          h("dt", { text: k }),
+          h("dd", { text: v, data: { field: k.toLowerCase() } }),
+        ]),
+      );
+      $("backend").dataset.kind = b?.kind ?? "none";
+    },
+  );
 
   part("status", [status, state.retry, Boolean(state.backend)], () => {
     $("status").dataset.state = status.name;
@@ -689,7 +734,9 @@ function renderConsole() {
   const t = c.transcript;
   part("console-head", [live.client?.url, t.threadId, t.title, c.busy], () => {
     $("console-url").textContent = live.client ? displayPath(live.client.url) : "";
-    $("console-thread").textContent = t.threadId ? `thread ${t.threadId}${t.title ? ` · ${t.title}` : ""}` : "new thread";
+    $("console-thread").textContent = t.threadId
+      ? `thread ${t.threadId}${t.title ? ` · ${t.title}` : ""}`
+      : "new thread";
     for (const id of ["console-new", "console-threads", "console-send"]) {
       /** @type {HTMLButtonElement} */ ($(id)).disabled = c.busy;
     }
@@ -705,7 +752,12 @@ function renderConsole() {
               {},
               h(
                 "button",
-                { class: "quiet", data: { thread: th.id }, attrs: { type: "button" }, on: { click: () => consoleOpenThread(th.id) } },
+                {
+                  class: "quiet",
+                  data: { thread: th.id },
+                  attrs: { type: "button" },
+                  on: { click: () => consoleOpenThread(th.id) },
+                },
                 h("span", { text: th.title }),
                 h("code", { text: th.id }),
               ),
@@ -724,12 +776,17 @@ function renderConsole() {
       ),
     );
     if (t.progress) items.push(h("li", { class: "turn progress", text: t.progress }));
-    if (!items.length) items.push(h("li", { class: "hint", text: "Send a message to start a thread (threads.create)." }));
+    if (!items.length)
+      items.push(h("li", { class: "hint", text: "Send a message to start a thread (threads.create)." }));
     const list = $("console-transcript");
     list.replaceChildren(...items);
     list.scrollTop = list.scrollHeight;
   });
-  const problem = c.error ?? (t.error ? { reason: t.error.message, detail: t.error.allowRetry ? "the backend allows a retry" : undefined } : null);
+  const problem =
+    c.error ??
+    (t.error
+      ? { reason: t.error.message, detail: t.error.allowRetry ? "the backend allows a retry" : undefined }
+      : null);
   part("console-error", [problem, c.busy], () => {
     $("console-error").hidden = !problem;
     showText($("console-error-reason"), problem?.reason);

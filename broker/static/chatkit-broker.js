@@ -19,7 +19,11 @@ export const KIT_VERSION = "0.1.0";
 
 const MINT_PATH = "/api/chatkit/session";
 // 5xx answers that name a configuration problem: retrying cannot help, so they are final.
-const FINAL_CODES = new Set(["upstream_auth_failed", "upstream_workflow_not_found", "backend_rejected_identity"]);
+const FINAL_CODES = new Set([
+  "upstream_auth_failed",
+  "upstream_workflow_not_found",
+  "backend_rejected_identity",
+]);
 const CANCEL_PATH = "/api/chatkit/session/cancel";
 
 /** The `chatkit.*` DOM events of `<openai-chatkit>` (types of @openai/chatkit 1.9.0). */
@@ -224,7 +228,12 @@ export async function errorFromResponse(res, what, text) {
   }
   if (typeof error === "string" && error) {
     // not the broker's shape, but words someone meant for a person (e.g. a starter-app server)
-    return new BrokerError(error.slice(0, 300), { status: res.status, code: `http_${res.status}`, requestId: headerId, retryAfterMs });
+    return new BrokerError(error.slice(0, 300), {
+      status: res.status,
+      code: `http_${res.status}`,
+      requestId: headerId,
+      retryAfterMs,
+    });
   }
   const type = (res.headers.get("Content-Type") || "no content type").split(";")[0];
   return new BrokerError(
@@ -300,7 +309,7 @@ class BrokerSession {
   /** @param {KitOptions} options */
   constructor(options) {
     if (!options || typeof options.workflow !== "string" || !options.workflow) {
-      throw new BrokerError("Name the workflow: createChatKitApi({workflow: \"<name>\", …}).", {
+      throw new BrokerError('Name the workflow: createChatKitApi({workflow: "<name>", …}).', {
         code: "invalid_options",
       });
     }
@@ -380,12 +389,28 @@ class BrokerSession {
     /** @type {Response} */
     let res;
     try {
-      res = await this.fetch(url, { method: "POST", headers, body: JSON.stringify(body), signal: this.signal });
+      res = await this.fetch(url, {
+        method: "POST",
+        headers,
+        body: JSON.stringify(body),
+        signal: this.signal,
+      });
     } catch (err) {
-      this.emit({ type: "request", method: "POST", url, status: 0, ms: Math.round(performance.now() - started) });
+      this.emit({
+        type: "request",
+        method: "POST",
+        url,
+        status: 0,
+        ms: Math.round(performance.now() - started),
+      });
       if (this.signal?.aborted) throw aborted();
+      const crossOrigin =
+        typeof location !== "undefined" && new URL(url, location.href).origin !== location.origin;
+      const hint = crossOrigin
+        ? "is it running, and does its BROKER_ALLOWED_ORIGINS list this page's origin?"
+        : "is it running?";
       throw new BrokerError(
-        `Could not reach the broker at ${url} (${err instanceof Error ? err.message : String(err)}): is it running?`,
+        `Could not reach the broker at ${url} (${err instanceof Error ? err.message : String(err)}): ${hint}`,
         { code: "network_error", cause: err },
       );
     }
@@ -396,7 +421,13 @@ class BrokerSession {
     } catch (err) {
       readFailed = err;
     }
-    this.emit({ type: "request", method: "POST", url, status: res.status, ms: Math.round(performance.now() - started) });
+    this.emit({
+      type: "request",
+      method: "POST",
+      url,
+      status: res.status,
+      ms: Math.round(performance.now() - started),
+    });
     if (readFailed) {
       throw new BrokerError(`The broker's answer to ${what} broke off before it was complete.`, {
         status: res.status,
@@ -423,7 +454,7 @@ class BrokerSession {
   async withRetries(attempt) {
     let token = await this.token(false);
     let askedAgain = false;
-    for (let retry = 0; ; ) {
+    for (let retry = 0; ;) {
       this.check();
       try {
         return await attempt(token);
@@ -564,7 +595,9 @@ function hostedApi(session) {
         return secret;
       }
       unused = null;
-      const answer = await session.mint(currentClientSecret ? "ChatKit asked for a refresh" : "ChatKit remounted");
+      const answer = await session.mint(
+        currentClientSecret ? "ChatKit asked for a refresh" : "ChatKit remounted",
+      );
       return answer.client_secret;
     },
   };
@@ -576,7 +609,10 @@ function hostedApi(session) {
  */
 function replayable(input, init) {
   const body = init?.body;
-  return !(typeof ReadableStream !== "undefined" && body instanceof ReadableStream) && !(input instanceof Request && input.bodyUsed);
+  return (
+    !(typeof ReadableStream !== "undefined" && body instanceof ReadableStream) &&
+    !(input instanceof Request && input.bodyUsed)
+  );
 }
 
 /** @param {BrokerSession} session @param {BackendInfo} backend @returns {CustomApi} */
@@ -597,10 +633,22 @@ function customApi(session, backend) {
     const started = performance.now();
     try {
       const res = await session.fetch(input, { ...init, headers });
-      session.emit({ type: "request", method, url: target, status: res.status, ms: Math.round(performance.now() - started) });
+      session.emit({
+        type: "request",
+        method,
+        url: target,
+        status: res.status,
+        ms: Math.round(performance.now() - started),
+      });
       return res;
     } catch (err) {
-      session.emit({ type: "request", method, url: target, status: 0, ms: Math.round(performance.now() - started) });
+      session.emit({
+        type: "request",
+        method,
+        url: target,
+        status: 0,
+        ms: Math.round(performance.now() - started),
+      });
       throw new BrokerError(
         `Could not reach the ChatKit backend at ${target} (${err instanceof Error ? err.message : String(err)}).`,
         { code: "network_error", cause: err },
@@ -617,7 +665,10 @@ function customApi(session, backend) {
     // Refused: expired early, cancelled elsewhere, or the broker restarted. Re-mint once,
     // unless another request already did since this one was sent.
     const current = session.answer;
-    const next = current && current.session_id !== answer.session_id ? current : await session.mint("the backend refused the secret (401)");
+    const next =
+      current && current.session_id !== answer.session_id
+        ? current
+        : await session.mint("the backend refused the secret (401)");
     return send(again, init, next.client_secret);
   };
 
@@ -676,7 +727,9 @@ export function describeApi(api) {
 export function signOut(api) {
   const session = SESSIONS.get(api);
   if (!session) {
-    return Promise.reject(new BrokerError("signOut() needs an api made by createChatKitApi.", { code: "invalid_options" }));
+    return Promise.reject(
+      new BrokerError("signOut() needs an api made by createChatKitApi.", { code: "invalid_options" }),
+    );
   }
   return session.signOut();
 }
@@ -714,18 +767,38 @@ function whenDefined(tag, signal) {
  * @returns {Promise<ChatKitConnection>}
  */
 export async function connectChatKit(element, options) {
-  const { api: given, workflow, getToken, broker, fetch, onEvent, signal, retry, refreshMarginMs, ...rest } = options;
+  const {
+    api: given,
+    workflow,
+    getToken,
+    broker,
+    fetch,
+    onEvent,
+    signal,
+    retry,
+    refreshMarginMs,
+    ...rest
+  } = options;
   /** @type {ChatKitApi} */
   let api;
   if (given) {
     api = given;
   } else {
     if (typeof workflow !== "string") {
-      throw new BrokerError("Name the workflow: connectChatKit(element, {workflow: \"<name>\", …}).", {
+      throw new BrokerError('Name the workflow: connectChatKit(element, {workflow: "<name>", …}).', {
         code: "invalid_options",
       });
     }
-    api = await createChatKitApi({ workflow, getToken, broker, fetch, onEvent, signal, retry, refreshMarginMs });
+    api = await createChatKitApi({
+      workflow,
+      getToken,
+      broker,
+      fetch,
+      onEvent,
+      signal,
+      retry,
+      refreshMarginMs,
+    });
   }
   const session = SESSIONS.get(api);
   const events = session?.events ?? new KitEvents();
@@ -733,7 +806,12 @@ export async function connectChatKit(element, options) {
   await whenDefined(element.localName, signal ?? session?.signal);
 
   const forward = /** @param {Event} event */ (event) =>
-    events.add({ type: "chatkit", at: Date.now(), name: event.type, detail: /** @type {CustomEvent} */ (event).detail });
+    events.add({
+      type: "chatkit",
+      at: Date.now(),
+      name: event.type,
+      detail: /** @type {CustomEvent} */ (event).detail,
+    });
   for (const name of CHATKIT_EVENTS) element.addEventListener(name, forward);
   const setOptions = element.setOptions;
   if (typeof setOptions !== "function") {

@@ -46,9 +46,7 @@ export function emptyTranscript() {
 function itemText(item) {
   if (item.type === "widget") return item.copy_text || "[widget]";
   const parts = Array.isArray(item.content) ? item.content : [];
-  return parts
-    .map((/** @type {any} */ part) => (typeof part?.text === "string" ? part.text : ""))
-    .join("");
+  return parts.map((/** @type {any} */ part) => (typeof part?.text === "string" ? part.text : "")).join("");
 }
 
 /** @param {any} item @returns {Message["role"]} */
@@ -89,9 +87,13 @@ export function applyEvent(t, event) {
       const update = event.update ?? {};
       if (!message) break;
       if (update.type === "assistant_message.content_part.text_delta") message.text += update.delta ?? "";
-      else if (update.type === "assistant_message.content_part.added" || update.type === "assistant_message.content_part.done") {
+      else if (
+        update.type === "assistant_message.content_part.added" ||
+        update.type === "assistant_message.content_part.done"
+      ) {
         // One content part per reply in practice; a done part carries the whole text.
-        if (update.type === "assistant_message.content_part.done") message.text = update.content?.text ?? message.text;
+        if (update.type === "assistant_message.content_part.done")
+          message.text = update.content?.text ?? message.text;
       }
       break;
     }
@@ -113,7 +115,10 @@ export function applyEvent(t, event) {
     case "error":
       t.progress = null;
       for (const m of t.messages) m.done = true; // the reply ends here
-      t.error = { message: event.message || `the backend reported an error (${event.code})`, allowRetry: Boolean(event.allow_retry) };
+      t.error = {
+        message: event.message || `the backend reported an error (${event.code})`,
+        allowRetry: Boolean(event.allow_retry),
+      };
       break;
     default:
       break;
@@ -252,8 +257,10 @@ export class ProtocolClient {
     let sawError = false;
     for await (const event of readEvents(res, type)) {
       this.onEvent(event, type);
-      if (event.type === "thread.item.added" && event.item?.type === "assistant_message") open.add(event.item.id);
-      if (event.type === "thread.item.done" || event.type === "thread.item.replaced") open.delete(event.item?.id);
+      if (event.type === "thread.item.added" && event.item?.type === "assistant_message")
+        open.add(event.item.id);
+      if (event.type === "thread.item.done" || event.type === "thread.item.replaced")
+        open.delete(event.item?.id);
       if (event.type === "thread.item.removed") open.delete(event.item_id);
       if (event.type === "error") sawError = true;
       applyEvent(transcript, event);
@@ -276,7 +283,12 @@ export class ProtocolClient {
 
   /** @param {string} threadId @param {string} text @param {Transcript} t @param {() => void} [changed] */
   addUserMessage(threadId, text, t, changed) {
-    return this.stream("threads.add_user_message", { thread_id: threadId, input: userInput(text) }, t, changed);
+    return this.stream(
+      "threads.add_user_message",
+      { thread_id: threadId, input: userInput(text) },
+      t,
+      changed,
+    );
   }
 
   /** @param {string} threadId @param {string} itemId @param {Transcript} t @param {() => void} [changed] */
