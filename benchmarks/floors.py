@@ -79,7 +79,7 @@ const_app = _app(const_endpoint)
 
 def _aiohttp_session():
     try:
-        from broker.app import HttpPool
+        from broker.http import HttpPool
     except ImportError:
         import aiohttp
 

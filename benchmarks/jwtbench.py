@@ -126,9 +126,9 @@ def broker_timings(quick: bool = False) -> tuple[list[Timing], dict]:
 
     from cryptography.hazmat.primitives import serialization
 
-    from broker.app import HttpPool
     from broker.auth import Verifier
     from broker.config import load_settings
+    from broker.http import HttpPool
     from broker.jwks import JWKSCache
 
     repeat, min_time = (3, 0.05) if quick else (5, 0.2)

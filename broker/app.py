@@ -1,81 +1,57 @@
 """Builds the ASGI application from validated ``Settings``: components, middleware, routes.
 
 Components are created here and handed to whoever needs them (no globals), so a test can
-build an app around a fake upstream, an injected clock or a shared registry.
+build an app around a fake upstream, an injected clock or a shared registry. This is the one
+place that decides which backends exist (mock mode puts the mock in front of every workflow);
+everything after it asks the backends, not the mode.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import aiohttp
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Match, Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
 from . import routes
 from .auth import Verifier
+from .backends import Backend, Backends
+from .backends.hosted import HostedBackend
+from .backends.mock import MOCK_USER, MockBackend, MockChatKitBackend
+from .chatkit_endpoint import ChatKitEndpoint
 from .config import ConfigError, Settings, load_settings, read_environment
 from .cors import cors_middleware
 from .errors import BrokerError, error_body, from_http_status
+from .gate import Gate
+from .http import HttpPool
 from .jwks import JWKSCache
 from .kit import kit_headers
 from .metrics import Metrics, MetricsMiddleware, count_mints, metrics_endpoint
 from .middleware import BodyLimit, MockGuard, RequestContext
-from .mock import MockSessions
-from .mock_backend import ENABLE_HINT, MockChatKitBackend, mock_backend_available
 from .ratelimit import ClientAddress, ClientRateLimit, RateLimits
 from .registry import MemoryRegistry, RedisRegistry, SessionRegistry
-from .sessions import SessionBackend, SessionService
-from .upstream import HostedSessions, UpstreamConfig
+from .session_secrets import SessionSecrets
+from .sessions import SessionService
 
 if TYPE_CHECKING:
+    from .backends.hosted import _Client
     from .store import RedisStore
 
 log = logging.getLogger("broker")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-
-class HttpPool:
-    """The one pooled ``aiohttp.ClientSession`` for all outbound calls (OpenAI, JWKS).
-
-    Created on first use inside the running loop (the lifespan does so at start) and
-    closed at shutdown, so keep-alive connections are reused across requests.
-    """
-
-    def __init__(self, *, limit: int = 256, keepalive: float = 30.0) -> None:
-        self._limit = limit
-        self._keepalive = keepalive
-        self._session: aiohttp.ClientSession | None = None
-
-    def __call__(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self._limit, keepalive_timeout=self._keepalive, ttl_dns_cache=300
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=True,
-                trust_env=False,
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
 
 
 @dataclass
@@ -83,19 +59,18 @@ class Broker:
     """Everything a request handler needs, built once per app."""
 
     settings: Settings
-    verifier: Verifier
+    gate: Gate
     sessions: SessionService
+    backends: Backends
+    secrets: SessionSecrets | None
     http: HttpPool
+    metrics: Metrics
+    limits: RateLimits
     jwks: JWKSCache | None = None
-    # Mock mode only: the ChatKit server behind /mock/chatkit (None when the extra is missing)
-    # and the minter of mock secrets, which may name the user of a /mock/chatkit request.
-    mock_backend: MockChatKitBackend | None = None
-    mock_secrets: MockSessions | None = None
+    store: RedisStore | None = None
     # each answers None when ready, else what is missing (JWKS never fetched, Redis never reached)
     readiness: list[Callable[[], Awaitable[str | None]]] = field(default_factory=list)
-    metrics: Metrics = field(default_factory=Metrics)
-    limits: RateLimits | None = None
-    store: RedisStore | None = None
+    mock: bool = False
 
     async def not_ready(self) -> list[str]:
         """What keeps the broker from serving: the JWKS never fetched, and so on."""
@@ -108,11 +83,15 @@ def build_broker(
     *,
     http: HttpPool | None = None,
     registry: SessionRegistry | None = None,
-    backend: SessionBackend | None = None,
+    backend: _Client | None = None,
     mock_backend: MockChatKitBackend | None = None,
     metrics: Metrics | None = None,
     store: RedisStore | None = None,
+    jwks: JWKSCache | None = None,
+    verifier: Verifier | None = None,
 ) -> Broker:
+    """Build the components; any of them may be passed in instead (tests, benchmarks):
+    ``backend`` is the hosted sessions client, ``mock_backend`` the mock ChatKit server."""
     http = http or HttpPool()
     metrics = metrics or Metrics()
     if store is None and settings.redis_url:
@@ -121,37 +100,59 @@ def build_broker(
         store = RedisStore(settings.redis_url, settings.redis_prefix, metrics=metrics)
     if registry is None:
         registry = RedisRegistry(store) if store is not None else MemoryRegistry()
-    jwks = None
-    if settings.jwt.jwks_url:
+    if jwks is None and settings.jwt.jwks_url:
         jwks = JWKSCache(
             settings.jwt.jwks_url,
             http,
             algorithms=settings.jwt.asymmetric_algorithms,
             on_fetch=metrics.jwks_fetch,
         )
-    if backend is None:
-        if settings.mock:
-            backend = MockSessions()
-        else:
-            backend = HostedSessions(
-                UpstreamConfig.from_settings(settings),
-                http,
-                observe=metrics.observe_upstream,
+    limits = RateLimits(settings, metrics=metrics, store=store)
+    # mock mode signs with a per-process key: its secrets are worthless to any other process
+    keys = [secrets.token_urlsafe(32)] if settings.mock else list(settings.session_secrets)
+    session_secrets = SessionSecrets(keys, registry) if keys else None
+
+    by_kind: dict[str, Backend] = {}
+    every: Backend | None = None
+    if settings.mock:
+        if session_secrets is None:  # pragma: no cover - keys always exist in mock mode
+            raise RuntimeError("mock mode needs session keys")
+        engine = mock_backend or MockChatKitBackend()
+        every = MockBackend(session_secrets, engine)
+    else:
+        kinds = {wf.kind for wf in settings.workflows}
+        if "hosted" in kinds or backend is not None:
+            by_kind["hosted"] = (
+                HostedBackend(backend)
+                if backend is not None
+                else HostedBackend.from_settings(settings, http, observe=metrics.observe_upstream)
             )
-    if settings.mock and mock_backend is None and mock_backend_available():
-        mock_backend = MockChatKitBackend()
+    backends = Backends(by_kind, every=every, broker_sessions=session_secrets)
+    verifier = verifier or Verifier(settings.jwt, jwks)
+    gate = Gate(
+        verifier=verifier,
+        workflows=settings.workflows,
+        limits=limits,
+        secrets=session_secrets,
+        anonymous_user=MOCK_USER if settings.mock else None,
+        trust_unverified=settings.mock,
+    )
+    readiness = [c.readiness for c in (jwks, store) if c is not None]
+    for b in backends:
+        readiness.extend(b.readiness())
     return Broker(
         settings,
-        Verifier(settings.jwt, jwks),
-        SessionService(settings, backend, registry),
+        gate,
+        SessionService(backends, registry, domain_key=settings.chatkit_domain_key),
+        backends,
+        session_secrets,
         http,
-        jwks,
-        mock_backend=mock_backend if settings.mock else None,
-        mock_secrets=backend if settings.mock and isinstance(backend, MockSessions) else None,
-        readiness=[c.readiness for c in (jwks, store) if c is not None],
-        metrics=metrics,
-        limits=RateLimits(settings, metrics=metrics, store=store),
+        metrics,
+        limits,
+        jwks=jwks,
         store=store,
+        readiness=readiness,
+        mock=settings.mock,
     )
 
 
@@ -224,7 +225,7 @@ class _PageMount(Mount):
         return super().matches(scope)
 
 
-API_PREFIXES = ("/api/", "/mock/")
+API_PREFIXES = ("/api/", "/mock/", "/chatkit/", "/.well-known/")
 API_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 
 
@@ -236,16 +237,14 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Starlette
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.mock:
             log.warning(
-                "MOCK MODE: no OpenAI calls are made; secrets are mock_… strings that only this "
-                "process accepts. Loopback clients only."
+                "MOCK MODE: no OpenAI calls are made; session secrets are signed with a key "
+                "only this process has. Loopback clients only."
             )
-            if broker.mock_backend is None:
-                log.warning(ENABLE_HINT)
-            else:
-                log.info(
-                    "mock ChatKit backend at /mock/chatkit "
-                    '(api: {url: "/mock/chatkit", domainKey: "local-dev"})'
-                )
+            log.info(
+                "mock ChatKit backend at /chatkit/<workflow> (and /mock/chatkit); "
+                'mint at /api/chatkit/session, then api: {url: backend.url, domainKey: "%s"}',
+                settings.chatkit_domain_key,
+            )
         for warning in settings.warnings:
             log.warning("config: %s", warning)
         broker.http()
@@ -253,25 +252,38 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Starlette
             await broker.jwks.refresh()
         if broker.store is not None:
             await broker.store.start()
+        started: list[Backend] = []
         try:
+            for backend in broker.backends:
+                await backend.startup()
+                started.append(backend)
             yield
         finally:
+            for backend in reversed(started):
+                await backend.shutdown()
             await broker.http.close()
             if broker.store is not None:
                 await broker.store.close()
 
-    route_list: list[Route | Mount] = [
+    chatkit = ChatKitEndpoint(broker.settings, broker.gate, broker.backends, broker.secrets)
+    route_list: list[BaseRoute] = [
         Route("/api/chatkit/session", count_mints(routes.create_session), methods=["POST"]),
         Route("/api/chatkit/session/cancel", routes.cancel_session, methods=["POST"]),
         Route("/api/chatkit/workflows", routes.list_workflows, methods=["GET"]),
         Route("/api/chatkit/config", routes.client_config, methods=["GET"]),
+        Route("/chatkit/{name}", chatkit, methods=["POST"]),
         Route("/healthz", routes.healthz, methods=["GET"]),
         Route("/readyz", routes.readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", routes.openapi_json, methods=["GET"]),
     ]
-    if settings.mock:  # in live mode the route does not exist (404)
-        route_list.append(Route("/mock/chatkit", routes.mock_chatkit, methods=["POST"]))
+    if settings.mock:  # the older mock endpoint, kept as an alias; in live mode it is a 404
+        alias = ChatKitEndpoint(
+            broker.settings, broker.gate, broker.backends, broker.secrets, alias=True
+        )
+        route_list.append(Route("/mock/chatkit", alias, methods=["POST"]))
+    for backend in broker.backends:
+        route_list.extend(backend.routes())
     if settings.test_page and STATIC_DIR.is_dir():
         csp = {"Content-Security-Policy": content_security_policy(settings.chatkit_js_url)}
         route_list.append(_PageMount("/", app=_TestPage(STATIC_DIR, csp)))
@@ -285,9 +297,8 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Starlette
     if settings.mock:
         middleware.append(Middleware(MockGuard))
     middleware.extend(cors_middleware(settings.allowed_origins))
-    if broker.limits is not None:
-        addresses = ClientAddress(settings.trusted_proxies, mock=settings.mock)
-        middleware.append(Middleware(ClientRateLimit, limits=broker.limits, addresses=addresses))
+    addresses = ClientAddress(settings.trusted_proxies, mock=settings.mock)
+    middleware.append(Middleware(ClientRateLimit, limits=broker.limits, addresses=addresses))
     middleware.append(Middleware(BodyLimit))
 
     app = Starlette(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import ConfigError, Settings, load_settings, read_dotenv, read_environment
+from .logs import mask
 
 
 def _settings_or_exit(env: dict[str, str]) -> Settings:
@@ -122,7 +123,14 @@ def describe(s: Settings, from_dotenv: frozenset[str] = frozenset()) -> str:
     lines.append("workflows:")
     for wf in s.workflows:
         extra = f" requires {', '.join(c for c, _ in wf.require)}" if wf.require else ""
-        lines.append(f"  {wf.name}: {wf.id} ({wf.label}){extra}")
+        kind = f"{wf.kind}, served by mock" if s.mock else wf.kind
+        lines.append(f"  {wf.name}: {kind} {wf.target} ({wf.label}){extra}")
+    if s.session_secrets:
+        count = len(s.session_secrets)
+        lines.append(
+            f"session secrets: {count} key{'s' if count > 1 else ''} (BROKER_SESSION_SECRET; "
+            "the first signs)"
+        )
     j = s.jwt
     sources = [
         n
@@ -143,12 +151,6 @@ def describe(s: Settings, from_dotenv: frozenset[str] = frozenset()) -> str:
     for warning in s.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
-
-
-def mask(key: str) -> str:
-    """``sk-proj-…abcd``: enough to tell keys apart, never enough to use one."""
-    prefix = "sk-proj-" if key.startswith("sk-proj-") else key[:3]
-    return f"{prefix}…{key[-4:]}" if len(key) > 12 else "…"
 
 
 def cmd_token(args: argparse.Namespace) -> int:

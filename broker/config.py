@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from .loopback import LOOPBACK_HOSTS
+
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_CHATKIT_JS_URL = "https://cdn.platform.openai.com/deployments/chatkit/chatkit.js"
 MIN_HMAC_SECRET_BYTES = 32
@@ -27,6 +29,7 @@ MAX_STATE_VARIABLES = 64
 
 _NAME_RE = re.compile(r"[a-z0-9_-]{1,64}")
 _ID_RE = re.compile(r"wf_[A-Za-z0-9_-]{1,128}")
+_AGENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*")
 _REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9:._-]{1,64}")
 _RATE_RE = re.compile(r"\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+\s+)?(second|minute|hour|day)s?\s*")
 _HMAC_ALGS = ("HS256", "HS384", "HS512")
@@ -59,13 +62,27 @@ class History:
     recent_threads: int | None = None
 
 
+# The backends a workflow can name, and the key that names each in the workflow file.
+KIND_KEYS = {"hosted": "id", "gateway": "server", "agent": "agent"}
+# The kinds this broker can serve; a workflow of another kind is a configuration error.
+SERVED_KINDS = frozenset({"hosted"})
+DEFAULT_DOMAIN_KEY = "local-dev"
+
+
 @dataclass(frozen=True)
 class Workflow:
-    """One allowlisted workflow and the session options the broker sends for it."""
+    """One allowlisted workflow: its backend (hosted, gateway or agent) and that backend's options.
+
+    ``id`` is set for hosted workflows only, ``server`` for gateways, ``agent`` for agents;
+    ``kind`` says which, so nothing has to guess from which field is filled.
+    """
 
     name: str
-    id: str
     label: str
+    kind: str = "hosted"
+    id: str | None = None
+    server: str | None = None
+    agent: str | None = None
     version: str | None = None
     expires_after: int | None = None
     max_requests_per_minute: int | None = None
@@ -77,6 +94,19 @@ class Workflow:
     require: tuple[tuple[str, Primitive | tuple[Primitive, ...]], ...] = ()
     # variable -> literal value, or ("claim", name) to copy a token claim
     state_variables: tuple[tuple[str, Primitive | tuple[str, str]], ...] = ()
+    # gateway and agent workflows: messages (streaming ChatKit requests) per user per minute
+    max_messages_per_minute: int | None = None
+    # gateway workflows: who the signed identity is for, and what it carries
+    audience: str | None = None
+    forward_claims: tuple[str, ...] = ()
+    assertion: str = "es256"
+    connect_timeout: float = 5.0
+    idle_timeout: float = 60.0
+
+    @property
+    def target(self) -> str:
+        """What serves it: the ``wf_`` id, the server URL or the agent's import path."""
+        return self.id or self.server or self.agent or ""
 
 
 @dataclass(frozen=True)
@@ -122,22 +152,30 @@ class Settings:
     test_page: bool = True
     log_format: str = "text"
     log_level: str = "info"
+    # keys of the broker's own cks_ session secrets: the first signs, all verify
+    session_secrets: tuple[str, ...] = field(default=(), repr=False)
+    chatkit_domain_key: str = DEFAULT_DOMAIN_KEY
     warnings: tuple[str, ...] = ()
 
     def workflow(self, ref: str) -> Workflow | None:
         """Find an allowlisted workflow by its name or its ``wf_`` id."""
         for wf in self.workflows:
-            if ref in (wf.name, wf.id):
+            if ref == wf.name or (wf.id is not None and ref == wf.id):
+                return wf
+        return None
+
+    def workflow_named(self, name: str) -> Workflow | None:
+        """The allowlisted workflow called ``name`` (ids do not count: URLs carry names)."""
+        for wf in self.workflows:
+            if wf.name == name:
                 return wf
         return None
 
 
 MOCK_DEMO_WORKFLOWS = (
-    Workflow(name="topic-generation", id="wf_mock_topic_generation", label="Topic generation"),
-    Workflow(name="post-writer", id="wf_mock_post_writer", label="Post writer"),
+    Workflow(name="topic-generation", label="Topic generation", id="wf_mock_topic_generation"),
+    Workflow(name="post-writer", label="Post writer", id="wf_mock_post_writer"),
 )
-
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 def read_dotenv(cwd: Path | None = None) -> dict[str, str]:
@@ -200,10 +238,6 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
         key, key_source = get("OPENAI_API_KEY"), "OPENAI_API_KEY"
     if not key:
         key_source = None
-        if not mock:
-            problems.append(
-                "OPENAI_API_KEY (or CHATKIT_OPENAI_API_KEY) is required unless BROKER_MOCK=1"
-            )
 
     base_url = (get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
     if urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).netloc:
@@ -217,6 +251,27 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
             problems.append(
                 "BROKER_WORKFLOWS or BROKER_WORKFLOWS_FILE must allowlist at least one workflow"
             )
+    kinds = {wf.kind for wf in workflows}
+    if not mock:
+        for wf in workflows:
+            if wf.kind not in SERVED_KINDS:
+                problems.append(
+                    f"workflow {wf.name!r} is a {wf.kind} workflow "
+                    f"({KIND_KEYS[wf.kind]} = {wf.target!r}), which this broker cannot serve yet"
+                )
+        # gateway workflows alone need no OpenAI key; with no workflow parsed, assume they do
+        callers = sorted(kinds & {"hosted", "agent"}) if kinds else ["hosted"]
+        if not key and callers:
+            problems.append(
+                "OPENAI_API_KEY (or CHATKIT_OPENAI_API_KEY) is required unless BROKER_MOCK=1 "
+                f"({' and '.join(callers)} workflows call OpenAI)"
+            )
+    session_secrets = _load_session_secrets(
+        get("BROKER_SESSION_SECRET"),
+        needed=not mock and bool(kinds - {"hosted"}),
+        problems=problems,
+    )
+    domain_key = get("BROKER_CHATKIT_DOMAIN_KEY") or DEFAULT_DOMAIN_KEY
 
     jwt_settings = _load_jwt(env, get, problems, warnings)
     if not mock and not jwt_settings.configured:
@@ -313,8 +368,29 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
         test_page=True if test_page is None else test_page,
         log_format=log_format or ("text" if os.isatty(2) else "json"),
         log_level=log_level,
+        session_secrets=session_secrets,
+        chatkit_domain_key=domain_key,
         warnings=tuple(warnings),
     )
+
+
+def _load_session_secrets(raw: str | None, *, needed: bool, problems: list[str]) -> tuple[str, ...]:
+    """``BROKER_SESSION_SECRET``: a comma list of keys, the first signing, all verifying."""
+    keys = _csv(raw)
+    if not keys:
+        if needed:
+            problems.append(
+                "BROKER_SESSION_SECRET is required when a gateway or agent workflow is configured: "
+                "the broker signs its own session secrets with it (32+ random bytes; "
+                "a comma list rotates: the first signs, all verify)"
+            )
+        return ()
+    for index, key in enumerate(keys, 1):
+        if len(key.encode()) < MIN_HMAC_SECRET_BYTES:
+            problems.append(
+                f"BROKER_SESSION_SECRET: key {index} is shorter than {MIN_HMAC_SECRET_BYTES} bytes"
+            )
+    return keys
 
 
 def _is_address_or_network(value: str) -> bool:
@@ -454,14 +530,17 @@ def _load_workflows(
 ) -> list[Workflow]:
     workflows: dict[str, Workflow] = {}
     for item in _csv(env.get("BROKER_WORKFLOWS")):
-        name, sep, wf_id = (p.strip() for p in item.partition("="))
+        name, sep, value = (p.strip() for p in item.partition("="))
         if not sep:
-            problems.append(f"BROKER_WORKFLOWS: {item!r} must be name=wf_…")
+            problems.append(
+                f"BROKER_WORKFLOWS: {item!r} must be name=wf_…, name=https://… or name=module:attr"
+            )
             continue
-        if _check_name_and_id("BROKER_WORKFLOWS", name, wf_id, problems):
+        wf = _workflow_from_shorthand(name, value, problems)
+        if wf is not None:
             if name in workflows:
                 problems.append(f"BROKER_WORKFLOWS: workflow {name!r} is listed twice")
-            workflows[name] = Workflow(name=name, id=wf_id, label=name)
+            workflows[name] = wf
 
     file = (env.get("BROKER_WORKFLOWS_FILE") or "").strip()
     if file:
@@ -491,31 +570,97 @@ def _load_workflows(
 
     ids: dict[str, str] = {}
     for wf in workflows.values():
+        if wf.id is None:
+            continue
         if wf.id in ids:
             problems.append(f"workflows {ids[wf.id]!r} and {wf.name!r} share the id {wf.id}")
         ids[wf.id] = wf.name
     return list(workflows.values())
 
 
-def _check_name_and_id(where: str, name: str, wf_id: Any, problems: list[str]) -> bool:
-    ok = True
+def kind_of(value: str) -> str | None:
+    """The backend a ``BROKER_WORKFLOWS`` value names, by its shape: wf_…, http(s)://…, module:attr."""
+    if value.startswith("wf_"):
+        return "hosted"
+    if "://" in value:
+        return "gateway"
+    if ":" in value:
+        return "agent"
+    return None
+
+
+def _workflow_from_shorthand(name: str, value: str, problems: list[str]) -> Workflow | None:
+    where = "BROKER_WORKFLOWS"
+    kind = kind_of(value)
+    ok = _check_name(where, name, problems)
+    if kind is None:
+        problems.append(
+            f"{where}: workflow {name!r} must name a hosted workflow (wf_…), a ChatKit server "
+            f"(https://…) or an agent (package.module:attr), got {value[:80]!r}"
+        )
+        return None
+    if not _check_target(where, name, kind, value, problems) or not ok:
+        return None
+    return Workflow(name=name, label=name, kind=kind, **{_FIELD[kind]: value})
+
+
+_FIELD = {"hosted": "id", "gateway": "server", "agent": "agent"}
+
+
+def _check_name(where: str, name: str, problems: list[str]) -> bool:
     if not _NAME_RE.fullmatch(name):
         problems.append(f"{where}: workflow name {name!r} must be 1-64 of a-z 0-9 _ -")
-        ok = False
-    if not isinstance(wf_id, str) or not _ID_RE.fullmatch(wf_id):
+        return False
+    return True
+
+
+def _check_target(where: str, name: str, kind: str, value: Any, problems: list[str]) -> bool:
+    """The id, server URL or agent path of one workflow, checked for its kind."""
+    if kind == "hosted":
+        if isinstance(value, str) and _ID_RE.fullmatch(value):
+            return True
         problems.append(
             f"{where}: workflow {name!r} id must be wf_ followed by 1-128 of A-Za-z0-9_-"
         )
-        ok = False
-    return ok
+    elif kind == "gateway":
+        parts = urlsplit(value) if isinstance(value, str) else None
+        if (
+            parts is not None
+            and parts.scheme in ("http", "https")
+            and parts.hostname
+            and not (parts.username or parts.password or parts.fragment)
+        ):
+            return True
+        problems.append(
+            f"{where}: workflow {name!r} server must be an http(s):// URL with a host "
+            "(no credentials, no fragment), like https://chat.internal/chatkit"
+        )
+    else:
+        if isinstance(value, str) and _AGENT_RE.fullmatch(value):
+            return True
+        problems.append(
+            f"{where}: workflow {name!r} agent must be package.module:attr "
+            f"(an import path, a colon, the attribute), got {str(value)[:80]!r}"
+        )
+    return False
 
 
-_TOML_KEYS = frozenset(
-    {
-        "id", "label", "version", "expires_after", "max_requests_per_minute", "tracing",
-        "automatic_thread_titling", "file_upload", "history", "require", "state_variables",
-    }
-)  # fmt: skip
+_COMMON_KEYS = frozenset({"label", "require", "expires_after", "max_requests_per_minute"})
+_KIND_OPTIONS = {
+    "hosted": frozenset(
+        {
+            "id", "version", "tracing", "automatic_thread_titling", "file_upload", "history",
+            "state_variables",
+        }
+    ),
+    "gateway": frozenset(
+        {
+            "server", "audience", "forward_claims", "assertion", "connect_timeout",
+            "idle_timeout", "max_messages_per_minute",
+        }
+    ),
+    "agent": frozenset({"agent", "max_messages_per_minute"}),
+}  # fmt: skip
 
 
 def _workflow_from_toml(name: str, o: Any, problems: list[str]) -> Workflow | None:
@@ -524,9 +669,25 @@ def _workflow_from_toml(name: str, o: Any, problems: list[str]) -> Workflow | No
         problems.append(f"{where} must be a table")
         return None
     before = len(problems)
-    _check_name_and_id(where, name, o.get("id"), problems)
-    for unknown in sorted(set(o) - _TOML_KEYS):
-        problems.append(f"{where}: unknown option {unknown!r}")
+    _check_name(where, name, problems)
+    named = [kind for kind, key in KIND_KEYS.items() if key in o]
+    if len(named) != 1:
+        keys = " or ".join(f"{key} = …" for key in KIND_KEYS.values())
+        found = ", ".join(KIND_KEYS[k] for k in named)
+        problems.append(
+            f"{where}: name exactly one backend with {keys}"
+            + (f" (it names {found})" if named else " (it names none)")
+        )
+        return None
+    kind = named[0]
+    _check_target(where, name, kind, o[KIND_KEYS[kind]], problems)
+    for unknown in sorted(set(o) - _COMMON_KEYS - _KIND_OPTIONS[kind]):
+        other = [k for k, keys in _KIND_OPTIONS.items() if unknown in keys]
+        problems.append(
+            f"{where}: {unknown!r} is an option of {other[0]} workflows, not of {kind} ones"
+            if other
+            else f"{where}: unknown option {unknown!r}"
+        )
 
     def typed(key: str, kind: type | tuple[type, ...], what: str) -> Any:
         value = o.get(key)
@@ -615,11 +776,37 @@ def _workflow_from_toml(name: str, o: Any, problems: list[str]) -> Workflow | No
         else:
             problems.append(f"{where}: state_variables.{var} must be a string, number or boolean")
 
+    mpm = bounded(o, "max_messages_per_minute", 1, None, "max_messages_per_minute")
+    audience = typed("audience", str, "a string")
+    forward = typed("forward_claims", list, "a list of claim names") or []
+    if not all(isinstance(c, str) and c for c in forward):
+        problems.append(f"{where}: forward_claims must be a list of claim names")
+        forward = []
+    assertion = typed("assertion", str, '"es256" or "hs256"') or "es256"
+    if assertion not in ("es256", "hs256"):
+        problems.append(f'{where}: assertion must be "es256" or "hs256"')
+    timeouts = {}
+    for key, default in (("connect_timeout", 5.0), ("idle_timeout", 60.0)):
+        value = o.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+            problems.append(f"{where}: {key} must be a number of seconds, 0 < s <= 3600")
+            value = default
+        timeouts[key] = float(value)
+
     if len(problems) > before:
         return None
     return Workflow(
         name=name,
-        id=o["id"],
+        kind=kind,
+        id=o.get("id"),
+        server=o.get("server"),
+        agent=o.get("agent"),
+        max_messages_per_minute=mpm,
+        audience=audience,
+        forward_claims=tuple(forward),
+        assertion=assertion,
+        connect_timeout=timeouts["connect_timeout"],
+        idle_timeout=timeouts["idle_timeout"],
         label=label,
         version=version,
         expires_after=expires_after,

@@ -32,10 +32,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from .app import HttpPool
 from .auth import Identity, Verifier
-from .cli import mask
-from .config import LOOPBACK_HOSTS, ConfigError, Settings, Workflow, load_settings
+from .backends.hosted import HostedSessions, UpstreamConfig, build_session_request
+from .config import ConfigError, Settings, Workflow, load_settings
 from .errors import (
     BrokerError,
     Unauthenticated,
@@ -44,11 +43,12 @@ from .errors import (
     UpstreamUnavailable,
     UpstreamWorkflowNotFound,
 )
+from .gate import unmet_requirements
+from .http import HttpPool
 from .httpread import read_capped
 from .jwks import MAX_JWKS_BYTES, JWKSCache, signing_keys
-from .logs import redact
-from .sessions import build_session_request, unmet_requirements
-from .upstream import HostedSessions, UpstreamConfig
+from .logs import mask, redact
+from .loopback import LOOPBACK_HOSTS
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 SYMBOLS = {PASS: "✔", WARN: "⚠", FAIL: "✖", SKIP: "○"}
@@ -346,7 +346,8 @@ class Doctor:
                 self.http().get(url, headers=self._headers(s), allow_redirects=False) as resp,
             ):
                 status, headers = resp.status, resp.headers
-                body = await resp.content.read(1024 * 1024)
+                # one read(n) returns the first chunk only: a chunked body would be cut short
+                body = await read_capped(resp.content, 1024 * 1024)
         except TimeoutError:
             if by_budget:
                 return check.set(
@@ -611,8 +612,13 @@ class Doctor:
             )
         elif not self.stray_key_note:
             item.details.append(
-                "Usual causes: the key belongs to another project than the workflow (often a "
-                "stray shell OPENAI_API_KEY), or the workflow is not published."
+                "Most likely cause since 2026-11-30: OpenAI shut Agent Builder down, so hosted "
+                "wf_ workflows no longer run. Move it to a gateway workflow (server = "
+                '"https://…", your own ChatKit server) or an agent workflow (agent = '
+                '"package.module:attr", e.g. the Agents SDK code Agent Builder exported) — see '
+                "the README, 'Migrating from Agent Builder'. Older causes: the key belongs to "
+                "another project than the workflow (often a stray shell OPENAI_API_KEY), or the "
+                "workflow is not published."
             )
         if self.stray_variable:
             fix = f"run 'unset {self.stray_variable}' so the .env key is used, and run doctor again"
@@ -1000,11 +1006,13 @@ def run_doctor(
     broker_log = logging.getLogger("broker")
     saved = broker_log.propagate, broker_log.level
     broker_log.propagate = False  # the report says it all; no stray warnings on stderr
-    broker_log.addHandler(logging.NullHandler())
+    silent = logging.NullHandler()
+    broker_log.addHandler(silent)
     try:
         doctor = Doctor(env, shell, dotenv, timeout=timeout, token=token)
         report = asyncio.run(doctor.run())
     finally:
+        broker_log.removeHandler(silent)  # one handler per call would pile up otherwise
         broker_log.propagate, broker_log.level = saved
     text = render_json(report) if as_json else render_text(report, render_width())
     return report.exit_code, scrub(text, doctor.secrets)

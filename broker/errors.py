@@ -110,6 +110,39 @@ class UpstreamTimeout(BrokerError):
     status, code = 504, "upstream_timeout"
 
 
+# --- a backend the broker proxies or hosts (gateway, agent) ---------------------------------
+
+
+class BackendUnavailable(BrokerError):
+    """503: the workflow's ChatKit server could not be reached (refused, reset, DNS)."""
+
+    status, code = 503, "backend_unavailable"
+
+
+class BackendTimeout(BrokerError):
+    """504: the workflow's ChatKit server did not connect or answer its first byte in time."""
+
+    status, code = 504, "backend_timeout"
+
+
+class BackendError(BrokerError):
+    """502: the workflow's ChatKit server failed (5xx) or answered something unusable."""
+
+    status, code = 502, "backend_error"
+
+
+class BackendRejectedIdentity(BrokerError):
+    """502: the workflow's ChatKit server refused the broker's signed identity (401/403)."""
+
+    status, code = 502, "backend_rejected_identity"
+
+
+class RunTimeout(BrokerError):
+    """504: a server-side run of an agent workflow did not finish within its limit."""
+
+    status, code = 504, "run_timeout"
+
+
 class InternalError(BrokerError):
     status, code = 500, "internal_error"
 

@@ -98,3 +98,9 @@ def setup_logging(fmt: str, level: str, *, secrets: tuple[str, ...] = ()) -> Non
         logger.handlers[:] = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def mask(key: str) -> str:
+    """``sk-proj-…abcd``: enough to tell keys apart, never enough to use one."""
+    prefix = "sk-proj-" if key.startswith("sk-proj-") else key[:3]
+    return f"{prefix}…{key[-4:]}" if len(key) > 12 else "…"

@@ -19,12 +19,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import BrokerError, MockLocalOnly, PayloadTooLarge, RequestTimeout, error_body
 from .logs import request_id_var
-from .mock import is_local_host_header, is_loopback_address
+from .loopback import is_local_host_header, is_loopback_address
 
 access_log = logging.getLogger("broker.access")
 error_log = logging.getLogger("broker.error")
 
 MAX_BODY_BYTES = 16 * 1024
+# ChatKit requests carry whole messages (and server-side runs their input): a larger cap
+MAX_CHATKIT_BODY_BYTES = 256 * 1024
+LARGE_BODY_PREFIXES = ("/chatkit/", "/mock/chatkit", "/api/workflows/")
 BODY_TIMEOUT = 10.0
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 
@@ -144,24 +147,31 @@ class MockGuard:
 
 
 class BodyLimit:
-    """Refuse request bodies over 16 KiB (early by Content-Length, else while reading), and
-    bodies that have not fully arrived ``timeout`` seconds after the app first asks for them
-    (408: a client that stops mid-body would otherwise hold its handler forever)."""
+    """Refuse request bodies over 16 KiB (256 KiB for ChatKit requests and runs; early by
+    Content-Length, else while reading), and bodies that have not fully arrived ``timeout``
+    seconds after the app first asks for them (408: a client that stops mid-body would
+    otherwise hold its handler forever)."""
 
     def __init__(
-        self, app: ASGIApp, limit: int = MAX_BODY_BYTES, timeout: float = BODY_TIMEOUT
+        self,
+        app: ASGIApp,
+        limit: int = MAX_BODY_BYTES,
+        timeout: float = BODY_TIMEOUT,
+        large_limit: int = MAX_CHATKIT_BODY_BYTES,
     ) -> None:
         self.app = app
         self.limit = limit
+        self.large_limit = large_limit
         self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        error = PayloadTooLarge(f"The request body is larger than {self.limit // 1024} KiB.")
+        limit = self.large_limit if scope["path"].startswith(LARGE_BODY_PREFIXES) else self.limit
+        error = PayloadTooLarge(f"The request body is larger than {limit // 1024} KiB.")
         length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
+        if length is not None and length.isdigit() and int(length) > limit:
             await send_error(send, error, scope["state"]["request_id"])
             return
         seen = 0
@@ -184,7 +194,7 @@ class BodyLimit:
                 ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise error
                 complete = not message.get("more_body", False)
             else:

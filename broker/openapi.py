@@ -42,6 +42,12 @@ ERROR_CODES = (
     "store_unavailable",
     "upstream_timeout",
     "not_ready",
+    # a workflow's own backend (gateway, agent)
+    "backend_unavailable",
+    "backend_timeout",
+    "backend_error",
+    "backend_rejected_identity",
+    "run_timeout",
 )
 
 _HEADERS: dict[str, Any] = {
@@ -141,24 +147,50 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Session": {
         "type": "object",
-        "required": ["client_secret", "expires_at", "session_id", "workflow", "mock"],
+        "required": ["client_secret", "expires_at", "session_id", "workflow", "backend", "mock"],
         "additionalProperties": False,
         "properties": {
             "client_secret": {
                 "type": "string",
                 "minLength": 1,
-                "description": "The ChatKit client secret (`ek_…`; `mock_…` in mock mode).",
+                "description": "OpenAI's client secret (`ek_…`) for a hosted workflow; the "
+                "broker's own session secret (`cks_…`) for every other kind.",
             },
             "expires_at": {"type": "integer", "description": "Unix time (s) of expiry."},
-            "session_id": {"type": "string", "description": "`cksess_…`"},
-            "workflow": {
-                "type": "object",
-                "required": ["name", "id"],
-                "additionalProperties": False,
-                "properties": {"name": {"type": "string"}, "id": {"type": "string"}},
+            "session_id": {
+                "type": "string",
+                "description": "`cksess_…` (hosted) or `bsess_…` (the broker's own)",
             },
+            "workflow": {"$ref": "#/components/schemas/WorkflowRef"},
+            "backend": {"$ref": "#/components/schemas/BackendEndpoint"},
             "mock": {"type": "boolean"},
         },
+    },
+    "WorkflowRef": {
+        "type": "object",
+        "required": ["name", "kind"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"},
+            "kind": {"enum": ["hosted", "gateway", "agent", "mock"]},
+            "id": {"type": "string", "description": "The `wf_` id; hosted workflows only."},
+        },
+    },
+    "BackendEndpoint": {
+        "description": "Where ChatKit sends its requests (`api: {url, domainKey, fetch}`, with "
+        "`Authorization: Bearer <client_secret>`); null for hosted workflows.",
+        "oneOf": [
+            {"type": "null"},
+            {
+                "type": "object",
+                "required": ["url", "domain_key"],
+                "additionalProperties": False,
+                "properties": {
+                    "url": {"type": "string", "pattern": "^/chatkit/"},
+                    "domain_key": {"type": "string"},
+                },
+            },
+        ],
     },
     "CancelRequest": {
         "type": "object",
@@ -190,12 +222,14 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "array",
                 "items": {
                     "type": "object",
-                    "required": ["name", "label", "id"],
+                    "required": ["name", "label", "kind", "backend"],
                     "additionalProperties": False,
                     "properties": {
                         "name": {"type": "string"},
                         "label": {"type": "string"},
+                        "kind": {"enum": ["hosted", "gateway", "agent", "mock"]},
                         "id": {"type": "string"},
+                        "backend": {"$ref": "#/components/schemas/BackendEndpoint"},
                     },
                 },
             },
@@ -208,6 +242,8 @@ _SCHEMAS: dict[str, Any] = {
             "mode",
             "auth_required",
             "chatkit_js_url",
+            "kinds",
+            "chatkit_url",
             "mock_backend_url",
             "domain_key",
         ],
@@ -216,6 +252,15 @@ _SCHEMAS: dict[str, Any] = {
             "mode": {"enum": ["live", "mock"]},
             "auth_required": {"type": "boolean"},
             "chatkit_js_url": {"type": "string"},
+            "kinds": {
+                "type": "array",
+                "items": {"enum": ["hosted", "gateway", "agent", "mock"]},
+                "description": "The kinds of backend this broker's workflows use.",
+            },
+            "chatkit_url": {
+                "type": ["string", "null"],
+                "description": "`/chatkit/{name}` when some workflow is not hosted, else null.",
+            },
             "mock_backend_url": {"type": ["string", "null"]},
             "domain_key": {"type": ["string", "null"]},
         },
@@ -428,6 +473,63 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             },
         }
     },
+    "/chatkit/{name}": {
+        "post": {
+            "operationId": "chatKit",
+            "summary": "The ChatKit endpoint of a gateway, agent or mock workflow",
+            "description": "Speaks the ChatKit custom-backend protocol for the workflow `name`. "
+            "Hosted workflows have none (404): ChatKit talks to OpenAI with their secret.",
+            "security": [{"bearerAuth": []}],
+            "parameters": [
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "The workflow's name on the allowlist.",
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "description": "A ChatKit request (`threads.create`, `threads.list`, …). The "
+                "bearer is this workflow's session secret (`cks_…`) from /api/chatkit/session, "
+                "or the app's JWT.",
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "type": "object",
+                            "required": ["type"],
+                            "properties": {
+                                "type": {"type": "string"},
+                                "params": {"type": "object"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "A ChatKit JSON answer or an event stream.",
+                    "content": {
+                        JSON: {"schema": {"type": "object"}},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                "400": _error("Not a valid ChatKit request.", "invalid_request"),
+                "401": _UNAUTHENTICATED,
+                "403": _error("The caller may not use this workflow.", "workflow_not_allowed"),
+                "404": _error(
+                    "No such workflow here, a hosted one, or a thread or item this user does "
+                    "not own.",
+                    "not_found",
+                ),
+                "408": _TIMEOUT,
+                "413": _TOO_LARGE,
+                "429": _RATE_LIMITED,
+                "500": _INTERNAL,
+            },
+        }
+    },
     "/mock/chatkit": {
         "post": {
             "operationId": "mockChatKit",
@@ -438,7 +540,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "requestBody": {
                 "required": True,
                 "description": "A ChatKit request (`threads.create`, `threads.list`, …). The "
-                "bearer is a `mock_…` client secret from /api/chatkit/session, or a token as "
+                "bearer is a `cks_…` session secret from /api/chatkit/session, or a token as "
                 "in mock mode, or none (`mock-user`).",
                 "content": {
                     JSON: {
@@ -532,15 +634,15 @@ def openapi_document(
     schemas["ClientConfig"]["properties"]["mode"] = {"const": "mock" if mock else "live"}
     schemas["ClientConfig"]["properties"]["auth_required"] = {"const": not mock}
     if mock:
-        schemas["Session"]["properties"]["client_secret"]["pattern"] = "^mock_"
+        schemas["Session"]["properties"]["client_secret"]["pattern"] = "^cks_"
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "chatkit-broker",
             "version": __version__,
-            "summary": "Mints OpenAI ChatKit client secrets for users signed in with a JWT.",
+            "summary": "Gives users signed in with a JWT a ChatKit session, whatever serves it.",
             "description": (
-                "MOCK MODE: no OpenAI calls; mock secrets; loopback clients only."
+                "MOCK MODE: no OpenAI calls; per-process session secrets; loopback clients only."
                 if mock
                 else "Live mode: mints hosted ChatKit sessions with the broker's OpenAI key."
             )

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .store import RedisStore
 
-LIMITED_PREFIXES = ("/api/", "/mock/")
+LIMITED_PREFIXES = ("/api/", "/mock/", "/chatkit/")
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,13 @@ class Limit:
     window: int  # seconds
     item: RateLimitItem
     variable: str
+    what: str = ""  # what is counted, for the 429 message
 
     @classmethod
-    def parse(cls, name: str, rate: str, variable: str) -> Limit:
+    def parse(cls, name: str, rate: str, variable: str, what: str = "") -> Limit:
         count, window = parse_rate(rate)
-        return cls(name, rate, count, window, RateLimitItemPerSecond(count, window), variable)
+        item = RateLimitItemPerSecond(count, window)
+        return cls(name, rate, count, window, item, variable, what)
 
 
 class RateLimits:
@@ -62,8 +64,13 @@ class RateLimits:
     def __init__(
         self, settings: Settings, *, metrics: Metrics, store: RedisStore | None = None
     ) -> None:
-        self.user = Limit.parse("user", settings.rate_limit, "BROKER_RATE_LIMIT")
-        self.address = Limit.parse("address", settings.ip_rate_limit, "BROKER_IP_RATE_LIMIT")
+        self.user = Limit.parse(
+            "user", settings.rate_limit, "BROKER_RATE_LIMIT", "session requests for this user"
+        )
+        self.address = Limit.parse(
+            "address", settings.ip_rate_limit, "BROKER_IP_RATE_LIMIT", "requests from your address"
+        )
+        self._per_minute: dict[tuple[str, int, str], Limit] = {}
         self._metrics = metrics
         self._store = store
         self._local = FixedWindowRateLimiter(MemoryStorage())
@@ -86,6 +93,17 @@ class RateLimits:
     async def hit_address(self, address: str) -> RateLimited | None:
         """Count one request from ``address``; the 429 to send when over the limit."""
         return await self._hit(self.address, address)
+
+    async def hit_per_minute(self, name: str, key: str, count: int, *, what: str) -> None:
+        """Count one of a workflow's own per-minute limits (``name`` is its namespace and
+        metric label); raise ``RateLimited`` (429) when over it."""
+        limit = self._per_minute.get((name, count, what))
+        if limit is None:
+            limit = Limit.parse(name, f"{count}/minute", "the workflow's configuration", what)
+            self._per_minute[(name, count, what)] = limit
+        error = await self._hit(limit, key)
+        if error is not None:
+            raise error
 
     async def _hit(self, limit: Limit, identity: str) -> RateLimited | None:
         key = quote(identity, safe="")
@@ -122,11 +140,8 @@ class RateLimits:
 
 
 def _message(limit: Limit, retry_after: int) -> str:
-    what = (
-        "session requests for this user" if limit.name == "user" else "requests from your address"
-    )
     return (
-        f"Too many {what}: the limit is {limit.rate} ({limit.variable}). "
+        f"Too many {limit.what}: the limit is {limit.rate} ({limit.variable}). "
         f"Try again in {retry_after} s."
     )
 

@@ -1,4 +1,5 @@
-"""The HTTP endpoints. Each handler parses, calls the session logic, and shapes the answer."""
+"""The broker's own HTTP endpoints. Each handler parses, has the gate admit the caller, calls
+the session logic, and shapes the answer; ChatKit traffic itself goes to ``chatkit_endpoint``."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .auth import Identity, bearer_token
-from .errors import InvalidRequest, NotFound, Unauthenticated, error_body
-from .mock import MOCK_USER
-from .mock_backend import ENABLE_HINT
+from .auth import Identity
+from .config import Workflow
+from .errors import InvalidRequest, error_body
 from .openapi import openapi_document, routed_operations
 
 if TYPE_CHECKING:
@@ -22,21 +22,11 @@ def _broker(request: Request) -> Broker:
     return request.app.state.broker
 
 
-async def authenticate(request: Request, broker: Broker) -> Identity:
-    """The caller's identity from ``Authorization: Bearer``; optional only in mock mode (SPEC §5)."""
-    token = bearer_token(request.headers.get("authorization"))
-    if token is None:
-        if broker.settings.mock:
-            identity = Identity(user=MOCK_USER, claims={})
-        else:
-            raise Unauthenticated(
-                "Sign-in required: send 'Authorization: Bearer <JWT>' from your app's sign-in.",
-                invalid_token=False,
-            )
-    elif broker.settings.mock and not broker.verifier.configured:
-        identity = broker.verifier.read_unverified(token)
-    else:
-        identity = await broker.verifier.verify(token)
+async def authenticate(request: Request, broker: Broker, *, count_mint: bool = False) -> Identity:
+    """The caller's identity, through the gate (optional only in mock mode, SPEC §5)."""
+    identity = await broker.gate.identify(
+        request.headers.get("authorization"), count_mint=count_mint
+    )
     request.state.user = identity.user
     return identity
 
@@ -80,26 +70,34 @@ def _workflow_ref(body: dict[str, Any]) -> str:
 
 async def create_session(request: Request) -> Response:
     broker = _broker(request)
-    identity = await authenticate(request, broker)
-    if broker.limits is not None:  # every authenticated mint counts, whatever its outcome
-        await broker.limits.hit_user(identity.user)
+    # every authenticated mint counts against the user's limit, whatever its outcome
+    identity = await authenticate(request, broker, count_mint=True)
     body = await json_body(request)
     ref = _workflow_ref(body)
     previous = body.get("previous_session_id")
     if previous is not None and not isinstance(previous, str):
         raise InvalidRequest("'previous_session_id' must be a string.")
-    workflow = broker.sessions.resolve(ref, identity)
-    request.state.workflow = workflow.name
-    minted = await broker.sessions.mint(identity, workflow, previous or None)
+    admission = broker.gate.admit(identity, ref)
+    request.state.workflow = admission.workflow.name
+    minted = await broker.sessions.mint(admission, previous or None)
     return JSONResponse(
         {
             "client_secret": minted.client_secret,
             "expires_at": minted.expires_at,
             "session_id": minted.session_id,
-            "workflow": {"name": workflow.name, "id": workflow.id},
-            "mock": broker.settings.mock,
+            "workflow": _workflow_json(admission.workflow, minted.kind),
+            "backend": minted.backend,
+            "mock": broker.mock,
         }
     )
+
+
+def _workflow_json(workflow: Workflow, kind: str) -> dict[str, str]:
+    """A workflow as answers show it: ``id`` only where OpenAI hosts it."""
+    shown = {"name": workflow.name, "kind": kind}
+    if kind == "hosted" and workflow.id is not None:
+        shown["id"] = workflow.id
+    return shown
 
 
 async def cancel_session(request: Request) -> Response:
@@ -119,52 +117,32 @@ async def cancel_session(request: Request) -> Response:
 async def list_workflows(request: Request) -> Response:
     broker = _broker(request)
     identity = await authenticate(request, broker)
-    workflows = broker.sessions.allowed_workflows(identity)
-    return JSONResponse(
-        {
-            "workflows": [{"name": w.name, "label": w.label, "id": w.id} for w in workflows],
-            "mock": broker.settings.mock,
-        }
-    )
+    shown = []
+    for wf in broker.gate.allowed(identity):
+        backend = broker.backends.for_workflow(wf)
+        entry = {"label": wf.label} | _workflow_json(wf, backend.kind)
+        entry["backend"] = backend.endpoint(wf, broker.settings.chatkit_domain_key)
+        shown.append(entry)
+    return JSONResponse({"workflows": shown, "mock": broker.mock})
 
 
 async def client_config(request: Request) -> Response:
+    """What the test page needs before sign-in: the mode and how ChatKit reaches each kind."""
     broker = _broker(request)
     s = broker.settings
-    backend = s.mock and broker.mock_backend is not None
+    kinds = sorted({broker.backends.for_workflow(wf).kind for wf in s.workflows})
+    custom = any(kind != "hosted" for kind in kinds)
     return JSONResponse(
         {
-            "mode": "mock" if s.mock else "live",
-            "auth_required": not s.mock,
+            "mode": "mock" if broker.mock else "live",
+            "auth_required": not broker.mock,
             "chatkit_js_url": s.chatkit_js_url,
-            "mock_backend_url": "/mock/chatkit" if backend else None,
-            "domain_key": "local-dev" if backend else None,
+            "kinds": kinds,
+            "chatkit_url": "/chatkit/{name}" if custom else None,
+            "mock_backend_url": "/mock/chatkit" if broker.mock else None,
+            "domain_key": s.chatkit_domain_key if custom else None,
         }
     )
-
-
-async def mock_chatkit(request: Request) -> Response:
-    """The mock ChatKit backend (mock mode only): every ChatKit request, for the caller's user."""
-    broker = _broker(request)
-    if broker.mock_backend is None:
-        raise NotFound(ENABLE_HINT)
-    user = await _mock_chatkit_user(request, broker)
-    request.state.user = user
-    return await broker.mock_backend.handle(await request.body(), user)
-
-
-async def _mock_chatkit_user(request: Request, broker: Broker) -> str:
-    """A mock client secret names its own user; anything else follows the mock-mode token rules."""
-    token = bearer_token(request.headers.get("authorization"))
-    if token is not None and token.startswith("mock_") and broker.mock_secrets is not None:
-        payload = broker.mock_secrets.verify(token)
-        if payload is None:
-            raise Unauthenticated(
-                "This mock client secret has expired, was cancelled or was issued by another "
-                "broker process; mint a new one at /api/chatkit/session."
-            )
-        return str(payload["u"])
-    return (await authenticate(request, broker)).user
 
 
 async def healthz(request: Request) -> Response:
@@ -185,6 +163,6 @@ async def openapi_json(request: Request) -> Response:
     doc = getattr(request.app.state, "openapi", None)
     if doc is None:
         routed = routed_operations(request.app.routes)
-        doc = openapi_document(mock=_broker(request).settings.mock, routed=routed)
+        doc = openapi_document(mock=_broker(request).mock, routed=routed)
         request.app.state.openapi = doc
     return JSONResponse(doc)

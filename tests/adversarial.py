@@ -23,13 +23,14 @@ from .conftest import (
     wait_until_serving,
 )
 
-# Patterns of the secrets the tests create: the fake mints ``ek_`` + 48 hex, mock secrets
-# are ``mock_`` + an itsdangerous token, JWTs are two base64url JSON objects and a signature.
+# Patterns of the secrets the tests create: the fake mints ``ek_`` + 48 hex, the broker's own
+# session secrets are ``cks_`` + an itsdangerous token, JWTs are two base64url JSON objects and
+# a signature.
 SECRET_PATTERNS = {
     "API key": re.compile(re.escape(API_KEY)),
     "JWT": re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"),
     "client_secret": re.compile(r"ek_[0-9a-f]{48}"),
-    "mock secret": re.compile(r"mock_[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_.-]{10,}"),
+    "session secret": re.compile(r"cks_[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_.-]{10,}"),
     "Authorization value": re.compile(r"Bearer\s+[A-Za-z0-9_.-]{16,}"),
     "JWT secret": re.compile(re.escape(SECRET)),
 }

@@ -34,7 +34,7 @@ def test_check_lists_every_problem_and_exits_2(tmp_path):
     )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
-    for needle in ("OPENAI_API_KEY", "'Bad'", "'ok' id", "BROKER_JWT_SECRET", "BROKER_PORT"):
+    for needle in ("OPENAI_API_KEY", "'Bad'", "'ok' must name", "BROKER_JWT_SECRET", "BROKER_PORT"):
         assert needle in r.stderr, needle
     assert r.stderr.count("\n  - ") >= 5
 
@@ -46,7 +46,7 @@ def test_check_summary_masks_secrets(tmp_path, base_env):
     assert r.returncode == 0, r.stderr
     assert API_KEY not in r.stdout and SECRET not in r.stdout
     assert "sk-proj-…XYZ"[-3:] in r.stdout and "from CHATKIT_OPENAI_API_KEY (.env)" in r.stdout
-    assert f"support: {WF_SUPPORT}" in r.stdout
+    assert f"support: hosted {WF_SUPPORT}" in r.stdout
     assert "BROKER_JWT_AUDIENCE is not set" in r.stdout
 
 

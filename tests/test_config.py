@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import ConfigError, load_settings, parse_rate, read_environment
+from broker.config import (
+    KIND_KEYS,
+    SERVED_KINDS,
+    ConfigError,
+    load_settings,
+    parse_rate,
+    read_environment,
+)
 
 from .conftest import API_KEY, SECRET, WF_SALES, WF_SUPPORT
 
@@ -55,7 +62,7 @@ def test_every_problem_is_listed_at_once():
     for needle in (
         "OPENAI_API_KEY",
         "'Bad Name'",
-        "'ok' id must be wf_",
+        "'ok' must name a hosted workflow (wf_…), a ChatKit server",
         "'noequals' must be name=wf_",
         "BROKER_JWT_SECRET is shorter than 32 bytes",
         "BROKER_PORT",
@@ -229,3 +236,119 @@ def test_dotenv_is_loaded_but_environment_wins(tmp_path: Path, monkeypatch):
     assert env["OPENAI_API_KEY"] == "sk-from-shell"
     assert env["BROKER_PORT"] == "9001"
     assert "BROKER_PORT" in from_dotenv and "OPENAI_API_KEY" not in from_dotenv
+
+
+# --- workflows of three kinds ---------------------------------------------------------------
+
+SESSION_KEY = "session-key-that-is-at-least-32-bytes-long"
+THREE_KINDS = f"support={WF_SUPPORT},helpdesk=https://chat.internal/chatkit,coach=myapp.coach:agent"
+
+
+def test_the_kind_follows_from_the_shorthand_values_shape():
+    s = load_settings({"BROKER_MOCK": "1", "BROKER_WORKFLOWS": THREE_KINDS})
+    kinds = {wf.name: (wf.kind, wf.target) for wf in s.workflows}
+    assert kinds == {
+        "support": ("hosted", WF_SUPPORT),
+        "helpdesk": ("gateway", "https://chat.internal/chatkit"),
+        "coach": ("agent", "myapp.coach:agent"),
+    }
+    assert s.workflow("helpdesk").id is None and s.workflow("coach").server is None
+
+
+def test_the_workflow_file_names_the_kind_by_its_key(tmp_path):
+    wf_file = tmp_path / "wf.toml"
+    wf_file.write_text(
+        "[workflows.helpdesk]\n"
+        'server = "https://chat.internal/chatkit"\n'
+        'label = "Help desk"\n'
+        'audience = "helpdesk-api"\n'
+        'forward_claims = ["email", "org"]\n'
+        "idle_timeout = 30\n"
+        "max_messages_per_minute = 5\n"
+        'require = { role = "staff" }\n'
+        "[workflows.coach]\n"
+        'agent = "myapp.coach:agent"\n'
+        "expires_after = 300\n"
+    )
+    s = load_settings({"BROKER_MOCK": "1", "BROKER_WORKFLOWS_FILE": str(wf_file)})
+    helpdesk, coach = s.workflow("helpdesk"), s.workflow("coach")
+    assert (helpdesk.kind, helpdesk.label, helpdesk.audience) == (
+        "gateway",
+        "Help desk",
+        "helpdesk-api",
+    )
+    assert helpdesk.forward_claims == ("email", "org")
+    assert (helpdesk.idle_timeout, helpdesk.connect_timeout) == (30.0, 5.0)
+    assert helpdesk.max_messages_per_minute == 5
+    assert helpdesk.require == (("role", "staff"),)
+    assert (coach.kind, coach.agent, coach.expires_after) == ("agent", "myapp.coach:agent", 300)
+
+
+def test_two_kinds_or_none_in_the_file_is_an_error_naming_the_workflow(tmp_path):
+    wf_file = tmp_path / "wf.toml"
+    wf_file.write_text(
+        "[workflows.both]\n"
+        f'id = "{WF_SUPPORT}"\n'
+        'server = "https://chat.internal/chatkit"\n'
+        "[workflows.neither]\n"
+        'label = "Nothing"\n'
+        "[workflows.mixed]\n"
+        'agent = "a.b:c"\n'
+        'version = "3"\n'
+    )
+    text = "\n".join(problems_of({"BROKER_MOCK": "1", "BROKER_WORKFLOWS_FILE": str(wf_file)}))
+    assert "[workflows.both]: name exactly one backend" in text and "it names id, server" in text
+    assert "[workflows.neither]: name exactly one backend" in text and "names none" in text
+    assert "'version' is an option of hosted workflows, not of agent ones" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("nope", "must name a hosted workflow (wf_…), a ChatKit server (https://…) or an agent"),
+        ("ftp://chat.internal/x", "server must be an http(s):// URL with a host"),
+        ("https:///no-host", "server must be an http(s):// URL with a host"),
+        ("https://user:pw@chat.internal/x", "server must be an http(s):// URL with a host"),
+        ("my app:agent", "agent must be package.module:attr"),
+        ("myapp.coach:", "agent must be package.module:attr"),
+    ],
+)
+def test_a_workflow_value_of_no_known_shape_is_listed(value, needle):
+    text = "\n".join(problems_of({"BROKER_MOCK": "1", "BROKER_WORKFLOWS": f"x={value}"}))
+    assert needle in text
+
+
+def test_custom_kinds_need_a_session_secret_in_live_mode(base_env):
+    env = base_env | {"BROKER_WORKFLOWS": THREE_KINDS}
+    text = "\n".join(problems_of(env))
+    assert "BROKER_SESSION_SECRET is required when a gateway or agent workflow" in text
+    short = "\n".join(problems_of(env | {"BROKER_SESSION_SECRET": f"{SESSION_KEY},short"}))
+    assert "BROKER_SESSION_SECRET: key 2 is shorter than 32 bytes" in short
+    assert SESSION_KEY not in short
+
+
+def test_mock_mode_needs_no_session_secret_and_hosted_only_needs_none():
+    load_settings({"BROKER_MOCK": "1", "BROKER_WORKFLOWS": THREE_KINDS})
+    s = load_settings(
+        {
+            "OPENAI_API_KEY": API_KEY,
+            "BROKER_WORKFLOWS": f"support={WF_SUPPORT}",
+            "BROKER_JWT_SECRET": SECRET,
+        }
+    )
+    assert s.session_secrets == ()
+    assert s.chatkit_domain_key == "local-dev"
+
+
+def test_session_secret_keys_rotate_as_a_list(base_env):
+    s = load_settings(base_env | {"BROKER_SESSION_SECRET": f"{SESSION_KEY}, {SESSION_KEY}-old"})
+    assert s.session_secrets == (SESSION_KEY, f"{SESSION_KEY}-old")
+    assert SESSION_KEY not in repr(s)
+
+
+@pytest.mark.parametrize("kind", sorted(set(KIND_KEYS) - SERVED_KINDS))
+def test_a_kind_this_broker_cannot_serve_yet_is_refused_by_name(base_env, kind):
+    value = {"gateway": "https://chat.internal/chatkit", "agent": "myapp.coach:agent"}[kind]
+    env = base_env | {"BROKER_WORKFLOWS": f"x={value}", "BROKER_SESSION_SECRET": SESSION_KEY}
+    text = "\n".join(problems_of(env))
+    assert f"workflow 'x' is a {kind} workflow" in text and "cannot serve yet" in text

@@ -172,6 +172,10 @@ def test_404_on_every_workflow_names_the_usual_causes(doctor, doctor_env, openai
     assert [e["status"] for e in entries] == ["fail", "fail"]
     assert [e["http_status"] for e in entries] == [404, 404]
     assert "another project than the workflow" in " ".join(entries[0]["details"])
+    # since 2026-11-30 the likeliest cause is the shutdown itself: say so, and where to go
+    details = " ".join(entries[0]["details"])
+    assert "OpenAI shut Agent Builder down" in details
+    assert "gateway workflow" in details and "agent workflow" in details
     assert "proj_fake" in " ".join(entries[0]["details"])
     assert entries[0]["fix"].startswith(f"in Agent Builder open {WF_SUPPORT}: publish it")
     assert "CHATKIT_OPENAI_API_KEY" in entries[0]["fix"]
@@ -595,3 +599,16 @@ def test_a_terminal_that_cannot_print_the_symbols(doctor, doctor_env):
     assert "sk-proj-...fXYZ" in r.out
     j = doctor(env, "--json")
     assert j.report["checks"][1]["data"]["masked"] == "sk-proj-…fXYZ"
+
+
+def test_run_doctor_leaves_no_logging_handler_behind(doctor_env, openai):
+    """Each call silenced the broker's logger with a handler it never removed."""
+    import logging
+
+    from broker.doctor import run_doctor
+
+    handlers = list(logging.getLogger("broker").handlers)
+    for _ in range(3):
+        code, _report = run_doctor(doctor_env, doctor_env, {}, timeout=5)
+        assert code == 0
+    assert logging.getLogger("broker").handlers == handlers

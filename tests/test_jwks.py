@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import time
@@ -25,6 +24,7 @@ from aiohttp import web
 from broker.app import build_broker, create_app
 from broker.auth import Verifier
 from broker.config import Settings
+from broker.http import HttpPool
 from broker.jwks import JWKSCache
 
 from .conftest import auth
@@ -54,18 +54,18 @@ async def jwks_client(
     settings: Settings, clock: Clock, **cache_kw: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, JWKSCache]]:
     """The app with its JWKS cache on ``clock`` (lifespan run: the start-up fetch happens)."""
-    broker = build_broker(settings)
     assert settings.jwt.jwks_url
+    http = HttpPool()
     cache = JWKSCache(
         settings.jwt.jwks_url,
-        broker.http,
+        http,
         algorithms=settings.jwt.asymmetric_algorithms,
         clock=clock,
         **cache_kw,
     )
     # the verified-token cache is off here: these tests are about the key cache alone
     verifier = Verifier(settings.jwt, cache, cache_size=0)
-    broker = dataclasses.replace(broker, jwks=cache, verifier=verifier, readiness=[cache.readiness])
+    broker = build_broker(settings, http=http, jwks=cache, verifier=verifier)
     app = create_app(settings, broker=broker)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
     async with (

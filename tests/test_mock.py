@@ -1,11 +1,11 @@
-"""Mock mode: loopback-only, signed expiring mock_ secrets, and never a silent fallback."""
+"""Mock mode: loopback-only, per-process session secrets, the mock backend, never a silent fallback."""
 
 from __future__ import annotations
 
 import pytest
 
 from broker.config import load_settings
-from broker.mock import MockSessions, is_local_host_header, is_loopback_address
+from broker.loopback import is_local_host_header, is_loopback_address
 
 from .conftest import SECRET, app_client, auth
 
@@ -15,16 +15,44 @@ MOCK = {"BROKER_MOCK": "1", "BROKER_LOG_FORMAT": "json"}
 async def test_mock_mint_without_token(openai):
     async with app_client(load_settings(MOCK)) as c:
         r = await c.post("/api/chatkit/session", json={"workflow": "topic-generation"})
-        backend = c.app.state.broker.sessions.backend
+        broker = c.app.state.broker
+        data = r.json()
+        workflow = broker.settings.workflow_named("topic-generation")
+        admitted = await broker.secrets.admit(data["client_secret"], workflow)
     assert r.status_code == 200, r.text
-    data = r.json()
     assert data["mock"] is True
-    assert data["client_secret"].startswith("mock_")
-    assert data["session_id"].startswith("cksess_mock_")
-    assert data["workflow"] == {"name": "topic-generation", "id": "wf_mock_topic_generation"}
+    assert data["client_secret"].startswith("cks_")
+    assert data["session_id"].startswith("bsess_")
+    assert data["workflow"] == {"name": "topic-generation", "kind": "mock"}
+    assert data["backend"] == {"url": "/chatkit/topic-generation", "domain_key": "local-dev"}
     assert r.headers["x-chatkit-broker-mode"] == "mock"
-    assert backend.verify(data["client_secret"])["u"] == "mock-user"
+    assert admitted.identity.user == "mock-user"
+    assert admitted.session_id == data["session_id"]
     assert openai.requests == []  # no OpenAI call in mock mode
+
+
+async def test_mock_secret_opens_its_own_workflow_endpoint_only():
+    threads_list = {"type": "threads.list", "params": {"limit": 5}}
+    async with app_client(load_settings(MOCK)) as c:
+        minted = (
+            await c.post("/api/chatkit/session", json={"workflow": "topic-generation"})
+        ).json()
+        own = await c.post(
+            minted["backend"]["url"], json=threads_list, headers=auth(minted["client_secret"])
+        )
+        other = await c.post(
+            "/chatkit/post-writer", json=threads_list, headers=auth(minted["client_secret"])
+        )
+        unknown = await c.post("/chatkit/nope", json=threads_list)
+        alias = await c.post(
+            "/mock/chatkit", json=threads_list, headers=auth(minted["client_secret"])
+        )
+    assert own.status_code == 200, own.text
+    assert own.json()["data"] == []
+    assert other.status_code == 401
+    assert "another workflow" in other.json()["error"]["message"]
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    assert alias.status_code == 200
 
 
 async def test_mock_every_response_says_mock():
@@ -48,9 +76,11 @@ async def test_token_read_unverified_when_no_key_configured():
             "/api/chatkit/session", json={"workflow": "post-writer"}, headers=auth(tok)
         )
         assert r.status_code == 200
-        assert (
-            c.app.state.broker.sessions.backend.verify(r.json()["client_secret"])["u"] == "dev-bob"
+        broker = c.app.state.broker
+        admitted = await broker.secrets.admit(
+            r.json()["client_secret"], broker.settings.workflow_named("post-writer")
         )
+        assert admitted.identity.user == "dev-bob"
         r = await c.post(
             "/api/chatkit/session", json={"workflow": "post-writer"}, headers=auth("garbage")
         )
@@ -124,26 +154,6 @@ def test_guards_unit():
     assert not is_local_host_header("[::1]evil") and not is_local_host_header("localhost:80x")
 
 
-async def test_mock_secret_expires_and_is_bound_to_its_process():
-    now = [1_000_000.0]
-    sessions = MockSessions(clock=lambda: now[0])
-    body = {
-        "user": "u1",
-        "workflow": {"id": "wf_x"},
-        "expires_after": {"anchor": "created_at", "seconds": 60},
-    }
-    created = await sessions.create(body, workflow_label="x")
-    assert created.expires_at == 1_000_060
-    assert sessions.verify(created.client_secret)["u"] == "u1"
-    assert MockSessions().verify(created.client_secret) is None  # another process's key
-    assert sessions.verify(created.client_secret[:-2] + "xx") is None  # tampered
-    now[0] += 61
-    assert sessions.verify(created.client_secret) is None  # expired
-    now[0] -= 61
-    await sessions.cancel(created.session_id)
-    assert sessions.verify(created.client_secret) is None  # cancelled
-
-
 async def test_live_mode_never_accepts_a_mock_secret(make_settings, openai):
     async with app_client(load_settings(MOCK)) as mock_client:
         secret = (
@@ -158,7 +168,7 @@ async def test_live_mode_never_accepts_a_mock_secret(make_settings, openai):
             json={"session_id": "cksess_mock_x"},
             headers=auth(secret),
         )
-    assert r.status_code == 401 and "client secret" in r.json()["error"]["message"]
+    assert r.status_code == 401 and "session secret" in r.json()["error"]["message"]
     assert cancel.status_code == 401
     assert secret not in r.text
     assert openai.requests == []

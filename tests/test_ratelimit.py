@@ -63,7 +63,7 @@ async def test_every_authenticated_mint_counts_whatever_its_outcome(make_setting
 
 async def test_address_limit_comes_before_any_jwt_work(make_settings, openai, token):
     async with app_client(make_settings(BROKER_IP_RATE_LIMIT="3/hour")) as c:
-        verifier = c.app.state.broker.verifier
+        verifier = c.app.state.broker.gate._verifier
         calls = 0
         original = verifier.verify
 

@@ -18,7 +18,8 @@ async def test_mint_plain_workflow_sends_exact_upstream_request(client, openai, 
     data = r.json()
     assert data["client_secret"].startswith("ek_")
     assert data["session_id"].startswith("cksess_")
-    assert data["workflow"] == {"name": "support", "id": WF_SUPPORT}
+    assert data["workflow"] == {"name": "support", "kind": "hosted", "id": WF_SUPPORT}
+    assert data["backend"] is None  # ChatKit talks to OpenAI with this secret
     assert data["mock"] is False
     assert isinstance(data["expires_at"], int)
     assert r.headers["cache-control"] == "no-store"
@@ -189,8 +190,14 @@ async def test_workflows_filtered_by_require(make_settings, token, tmp_path):
     assert [w["name"] for w in basic.json()["workflows"]] == ["support"]
     assert pro.json() == {
         "workflows": [
-            {"name": "support", "label": "support", "id": WF_SUPPORT},
-            {"name": "pro", "label": "Pro only", "id": WF_SALES},
+            {
+                "name": "support",
+                "label": "support",
+                "kind": "hosted",
+                "id": WF_SUPPORT,
+                "backend": None,
+            },
+            {"name": "pro", "label": "Pro only", "kind": "hosted", "id": WF_SALES, "backend": None},
         ],
         "mock": False,
     }
@@ -204,6 +211,8 @@ async def test_config_endpoint_live(client):
         "mode": "live",
         "auth_required": True,
         "chatkit_js_url": "https://cdn.platform.openai.com/deployments/chatkit/chatkit.js",
+        "kinds": ["hosted"],
+        "chatkit_url": None,
         "mock_backend_url": None,
         "domain_key": None,
     }

@@ -21,9 +21,9 @@ import httpx
 import pytest
 from aiohttp import web
 
-from broker.app import HttpPool
+from broker.backends.hosted import HostedSessions, UpstreamConfig
 from broker.config import Settings
-from broker.upstream import HostedSessions, UpstreamConfig
+from broker.http import HttpPool
 
 from .conftest import API_KEY, WF_SUPPORT, app_client, auth, free_port
 from .fake_openai import chat_session, error_json

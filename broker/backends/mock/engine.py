@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 from starlette.responses import Response, StreamingResponse
 
-from .errors import InvalidRequest, NotFound
+from ...errors import InvalidRequest, NotFound
 
 if TYPE_CHECKING:
-    from . import _mock_chatkit
+    from . import chatkit_server as _mock_chatkit
 
 __all__ = ["ENABLE_HINT", "MockChatKitBackend", "mock_backend_available"]
 
@@ -44,7 +44,7 @@ SSE_HEADERS = {**NO_STORE, "X-Accel-Buffering": "no"}
 def mock_backend_available() -> bool:
     """Whether `openai-chatkit` can be imported, so callers can degrade instead of crash."""
     try:
-        from . import _mock_chatkit  # noqa: F401
+        from . import chatkit_server as _mock_chatkit  # noqa: F401
     except ImportError:
         return False
     return True
@@ -66,7 +66,7 @@ class MockChatKitBackend:
     def __init__(self, *, slow_step: float = 0.5, step: float = 0.02) -> None:
         if not mock_backend_available():
             raise RuntimeError(ENABLE_HINT)
-        from . import _mock_chatkit
+        from . import chatkit_server as _mock_chatkit
 
         self._impl = _mock_chatkit
         self._store = _mock_chatkit.MemoryStore()

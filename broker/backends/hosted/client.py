@@ -18,8 +18,8 @@ from typing import Any
 
 import aiohttp
 
-from .config import Settings
-from .errors import (
+from ...config import Settings
+from ...errors import (
     BrokerError,
     UpstreamAuthFailed,
     UpstreamDetail,
@@ -28,7 +28,8 @@ from .errors import (
     UpstreamUnavailable,
     UpstreamWorkflowNotFound,
 )
-from .httpread import read_capped
+from ...httpread import read_capped
+from ..base import CreatedSession
 
 log = logging.getLogger("broker.upstream")
 
@@ -60,15 +61,6 @@ class UpstreamConfig:
             timeout=settings.upstream_timeout if timeout is None else timeout,
             retries=settings.upstream_retries,
         )
-
-
-@dataclass(frozen=True)
-class CreatedSession:
-    """What the broker needs from a ``ChatSession``: the secret, its expiry and the session id."""
-
-    client_secret: str
-    expires_at: int
-    session_id: str
 
 
 class _Retryable(Exception):

@@ -1,0 +1,129 @@
+"""The one gate every backend's callers pass: who is calling, and may they use this workflow.
+
+Sign-in (an app JWT; in mock mode optional), the per-user limits, the allowlist and each
+workflow's ``require`` are checked here and nowhere else, so the hosted, gateway, agent and
+mock backends cannot drift apart on who gets in. A backend receives an ``Admission``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .auth import Identity, Verifier, bearer_token
+from .backends.base import Admission
+from .config import Workflow
+from .errors import Unauthenticated, WorkflowNotAllowed
+from .ratelimit import RateLimits
+from .session_secrets import SessionSecrets, is_session_secret
+
+
+def unmet_requirements(workflow: Workflow, claims: Mapping[str, Any]) -> list[str]:
+    """The names of the ``require`` claims this caller does not satisfy."""
+    unmet = []
+    for claim, want in workflow.require:
+        have = claims.get(claim)
+        options = want if isinstance(want, tuple) else (want,)
+        if not any(_same(have, option) for option in options):
+            unmet.append(claim)
+    return unmet
+
+
+def _same(have: Any, want: Any) -> bool:
+    # True == 1 in Python; a claim of 1 must not satisfy `require = { admin = true }`
+    return type(have) is type(want) and have == want
+
+
+class Gate:
+    """Admits callers. ``anonymous_user`` (mock mode) is who a request without a token is;
+    ``trust_unverified`` (mock mode with no key configured) reads a token's ``sub`` unchecked."""
+
+    def __init__(
+        self,
+        *,
+        verifier: Verifier,
+        workflows: Sequence[Workflow],
+        limits: RateLimits,
+        secrets: SessionSecrets | None = None,
+        anonymous_user: str | None = None,
+        trust_unverified: bool = False,
+    ) -> None:
+        self._verifier = verifier
+        self._workflows = tuple(workflows)
+        self._by_ref = {wf.name: wf for wf in self._workflows} | {
+            wf.id: wf for wf in self._workflows if wf.id is not None
+        }
+        self._limits = limits
+        self._secrets = secrets
+        self._anonymous = anonymous_user
+        self._trust_unverified = trust_unverified
+
+    async def identify(self, authorization: str | None, *, count_mint: bool = False) -> Identity:
+        """The caller's identity from ``Authorization: Bearer <JWT>``.
+
+        ``count_mint`` counts one mint against the user's limit (``BROKER_RATE_LIMIT``), which
+        every authenticated mint request spends, whatever its outcome.
+        """
+        token = bearer_token(authorization)
+        if token is None:
+            if self._anonymous is None:
+                raise Unauthenticated(
+                    "Sign-in required: send 'Authorization: Bearer <JWT>' from your app's sign-in.",
+                    invalid_token=False,
+                )
+            identity = Identity(user=self._anonymous, claims={})
+        elif is_session_secret(token):
+            raise Unauthenticated(
+                "A session secret (cks_…) is only good at its workflow's ChatKit endpoint; "
+                "send your app's sign-in token (JWT) here."
+            )
+        elif self._trust_unverified and not self._verifier.configured:
+            identity = self._verifier.read_unverified(token)
+        else:
+            identity = await self._verifier.verify(token)
+        if count_mint:
+            await self._limits.hit_user(identity.user)
+        return identity
+
+    def allowed(self, identity: Identity) -> list[Workflow]:
+        """The workflows this caller's claims allow, in configuration order."""
+        return [wf for wf in self._workflows if not unmet_requirements(wf, identity.claims)]
+
+    def admit(self, identity: Identity, ref: str) -> Admission:
+        """Admit ``identity`` to the allowlisted workflow ``ref`` (a name or a ``wf_`` id)."""
+        workflow = self._by_ref.get(ref)
+        if workflow is None:
+            raise WorkflowNotAllowed(
+                f"Workflow {ref[:80]!r} is not on this broker's allowlist "
+                "(BROKER_WORKFLOWS / BROKER_WORKFLOWS_FILE)."
+            )
+        unmet = unmet_requirements(workflow, identity.claims)
+        if unmet:
+            raise WorkflowNotAllowed(
+                f"Your account may not use workflow {workflow.name!r}: it requires the "
+                f"claim(s) {', '.join(unmet)} with other values."
+            )
+        return Admission(identity, workflow)
+
+    async def admit_chatkit(self, authorization: str | None, workflow: Workflow) -> Admission:
+        """Admit a ChatKit request for ``workflow``: its own session secret, or an app JWT.
+
+        A session secret was checked against the allowlist when it was minted; it must be
+        for this very workflow, unexpired and not cancelled. A JWT goes through the gate
+        as a mint would, minus the mint limit.
+        """
+        token = bearer_token(authorization)
+        if token is not None and is_session_secret(token):
+            if self._secrets is None:
+                raise Unauthenticated("This broker issues no session secrets.")
+            admission = await self._secrets.admit(token, workflow)
+        else:
+            admission = self.admit(await self.identify(authorization), workflow.name)
+        if workflow.max_requests_per_minute is not None:
+            await self._limits.hit_per_minute(
+                "workflow_requests",
+                f"{workflow.name}:{admission.identity.user}",
+                workflow.max_requests_per_minute,
+                what=f"requests to workflow {workflow.name!r}",
+            )
+        return admission
