@@ -226,24 +226,8 @@ def test_chatkit_script_that_never_defines_the_element_times_out(tab: Tab, live,
 # ------------------------------------------------------------------------- mock mode
 
 
-def with_backend_field(page: Page) -> None:
-    """Brokers before the seam answer a mock mint without ``backend``; give such answers the
-    backend today's mock serves (``/mock/chatkit``, which accepts the mock secret), so the page
-    takes its custom-backend path either way. Answers that name a backend pass unchanged."""
-
-    def add_backend(route: Route) -> None:
-        response = route.fetch()
-        answer = response.json()
-        if response.status == 200 and "backend" not in answer:
-            answer["backend"] = {"url": "/mock/chatkit", "domain_key": "local-dev"}
-        route.fulfill(response=response, json=answer)
-
-    page.route("**/api/chatkit/session", add_backend)
-
-
 def open_mock(tab: Tab, broker: BrokerProcess) -> Page:
     page = tab.page
-    with_backend_field(page)
     page.goto(broker.url + "/")
     expect(page.locator("#mode")).to_have_text("mode: mock")
     expect(page.locator("#mock-banner")).to_be_visible()
@@ -269,7 +253,11 @@ def test_mock_mode_mounts_chatkit_against_the_backend_with_the_session_secret(
         page.click("button[data-workflow=topic-generation]")
     answer = minted.value.json()
     assert minted.value.request.headers["authorization"] == f"Bearer {tok}"
+    # the broker's own session secret, for the mock backend behind /chatkit/<name>
+    assert answer["client_secret"].startswith("cks_")
+    assert answer["workflow"]["kind"] == "mock"
     backend = answer["backend"]
+    assert backend == {"url": "/chatkit/topic-generation", "domain_key": "local-dev"}
     expect(status(page)).to_have_attribute("data-state", "ready")
 
     rec = tab.stand_in()
@@ -325,6 +313,8 @@ def test_protocol_console_chats_with_the_mock_backend_when_chatkit_is_blocked(ta
         page.click("button[data-workflow=post-writer]")
     answer = minted.value.json()
     backend_url = answer["backend"]["url"]
+    assert backend_url == "/chatkit/post-writer"
+    assert answer["client_secret"].startswith("cks_")
 
     expect(status(page)).to_have_attribute("data-state", "error")
     expect(page.locator("#status-reason")).to_have_text(CANT_LOAD)

@@ -624,7 +624,7 @@ def chatkit_types() -> Any:
         from pydantic import TypeAdapter
 
         # chatkit.types, imported the way the mock backend does (its deprecation noise muted)
-        from broker._mock_chatkit import ChatKitReq, ThreadStreamEvent
+        from broker.backends.mock.chatkit_server import ChatKitReq, ThreadStreamEvent
     except ImportError:
         need(False, "openai-chatkit is not installed (pip install '.[mock]')")
     return TypeAdapter(ThreadStreamEvent), TypeAdapter(ChatKitReq)
