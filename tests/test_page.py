@@ -65,7 +65,8 @@ def test_live_mode_mints_before_mount_and_remints_on_refresh(tab: Tab, live, ope
     tok = token("alice")
     page = open_live(tab, live, tok)
     expect(page.locator("#mock-banner")).to_be_hidden()
-    expect(page.locator("#workflows button")).to_have_text(["support", "sales"])
+    expect(page.locator("#workflows button .wf-label")).to_have_text(["support", "sales"])
+    expect(page.locator("#workflows button .wf-kind")).to_have_text(["hosted", "hosted"])
 
     with page.expect_response("**/api/chatkit/session") as first_response:
         page.click("button[data-workflow=support]")
@@ -235,6 +236,7 @@ def open_mock(tab: Tab, broker: BrokerProcess) -> Page:
     expect(page.locator("#workflows button .wf-label")).to_have_text(
         ["Topic generation", "Post writer"]
     )
+    expect(page.locator("#workflows button .wf-kind")).to_have_text(["mock", "mock"])
     return page
 
 

@@ -31,7 +31,7 @@ const STATUS_TEXT = {
 };
 
 /**
- * @typedef {{name: string, label?: string | null, id?: string | null}} Workflow
+ * @typedef {{name: string, label?: string | null, id?: string | null, kind?: string}} Workflow
  * @typedef {{mode: string, auth_required: boolean, chatkit_js_url: string}} Config
  * @typedef {{id: number, time: string, kind: string, text: string, level: "info" | "warn" | "error", detail?: string}} LogEntry
  * @typedef {{reason: string, detail?: string}} Problem
@@ -676,7 +676,12 @@ function render() {
             },
             on: { click: () => mount(wf) },
           },
-          h("span", { class: "wf-label", text: label }),
+          h(
+            "span",
+            { class: "wf-head" },
+            h("span", { class: "wf-label", text: label }),
+            wf.kind && h("span", { class: "wf-kind", data: { kind: wf.kind }, text: wf.kind }),
+          ),
           label !== wf.name && h("span", { class: "wf-name", text: wf.name }),
         );
       }),
