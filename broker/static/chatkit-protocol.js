@@ -18,7 +18,8 @@ import { BrokerError, errorFromResponse } from "./chatkit-broker.js";
  * @typedef {object} Message one line of the transcript
  * @property {string} id the thread item id
  * @property {"user" | "assistant" | "widget" | "other"} role
- * @property {string} text
+ * @property {string} text all content parts, joined
+ * @property {string[]} parts the text of each content part, by content_index
  * @property {boolean} done false while the assistant's text is still streaming in
  *
  * @typedef {object} Transcript what the console shows of one thread
@@ -40,13 +41,14 @@ export function emptyTranscript() {
 }
 
 /**
- * Text of an item's content parts (user input_text/input_tag, assistant output_text).
+ * Text of each of an item's content parts (user input_text/input_tag, assistant output_text).
  * @param {any} item
+ * @returns {string[]}
  */
-function itemText(item) {
-  if (item.type === "widget") return item.copy_text || "[widget]";
+function itemParts(item) {
+  if (item.type === "widget") return [item.copy_text || "[widget]"];
   const parts = Array.isArray(item.content) ? item.content : [];
-  return parts.map((/** @type {any} */ part) => (typeof part?.text === "string" ? part.text : "")).join("");
+  return parts.map((/** @type {any} */ part) => (typeof part?.text === "string" ? part.text : ""));
 }
 
 /** @param {any} item @returns {Message["role"]} */
@@ -59,7 +61,8 @@ function roleOf(item) {
 
 /** @param {any} item @param {boolean} done @returns {Message} */
 function toMessage(item, done) {
-  return { id: String(item.id), role: roleOf(item), text: itemText(item), done };
+  const parts = itemParts(item);
+  return { id: String(item.id), role: roleOf(item), text: parts.join(""), parts, done };
 }
 
 /**
@@ -86,15 +89,16 @@ export function applyEvent(t, event) {
       const message = find(event.item_id);
       const update = event.update ?? {};
       if (!message) break;
-      if (update.type === "assistant_message.content_part.text_delta") message.text += update.delta ?? "";
-      else if (
+      const i = Number(update.content_index ?? 0);
+      if (update.type === "assistant_message.content_part.text_delta") {
+        message.parts[i] = (message.parts[i] ?? "") + (update.delta ?? "");
+      } else if (
         update.type === "assistant_message.content_part.added" ||
         update.type === "assistant_message.content_part.done"
       ) {
-        // One content part per reply in practice; a done part carries the whole text.
-        if (update.type === "assistant_message.content_part.done")
-          message.text = update.content?.text ?? message.text;
+        message.parts[i] = update.content?.text ?? message.parts[i] ?? "";
       }
+      message.text = message.parts.join("");
       break;
     }
     case "thread.item.done":

@@ -704,7 +704,7 @@ def test_protocol_stream_closed_mid_reply_is_one_error_with_the_request_id(kit):
     assert result["seen"] == ["thread.created", "thread.item.added", "thread.item.updated"]
     assert result["t"]["threadId"] == "thr_1"
     assert result["t"]["messages"] == [
-        {"id": "msg_1", "role": "assistant", "text": "Hel", "done": True}
+        {"id": "msg_1", "role": "assistant", "text": "Hel", "parts": ["Hel"], "done": True}
     ]
     [seen] = fake.requests("/chatkit/demo")
     assert_chatkit_request(seen.body)
@@ -862,3 +862,60 @@ def test_an_error_that_is_only_a_string_keeps_its_words(kit):
     )
     assert result["message"] == "Missing workflow id"
     assert result["code"] == "http_400"
+
+
+def test_protocol_transcript_follows_each_content_part(kit):
+    tab, _ = kit
+    part = {"type": "output_text", "text": "", "annotations": []}
+
+    def delta(i: int, text: str) -> dict[str, Any]:
+        update = {"type": "assistant_message.content_part.text_delta", "content_index": i}
+        return {
+            "type": "thread.item.updated",
+            "item_id": "msg_1",
+            "update": update | {"delta": text},
+        }
+
+    events = [
+        {"type": "thread.item.added", "item": ITEM | {"content": []}},
+        {
+            "type": "thread.item.updated",
+            "item_id": "msg_1",
+            "update": {
+                "type": "assistant_message.content_part.added",
+                "content_index": 0,
+                "content": part,
+            },
+        },
+        delta(0, "One "),
+        {
+            "type": "thread.item.updated",
+            "item_id": "msg_1",
+            "update": {
+                "type": "assistant_message.content_part.added",
+                "content_index": 1,
+                "content": part,
+            },
+        },
+        delta(1, "two."),
+        delta(0, "and "),
+    ]
+    sse(*events)  # each one is a valid ThreadStreamEvent
+    result = run(
+        tab,
+        f"""
+        const {{applyEvent, emptyTranscript}} = await import("/chatkit-protocol.js");
+        const t = emptyTranscript();
+        for (const e of {json.dumps(events)}) applyEvent(t, e);
+        return t.messages;
+        """,
+    )
+    assert result == [
+        {
+            "id": "msg_1",
+            "role": "assistant",
+            "text": "One and two.",
+            "parts": ["One and ", "two."],
+            "done": False,
+        }
+    ]
