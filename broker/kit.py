@@ -1,4 +1,5 @@
-"""Caching of the front-end kit, ``/chatkit-broker.js``, which the page mount serves from ``static/``.
+"""Caching of the front-end kit, ``/chatkit-broker.js``, which the page mount serves from
+``static/`` (also when the test page itself is off).
 
 The kit is the browser half of the broker's contract, so it is versioned with the broker:
 ``/chatkit-broker.js?v=<version>`` may be cached for a year (the URL changes with the broker),
@@ -14,7 +15,8 @@ from starlette.types import Scope
 
 from . import __version__
 
-KIT_PATH = "/chatkit-broker.js"
+KIT_FILE = "chatkit-broker.js"
+KIT_PATH = "/" + KIT_FILE
 PINNED = "public, max-age=31536000, immutable"
 UNPINNED = "public, max-age=300"
 

@@ -46,3 +46,16 @@ async def test_only_the_kit_gets_the_kit_headers(make_settings):
     for r in (page, protocol):
         assert "access-control-allow-origin" not in r.headers
         assert "x-chatkit-broker-version" not in r.headers
+
+
+async def test_with_the_test_page_off_only_the_kit_is_served(make_settings):
+    async with app_client(make_settings(BROKER_TEST_PAGE="0")) as c:
+        kit = await c.get("/chatkit-broker.js")
+        page = await c.get("/")
+        app_js = await c.get("/app.js")
+        post = await c.post("/chatkit-broker.js")
+    assert kit.status_code == 200
+    assert kit.content == KIT
+    assert page.status_code == app_js.status_code == 404
+    assert page.json()["error"]["code"] == "not_found"
+    assert post.status_code == 405
