@@ -29,10 +29,10 @@ _ID = "@@ID@@"
 def chat_session_template() -> str:
     """The upstream body with `@@ID@@` where a 48-hex id goes (twice: id and secret).
 
-    The shape is the tests' fake OpenAI's (tests/fake_openai.py), so there is one definition
+    The shape is the tests' fake OpenAI's (tests/support/fake_openai.py), so there is one definition
     of a `ChatSession`; only the id, the secret and the expiry are fixed here.
     """
-    from tests.fake_openai import chat_session
+    from tests.support.fake_openai import chat_session
 
     body = chat_session("user17", {"id": WORKFLOW_ID})
     body["id"] = "cksess_" + _ID

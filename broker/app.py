@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
@@ -34,7 +34,7 @@ from .backends.mock import MOCK_USER, MockBackend, MockChatKitBackend
 from .chatkit_endpoint import ChatKitEndpoint
 from .config import ConfigError, Settings, load_settings, read_environment
 from .cors import cors_middleware
-from .errors import BrokerError, error_body, from_http_status
+from .errors import BrokerError, from_http_status, render
 from .gate import Gate
 from .http import HttpPool
 from .jwks import JWKSCache
@@ -99,12 +99,19 @@ def build_broker(
 
         store = RedisStore(settings.redis_url, settings.redis_prefix, metrics=metrics)
     if registry is None:
-        registry = RedisRegistry(store) if store is not None else MemoryRegistry()
+        registry = (
+            RedisRegistry(store)
+            if store is not None
+            else MemoryRegistry(on_evict=metrics.registry_eviction)
+        )
     if jwks is None and settings.jwt.jwks_url:
         jwks = JWKSCache(
             settings.jwt.jwks_url,
             http,
             algorithms=settings.jwt.asymmetric_algorithms,
+            cooldown=settings.jwt.jwks_cooldown,
+            timeout=settings.jwt.jwks_timeout,
+            max_age=settings.jwt.jwks_max_age,
             on_fetch=metrics.jwks_fetch,
         )
     limits = RateLimits(settings, metrics=metrics, store=store)
@@ -156,13 +163,15 @@ def build_broker(
     )
 
 
-async def _broker_error(request: Request, exc: Exception) -> JSONResponse:
+async def _broker_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BrokerError)
-    body = error_body(exc.code, exc.message, request.state.request_id)
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+    rendered = render(exc, request.state.request_id)
+    response = Response(rendered.body, status_code=rendered.status)
+    response.raw_headers = rendered.headers
+    return response
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     messages = {
         404: f"There is no {request.url.path} here; see the README for the API.",

@@ -149,7 +149,30 @@ class Verifier:
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(self._explain(exc)) from None
         _check_numeric_dates(claims)
+        self._check_lifetime(claims)
         return self._identity(claims)
+
+    def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
+        """What PyJWT leaves open: an ``aud`` of any value (even ``""`` or ``[]``) with no
+        audience configured, an ``iat`` in the future, and lifetimes of centuries."""
+        s = self._s
+        if s.audience is None and "aud" in claims:
+            raise Unauthenticated(
+                "The token carries an 'aud' claim but this broker has no audience configured "
+                "(set BROKER_JWT_AUDIENCE)."
+            )
+        now = self._clock()
+        iat = claims.get("iat")
+        if iat is not None and iat > now + s.leeway:
+            raise Unauthenticated(
+                "The token is not valid yet (its nbf or iat is in the future); check the clocks."
+            )
+        exp = claims["exp"]
+        if exp - now > s.max_age or (iat is not None and exp - iat > s.max_age):
+            raise Unauthenticated(
+                f"The token's lifetime is longer than this broker accepts ({s.max_age} s, "
+                "BROKER_JWT_MAX_AGE): issue shorter-lived tokens."
+            )
 
     def read_unverified(self, token: str) -> Identity:
         """The token's user *without* checking its signature — mock mode on loopback only."""

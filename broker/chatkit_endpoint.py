@@ -64,7 +64,8 @@ class ChatKitEndpoint:
                 "the client_secret from /api/chatkit/session, not to this endpoint."
             )
         authorization = Headers(scope=scope).get("authorization")
-        admission = await self._gate.admit_chatkit(authorization, workflow)
+        query = scope.get("query_string", b"").decode("latin-1")
+        admission = await self._gate.admit_chatkit(authorization, workflow, query=query)
         state = scope.setdefault("state", {})
         state["user"] = admission.identity.user
         state["workflow"] = workflow.name

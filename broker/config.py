@@ -120,6 +120,12 @@ class JWTSettings:
     issuer: str | None = None
     leeway: int = 30
     user_claim: str = "sub"
+    # the longest lifetime a token may claim: exp at most this far from now and from its iat
+    max_age: int = 86400
+    # the JWKS cache: fetch timeout, cooldown between refetches, refetch age
+    jwks_timeout: float = 3.0
+    jwks_cooldown: float = 60.0
+    jwks_max_age: float = 600.0
 
     @property
     def configured(self) -> bool:
@@ -471,6 +477,18 @@ def _load_jwt(
         asym_algs = public_algs if public_key else (_ASYMMETRIC_ALGS if jwks_url else ())
 
     leeway = _int(get("BROKER_JWT_LEEWAY") or "30", "BROKER_JWT_LEEWAY", problems, 0, 600)
+    max_age = _int(
+        get("BROKER_JWT_MAX_AGE") or "86400", "BROKER_JWT_MAX_AGE", problems, 60, 31_536_000
+    )
+    jwks_timeout = _float(
+        get("BROKER_JWKS_TIMEOUT") or "3", "BROKER_JWKS_TIMEOUT", problems, 0.1, 30
+    )
+    jwks_cooldown = _float(
+        get("BROKER_JWKS_COOLDOWN") or "60", "BROKER_JWKS_COOLDOWN", problems, 1, 3600
+    )
+    jwks_max_age = _float(
+        get("BROKER_JWKS_MAX_AGE") or "600", "BROKER_JWKS_MAX_AGE", problems, 10, 86400
+    )
     audience = get("BROKER_JWT_AUDIENCE")
     if (secret or public_key or jwks_url) and not audience:
         warnings.append(
@@ -487,6 +505,10 @@ def _load_jwt(
         issuer=get("BROKER_JWT_ISSUER"),
         leeway=30 if leeway is None else leeway,
         user_claim=get("BROKER_JWT_USER_CLAIM") or "sub",
+        max_age=86400 if max_age is None else max_age,
+        jwks_timeout=jwks_timeout or 3.0,
+        jwks_cooldown=jwks_cooldown or 60.0,
+        jwks_max_age=jwks_max_age or 600.0,
     )
 
 

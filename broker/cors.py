@@ -11,9 +11,9 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from .errors import error_body
+from .errors import InvalidRequest, render
 from .logs import request_id_var
 
 ALLOW_METHODS = ("GET", "POST")
@@ -39,11 +39,10 @@ class CORS(CORSMiddleware):
             "origins in BROKER_ALLOWED_ORIGINS, methods GET and POST, and the headers "
             "Authorization, Content-Type and X-Request-ID."
         )
-        return JSONResponse(
-            error_body("invalid_request", message, request_id_var.get()),
-            status_code=400,
-            headers={"Vary": "Origin"},
-        )
+        rendered = render(InvalidRequest(message, headers={"Vary": "Origin"}), request_id_var.get())
+        answer = Response(rendered.body, status_code=rendered.status)
+        answer.raw_headers = rendered.headers
+        return answer
 
 
 def cors_middleware(origins: tuple[str, ...]) -> list[Middleware]:

@@ -784,7 +784,9 @@ class Doctor:
         check.data["token"] = result
         j = s.jwt
         jwks = (
-            JWKSCache(j.jwks_url, self.http, algorithms=j.asymmetric_algorithms)
+            JWKSCache(
+                j.jwks_url, self.http, algorithms=j.asymmetric_algorithms, timeout=j.jwks_timeout
+            )
             if j.jwks_url
             else None
         )

@@ -1,18 +1,51 @@
 """The broker's exceptions, each carrying the HTTP status and error code it becomes.
 
-Every failure a caller can see is one of these, so the mapping to the SPEC's error table
-lives here and nowhere else; ``error_body`` renders the one JSON shape all errors share.
+Every failure a caller can see is one of these, so the mapping to the error table lives here
+and nowhere else, and ``render`` is the one place that writes the JSON shape all errors
+share: ``{"error": {"code", "message", "request_id"}}``. The tree, with the bases a caller
+can catch::
+
+    BrokerError                      500 internal_error (a bug)
+    ├── ClientError                  4xx: the request must change
+    │   ├── InvalidRequest           400 invalid_request
+    │   ├── Unauthenticated          401 unauthenticated
+    │   ├── WorkflowNotAllowed       403 workflow_not_allowed
+    │   ├── MockLocalOnly            403 mock_local_only
+    │   ├── NotFound                 404 not_found
+    │   ├── MethodNotAllowed         405 method_not_allowed
+    │   ├── RequestTimeout           408 request_timeout
+    │   ├── PayloadTooLarge          413 payload_too_large
+    │   ├── RateLimited              429 rate_limited
+    │   └── HeadersTooLarge          431 headers_too_large
+    ├── UpstreamFailure              502/504: what serves the workflow failed
+    │   ├── UpstreamAuthFailed       502 upstream_auth_failed        (OpenAI)
+    │   ├── UpstreamWorkflowNotFound 502 upstream_workflow_not_found (OpenAI)
+    │   ├── UpstreamError            502 upstream_error              (OpenAI)
+    │   ├── UpstreamTimeout          504 upstream_timeout            (OpenAI)
+    │   ├── BackendError             502 backend_error               (a gateway's server)
+    │   ├── BackendRejectedIdentity  502 backend_rejected_identity   (a gateway's server)
+    │   ├── BackendTimeout           504 backend_timeout             (a gateway's server)
+    │   └── RunTimeout               504 run_timeout                 (an agent's run)
+    ├── Unavailable                  503: try again later; the caller did nothing wrong
+    │   ├── UpstreamUnavailable      503 upstream_unavailable
+    │   ├── AuthUnavailable          503 auth_unavailable
+    │   ├── StoreUnavailable         503 store_unavailable
+    │   ├── BackendUnavailable       503 backend_unavailable
+    │   └── NotReady                 503 not_ready (/readyz, with the list of what is missing)
+    └── InternalError                500 internal_error
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
 class UpstreamDetail:
-    """What OpenAI itself answered, for operators only (logs, ``doctor``).
+    """What OpenAI (or a backend) itself answered, for operators only (logs, ``doctor``).
 
     It rides on the exception but is never rendered into a response: browsers get
     ``BrokerError.message`` alone, so upstream bodies are never forwarded.
@@ -28,19 +61,50 @@ class BrokerError(Exception):
 
     status: int = 500
     code: str = "internal_error"
-    upstream: UpstreamDetail | None = None
 
-    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        upstream: UpstreamDetail | None = None,
+    ) -> None:
         super().__init__(message)
+        #: the sentence the caller reads
         self.message = message
+        #: response headers this error needs (``WWW-Authenticate``, ``Retry-After`` …)
         self.headers: dict[str, str] = dict(headers or {})
+        #: what the upstream said, for the log and doctor; never rendered
+        self.upstream = upstream
+
+    def extra(self) -> dict[str, Any]:
+        """Fields of the body beside ``error`` (most errors have none)."""
+        return {}
 
 
-class InvalidRequest(BrokerError):
+class ClientError(BrokerError):
+    """4xx: the request must change before it can succeed."""
+
     status, code = 400, "invalid_request"
 
 
-class Unauthenticated(BrokerError):
+class UpstreamFailure(BrokerError):
+    """502/504: OpenAI, a gateway's ChatKit server or an agent's run failed."""
+
+    status, code = 502, "upstream_error"
+
+
+class Unavailable(BrokerError):
+    """503: something the broker depends on is down; the same request may work later."""
+
+    status, code = 503, "upstream_unavailable"
+
+
+class InvalidRequest(ClientError):
+    status, code = 400, "invalid_request"
+
+
+class Unauthenticated(ClientError):
     """401. ``invalid_token`` marks a token that was sent but refused (RFC 6750 §3.1)."""
 
     status, code = 401, "unauthenticated"
@@ -50,101 +114,125 @@ class Unauthenticated(BrokerError):
         super().__init__(message, headers={"WWW-Authenticate": challenge})
 
 
-class WorkflowNotAllowed(BrokerError):
+class WorkflowNotAllowed(ClientError):
     status, code = 403, "workflow_not_allowed"
 
 
-class MockLocalOnly(BrokerError):
+class MockLocalOnly(ClientError):
     status, code = 403, "mock_local_only"
 
 
-class NotFound(BrokerError):
+class NotFound(ClientError):
     status, code = 404, "not_found"
 
 
-class MethodNotAllowed(BrokerError):
+class MethodNotAllowed(ClientError):
     status, code = 405, "method_not_allowed"
 
 
-class RequestTimeout(BrokerError):
+class RequestTimeout(ClientError):
     """408: the request body did not arrive in time (the caller may simply retry)."""
 
     status, code = 408, "request_timeout"
 
 
-class PayloadTooLarge(BrokerError):
+class PayloadTooLarge(ClientError):
     status, code = 413, "payload_too_large"
 
 
-class RateLimited(BrokerError):
+class RateLimited(ClientError):
     status, code = 429, "rate_limited"
 
 
-class UpstreamAuthFailed(BrokerError):
+class HeadersTooLarge(ClientError):
+    """431: the request line and headers are larger than the broker reads (broker/server.py)."""
+
+    status, code = 431, "headers_too_large"
+
+
+class UpstreamAuthFailed(UpstreamFailure):
     status, code = 502, "upstream_auth_failed"
 
 
-class UpstreamWorkflowNotFound(BrokerError):
+class UpstreamWorkflowNotFound(UpstreamFailure):
     status, code = 502, "upstream_workflow_not_found"
 
 
-class UpstreamError(BrokerError):
+class UpstreamError(UpstreamFailure):
     status, code = 502, "upstream_error"
 
 
-class UpstreamUnavailable(BrokerError):
-    status, code = 503, "upstream_unavailable"
-
-
-class AuthUnavailable(BrokerError):
-    status, code = 503, "auth_unavailable"
-
-
-class StoreUnavailable(BrokerError):
-    """503: the shared store (Redis) cannot be reached, so ownership cannot be checked."""
-
-    status, code = 503, "store_unavailable"
-
-
-class UpstreamTimeout(BrokerError):
+class UpstreamTimeout(UpstreamFailure):
     status, code = 504, "upstream_timeout"
 
 
-# --- a backend the broker proxies or hosts (gateway, agent) ---------------------------------
-
-
-class BackendUnavailable(BrokerError):
-    """503: the workflow's ChatKit server could not be reached (refused, reset, DNS)."""
-
-    status, code = 503, "backend_unavailable"
-
-
-class BackendTimeout(BrokerError):
-    """504: the workflow's ChatKit server did not connect or answer its first byte in time."""
-
-    status, code = 504, "backend_timeout"
-
-
-class BackendError(BrokerError):
+class BackendError(UpstreamFailure):
     """502: the workflow's ChatKit server failed (5xx) or answered something unusable."""
 
     status, code = 502, "backend_error"
 
 
-class BackendRejectedIdentity(BrokerError):
+class BackendRejectedIdentity(UpstreamFailure):
     """502: the workflow's ChatKit server refused the broker's signed identity (401/403)."""
 
     status, code = 502, "backend_rejected_identity"
 
 
-class RunTimeout(BrokerError):
+class BackendTimeout(UpstreamFailure):
+    """504: the workflow's ChatKit server did not connect or answer its first byte in time."""
+
+    status, code = 504, "backend_timeout"
+
+
+class RunTimeout(UpstreamFailure):
     """504: a server-side run of an agent workflow did not finish within its limit."""
 
     status, code = 504, "run_timeout"
 
 
+class UpstreamUnavailable(Unavailable):
+    status, code = 503, "upstream_unavailable"
+
+
+class AuthUnavailable(Unavailable):
+    status, code = 503, "auth_unavailable"
+
+
+class StoreUnavailable(Unavailable):
+    """503: the shared store (Redis) or the thread database cannot be reached."""
+
+    status, code = 503, "store_unavailable"
+
+
+class BackendUnavailable(Unavailable):
+    """503: the workflow's ChatKit server could not be reached (refused, reset, DNS)."""
+
+    status, code = 503, "backend_unavailable"
+
+
+class NotReady(Unavailable):
+    """503 from ``/readyz``, naming everything that is missing."""
+
+    status, code = 503, "not_ready"
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__("Not ready: " + "; ".join(missing))
+        self.missing = missing
+
+    def extra(self) -> dict[str, Any]:
+        return {"missing": self.missing}
+
+
 class InternalError(BrokerError):
-    status, code = 500, "internal_error"
+    """500: a bug. Its traceback goes to the log, never to the caller."""
+
+
+def error_classes() -> list[type[BrokerError]]:
+    """Every error class of the tree, depth first (codes for the OpenAPI document, tests)."""
+    found: list[type[BrokerError]] = [BrokerError]
+    for cls in found:
+        found.extend(sub for sub in cls.__subclasses__() if sub not in found)
+    return found
 
 
 _BY_STATUS: dict[int, type[BrokerError]] = {
@@ -167,3 +255,24 @@ def from_http_status(
 def error_body(code: str, message: str, request_id: str) -> dict[str, dict[str, str]]:
     """The one error shape of the API: ``{"error": {"code", "message", "request_id"}}``."""
     return {"error": {"code": code, "message": message, "request_id": request_id}}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """An error as it goes on the wire: status, headers (lower-case bytes) and JSON body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+def render(error: BrokerError, request_id: str) -> Rendered:
+    """The one renderer every place that answers with an error uses (routes, middleware,
+    CORS preflights, the HTTP protocol guard, /readyz), so the shape cannot drift."""
+    data = error_body(error.code, error.message, request_id) | error.extra()
+    body = json.dumps(data).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()
+    ]
+    return Rendered(error.status, headers, body)

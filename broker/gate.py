@@ -7,6 +7,7 @@ mock backends cannot drift apart on who gets in. A backend receives an ``Admissi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,8 @@ from .config import Workflow
 from .errors import Unauthenticated, WorkflowNotAllowed
 from .ratelimit import RateLimits
 from .session_secrets import SessionSecrets, is_session_secret
+
+_QUERY_TOKEN = re.compile(r"(?:^|&)(?:access_token|token|jwt|id_token|auth|authorization)=", re.I)
 
 
 def unmet_requirements(workflow: Workflow, claims: Mapping[str, Any]) -> list[str]:
@@ -58,15 +61,25 @@ class Gate:
         self._anonymous = anonymous_user
         self._trust_unverified = trust_unverified
 
-    async def identify(self, authorization: str | None, *, count_mint: bool = False) -> Identity:
+    async def identify(
+        self, authorization: str | None, *, count_mint: bool = False, query: str = ""
+    ) -> Identity:
         """The caller's identity from ``Authorization: Bearer <JWT>``.
 
         ``count_mint`` counts one mint against the user's limit (``BROKER_RATE_LIMIT``), which
-        every authenticated mint request spends, whatever its outcome.
+        every authenticated mint request spends, whatever its outcome. ``query`` (the raw query
+        string) only shapes the message: a token there is never read.
         """
         token = bearer_token(authorization)
         if token is None:
             if self._anonymous is None:
+                if _QUERY_TOKEN.search(query):
+                    raise Unauthenticated(
+                        "Send the token in the Authorization header ('Authorization: Bearer "
+                        "<JWT>'), not in the query string: the broker never reads tokens there "
+                        "(query strings end up in logs and browser history).",
+                        invalid_token=False,
+                    )
                 raise Unauthenticated(
                     "Sign-in required: send 'Authorization: Bearer <JWT>' from your app's sign-in.",
                     invalid_token=False,
@@ -105,7 +118,9 @@ class Gate:
             )
         return Admission(identity, workflow)
 
-    async def admit_chatkit(self, authorization: str | None, workflow: Workflow) -> Admission:
+    async def admit_chatkit(
+        self, authorization: str | None, workflow: Workflow, *, query: str = ""
+    ) -> Admission:
         """Admit a ChatKit request for ``workflow``: its own session secret, or an app JWT.
 
         A session secret was checked against the allowlist when it was minted; it must be
@@ -118,7 +133,8 @@ class Gate:
                 raise Unauthenticated("This broker issues no session secrets.")
             admission = await self._secrets.admit(token, workflow)
         else:
-            admission = self.admit(await self.identify(authorization), workflow.name)
+            identity = await self.identify(authorization, query=query)
+            admission = self.admit(identity, workflow.name)
         if workflow.max_requests_per_minute is not None:
             await self._limits.hit_per_minute(
                 "workflow_requests",

@@ -92,6 +92,12 @@ class Metrics:
             ["op"],
             registry=r,
         )
+        self.registry_evictions = Counter(
+            "broker_registry_evictions",
+            "Sessions dropped from the in-memory session registry because it was full (oldest "
+            "first); they can no longer be cancelled early and simply expire.",
+            registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
         self._request_children: dict[tuple[str, str, int], Any] = {}
 
@@ -128,6 +134,9 @@ class Metrics:
 
     def redis_error(self, op: str) -> None:
         self._child(self.redis_errors, op).inc()
+
+    def registry_eviction(self) -> None:
+        self.registry_evictions.inc()
 
     # --- exposition ---------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ every mint and must cost microseconds, not a task switch.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import secrets
@@ -17,7 +16,14 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import BrokerError, MockLocalOnly, PayloadTooLarge, RequestTimeout, error_body
+from .errors import (
+    BrokerError,
+    InternalError,
+    MockLocalOnly,
+    PayloadTooLarge,
+    RequestTimeout,
+    render,
+)
 from .logs import request_id_var
 from .loopback import is_local_host_header, is_loopback_address
 
@@ -40,12 +46,12 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 async def send_error(send: Send, error: BrokerError, request_id: str) -> None:
-    """Answer with the SPEC error body directly from middleware (before any route runs)."""
-    body = json.dumps(error_body(error.code, error.message, request_id)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    """Answer with the error body directly from middleware (before any route runs)."""
+    rendered = render(error, request_id)
+    await send(
+        {"type": "http.response.start", "status": rendered.status, "headers": rendered.headers}
+    )
+    await send({"type": "http.response.body", "body": rendered.body})
 
 
 class RequestContext:
@@ -97,7 +103,7 @@ class RequestContext:
             if not response_started:
                 await send_error(
                     send_wrapper,
-                    BrokerError(
+                    InternalError(
                         "Something went wrong inside the broker; the request id is in its log."
                     ),
                     request_id,

@@ -15,40 +15,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import __version__
+from .errors import error_classes
 
 JSON = "application/json"
 REQUEST_ID_PATTERN = "^[A-Za-z0-9._-]{1,128}$"
 
-# Every error code the API can answer with: the SPEC §2 table, plus ``not_ready`` (/readyz),
-# ``request_timeout`` (a head or body that does not arrive within 10 s) and
-# ``headers_too_large`` (a request head over 64 KiB; see broker/server.py).
-ERROR_CODES = (
-    "invalid_request",
-    "unauthenticated",
-    "workflow_not_allowed",
-    "mock_local_only",
-    "not_found",
-    "method_not_allowed",
-    "request_timeout",
-    "payload_too_large",
-    "headers_too_large",
-    "rate_limited",
-    "internal_error",
-    "upstream_auth_failed",
-    "upstream_workflow_not_found",
-    "upstream_error",
-    "upstream_unavailable",
-    "auth_unavailable",
-    "store_unavailable",
-    "upstream_timeout",
-    "not_ready",
-    # a workflow's own backend (gateway, agent)
-    "backend_unavailable",
-    "backend_timeout",
-    "backend_error",
-    "backend_rejected_identity",
-    "run_timeout",
-)
+# Every error code the API can answer with, from the error tree (broker/errors.py).
+ERROR_CODES = tuple(dict.fromkeys(cls.code for cls in error_classes()))
 
 _HEADERS: dict[str, Any] = {
     "X-Request-ID": {

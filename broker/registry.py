@@ -22,20 +22,43 @@ class SessionRegistry(Protocol):
     async def remove(self, session_id: str) -> None: ...
 
 
-class MemoryRegistry:
-    """Per-process registry; entries vanish at their session's expiry."""
+MAX_MEMORY_SESSIONS = 100_000
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+
+class MemoryRegistry:
+    """Per-process registry; entries vanish at their session's expiry.
+
+    Bounded: past ``max_sessions`` the oldest entry is dropped (``on_evict`` counts it), so a
+    sustained mint rate cannot grow memory without limit. A dropped session can no longer be
+    cancelled early — or, for the broker's own secrets, be used — and simply ends.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_sessions: int = MAX_MEMORY_SESSIONS,
+        on_evict: Callable[[], None] | None = None,
+    ) -> None:
         self._clock = clock
-        self._owner: dict[str, tuple[str, int]] = {}
+        self._max = max_sessions
+        self._on_evict = on_evict
+        self._owner: dict[str, tuple[str, int]] = {}  # insertion-ordered: oldest first
         self._by_user: dict[str, set[str]] = {}
         self._expiry: list[tuple[int, str]] = []
 
     async def add(self, session_id: str, user: str, expires_at: int) -> None:
         self._prune()
+        while len(self._owner) >= self._max and session_id not in self._owner:
+            self._remove_sync(next(iter(self._owner)))
+            if self._on_evict is not None:
+                self._on_evict()
         self._owner[session_id] = (user, expires_at)
         self._by_user.setdefault(user, set()).add(session_id)
         heapq.heappush(self._expiry, (expires_at, session_id))
+        if len(self._expiry) > 2 * self._max:  # evicted entries linger in the heap: compact
+            self._expiry = [(exp, sid) for sid, (_, exp) in self._owner.items()]
+            heapq.heapify(self._expiry)
 
     async def owner(self, session_id: str) -> str | None:
         self._prune()

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from .auth import Identity
 from .config import Workflow
-from .errors import InvalidRequest, error_body
+from .errors import InvalidRequest, NotReady
 from .openapi import openapi_document, routed_operations
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ def _broker(request: Request) -> Broker:
 async def authenticate(request: Request, broker: Broker, *, count_mint: bool = False) -> Identity:
     """The caller's identity, through the gate (optional only in mock mode, SPEC §5)."""
     identity = await broker.gate.identify(
-        request.headers.get("authorization"), count_mint=count_mint
+        request.headers.get("authorization"), count_mint=count_mint, query=request.url.query
     )
     request.state.user = identity.user
     return identity
@@ -152,9 +152,7 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     missing = await _broker(request).not_ready()
     if missing:
-        message = "Not ready: " + "; ".join(missing)
-        body = error_body("not_ready", message, request.state.request_id) | {"missing": missing}
-        return JSONResponse(body, status_code=503)
+        raise NotReady(missing)
     return JSONResponse({"status": "ready"})
 
 

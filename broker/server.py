@@ -21,29 +21,27 @@ The request *body* deadline lives in ``middleware.BodyLimit`` (it needs the app'
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
+from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .errors import error_body
+from .errors import BrokerError, HeadersTooLarge, InvalidRequest, RequestTimeout, render
 
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT = 10.0
 
 
-def error_response(status: int, reason: str, code: str, message: str) -> bytes:
-    """A complete HTTP/1.1 error answer in the SPEC shape that closes the connection."""
+def error_response(error: BrokerError) -> bytes:
+    """A complete HTTP/1.1 error answer in the API's error shape that closes the connection."""
     request_id = secrets.token_hex(8)
-    body = json.dumps(error_body(code, message, request_id)).encode()
-    return (
-        f"HTTP/1.1 {status} {reason}\r\n"
-        "content-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n"
-        f"x-request-id: {request_id}\r\n"
-        "connection: close\r\n\r\n"
-    ).encode() + body
+    rendered = render(error, request_id)
+    reason = HTTPStatus(rendered.status).phrase
+    head = [f"HTTP/1.1 {rendered.status} {reason}".encode()]
+    head += [name + b": " + value for name, value in rendered.headers]
+    head += [b"x-request-id: " + request_id.encode(), b"connection: close"]
+    return b"\r\n".join(head) + b"\r\n\r\n" + rendered.body
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -77,19 +75,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._got_bytes:
             self._refuse(
-                408,
-                "Request Timeout",
-                "request_timeout",
-                f"The request head did not arrive within {HEAD_TIMEOUT:g} s.",
+                RequestTimeout(f"The request head did not arrive within {HEAD_TIMEOUT:g} s.")
             )
         else:
             self.transport.close()
 
-    def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
+    def _refuse(self, error: BrokerError) -> None:
         self._disarm()
-        self.logger.info("refused a client: %d %s", status, code)
+        self.logger.info("refused a client: %d %s", error.status, error.code)
         if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(error_response(status, reason, code, message))
+            self.transport.write(error_response(error))
         self.transport.close()
 
     # --- uvicorn / httptools hooks ------------------------------------------------------
@@ -114,10 +109,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(
-                    431,
-                    "Request Header Fields Too Large",
-                    "headers_too_large",
-                    f"The request line and headers are larger than {MAX_HEAD_BYTES // 1024} KiB.",
+                    HeadersTooLarge(
+                        f"The request line and headers are larger than {MAX_HEAD_BYTES // 1024} KiB."
+                    )
                 )
 
     def on_headers_complete(self) -> None:
@@ -132,12 +126,5 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         self._disarm()
-        self.transport.write(
-            error_response(
-                400,
-                "Bad Request",
-                "invalid_request",
-                "The request is not valid HTTP/1.1.",
-            )
-        )
+        self.transport.write(error_response(InvalidRequest("The request is not valid HTTP/1.1.")))
         self.transport.close()

@@ -1,17 +1,14 @@
 """Shared fixtures: the fake OpenAI, settings built from explicit env mappings, an in-process
-client (ASGI transport, lifespan run), real ``chatkit-broker serve`` processes, and tokens."""
+client, real ``chatkit-broker serve`` processes, Redis, and tokens. Helpers that are not
+fixtures live in ``tests/support/``."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +16,24 @@ import httpx
 import jwt
 import pytest
 
-from broker.app import build_broker, create_app
 from broker.config import Settings, load_settings
 
-from .fake_openai import FakeOpenAI, FakeOpenAIServer
-
-ROOT = Path(__file__).resolve().parent.parent
-IN_CI = bool(os.environ.get("CI"))
-SECRET = "test-secret-that-is-at-least-32-bytes-long!"
-API_KEY = "sk-proj-TESTKEYtestkey0123456789abcdefXYZ"
-WF_SUPPORT = "wf_" + "a1" * 24
-WF_SALES = "wf_" + "b2" * 24
-
-
-def need(condition: bool, reason: str) -> None:
-    """Skip a test whose real component is missing — except in CI, where it must run."""
-    if not condition:
-        if IN_CI:
-            pytest.fail(f"CI must run this test, but: {reason}")
-        pytest.skip(reason)
+from .support import (
+    API_KEY,
+    REDIS_URL,
+    SECRET,
+    WF_SALES,
+    WF_SUPPORT,
+    BrokerProcess,
+    RedisServer,
+    app_client,
+    cli_command,
+    free_port,
+    need,
+    redis_reachable,
+    wait_until_serving,
+)
+from .support.fake_openai import FakeOpenAI, FakeOpenAIServer
 
 
 @pytest.fixture(scope="session")
@@ -84,21 +80,6 @@ def make_settings(base_env: dict[str, str]) -> Callable[..., Settings]:
     return make
 
 
-@contextlib.asynccontextmanager
-async def app_client(
-    settings: Settings, *, peer: str = "127.0.0.1", **broker_kw: Any
-) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client talking to the app in-process, with the app's lifespan running."""
-    app = create_app(settings, broker=build_broker(settings, **broker_kw))
-    transport = httpx.ASGITransport(app=app, client=(peer, 40000))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client,
-    ):
-        client.app = app  # type: ignore[attr-defined]
-        yield client
-
-
 @pytest.fixture
 async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
     """A client for the default live configuration."""
@@ -126,43 +107,6 @@ def token() -> Callable[..., str]:
         return jwt.encode(payload, key, algorithm=algorithm, headers=headers)
 
     return make
-
-
-def auth(tok: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {tok}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class BrokerProcess:
-    """A real ``chatkit-broker serve`` process on a free port; its stderr goes to ``log_path``."""
-
-    url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-
-def cli_command() -> list[str]:
-    exe = shutil.which("chatkit-broker", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "broker.cli"]
 
 
 @pytest.fixture
@@ -198,34 +142,6 @@ def run_broker(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
         bp.stop()
 
 
-def wait_until_serving(bp: BrokerProcess, timeout: float = 20) -> None:
-    """Poll /healthz until the process answers (or fail with its log)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if bp.proc.poll() is not None:
-            raise AssertionError(f"broker exited with {bp.proc.returncode}:\n{bp.logs()}")
-        try:
-            if httpx.get(bp.url + "/healthz", timeout=0.5).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise AssertionError(f"broker did not start within {timeout}s:\n{bp.logs()}")
-
-
-# --- Redis: the machine's server (own key prefix per test), or a private redis-server -------
-
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def redis_reachable(url: str) -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
-    except (redis.RedisError, OSError):
-        return False
-
-
 @pytest.fixture
 def redis_env() -> Iterator[dict[str, str]]:
     """Env for a broker on the shared Redis under a key prefix of its own; keys deleted after."""
@@ -243,38 +159,6 @@ def redis_env() -> Iterator[dict[str, str]]:
     client.close()
 
 
-class RedisServer:
-    """A private ``redis-server`` on a free port that a test may kill and restart."""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        args = f"--port {self.port} --bind 127.0.0.1 --appendonly no --dir {self.workdir}"
-        self.proc = subprocess.Popen(
-            ["redis-server", *args.split(), "--save", ""],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not redis_reachable(self.url):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"redis-server on port {self.port} did not start")
-            time.sleep(0.02)
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A private redis-server, started; killed after the test."""
@@ -282,3 +166,32 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     yield server
     server.kill()
+
+
+# --- browser tests: Debian's Chromium through Playwright (tests/support/browser.py) ---------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Chromium for one test module; skips (fails under CI) without playwright or the binary."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        need(False, "the playwright package is not installed")
+    from .support.browser import launch
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def tab(browser: Any) -> Iterator[Any]:
+    """A fresh tab; the test fails if the page logged uncaught errors or CSP violations."""
+    from .support.browser import open_tab
+
+    context, t = open_tab(browser)
+    yield t
+    context.close()
+    assert not t.problems, "the page logged errors or CSP violations"

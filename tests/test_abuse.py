@@ -15,7 +15,7 @@ import pytest
 from broker.middleware import BODY_TIMEOUT
 from broker.server import HEAD_TIMEOUT, MAX_HEAD_BYTES
 
-from .adversarial import (
+from .support.adversarial import (
     SecretWatch,
     broker_process,
     live_env,
@@ -23,8 +23,8 @@ from .adversarial import (
     raise_fd_limit,
     rss_mib,
 )
-from .contract import assert_spec_error
-from .rawhttp import NoAnswer, address, exchange, read_response, request_bytes
+from .support.contract import assert_spec_error
+from .support.rawhttp import NoAnswer, address, exchange, read_response, request_bytes
 
 watch = SecretWatch()
 

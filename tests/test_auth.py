@@ -19,8 +19,8 @@ from aiohttp import web
 
 from broker.config import Settings
 
-from .conftest import SECRET, WF_SALES, WF_SUPPORT, app_client, auth
-from .jwt_kit import (
+from .support import SECRET, WF_SALES, WF_SUPPORT, app_client, auth
+from .support.jwt_kit import (
     EC_KEY,
     FIXED_EXP,
     RSA_KEY,
@@ -338,6 +338,26 @@ REJECT: dict[str, tuple[str, Callable[[], str], str]] = {
         "client secret",
     ),
     "openai-api-key": ("hs", lambda: "sk-proj-" + "A" * 40, "three"),
+    "broker-session-secret": (
+        "hs",
+        lambda: "cks_eyJzIjoiYnNlc3NfeCJ9.abcdefghijkl",
+        "session secret",
+    ),
+    # gaps PyJWT leaves open: lifetimes of centuries, an empty aud, an iat in the future
+    "exp-1e300": ("hs", lambda: sign(claims(exp=1e300)), "BROKER_JWT_MAX_AGE"),
+    "exp-two-days-away": (
+        "hs",
+        lambda: sign(claims(exp=int(time.time()) + 2 * 86400)),
+        "BROKER_JWT_MAX_AGE",
+    ),
+    "exp-minus-iat-over-max-age": (
+        "hs",
+        lambda: sign(claims(iat=int(time.time()) - 3 * 86400, exp=int(time.time()) + 60)),
+        "BROKER_JWT_MAX_AGE",
+    ),
+    "aud-empty-string-no-audience": ("hs", lambda: sign(claims(aud="")), "no audience configured"),
+    "aud-empty-list-no-audience": ("hs", lambda: sign(claims(aud=[])), "no audience configured"),
+    "iat-in-the-future": ("hs", lambda: sign(claims(iat=int(time.time()) + 3600)), "not valid yet"),
 }
 
 
@@ -727,7 +747,9 @@ async def test_token_in_query_string_is_not_accepted(param, configured, openai, 
         mint = await c.post(f"/api/chatkit/session?{param}={tok}", json=MINT)
         listed = await c.get(f"/api/chatkit/workflows?{param}={tok}")
     for r in (mint, listed):
-        assert_refused(r, tok, fragment="Sign-in required", challenge="Bearer")
+        # still refused, but told where the token belongs
+        assert_refused(r, tok, fragment="not in the query string", challenge="Bearer")
+        assert "Authorization header" in r.json()["error"]["message"]
     assert openai.requests == []
     assert tok not in broker_log(caplog)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import jwt
 
-from .conftest import API_KEY, SECRET, WF_SUPPORT, cli_command, free_port
+from .support import API_KEY, SECRET, WF_SUPPORT, cli_command, free_port
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

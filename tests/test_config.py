@@ -16,7 +16,7 @@ from broker.config import (
     read_environment,
 )
 
-from .conftest import API_KEY, SECRET, WF_SALES, WF_SUPPORT
+from .support import API_KEY, SECRET, WF_SALES, WF_SUPPORT
 
 
 def problems_of(env: dict[str, str]) -> list[str]:
@@ -352,3 +352,45 @@ def test_a_kind_this_broker_cannot_serve_yet_is_refused_by_name(base_env, kind):
     env = base_env | {"BROKER_WORKFLOWS": f"x={value}", "BROKER_SESSION_SECRET": SESSION_KEY}
     text = "\n".join(problems_of(env))
     assert f"workflow 'x' is a {kind} workflow" in text and "cannot serve yet" in text
+
+
+def test_every_variable_the_code_reads_is_documented():
+    """Each variable is declared where it is read; .env.example and the README table must
+    name every one, so an operator never meets a variable no document mentions."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    read = set(
+        re.findall(r'get\("([A-Z][A-Z0-9_]+)"\)', (root / "broker" / "config.py").read_text())
+    )
+    assert {"BROKER_SESSION_SECRET", "BROKER_WORKFLOWS", "OPENAI_API_KEY"} <= read
+    example = (root / ".env.example").read_text()
+    readme = (root / "README.md").read_text()
+    rows = "\n".join(line for line in readme.splitlines() if line.startswith("| `"))
+    table = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", rows))
+    assert sorted(v for v in read if v not in example) == []
+    assert sorted(v for v in read if v not in table) == []
+
+
+def test_token_lifetime_and_jwks_timings_are_configurable(base_env):
+    s = load_settings(
+        base_env
+        | {
+            "BROKER_JWT_MAX_AGE": "3600",
+            "BROKER_JWKS_TIMEOUT": "1.5",
+            "BROKER_JWKS_COOLDOWN": "30",
+            "BROKER_JWKS_MAX_AGE": "120",
+        }
+    )
+    assert (s.jwt.max_age, s.jwt.jwks_timeout, s.jwt.jwks_cooldown, s.jwt.jwks_max_age) == (
+        3600,
+        1.5,
+        30.0,
+        120.0,
+    )
+    defaults = load_settings(base_env).jwt
+    assert (defaults.max_age, defaults.jwks_timeout, defaults.jwks_cooldown) == (86400, 3.0, 60.0)
+    text = "\n".join(
+        problems_of(base_env | {"BROKER_JWT_MAX_AGE": "5", "BROKER_JWKS_TIMEOUT": "0"})
+    )
+    assert "BROKER_JWT_MAX_AGE must be between 60" in text and "BROKER_JWKS_TIMEOUT" in text

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import (
+from .support import (
     ROOT,
     WF_SUPPORT,
     BrokerProcess,

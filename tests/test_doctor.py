@@ -20,8 +20,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from .conftest import API_KEY, SECRET, WF_SALES, WF_SUPPORT, app_client, auth, cli_command
-from .fake_openai import FakeOpenAI
+from .support import API_KEY, SECRET, WF_SALES, WF_SUPPORT, app_client, auth, cli_command
+from .support.fake_openai import FakeOpenAI
 
 OTHER_KEY = "sk-proj-STRAYotherPROJECTkey000000000000wxyz"
 

@@ -37,11 +37,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from .adversarial import SecretWatch, broker_process, live_env, mock_env
-from .conftest import SECRET
-from .contract import assert_spec_error, check_response
-from .fake_openai import FakeOpenAI
-from .rawhttp import exchange, request_bytes
+from .support import SECRET
+from .support.adversarial import SecretWatch, broker_process, live_env, mock_env
+from .support.contract import assert_spec_error, check_response
+from .support.fake_openai import FakeOpenAI
+from .support.rawhttp import exchange, request_bytes
 
 # Examples per schemathesis run and per property: about a minute for the module on a 2-core
 # machine. Raise them locally for a deeper search (FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py).

@@ -27,8 +27,8 @@ from broker.config import Settings
 from broker.http import HttpPool
 from broker.jwks import JWKSCache
 
-from .conftest import auth
-from .jwt_kit import EC_KEY, RSA_KEY, TinyServer, b64url, claims, jwk, sign
+from .support import auth
+from .support.jwt_kit import EC_KEY, RSA_KEY, TinyServer, b64url, claims, jwk, sign
 
 MINT = {"workflow": "support"}
 COOLDOWN = 60.0

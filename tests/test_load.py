@@ -23,8 +23,8 @@ import aiohttp
 import httpx
 import pytest
 
-from .adversarial import SecretWatch, live_env, raise_fd_limit, rss_mib
-from .conftest import ROOT, WF_SUPPORT
+from .support import ROOT, WF_SUPPORT
+from .support.adversarial import SecretWatch, live_env, raise_fd_limit, rss_mib
 
 CLIENTS = int(os.environ.get("LOAD_CLIENTS", "512"))
 SECONDS = float(os.environ.get("LOAD_SECONDS", "60"))
@@ -47,7 +47,7 @@ class Client:
 def fake_upstream():
     """The fake OpenAI in its own process, so it does not share a GIL with the load client."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_openai", "--delay", str(UPSTREAM_DELAY)],
+        [sys.executable, "-m", "tests.support.fake_openai", "--delay", str(UPSTREAM_DELAY)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

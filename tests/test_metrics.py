@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import app_client, auth
+from .support import app_client, auth
 
 MINT = "/api/chatkit/session"
 SUPPORT = {"workflow": "support"}

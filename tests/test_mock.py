@@ -7,7 +7,7 @@ import pytest
 from broker.config import load_settings
 from broker.loopback import is_local_host_header, is_loopback_address
 
-from .conftest import SECRET, app_client, auth
+from .support import SECRET, app_client, auth
 
 MOCK = {"BROKER_MOCK": "1", "BROKER_LOG_FORMAT": "json"}
 

@@ -23,7 +23,7 @@ from pydantic import TypeAdapter
 from broker.backends.mock.engine import MockChatKitBackend
 from broker.config import Settings
 
-from .conftest import SECRET, app_client, auth
+from .support import SECRET, app_client, auth
 
 pytest.importorskip("chatkit", reason="the mock backend needs the 'mock' extra")
 

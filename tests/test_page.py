@@ -21,13 +21,11 @@ from collections.abc import Callable
 
 import pytest
 
-from .browser import CHATKIT_JS, Tab, browser, serve_stand_in, tab
-from .conftest import ROOT, WF_SALES, BrokerProcess
+from .support import ROOT, WF_SALES, BrokerProcess
+from .support.browser import CHATKIT_JS, Tab, serve_stand_in
 
 with contextlib.suppress(ImportError):  # without playwright the `browser` fixture skips (CI: fails)
     from playwright.sync_api import Page, Route, expect
-
-__all__ = ["browser", "tab"]  # fixtures
 
 CANT_LOAD = f"the ChatKit script could not be loaded from {CHATKIT_JS} — offline or blocked?"
 

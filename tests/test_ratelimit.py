@@ -12,7 +12,7 @@ import pytest
 from broker.config import ConfigError, load_settings
 from broker.ratelimit import ClientAddress, bucket
 
-from .conftest import app_client, auth
+from .support import app_client, auth
 
 MINT = "/api/chatkit/session"
 SUPPORT = {"workflow": "support"}

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import RedisServer, app_client, auth, free_port
+from .support import RedisServer, app_client, auth, free_port
 
 MINT = "/api/chatkit/session"
 CANCEL = "/api/chatkit/session/cancel"

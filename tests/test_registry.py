@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from broker.registry import MemoryRegistry, RedisRegistry
 from broker.store import RedisStore
 
-from .conftest import app_client, auth
+from .support import app_client, auth
 
 MINT = "/api/chatkit/session"
 CANCEL = "/api/chatkit/session/cancel"
@@ -185,3 +185,44 @@ async def test_redis_keys_carry_the_prefix(make_settings, redis_env, openai, tok
     mine = [k for k in keys if k.startswith(redis_env["BROKER_REDIS_PREFIX"])]
     kinds = {k[len(redis_env["BROKER_REDIS_PREFIX"]) :].split(":", 1)[0] for k in mine}
     assert kinds == {"sess", "user", "limits"}
+
+
+async def test_the_memory_registry_is_bounded_and_counts_evictions():
+    """A sustained mint rate must not grow memory without limit: the oldest entry goes."""
+    evicted = []
+    registry = MemoryRegistry(max_sessions=3, on_evict=lambda: evicted.append(1))
+    far = int(time.time()) + 600
+    for n in range(5):
+        await registry.add(f"s{n}", "alice" if n % 2 else "bob", far)
+    assert len(evicted) == 2
+    assert await registry.owner("s0") is None and await registry.owner("s1") is None
+    assert [await registry.owner(f"s{n}") for n in (2, 3, 4)] == ["bob", "alice", "bob"]
+    assert await registry.sessions_of("alice") == ["s3"]
+    for n in range(5, 20):  # the expiry heap is compacted too
+        await registry.add(f"s{n}", "carol", far)
+    assert len(registry._expiry) <= 6
+
+
+async def test_a_full_registry_evicts_through_the_app_and_the_metric_says_so():
+    from broker.config import load_settings
+    from broker.metrics import Metrics
+
+    metrics = Metrics()
+    registry = MemoryRegistry(max_sessions=2, on_evict=metrics.registry_eviction)
+    settings = load_settings({"BROKER_MOCK": "1", "BROKER_LOG_FORMAT": "json"})
+    listing = {"type": "threads.list", "params": {}}
+    async with app_client(settings, registry=registry, metrics=metrics) as c:
+        minted = [
+            (await c.post("/api/chatkit/session", json={"workflow": "post-writer"})).json()
+            for _ in range(3)
+        ]
+        oldest = await c.post(
+            "/chatkit/post-writer", json=listing, headers=auth(minted[0]["client_secret"])
+        )
+        newest = await c.post(
+            "/chatkit/post-writer", json=listing, headers=auth(minted[2]["client_secret"])
+        )
+        exposed = (await c.get("/metrics")).text
+    assert oldest.status_code == 401  # evicted: it can no longer be checked, so it ends
+    assert newest.status_code == 200
+    assert "broker_registry_evictions_total 1.0" in exposed

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import API_KEY, WF_SALES, WF_SUPPORT, app_client, auth
+from .support import API_KEY, WF_SALES, WF_SUPPORT, app_client, auth
 
 
 async def test_mint_plain_workflow_sends_exact_upstream_request(client, openai, token):

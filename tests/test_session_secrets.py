@@ -12,7 +12,7 @@ from broker.errors import Unauthenticated
 from broker.registry import MemoryRegistry
 from broker.session_secrets import SessionSecrets
 
-from .conftest import app_client, auth
+from .support import app_client, auth
 
 MOCK = {"BROKER_MOCK": "1", "BROKER_LOG_FORMAT": "json"}
 LIST = {"type": "threads.list", "params": {"limit": 5}}

@@ -25,9 +25,9 @@ from broker.backends.hosted import HostedSessions, UpstreamConfig
 from broker.config import Settings
 from broker.http import HttpPool
 
-from .conftest import API_KEY, WF_SUPPORT, app_client, auth, free_port
-from .fake_openai import chat_session, error_json
-from .jwt_kit import TinyServer, claims, sign
+from .support import API_KEY, WF_SUPPORT, app_client, auth, free_port
+from .support.fake_openai import chat_session, error_json
+from .support.jwt_kit import TinyServer, claims, sign
 
 MINT = {"workflow": "support"}
 

@@ -11,7 +11,7 @@ from broker.auth import Verifier
 from broker.config import JWTSettings
 from broker.errors import Unauthenticated
 
-from .conftest import SECRET, app_client, auth
+from .support import SECRET, app_client, auth
 
 
 class Clock:

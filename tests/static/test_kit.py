@@ -17,10 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..browser import Tab, browser, tab
-from ..conftest import ROOT, need
-
-__all__ = ["browser", "tab"]  # fixtures
+from ..support import ROOT, need
+from ..support.browser import Tab
 
 if TYPE_CHECKING:
     from playwright.sync_api import Route

@@ -13,10 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..browser import Tab, browser, tab
-from ..conftest import BrokerProcess
-
-__all__ = ["browser", "tab"]  # fixtures
+from ..support import BrokerProcess
+from ..support.browser import Tab
 
 WORKFLOWS = """
 [workflows.quick]

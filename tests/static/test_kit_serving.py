@@ -5,7 +5,7 @@ from __future__ import annotations
 from broker import __version__
 from broker.kit import PINNED, UNPINNED
 
-from ..conftest import ROOT, app_client
+from ..support import ROOT, app_client
 
 KIT = (ROOT / "broker" / "static" / "chatkit-broker.js").read_bytes()
 

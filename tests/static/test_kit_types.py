@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import ROOT, need
+from ..support import ROOT, need
 
 TYPESCRIPT = "7.0.2"
 CHATKIT_TYPES = "1.9.0"  # @openai/chatkit: types only, the runtime comes from OpenAI's CDN

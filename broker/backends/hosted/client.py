@@ -236,43 +236,37 @@ class HostedSessions:
         )
         upstream = UpstreamDetail(status, detail, request_id)
         if status in (401, 403):
-            raise _with(
-                upstream,
-                UpstreamAuthFailed(
-                    f"OpenAI refused the broker's API key (HTTP {status}): check CHATKIT_OPENAI_API_KEY / "
-                    "OPENAI_API_KEY and that the key has access to ChatKit."
-                ),
+            raise UpstreamAuthFailed(
+                f"OpenAI refused the broker's API key (HTTP {status}): check CHATKIT_OPENAI_API_KEY / "
+                "OPENAI_API_KEY and that the key has access to ChatKit.",
+                upstream=upstream,
             )
         if status == 404:
             if not_found_ok:
                 raise _NotFound()
-            raise _with(
-                upstream,
-                UpstreamWorkflowNotFound(
-                    f"OpenAI says the workflow for {what} was not found. Usually the API key belongs to "
-                    "another project than the workflow (check CHATKIT_OPENAI_API_KEY, or a stray shell "
-                    "OPENAI_API_KEY), or the workflow is not published. Run 'chatkit-broker doctor'."
-                ),
+            raise UpstreamWorkflowNotFound(
+                f"OpenAI says the workflow for {what} was not found. Since 2026-11-30 OpenAI no "
+                "longer runs Agent Builder workflows: serve it as a gateway or agent workflow "
+                "(README, 'Migrating from Agent Builder'). Otherwise the API key belongs to "
+                "another project than the workflow (check CHATKIT_OPENAI_API_KEY, or a stray shell "
+                "OPENAI_API_KEY), or the workflow is not published. Run 'chatkit-broker doctor'.",
+                upstream=upstream,
             )
         if status in RETRY_STATUSES:
             error: BrokerError
             if status in _UNAVAILABLE_STATUSES:
                 error = UpstreamUnavailable(
-                    f"OpenAI is busy or unavailable (HTTP {status}); try again shortly."
+                    f"OpenAI is busy or unavailable (HTTP {status}); try again shortly.",
+                    upstream=upstream,
                 )
             else:
-                error = UpstreamError(f"OpenAI answered HTTP {status}; see the broker log.")
-            raise _Retryable(_with(upstream, error), retry_after)
-        raise _with(
-            upstream,
-            UpstreamError(f"OpenAI refused the request (HTTP {status}); see the broker log."),
+                error = UpstreamError(
+                    f"OpenAI answered HTTP {status}; see the broker log.", upstream=upstream
+                )
+            raise _Retryable(error, retry_after)
+        raise UpstreamError(
+            f"OpenAI refused the request (HTTP {status}); see the broker log.", upstream=upstream
         )
-
-
-def _with(upstream: UpstreamDetail, error: BrokerError) -> BrokerError:
-    """Attach what OpenAI said (operators only; never rendered to a caller)."""
-    error.upstream = upstream
-    return error
 
 
 class _NotFound(Exception):

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .conftest import (
+from . import (
     API_KEY,
     SECRET,
     WF_SALES,

@@ -23,7 +23,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from .conftest import SECRET
+from .env import SECRET
 
 # Far-future expiry for fixed vectors: 2100-01-01T00:00:00Z.
 FIXED_EXP = 4102444800

@@ -10,7 +10,7 @@ Faults for the adversarial tests: ``trickle`` (the body dribbles out ``chunk`` b
 ``truncated`` (a 200 whose JSON stops halfway), ``ok`` with another ``content_type``, ``huge``
 (a body of ``size`` bytes, with or without Content-Length; ``huge_sent`` counts what was
 actually written before the client hung up), and ``hang`` (released by ``reset``/``stop``).
-``python -m tests.fake_openai --delay 0.05`` runs it standalone for load tests, with
+``python -m tests.support.fake_openai --delay 0.05`` runs it standalone for load tests, with
 ``GET /_fake/sessions`` returning which user each session was minted for.
 """
 
@@ -387,7 +387,7 @@ class FakeOpenAIServer:
 
 
 def main() -> None:
-    """Run the fake standalone: ``python -m tests.fake_openai --port 0 --delay 0.05``.
+    """Run the fake standalone: ``python -m tests.support.fake_openai --port 0 --delay 0.05``.
 
     Prints ``http://127.0.0.1:<port>`` on its first line, then serves until killed.
     """

@@ -1,6 +1,7 @@
-"""Shared Playwright fixtures: Debian's ``/usr/bin/chromium`` (never a downloaded browser), one
-tab per test that fails on console CSP violations, uncaught errors and unhandled rejections,
-and screenshots at desktop and phone width in ``test-artifacts/`` (gitignored).
+"""Browser helpers for the ``browser`` and ``tab`` fixtures (``tests/conftest.py``): Debian's
+``/usr/bin/chromium`` (never a downloaded browser), a tab that records its console, requests,
+uncaught errors and CSP violations, and screenshots at desktop and phone width in
+``test-artifacts/`` (gitignored).
 
 Without Chromium or the ``playwright`` package the browser tests skip, except under ``CI``,
 where they fail.
@@ -8,19 +9,14 @@ where they fail.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytest
+from .env import ROOT, need
 
-from .conftest import ROOT, need
-
-try:
-    from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, sync_playwright
-except ImportError:  # the skip (or, in CI, the failure) happens in the `browser` fixture
-    sync_playwright = None
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -33,19 +29,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 CHATKIT_JS = "https://cdn.platform.openai.com/deployments/chatkit/chatkit.js"
-STAND_IN = (Path(__file__).parent / "chatkit_stand_in.js").read_text()
+STAND_IN = (ROOT / "tests" / "chatkit_stand_in.js").read_text()
 ARTIFACTS = ROOT / "test-artifacts"
 VIEWPORTS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    need(sync_playwright is not None, "the playwright package is not installed")
-    need(CHROMIUM.exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @dataclass
@@ -69,8 +55,18 @@ class Tab:
         return self.page.evaluate("JSON.parse(JSON.stringify(window.__chatkitStandIn ?? null))")
 
 
-@pytest.fixture
-def tab(browser: Browser) -> Iterator[Tab]:
+def serve_stand_in(route: Route) -> None:
+    route.fulfill(body=STAND_IN, content_type="text/javascript")
+
+
+def launch(playwright: Any) -> Browser:
+    """Debian's Chromium, or a skip (a failure under CI) naming what is missing."""
+    need(CHROMIUM.exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+
+def open_tab(browser: Browser) -> tuple[Any, Tab]:
+    """A fresh context and its tab, recording console lines, requests and problems."""
     context = browser.new_context(viewport=VIEWPORTS["desktop"])
     t = Tab(context.new_page())
     t.page.set_default_timeout(10_000)
@@ -83,10 +79,4 @@ def tab(browser: Browser) -> Iterator[Tab]:
     t.page.on("console", on_console)
     t.page.on("request", lambda r: t.requests.append(r))
     t.page.on("pageerror", lambda e: t.problems.append(f"uncaught error: {e}"))
-    yield t
-    context.close()
-    assert not t.problems, "the page logged errors or CSP violations"
-
-
-def serve_stand_in(route: Route) -> None:
-    route.fulfill(body=STAND_IN, content_type="text/javascript")
+    return context, t

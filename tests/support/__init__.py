@@ -1,0 +1,36 @@
+"""Helpers shared by the tests (not fixtures: those stay in ``tests/conftest.py``).
+
+``tests.support`` re-exports the everyday ones; the fakes and kits have modules of their own:
+``fake_openai`` (the sessions API), ``jwt_kit`` (keys, tokens, a tiny JWKS server),
+``contract`` (answers checked against /openapi.json), ``adversarial`` and ``rawhttp``.
+"""
+
+from .app import app_client
+from .env import API_KEY, IN_CI, ROOT, SECRET, WF_SALES, WF_SUPPORT, auth, free_port, need
+from .processes import (
+    REDIS_URL,
+    BrokerProcess,
+    RedisServer,
+    cli_command,
+    redis_reachable,
+    wait_until_serving,
+)
+
+__all__ = [
+    "API_KEY",
+    "IN_CI",
+    "REDIS_URL",
+    "ROOT",
+    "SECRET",
+    "WF_SALES",
+    "WF_SUPPORT",
+    "BrokerProcess",
+    "RedisServer",
+    "app_client",
+    "auth",
+    "cli_command",
+    "free_port",
+    "need",
+    "redis_reachable",
+    "wait_until_serving",
+]
