@@ -479,3 +479,28 @@ def test_the_page_connects_every_backend_kind_through_the_kit(tab: Tab, mock, ki
         assert backend_auth == []
     assert secret not in page.locator("#log").inner_text()
     tab.shot(f"kind-{kind}")
+
+
+def test_protocol_console_resends_a_message_the_backend_never_got(tab: Tab, mock):
+    page = open_mock(tab, mock)
+    page.route(CHATKIT_JS, lambda route: route.abort())
+    with page.expect_response("**/api/chatkit/session") as minted:
+        page.click("button[data-workflow=topic-generation]")
+    backend_url = minted.value.json()["backend"]["url"]
+    expect(page.locator("#console")).to_be_visible()
+
+    page.route(f"**{backend_url}", lambda route: route.abort("connectionreset"), times=1)
+    page.fill("#console-input", "are you there?")
+    page.click("#console-send")
+    expect(page.locator("#console-error-reason")).to_contain_text(
+        f"Could not reach the ChatKit backend at {backend_url}"
+    )
+    expect(page.locator("#console-transcript .turn")).to_have_count(0)
+    tab.shot("console-network-error")
+
+    page.click("#console-retry")  # nothing reached the thread: the same message goes again
+    expect(page.locator("#console-transcript .turn.user .text")).to_have_text("are you there?")
+    expect(page.locator("#console-transcript .turn.assistant")).to_have_attribute(
+        "data-done", "true"
+    )
+    expect(sse_log(page).last).to_have_text("threads.create ← thread.item.done")

@@ -192,7 +192,8 @@ function setStatus(name, problem = {}) {
 /** Words a person can act on, for a failure. @param {unknown} err */
 function reasonFor(err) {
   if (!(err instanceof BrokerError)) return err instanceof Error ? err.message : String(err);
-  if (err.code === "network_error" && err.status === 0) return "could not reach the broker — is it running?";
+  // the kit's own words name what could not be reached (the broker, or a backend behind it)
+  if (err.code === "network_error" && err.status === 0) return err.message;
   switch (err.status) {
     case 401:
       return state.token
@@ -239,7 +240,10 @@ async function getJson(path) {
     res = await fetch(path, { headers });
   } catch (err) {
     log("fetch", `GET ${path} → failed (${Math.round(performance.now() - started)} ms)`, { level: "error" });
-    throw new BrokerError(String(err), { code: "network_error", cause: err });
+    throw new BrokerError(
+      `Could not reach the broker (${err instanceof Error ? err.message : String(err)}): is it running?`,
+      { code: "network_error", cause: err },
+    );
   }
   const ms = Math.round(performance.now() - started);
   log("fetch", `GET ${path} → ${res.status} (${ms} ms)`, { level: res.ok ? "info" : "warn" });

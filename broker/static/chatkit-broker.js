@@ -68,6 +68,7 @@ export const CHATKIT_EVENTS = Object.freeze([
  * @property {AbortSignal} [signal] aborts pending mints and back-offs; afterwards every call fails with code "aborted"
  * @property {RetryPolicy} [retry]
  * @property {number} [refreshMarginMs] a custom backend's secret is renewed this long before it expires (default 60000)
+ * @property {number} [timeoutMs] how long one request to the broker may take, body included (default 15000)
  *
  * @typedef {object} BackendInfo
  * @property {string} url where ChatKit sends its requests, relative to the broker
@@ -135,10 +136,11 @@ export class BrokerError extends Error {
     this.retryAfterMs = facts.retryAfterMs ?? null;
   }
 
-  /** Whether trying again later may succeed: no answer at all, a 5xx, or a 429. */
+  /** Whether trying again later may succeed: no answer (in time), a 5xx, or a 429. */
   get transient() {
     if (FINAL_CODES.has(this.code)) return false;
-    return this.code === "network_error" || this.status === 429 || this.status >= 500;
+    if (this.code === "network_error" || this.code === "timeout") return true;
+    return this.status === 429 || this.status >= 500;
   }
 }
 
@@ -325,6 +327,7 @@ class BrokerSession {
     this.maxDelayMs = retry.maxDelayMs ?? 8000;
     this.maxRetryAfterMs = retry.maxRetryAfterMs ?? 30000;
     this.refreshMarginMs = options.refreshMarginMs ?? 60000;
+    this.timeoutMs = options.timeoutMs ?? 15000;
     this.events = new KitEvents();
     if (options.onEvent) this.events.subscribe(options.onEvent);
     /** @type {MintAnswer | null} */
@@ -386,40 +389,62 @@ class BrokerSession {
     const headers = new Headers({ Accept: "application/json", "Content-Type": "application/json" });
     if (token) headers.set("Authorization", `Bearer ${token}`);
     const started = performance.now();
+    // One deadline for the answer and its body; the caller's signal still stops it at once.
+    const deadline = new AbortController();
+    const timer = setTimeout(() => deadline.abort(), this.timeoutMs);
+    const stop = () => deadline.abort();
+    this.signal?.addEventListener("abort", stop, { once: true });
+    const failed = (/** @type {unknown} */ err, /** @type {number} */ status) => {
+      if (this.signal?.aborted) return aborted();
+      if (deadline.signal.aborted) {
+        return new BrokerError(`The broker did not answer ${what} within ${this.timeoutMs / 1000} s.`, {
+          status,
+          code: "timeout",
+          cause: err,
+        });
+      }
+      return null;
+    };
     /** @type {Response} */
     let res;
-    try {
-      res = await this.fetch(url, {
-        method: "POST",
-        headers,
-        body: JSON.stringify(body),
-        signal: this.signal,
-      });
-    } catch (err) {
-      this.emit({
-        type: "request",
-        method: "POST",
-        url,
-        status: 0,
-        ms: Math.round(performance.now() - started),
-      });
-      if (this.signal?.aborted) throw aborted();
-      const crossOrigin =
-        typeof location !== "undefined" && new URL(url, location.href).origin !== location.origin;
-      const hint = crossOrigin
-        ? "is it running, and does its BROKER_ALLOWED_ORIGINS list this page's origin?"
-        : "is it running?";
-      throw new BrokerError(
-        `Could not reach the broker at ${url} (${err instanceof Error ? err.message : String(err)}): ${hint}`,
-        { code: "network_error", cause: err },
-      );
-    }
     let text = "";
     let readFailed = null;
     try {
-      text = await res.text();
-    } catch (err) {
-      readFailed = err;
+      try {
+        res = await this.fetch(url, {
+          method: "POST",
+          headers,
+          body: JSON.stringify(body),
+          signal: deadline.signal,
+        });
+      } catch (err) {
+        this.emit({
+          type: "request",
+          method: "POST",
+          url,
+          status: 0,
+          ms: Math.round(performance.now() - started),
+        });
+        const stopped = failed(err, 0);
+        if (stopped) throw stopped;
+        const crossOrigin =
+          typeof location !== "undefined" && new URL(url, location.href).origin !== location.origin;
+        const hint = crossOrigin
+          ? "is it running, and does its BROKER_ALLOWED_ORIGINS list this page's origin?"
+          : "is it running?";
+        throw new BrokerError(
+          `Could not reach the broker at ${url} (${err instanceof Error ? err.message : String(err)}): ${hint}`,
+          { code: "network_error", cause: err },
+        );
+      }
+      try {
+        text = await res.text();
+      } catch (err) {
+        readFailed = failed(err, res.status) ?? err;
+      }
+    } finally {
+      clearTimeout(timer);
+      this.signal?.removeEventListener("abort", stop);
     }
     this.emit({
       type: "request",
@@ -428,6 +453,7 @@ class BrokerSession {
       status: res.status,
       ms: Math.round(performance.now() - started),
     });
+    if (readFailed instanceof BrokerError) throw readFailed;
     if (readFailed) {
       throw new BrokerError(`The broker's answer to ${what} broke off before it was complete.`, {
         status: res.status,
@@ -777,6 +803,7 @@ export async function connectChatKit(element, options) {
     signal,
     retry,
     refreshMarginMs,
+    timeoutMs,
     ...rest
   } = options;
   /** @type {ChatKitApi} */
@@ -798,6 +825,7 @@ export async function connectChatKit(element, options) {
       signal,
       retry,
       refreshMarginMs,
+      timeoutMs,
     });
   }
   const session = SESSIONS.get(api);

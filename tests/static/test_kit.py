@@ -61,6 +61,7 @@ class FakeBroker:
 
     answers: dict[str, list[Any]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
+    hanging: list[Route] = field(default_factory=list)
 
     def script(self, path: str, *answers: Any) -> None:
         self.answers[path] = list(answers)
@@ -90,6 +91,9 @@ class FakeBroker:
             answer = answer()
         if answer == "abort":
             return route.abort("connectionreset")
+        if answer == "hang":  # never answered: the request stays pending until the page gives up
+            self.hanging.append(route)
+            return None
         if "status" not in answer:  # a plain mint answer
             answer = {"status": 200, "json": answer}
         route.fulfill(**answer)
@@ -285,6 +289,38 @@ def test_a_broker_that_keeps_failing_surfaces_one_error_after_the_retries(kit):
     assert result["error"]["requestId"] == "req_500"
     assert result["errors"] == 1
     assert len(fake.requests("/api/chatkit/session")) == 3  # the first try and two retries
+
+
+def test_a_broker_that_never_answers_times_out_and_is_retried(kit):
+    tab, fake = kit
+    fake.script("/api/chatkit/session", "hang", mint_answer(1))
+    result = run(
+        tab,
+        "const api = await kit.createChatKitApi({workflow: 'demo', getToken, retry: fast, timeoutMs: 300, onEvent});"
+        " return {secret: await api.getClientSecret(null), events};",
+    )
+    assert result["secret"] == "ek_secret1"
+    [retry] = [e for e in result["events"] if e["type"] == "retry"]
+    assert retry["code"] == "timeout"
+    assert len(fake.requests("/api/chatkit/session")) == 2
+
+
+def test_a_broker_that_keeps_hanging_is_one_timeout_error(kit):
+    tab, fake = kit
+    fake.script("/api/chatkit/session", "hang")
+    result = run(
+        tab,
+        "const t0 = performance.now();"
+        " try { await kit.createChatKitApi({workflow: 'demo', getToken, retry: fast, timeoutMs: 200}); return 'resolved'; }"
+        " catch (e) { return {error: asData(e), ms: performance.now() - t0}; }",
+    )
+    assert result["error"]["code"] == "timeout"
+    assert (
+        result["error"]["message"]
+        == "The broker did not answer POST /api/chatkit/session within 0.2 s."
+    )
+    assert len(fake.requests("/api/chatkit/session")) == 3  # the first try and two retries
+    assert result["ms"] < 3000
 
 
 def test_a_retry_after_longer_than_the_kit_waits_surfaces_at_once(kit):
