@@ -227,6 +227,26 @@ def parse_rate(value: str) -> tuple[int, int]:
     return int(m.group(1)), multiple * unit
 
 
+# The variables an OpenAI API key is read from, the first set one winning (api_key_in_effect).
+API_KEY_VARIABLES = ("CHATKIT_OPENAI_API_KEY", "OPENAI_API_KEY")
+
+
+def api_key_in_effect(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(variable, key) of the API key the broker uses: ``CHATKIT_OPENAI_API_KEY`` wins.
+
+    Public so ``doctor`` names the same key even when the rest of the configuration is invalid.
+    """
+
+    def get(name: str) -> str | None:
+        return (env.get(name) or "").strip() or None
+
+    if key := get("CHATKIT_OPENAI_API_KEY"):
+        return "CHATKIT_OPENAI_API_KEY", key
+    if key := get("OPENAI_API_KEY"):
+        return "OPENAI_API_KEY", key
+    return None, None
+
+
 def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Settings:
     """Validate ``env`` into ``Settings`` or raise ``ConfigError`` listing every problem."""
     problems: list[str] = []
@@ -239,11 +259,7 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
         problems.append("BROKER_MOCK must be 1 or 0")
         mock = False
 
-    key, key_source = get("CHATKIT_OPENAI_API_KEY"), "CHATKIT_OPENAI_API_KEY"
-    if not key:
-        key, key_source = get("OPENAI_API_KEY"), "OPENAI_API_KEY"
-    if not key:
-        key_source = None
+    key_source, key = api_key_in_effect(env)
 
     base_url = (get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
     if urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).netloc:

@@ -2,7 +2,8 @@
 
 ``tests.support`` re-exports the everyday ones; the fakes and kits have modules of their own:
 ``fake_openai`` (the sessions API), ``jwt_kit`` (keys, tokens, a tiny JWKS server),
-``contract`` (answers checked against /openapi.json), ``adversarial`` and ``rawhttp``.
+``contract`` (answers checked against /openapi.json), ``doctor`` (runs ``doctor`` in-process
+or as the CLI), ``adversarial`` and ``rawhttp``.
 """
 
 from .app import app_client

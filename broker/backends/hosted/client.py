@@ -63,6 +63,19 @@ class UpstreamConfig:
         )
 
 
+def api_headers(config: UpstreamConfig) -> dict[str, str]:
+    """Who is calling OpenAI: the key, and the organization and project when set.
+
+    Public so that ``doctor``'s ``GET /models`` asks exactly as the service's calls do.
+    """
+    headers = {"Authorization": f"Bearer {config.api_key}"}
+    if config.organization:
+        headers["OpenAI-Organization"] = config.organization
+    if config.project:
+        headers["OpenAI-Project"] = config.project
+    return headers
+
+
 class _Retryable(Exception):
     def __init__(self, error: BrokerError, retry_after: float | None = None) -> None:
         self.error = error
@@ -86,16 +99,11 @@ class HostedSessions:
         self._clock = clock
         self._sleep = sleep
         self._observe = observe
-        headers = {
-            "Authorization": f"Bearer {config.api_key}",
+        self._headers = {
+            **api_headers(config),
             "Content-Type": "application/json",
             BETA_HEADER[0]: BETA_HEADER[1],
         }
-        if config.organization:
-            headers["OpenAI-Organization"] = config.organization
-        if config.project:
-            headers["OpenAI-Project"] = config.project
-        self._headers = headers
         self._create_url = f"{config.base_url}/chatkit/sessions"
 
     async def create(self, body: Mapping[str, Any], *, workflow_label: str) -> CreatedSession:
@@ -290,13 +298,19 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, seconds) if seconds == seconds else None
 
 
+def error_message(body: bytes) -> str | None:
+    """``error.message`` of an OpenAI error body, or None when the body is not one.
+
+    Public so that ``doctor`` reads OpenAI's errors the way the service logs them.
+    """
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+    return message if isinstance(message, str) else None
+
+
 def _error_detail(body: bytes) -> str:
     """The upstream error message for the log, bounded in size."""
-    try:
-        data = json.loads(body)
-        message = data["error"]["message"]
-        if isinstance(message, str):
-            return message[:500]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        pass
-    return repr(body[:200])
+    message = error_message(body)
+    return message[:500] if message is not None else repr(body[:200])
