@@ -29,6 +29,8 @@ from starlette.types import Message, Receive, Scope, Send
 from . import routes
 from .auth import Verifier
 from .backends import Backend, Backends
+from .backends.gateway.backend import GatewayBackend, GatewaySettings, message_limiter
+from .backends.gateway.metrics import GatewayMetrics
 from .backends.hosted import HostedBackend
 from .backends.mock import MOCK_USER, MockBackend, MockChatKitBackend
 from .chatkit_endpoint import ChatKitEndpoint
@@ -133,6 +135,13 @@ def build_broker(
                 HostedBackend(backend)
                 if backend is not None
                 else HostedBackend.from_settings(settings, http, observe=metrics.observe_upstream)
+            )
+        if "gateway" in kinds:
+            by_kind["gateway"] = GatewayBackend(
+                GatewaySettings.from_settings(settings),
+                session_secrets,
+                metrics=GatewayMetrics(metrics.registry),
+                limiter=message_limiter(limits),
             )
     backends = Backends(by_kind, every=every, broker_sessions=session_secrets)
     verifier = verifier or Verifier(settings.jwt, jwks)

@@ -65,7 +65,7 @@ class History:
 # The backends a workflow can name, and the key that names each in the workflow file.
 KIND_KEYS = {"hosted": "id", "gateway": "server", "agent": "agent"}
 # The kinds this broker can serve; a workflow of another kind is a configuration error.
-SERVED_KINDS = frozenset({"hosted"})
+SERVED_KINDS = frozenset({"hosted", "gateway"})
 DEFAULT_DOMAIN_KEY = "local-dev"
 
 
@@ -161,6 +161,12 @@ class Settings:
     # keys of the broker's own cks_ session secrets: the first signs, all verify
     session_secrets: tuple[str, ...] = field(default=(), repr=False)
     chatkit_domain_key: str = DEFAULT_DOMAIN_KEY
+    # gateway workflows: the signed identity each proxied request carries (PEM texts, read)
+    assertion_key: str | None = field(default=None, repr=False)
+    assertion_previous_keys: tuple[str, ...] = field(default=(), repr=False)
+    assertion_secret: str | None = field(default=None, repr=False)
+    public_url: str | None = None
+    gateway_strip_headers: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
     def workflow(self, ref: str) -> Workflow | None:
@@ -294,6 +300,7 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
         problems=problems,
     )
     domain_key = get("BROKER_CHATKIT_DOMAIN_KEY") or DEFAULT_DOMAIN_KEY
+    gateway = _load_gateway(get, workflows, mock, problems, warnings)
 
     jwt_settings = _load_jwt(env, get, problems, warnings)
     if not mock and not jwt_settings.configured:
@@ -392,6 +399,7 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
         log_level=log_level,
         session_secrets=session_secrets,
         chatkit_domain_key=domain_key,
+        **gateway,
         warnings=tuple(warnings),
     )
 
@@ -413,6 +421,66 @@ def _load_session_secrets(raw: str | None, *, needed: bool, problems: list[str])
                 f"BROKER_SESSION_SECRET: key {index} is shorter than {MIN_HMAC_SECRET_BYTES} bytes"
             )
     return keys
+
+
+_HEADER_NAME_RE = re.compile(r"[A-Za-z0-9_-]+\*?")
+
+
+def _load_gateway(
+    get: Any, workflows: list[Workflow], mock: bool, problems: list[str], warnings: list[str]
+) -> dict[str, Any]:
+    """The assertion keys, the broker's public URL and the extra headers gateways strip."""
+    from .assertion import load_previous_key, load_private_key  # cryptography, lazily
+
+    gateways = [wf for wf in workflows if wf.kind == "gateway"] if not mock else []
+    key = get("BROKER_ASSERTION_KEY")
+    if key:
+        try:
+            load_private_key(key)
+        except ValueError as exc:
+            problems.append(f"BROKER_ASSERTION_KEY: {exc}")
+    elif any(wf.assertion == "es256" for wf in gateways):
+        warnings.append(
+            "BROKER_ASSERTION_KEY is not set: gateway assertions are signed with a key made at "
+            "start-up, so every instance (and every restart) has its own and backends must "
+            "refetch the JWKS; set it (a P-256 PEM, or @path) for production"
+        )
+    previous = _csv(get("BROKER_ASSERTION_PREVIOUS_KEYS"))
+    for index, text in enumerate(previous, 1):
+        try:
+            load_previous_key(text)
+        except ValueError as exc:
+            problems.append(f"BROKER_ASSERTION_PREVIOUS_KEYS: key {index}: {exc}")
+    secret = get("BROKER_ASSERTION_SECRET")
+    if secret and len(secret.encode()) < MIN_HMAC_SECRET_BYTES:
+        problems.append(f"BROKER_ASSERTION_SECRET is shorter than {MIN_HMAC_SECRET_BYTES} bytes")
+    hs256 = [wf.name for wf in gateways if wf.assertion == "hs256"]
+    if hs256 and not secret:
+        problems.append(
+            f"BROKER_ASSERTION_SECRET is required: workflow(s) {', '.join(hs256)} use "
+            'assertion = "hs256" (a shared secret of 32+ bytes the backend verifies with)'
+        )
+    public_url = get("BROKER_PUBLIC_URL")
+    if public_url:
+        parts = urlsplit(public_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            problems.append(
+                "BROKER_PUBLIC_URL must be the broker's public http(s) URL, like https://chat.example.com"
+            )
+        public_url = public_url.rstrip("/")
+    strip = _csv(get("BROKER_GATEWAY_STRIP_HEADERS"))
+    for name in strip:
+        if not _HEADER_NAME_RE.fullmatch(name):
+            problems.append(
+                f"BROKER_GATEWAY_STRIP_HEADERS: {name!r} is not a header name (or Prefix-*)"
+            )
+    return {
+        "assertion_key": key,
+        "assertion_previous_keys": previous,
+        "assertion_secret": secret,
+        "public_url": public_url,
+        "gateway_strip_headers": strip,
+    }
 
 
 def _is_address_or_network(value: str) -> bool:

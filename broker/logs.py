@@ -21,7 +21,18 @@ _SECRET_RE = re.compile(
     r"|\bek_[A-Za-z0-9_-]{4,}|\bmock_[A-Za-z0-9_.-]{16,}"  # ChatKit client secrets
     r"|Bearer\s+\S+",
 )
-ACCESS_FIELDS = ("method", "path", "status", "ms", "user", "workflow")
+ACCESS_FIELDS = (
+    "method",
+    "path",
+    "status",
+    "ms",
+    "user",
+    "workflow",
+    "outcome",
+    "chatkit_type",
+    "relayed_bytes",
+    "ttfb_ms",
+)
 
 
 def redact(text: str) -> str:
@@ -69,7 +80,7 @@ class TextFormatter(logging.Formatter):
         line = f"{stamp} {record.levelname:<7} [{getattr(record, 'request_id', '-')}] {record.getMessage()}"
         extras = " ".join(
             f"{k}={getattr(record, k)}"
-            for k in ("user", "workflow")
+            for k in ("user", "workflow", "outcome", "chatkit_type", "relayed_bytes", "ttfb_ms")
             if getattr(record, k, None) is not None
         )
         if extras:

@@ -124,6 +124,11 @@ class RequestContext:
                     "ms": ms,
                     "user": state.get("user"),
                     "workflow": state.get("workflow"),
+                    # a proxied ChatKit request (gateway): how it ended, what passed through
+                    "outcome": state.get("outcome"),
+                    "chatkit_type": state.get("chatkit_type"),
+                    "relayed_bytes": state.get("relayed_bytes"),
+                    "ttfb_ms": state.get("ttfb_ms"),
                 },
             )
             request_id_var.reset(token)

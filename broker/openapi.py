@@ -446,12 +446,46 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             },
         }
     },
+    "/.well-known/jwks.json": {
+        "get": {
+            "operationId": "assertionKeys",
+            "summary": "The public keys of gateway assertions (ChatKit-Broker-Assertion)",
+            "description": "Served when a gateway workflow is configured. Backends verify the "
+            "ES256 assertion on each proxied request with these keys (current first, then the "
+            "ones being rotated out), by `kid`.",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "A JSON Web Key Set (RFC 7517) of EC P-256 public keys.",
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["keys"],
+                                "properties": {
+                                    "keys": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["kty", "crv", "x", "y", "kid"],
+                                        },
+                                    }
+                                },
+                            }
+                        }
+                    },
+                }
+            },
+        }
+    },
     "/chatkit/{name}": {
         "post": {
             "operationId": "chatKit",
             "summary": "The ChatKit endpoint of a gateway, agent or mock workflow",
             "description": "Speaks the ChatKit custom-backend protocol for the workflow `name`. "
-            "Hosted workflows have none (404): ChatKit talks to OpenAI with their secret.",
+            "Hosted workflows have none (404): ChatKit talks to OpenAI with their secret. "
+            "For a gateway workflow the request is relayed to its own server, whose JSON "
+            "answers (its own 4xx included) and event streams pass through unchanged.",
             "security": [{"bearerAuth": []}],
             "parameters": [
                 {
@@ -500,6 +534,19 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "413": _TOO_LARGE,
                 "429": _RATE_LIMITED,
                 "500": _INTERNAL,
+                "502": _error(
+                    "A gateway workflow's server failed, answered something not ChatKit, or "
+                    "refused the broker's signed identity (before any byte was relayed).",
+                    "backend_error",
+                    "backend_rejected_identity",
+                ),
+                "503": _error(
+                    "A gateway workflow's server cannot be reached.", "backend_unavailable"
+                ),
+                "504": _error(
+                    "A gateway workflow's server did not connect or answer in time.",
+                    "backend_timeout",
+                ),
             },
         }
     },

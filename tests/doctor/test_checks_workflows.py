@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from broker.assertion import generate_private_key_pem
 from broker.config import Workflow
 from broker.doctor import Budget, DoctorContext, KeyFacts, KeyWorks, Status
 from broker.doctor.checks import workflows
@@ -161,7 +162,9 @@ def test_gateway_and_agent_workflows_are_listed_not_minted(
         "BROKER_SESSION_SECRET": SESSION_SECRET,
     }
     r = doctor(env)
-    assert r.code == 0, r.out
+    # check 4 passes; the gateway backend's own check (7) cannot reach chat.example.com
+    assert r.code == 1, r.out
+    assert r.line("✖ 7. Gateway workflows")
     assert r.line("✔ 4. Workflows").endswith(
         "1 of 1 minted and cancelled; 2 gateway and agent workflows checked by their backends"
     )
@@ -188,12 +191,16 @@ def test_gateway_workflows_only_need_no_openai_key(doctor, openai, all_kinds_ser
     env = {
         "BROKER_WORKFLOWS": "chat=https://chat.example.com/chatkit",
         "BROKER_SESSION_SECRET": SESSION_SECRET,
+        "BROKER_ASSERTION_KEY": generate_private_key_pem(),  # else check 1 warns
         "BROKER_JWT_SECRET": SECRET,
         "BROKER_JWT_AUDIENCE": "authenticated",
     }
     r = doctor(env, json=True)
-    assert r.code == 0, r.out
     assert r.check("config")["status"] == "pass"
+    # the gateway backend's own check probes the (unreachable) server
+    assert r.check("gateway")["status"] == "fail"
+    assert "cannot be reached" in r.check("gateway")["data"]["workflows"][0]["summary"]
+    assert r.code == 1
     key = r.check("key")
     assert key["status"] == "skip"
     assert key["summary"] == "none (no workflow calls OpenAI: gateway workflows only)"

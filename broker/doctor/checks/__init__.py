@@ -16,9 +16,18 @@ from ..report import Check
 #: a check a backend contributes: it reads the context and reports one line of its own
 CheckFn = Callable[[DoctorContext], Awaitable[Check]]
 
-#: workflow kind -> the checks its backend adds for these settings. Empty for now: the gateway
-#: and agent backends register theirs here (e.g. ``"gateway": gateway.doctor.checks``).
-BACKEND_CHECKS: Mapping[str, Callable[[Settings], Sequence[CheckFn]]] = MappingProxyType({})
+
+def _gateway(settings: Settings) -> Sequence[CheckFn]:
+    from ...backends.gateway import doctor  # imported when a gateway workflow is configured
+
+    return doctor.checks(settings)
+
+
+#: workflow kind -> the checks its backend adds for these settings (the agent backend
+#: registers its own here too)
+BACKEND_CHECKS: Mapping[str, Callable[[Settings], Sequence[CheckFn]]] = MappingProxyType(
+    {"gateway": _gateway}
+)
 
 
 def backend_checks(

@@ -1,0 +1,269 @@
+"""The gateway backend: ``POST /chatkit/<name>`` relayed to the workflow's own ChatKit server.
+
+The gate has already authenticated the caller and checked the allowlist when ``serve`` runs;
+this adds what only the gateway knows: the per-user message limit (counted on the request
+types that start a model turn), the signed assertion for this request, the relay, and one
+access-log line and metrics saying how the request ended.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from ...assertion import (
+    ASSERTION_HEADER,
+    AssertionSigner,
+    HMACAssertionSigner,
+    forwarded_claims,
+)
+from ...config import Settings, Workflow
+from ...errors import BrokerError, InvalidRequest, render
+from ...http import HttpPool
+from ...ratelimit import RateLimits
+from ...session_secrets import SessionSecrets
+from ..base import Admission, Backend
+from .headers import HeaderPolicy
+from .metrics import GatewayMetrics
+from .proxy import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    GatewayProxy,
+    Relay,
+    StreamAborted,
+    Upstream,
+    gateway_pool,
+)
+
+log = logging.getLogger("broker.gateway")
+
+JWKS_PATH = "/.well-known/jwks.json"
+# the request types that start a model turn: what max_messages_per_minute counts
+STREAMING_TYPES = frozenset(
+    {
+        "threads.create",
+        "threads.add_user_message",
+        "threads.retry_after_item",
+        "threads.custom_action",
+    }
+)
+
+# (user, workflow, per_minute) → raises RateLimited when over; shared across instances
+MessageLimiter = Callable[[str, str, int], Awaitable[None]]
+
+
+def message_limiter(limits: RateLimits) -> MessageLimiter:
+    """``max_messages_per_minute`` on the broker's own limiter (Redis when configured, so
+    it holds across instances; per process while Redis is down)."""
+
+    async def hit(user: str, workflow: str, per_minute: int) -> None:
+        await limits.hit_per_minute(
+            "workflow_messages",
+            f"{workflow}:{user}",
+            per_minute,
+            what=f"messages to workflow {workflow!r} for this user",
+        )
+
+    return hit
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The gateway's share of the broker's settings (see ``.env.example``)."""
+
+    assertion_key: str | None = None  # BROKER_ASSERTION_KEY: PEM text or @path
+    previous_keys: tuple[str, ...] = ()  # BROKER_ASSERTION_PREVIOUS_KEYS: @path, …
+    assertion_secret: str | None = None  # BROKER_ASSERTION_SECRET, for assertion = "hs256"
+    public_url: str | None = None  # BROKER_PUBLIC_URL: the assertions' iss, the JWKS URL
+    strip_headers: tuple[str, ...] = ()  # BROKER_GATEWAY_STRIP_HEADERS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GatewaySettings:
+        return cls(
+            assertion_key=settings.assertion_key,
+            previous_keys=settings.assertion_previous_keys,
+            assertion_secret=settings.assertion_secret,
+            public_url=settings.public_url,
+            strip_headers=settings.gateway_strip_headers,
+        )
+
+    @property
+    def issuer(self) -> str:
+        return self.public_url or "chatkit-broker"
+
+    @property
+    def jwks_url(self) -> str:
+        base = (self.public_url or "http://<broker>").rstrip("/")
+        return base + JWKS_PATH
+
+
+def audience_of(workflow: Workflow) -> str:
+    """A workflow's audience: its ``audience`` option, else its name."""
+    return workflow.audience or workflow.name
+
+
+class GatewayBackend(Backend):
+    """Serves every ``kind = "gateway"`` workflow through one shared proxy and pool.
+
+    Sessions are the broker's own ``cks_`` secrets (``sessions``); the ChatKit requests those
+    secrets (or an app JWT) authorise are relayed to the workflow's ``server``.
+    """
+
+    kind: ClassVar[str] = "gateway"
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        sessions: SessionSecrets | None = None,
+        *,
+        metrics: GatewayMetrics | None = None,
+        limiter: MessageLimiter | None = None,
+        pool: HttpPool | None = None,
+        signer: AssertionSigner | None = None,
+    ) -> None:
+        if sessions is not None:
+            self.sessions = sessions
+        self.settings = settings
+        self.signer = signer or AssertionSigner.from_config(
+            settings.assertion_key, settings.previous_keys, issuer=settings.issuer
+        )
+        self.hmac_signer = (
+            HMACAssertionSigner(settings.assertion_secret, issuer=settings.issuer)
+            if settings.assertion_secret
+            else None
+        )
+        self.pool = pool or gateway_pool()
+        self.metrics = metrics
+        self._limiter = limiter
+        self.proxy = GatewayProxy(
+            self.pool,
+            HeaderPolicy(settings.strip_headers),
+            on_stream=self._stream_counted if metrics is not None else None,
+        )
+
+    # --- the Backend protocol -----------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        await self.pool.close()
+
+    # readiness(): none. A gateway's server being down is that workflow's 503, and it says
+    # so; the broker itself (other workflows, mints) is still ready.
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return [Route(JWKS_PATH, self.jwks_endpoint, methods=["GET"])]
+
+    async def jwks_endpoint(self, request: Request) -> Response:
+        """The public keys backends verify assertions with; cacheable for a few minutes."""
+        return JSONResponse(self.signer.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+    def signer_for(self, workflow: Workflow) -> AssertionSigner | HMACAssertionSigner:
+        if workflow.assertion == "hs256":
+            if self.hmac_signer is None:  # config validation should make this impossible
+                raise BrokerError("BROKER_ASSERTION_SECRET is required for hs256 workflows.")
+            return self.hmac_signer
+        return self.signer
+
+    def upstream_for(self, workflow: Workflow) -> Upstream:
+        signer = self.signer_for(workflow)
+        if signer.algorithm == "ES256":
+            how = f"against {self.settings.jwks_url}"
+        else:
+            how = "with the shared secret (BROKER_ASSERTION_SECRET, HS256)"
+        hint = (
+            f"The server must verify the {ASSERTION_HEADER} header {how}, with audience "
+            f"{audience_of(workflow)!r} and issuer {signer.issuer!r}."
+        )
+        return Upstream(
+            workflow.server or "",
+            workflow=workflow.name,
+            connect_timeout=workflow.connect_timeout or DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout=workflow.idle_timeout or DEFAULT_IDLE_TIMEOUT,
+            identity_hint=hint,
+        )
+
+    async def serve(self, admission: Admission, scope: Scope, receive: Receive, send: Send) -> None:
+        """Relay one admitted ``POST /chatkit/<name>``; never raises before the first byte."""
+        workflow = admission.workflow
+        state = scope.setdefault("state", {})
+        request_id = str(state.get("request_id", "-"))
+        record = Relay()
+        request_type = "-"
+        try:
+            body = await self.proxy.read_body(scope, receive)
+            if body is None:
+                record.outcome = "client_closed"
+                return
+            request_type = _request_type(body)
+            per_minute = workflow.max_messages_per_minute
+            if per_minute and request_type in STREAMING_TYPES and self._limiter is not None:
+                await self._limiter(admission.identity.user, workflow.name, per_minute)
+            signer = self.signer_for(workflow)
+            assertion = signer.sign(
+                admission.identity.user,
+                audience=audience_of(workflow),
+                workflow=workflow.name,
+                session_id=admission.session_id,
+                extra=forwarded_claims(admission.identity.claims, workflow.forward_claims),
+                body=body,
+            )
+            own = [(ASSERTION_HEADER, assertion), ("X-Request-ID", request_id)]
+            await self.proxy.relay(
+                scope, receive, send, self.upstream_for(workflow), body, own, record
+            )
+        except StreamAborted:
+            # returning without completing the response makes the server drop the
+            # connection: the browser sees a broken stream, not a finished reply
+            return
+        except BrokerError as exc:
+            record.outcome, record.status = exc.code, exc.status
+            rendered = render(exc, request_id)
+            start = {"type": "http.response.start", "status": rendered.status}
+            await send({**start, "headers": rendered.headers})
+            await send({"type": "http.response.body", "body": rendered.body})
+        finally:
+            self._finished(workflow.name, request_type, record, state)
+
+    # --- observability ------------------------------------------------------------------
+
+    def _stream_counted(self, workflow: str, delta: int) -> None:
+        if self.metrics is not None:
+            if delta > 0:
+                self.metrics.stream_opened(workflow)
+            else:
+                self.metrics.stream_closed(workflow)
+
+    def _finished(
+        self, workflow: str, request_type: str, record: Relay, state: dict[str, Any]
+    ) -> None:
+        """Metrics, and the facts the one access-log line of this request adds (how it
+        ended, bytes relayed, the backend's time to first byte)."""
+        if self.metrics is not None:
+            self.metrics.finished(workflow, record)
+        state.update(
+            outcome=str(record.outcome),
+            chatkit_type=request_type,
+            relayed_bytes=record.bytes_out,
+            ttfb_ms=round(record.ttfb * 1000, 2) if record.ttfb is not None else None,
+        )
+
+
+def _request_type(body: bytes) -> str:
+    """The ChatKit request ``type`` (to count messages); a body that has none is a 400."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        parsed = None
+    kind = parsed.get("type") if isinstance(parsed, dict) else None
+    if not isinstance(kind, str) or not 0 < len(kind) <= 64:
+        raise InvalidRequest(
+            "The body must be a ChatKit request: a JSON object with a 'type' such as 'threads.list'."
+        )
+    return kind

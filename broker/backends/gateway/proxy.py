@@ -1,0 +1,516 @@
+"""The streaming relay between a browser and a gateway workflow's own ChatKit server.
+
+Pure ASGI, because the properties that matter live below any framework's response class:
+
+* **no buffering**: each chunk of a ``text/event-stream`` answer goes to the browser as it
+  arrives (``readany``), uncompressed (upstream is asked for ``identity``; bytes pass raw);
+* **back-pressure**: the next chunk is read only after the browser's ``send`` returned, so a
+  slow reader slows the backend through TCP instead of filling a queue;
+* **Stop that stops**: ChatKit has no cancel request — Stop is the browser dropping the
+  connection. A watcher on ``receive()`` sees ``http.disconnect`` and closes the upstream
+  connection at once, so the backend's ``handle_stream_cancelled`` runs and the model stops;
+* **stream timeouts**: no total timeout, a connect timeout and a per-read idle timeout;
+* **honest failures**: before the first byte a JSON error (502/503/504); after it the
+  connection is aborted (``StreamAborted``), never ended cleanly as if the reply were done;
+* **no retries** except when no connection could be made (nothing was sent), and a pooled
+  connection is kept idle for less time than a backend keeps it (uvicorn: 5 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+from starlette.types import Message, Receive, Scope, Send
+
+from ...errors import (
+    BackendError,
+    BackendRejectedIdentity,
+    BackendTimeout,
+    BackendUnavailable,
+    BrokerError,
+    PayloadTooLarge,
+)
+from ...http import HttpPool
+from ...httpread import read_capped
+from .headers import HeaderPolicy
+
+log = logging.getLogger("broker.gateway")
+
+MAX_REQUEST_BYTES = 256 * 1024
+MAX_JSON_BYTES = 8 * 1024 * 1024
+# an SSE event larger than this without a blank line is not ChatKit: abort instead of relaying
+MAX_EVENT_BYTES = 1024 * 1024
+LOGGED_BODY_CHARS = 300
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_IDLE_TIMEOUT = 120.0
+POOL_KEEPALIVE = 2.0  # seconds; below uvicorn's default 5 s keep-alive (stale-socket race)
+CONNECT_RETRY_DELAY = 0.1
+SSE = "text/event-stream"
+
+
+class Outcome(StrEnum):
+    """How a proxied request ended; before the first byte the outcome is the error's code."""
+
+    COMPLETED = "completed"
+    CLIENT_CLOSED = "client_closed"
+    BACKEND_RESET = "backend_reset"
+    TIMEOUT = "timeout"
+    BACKEND_GARBAGE = "backend_garbage"
+
+
+class StreamAborted(Exception):
+    """Raised after the response started, so the server drops the connection mid-body.
+
+    A browser must see a broken stream (ChatKit shows an error and can retry), never a clean
+    end that looks like a finished reply.
+    """
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where one workflow's requests go, and how long to wait for them."""
+
+    url: str
+    workflow: str = ""  # for metrics and logs
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    # what to tell the operator when the backend refuses the assertion (JWKS URL, audience)
+    identity_hint: str = ""
+
+
+@dataclass
+class Relay:
+    """What happened to one proxied request: for metrics and the access-log line."""
+
+    outcome: str = "pending"
+    status: int | None = None  # what the browser got
+    upstream_status: int | None = None
+    bytes_out: int = 0
+    ttfb: float | None = None  # seconds from sending upstream to the backend's answer head
+    duration: float = 0.0
+    streamed: bool = False
+
+
+def gateway_pool(*, limit: int = 4096, keepalive: float = POOL_KEEPALIVE) -> HttpPool:
+    """The gateway's own pool, shared by every gateway workflow.
+
+    Apart from the broker's (30 s keep-alive) because an idle connection must be dropped
+    before the backend drops it (uvicorn: 5 s): a POST on a connection the backend already
+    closed fails, and must not be retried. Relays pass ``auto_decompress=False`` per request.
+    """
+    return HttpPool(limit=limit, keepalive=keepalive)
+
+
+class _Framing:
+    """Tracks SSE event boundaries across chunks, to refuse a stream that never frames."""
+
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
+        self.limit = limit
+        self.pending = 0  # bytes since the last blank line
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> bool:
+        """False once more than ``limit`` bytes arrived without an event boundary."""
+        data = self._tail + chunk
+        cut = max(data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n"), data.rfind(b"\r\r"))
+        if cut >= 0:
+            self.pending = len(data) - cut - 2
+        else:
+            self.pending += len(chunk)
+        self._tail = data[-3:]
+        return self.pending <= self.limit
+
+
+async def read_request_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, ``PayloadTooLarge`` over ``limit``, None if the client left."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit // 1024} KiB.")
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit // 1024} KiB.")
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _snippet(body: bytes) -> str:
+    text = body[:LOGGED_BODY_CHARS].decode("utf-8", "replace")
+    text = " ".join(text.split())
+    return text + ("…" if len(body) > LOGGED_BODY_CHARS else "")
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+class GatewayProxy:
+    """Relays ChatKit requests to upstream servers; one instance serves every workflow."""
+
+    def __init__(
+        self,
+        http: Callable[[], aiohttp.ClientSession],
+        policy: HeaderPolicy | None = None,
+        *,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        max_json_bytes: int = MAX_JSON_BYTES,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        clock: Callable[[], float] = time.perf_counter,
+        on_stream: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self._http = http
+        self._policy = policy or HeaderPolicy()
+        self._max_request = max_request_bytes
+        self._max_json = max_json_bytes
+        self._max_event = max_event_bytes
+        self._clock = clock
+        # called with (workflow, +1) when an event stream starts and (workflow, -1) when it ends
+        self._on_stream = on_stream
+
+    async def read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The request body under the gateway's cap (``PayloadTooLarge``), None if the
+        client left; read before ``relay`` so the caller can look at the request type."""
+        return await read_request_body(scope, receive, self._max_request)
+
+    async def relay(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        upstream: Upstream,
+        body: bytes,
+        own_headers: Sequence[tuple[str, str]],
+        record: Relay | None = None,
+    ) -> Relay:
+        """Forward one ``POST`` with ``body`` and relay its answer; ``own_headers`` (the
+        assertion, the request id) are added after the inbound headers were filtered.
+
+        Raises a ``BrokerError`` before anything was sent to the browser (the caller renders
+        it), ``StreamAborted`` after. ``record`` is filled in on every path.
+        """
+        record = record if record is not None else Relay()
+        started = self._clock()
+        try:
+            headers = self._policy.forward(
+                scope["headers"], [*own_headers, ("Accept-Encoding", "identity")]
+            )
+            await self._race_disconnect(
+                self._exchange(send, upstream, body, headers, record), receive, record
+            )
+            return record
+        except BrokerError as exc:
+            record.outcome = exc.code
+            record.status = exc.status
+            raise
+        finally:
+            record.duration = self._clock() - started
+
+    async def _race_disconnect(
+        self, exchange: Coroutine[Any, Any, None], receive: Receive, record: Relay
+    ) -> None:
+        """Run the exchange until it ends or the browser leaves, whichever comes first.
+
+        Cancelling the exchange closes its upstream response, which closes the connection:
+        the backend's server sees the disconnect just as if the browser were its own client.
+        """
+        work = asyncio.ensure_future(exchange)
+        watch = asyncio.ensure_future(_until_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the relay itself is cancelled (server shutdown)
+            for task in (work, watch):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(work, watch, return_exceptions=True)
+        if work in done:
+            work.result()  # the exchange ended first: its error, if any, is the answer
+            return
+        record.outcome = Outcome.CLIENT_CLOSED
+
+    async def _exchange(
+        self,
+        send: Send,
+        upstream: Upstream,
+        body: bytes,
+        headers: list[tuple[str, str]],
+        record: Relay,
+    ) -> None:
+        started = self._clock()
+        response = await self._open(upstream, body, headers)
+        record.ttfb = self._clock() - started
+        record.upstream_status = response.status
+        finished = False
+        try:
+            await self._answer(send, upstream, response, record)
+            finished = True
+        finally:
+            if finished:
+                response.release()
+            else:
+                response.close()  # drop the connection: never reuse a half-read one
+
+    async def _open(
+        self, upstream: Upstream, body: bytes, headers: list[tuple[str, str]]
+    ) -> aiohttp.ClientResponse:
+        """Send the request; retried once only when no connection could be made at all."""
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=upstream.connect_timeout,
+            sock_connect=upstream.connect_timeout,
+            sock_read=upstream.idle_timeout,
+        )
+        for attempt in (1, 2):
+            try:
+                return await self._http().post(
+                    upstream.url,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=timeout,
+                    auto_decompress=False,
+                )
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise BackendUnavailable(
+                    "The workflow's server presented a TLS certificate the broker does not trust."
+                ) from exc
+            except aiohttp.ClientConnectorError as exc:
+                if attempt == 1:
+                    log.info(
+                        "gateway: connecting to %s failed (%s); retrying once",
+                        upstream.url,
+                        exc.os_error,
+                    )
+                    await asyncio.sleep(CONNECT_RETRY_DELAY)
+                    continue
+                log.warning("gateway: cannot connect to %s: %s", upstream.url, exc.os_error)
+                raise BackendUnavailable(
+                    "The workflow's server cannot be reached; try again shortly."
+                ) from None
+            except aiohttp.ConnectionTimeoutError:
+                raise BackendTimeout(
+                    f"The workflow's server did not accept a connection within "
+                    f"{upstream.connect_timeout:g} s."
+                ) from None
+            except (aiohttp.SocketTimeoutError, TimeoutError):
+                raise BackendTimeout(
+                    f"The workflow's server did not start answering within "
+                    f"{upstream.idle_timeout:g} s."
+                ) from None
+            except aiohttp.ServerDisconnectedError:
+                log.warning("gateway: %s closed the connection before answering", upstream.url)
+                raise BackendError(
+                    "The workflow's server closed the connection before answering."
+                ) from None
+            except aiohttp.ClientResponseError as exc:  # not parseable as HTTP
+                log.warning("gateway: %s answered invalid HTTP: %s", upstream.url, exc.message)
+                raise BackendError("The workflow's server did not answer valid HTTP.") from None
+            except aiohttp.ClientError as exc:
+                log.warning("gateway: request to %s failed: %r", upstream.url, exc)
+                raise BackendError("The request to the workflow's server failed.") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _answer(
+        self,
+        send: Send,
+        upstream: Upstream,
+        response: aiohttp.ClientResponse,
+        record: Relay,
+    ) -> None:
+        status, content_type = response.status, response.content_type
+        if 200 <= status < 300 and content_type == SSE:
+            await self._stream(send, upstream, response, record)
+            return
+        if 300 <= status < 400:
+            log.warning(
+                "gateway: %s answered a redirect (%d to %s); redirects are not followed",
+                upstream.url,
+                status,
+                response.headers.get("Location", "?")[:200],
+            )
+            raise BackendError(
+                f"The workflow's server answered a redirect (HTTP {status}); "
+                "set the workflow's server URL to the final address."
+            )
+        if status >= 500 or status < 200:
+            body = await self._read_for_log(response)
+            log.warning("gateway: %s answered HTTP %d: %s", upstream.url, status, _snippet(body))
+            raise BackendError(f"The workflow's server failed (HTTP {status}).")
+        if status in (401, 403):
+            body = await self._read_for_log(response)
+            log.warning(
+                "gateway: %s refused the broker's assertion (HTTP %d): %s",
+                upstream.url,
+                status,
+                _snippet(body),
+            )
+            raise BackendRejectedIdentity(
+                f"The workflow's server refused the broker's signed identity (HTTP {status}). "
+                + upstream.identity_hint
+            )
+        if not _is_json(content_type):
+            body = await self._read_for_log(response)
+            log.warning(
+                "gateway: %s answered HTTP %d with %r, not JSON or an event stream: %s",
+                upstream.url,
+                status,
+                content_type,
+                _snippet(body),
+            )
+            raise BackendError(
+                f"The workflow's server answered HTTP {status} with {content_type or 'no'} "
+                "content, not ChatKit JSON or an event stream."
+            )
+        await self._json(send, upstream, response, record)
+
+    async def _read_for_log(self, response: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await asyncio.wait_for(response.content.read(LOGGED_BODY_CHARS + 1), 1.0)
+        except (aiohttp.ClientError, TimeoutError):
+            return b""
+
+    async def _json(
+        self, send: Send, upstream: Upstream, response: aiohttp.ClientResponse, record: Relay
+    ) -> None:
+        """A JSON answer (2xx, or the backend's own 4xx) relayed as it is, once it is whole.
+
+        Read whole (it is small) so that a backend that breaks off or sends garbage gets a
+        502 rather than a truncated 200.
+        """
+        try:
+            body = await read_capped(response.content, self._max_json)
+        except (aiohttp.SocketTimeoutError, TimeoutError):
+            raise BackendTimeout(
+                f"The workflow's server stopped sending for {upstream.idle_timeout:g} s."
+            ) from None
+        except aiohttp.ClientError:
+            log.warning("gateway: %s broke off a JSON answer", upstream.url)
+            raise BackendError("The workflow's server broke off its answer.") from None
+        if len(body) > self._max_json:
+            log.warning(
+                "gateway: %s answered more than %d bytes of JSON", upstream.url, self._max_json
+            )
+            raise BackendError("The workflow's server answered more JSON than the broker relays.")
+        encoding = response.headers.get("Content-Encoding", "identity").lower()
+        if encoding == "identity":
+            try:
+                json.loads(body)
+            except (ValueError, RecursionError):
+                log.warning("gateway: %s answered invalid JSON: %s", upstream.url, _snippet(body))
+                raise BackendError("The workflow's server answered invalid JSON.") from None
+        headers = [
+            (b"content-type", _raw(response.headers.get("Content-Type", "application/json"))),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        headers += _passed_through(response)
+        record.status = response.status
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        record.bytes_out = len(body)
+        record.outcome = Outcome.COMPLETED
+
+    async def _stream(
+        self, send: Send, upstream: Upstream, response: aiohttp.ClientResponse, record: Relay
+    ) -> None:
+        headers = [
+            (b"content-type", _raw(response.headers.get("Content-Type", SSE))),
+            (b"cache-control", b"no-store"),
+            (b"x-accel-buffering", b"no"),
+            *_passed_through(response),
+        ]
+        record.status = response.status
+        record.streamed = True
+        start: Message = {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": headers,
+        }
+        if self._on_stream is not None:
+            self._on_stream(upstream.workflow, 1)
+        try:
+            await send(start)
+            await self._pump(send, upstream, response, record)
+        finally:
+            if self._on_stream is not None:
+                self._on_stream(upstream.workflow, -1)
+
+    async def _pump(
+        self, send: Send, upstream: Upstream, response: aiohttp.ClientResponse, record: Relay
+    ) -> None:
+        framing = _Framing(self._max_event)
+        content = response.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except (aiohttp.SocketTimeoutError, TimeoutError):
+                record.outcome = Outcome.TIMEOUT
+                log.warning(
+                    "gateway: %s sent nothing for %g s mid-stream; aborting the stream",
+                    upstream.url,
+                    upstream.idle_timeout,
+                )
+                raise StreamAborted("idle timeout") from None
+            except aiohttp.ClientError as exc:
+                record.outcome = Outcome.BACKEND_RESET
+                log.warning("gateway: %s broke off the stream: %r", upstream.url, exc)
+                raise StreamAborted("backend reset") from None
+            if not chunk:
+                break
+            if not framing.feed(chunk):
+                record.outcome = Outcome.BACKEND_GARBAGE
+                log.warning(
+                    "gateway: %s sent over %d bytes without an event boundary; aborting",
+                    upstream.url,
+                    framing.limit,
+                )
+                raise StreamAborted("unframed stream")
+            try:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except OSError:  # a server that raises on a gone client (uvicorn just drops)
+                record.outcome = Outcome.CLIENT_CLOSED
+                return
+            record.bytes_out += len(chunk)
+        if framing.pending:
+            log.warning(
+                "gateway: %s ended its stream inside an event (%d bytes after the last blank line)",
+                upstream.url,
+                framing.pending,
+            )
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        record.outcome = Outcome.COMPLETED
+
+
+_PASSED_THROUGH = ("Content-Encoding", "Content-Language", "Retry-After")
+
+
+def _raw(value: str) -> bytes:
+    """A response header value as the backend sent it (aiohttp decoded it with surrogateescape)."""
+    return value.encode("utf-8", "surrogateescape")
+
+
+def _passed_through(response: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    """The few answer headers a browser may need; never ``Set-Cookie`` on the broker's origin."""
+    return [
+        (name.lower().encode(), _raw(value))
+        for name in _PASSED_THROUGH
+        if (value := response.headers.get(name)) is not None
+    ]

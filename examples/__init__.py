@@ -1,0 +1,1 @@
+"""Runnable examples that sit beside the broker (not part of the installed package)."""

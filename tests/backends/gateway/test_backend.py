@@ -1,0 +1,204 @@
+"""``GatewayBackend.serve`` behind a fixed admission: limits, assertion claims, logs, metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from starlette.types import Receive, Scope, Send
+
+from broker import config
+from broker.assertion import AssertionSigner, body_digest, verify_with_key
+from broker.auth import Identity
+from broker.backends.base import Admission
+from broker.backends.gateway.backend import GatewayBackend, GatewaySettings
+from broker.backends.gateway.metrics import GatewayMetrics
+from broker.errors import RateLimited
+from tests.support.asgi_server import run_asgi
+from tests.support.fake_backend import FakeBackend, fake_backend
+
+SECRET = "shared-assertion-secret-that-is-32-bytes+"
+
+
+def Workflow(name: str, server: str, **options: Any) -> config.Workflow:
+    return config.Workflow(name=name, label=name, kind="gateway", server=server, **options)
+
+
+@dataclass
+class CountingLimiter:
+    """Per (user, workflow) counts in a dict: the broker's Redis limiter stands behind this."""
+
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    async def __call__(self, user: str, workflow: str, per_minute: int) -> None:
+        key = (user, workflow)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if self.counts[key] > per_minute:
+            raise RateLimited("Too many messages.", headers={"Retry-After": "60"})
+
+
+@dataclass
+class App:
+    backend: GatewayBackend
+    admission: Admission
+    states: list[dict[str, Any]] = field(default_factory=list)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope.setdefault("state", {})["request_id"] = "req-1"
+        self.states.append(scope["state"])
+        await self.backend.serve(self.admission, scope, receive, send)
+
+
+def create(text: str) -> dict[str, Any]:
+    return {
+        "type": "threads.create",
+        "params": {
+            "input": {
+                "content": [{"type": "input_text", "text": text}],
+                "attachments": [],
+                "inference_options": {},
+            }
+        },
+    }
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeBackend]:
+    async with fake_backend() as b:
+        yield b
+
+
+async def serve_one(app: App, body: Any, **kw: Any) -> httpx.Response:
+    async with run_asgi(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        return await client.post("/chatkit/support", json=body, **kw)
+
+
+async def test_the_assertion_carries_user_session_forwarded_claims_and_body(
+    fake: FakeBackend,
+) -> None:
+    backend = GatewayBackend(GatewaySettings(public_url="https://broker.example"))
+    workflow = Workflow(
+        "support", fake.url("/echo"), audience="support-api", forward_claims=("email", "sub")
+    )
+    identity = Identity("alice", {"sub": "alice", "email": "alice@example.com", "role": "admin"})
+    response = await serve_one(
+        App(backend, Admission(identity, workflow, session_id="sess_9")), create("hi")
+    )
+    assert response.status_code == 200
+    (assertion,) = [
+        v for n, v in fake.requests[-1].headers if n.lower() == "chatkit-broker-assertion"
+    ]
+    verified = verify_with_key(
+        assertion,
+        key=backend.signer.jwks()["keys"][0],
+        audience="support-api",
+        issuer="https://broker.example",
+        body=fake.requests[-1].body,
+    )
+    assert verified.user == "alice"
+    assert verified.session_id == "sess_9" and verified.workflow == "support"
+    assert verified.claims["email"] == "alice@example.com"
+    assert "role" not in verified.claims  # only the configured claims are forwarded
+    assert verified.claims["req_sha256"] == body_digest(fake.requests[-1].body)
+    await backend.shutdown()
+
+
+async def test_an_hs256_workflow_is_signed_with_the_shared_secret(fake: FakeBackend) -> None:
+    backend = GatewayBackend(GatewaySettings(assertion_secret=SECRET))
+    workflow = Workflow("support", fake.url("/echo"), assertion="hs256")
+    await serve_one(App(backend, Admission(Identity("bob", {}), workflow)), create("hi"))
+    (assertion,) = [
+        v for n, v in fake.requests[-1].headers if n.lower() == "chatkit-broker-assertion"
+    ]
+    assert verify_with_key(assertion, secret=SECRET, audience="support").user == "bob"
+    await backend.shutdown()
+
+
+async def test_the_message_limit_counts_only_the_requests_that_start_a_turn(
+    fake: FakeBackend,
+) -> None:
+    limiter = CountingLimiter()
+    backend = GatewayBackend(GatewaySettings(), limiter=limiter)
+    workflow = Workflow("support", fake.url("/json"), max_messages_per_minute=2)
+    app = App(backend, Admission(Identity("alice", {}), workflow))
+    async with run_asgi(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        for _ in range(5):  # reads are never counted
+            assert (
+                await client.post("/chatkit/s", json={"type": "threads.list", "params": {}})
+            ).status_code == 200
+        assert (await client.post("/chatkit/s", json=create("1"))).status_code == 200
+        assert (await client.post("/chatkit/s", json=create("2"))).status_code == 200
+        refused = await client.post("/chatkit/s", json=create("3"))
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert refused.headers["retry-after"] == "60"
+    assert limiter.counts == {("alice", "support"): 3}
+    assert len(fake.requests) == 7  # the refused message never reached the backend
+    await backend.shutdown()
+
+
+async def test_a_body_without_a_chatkit_type_is_a_400(fake: FakeBackend) -> None:
+    backend = GatewayBackend(GatewaySettings())
+    app = App(backend, Admission(Identity("alice", {}), Workflow("support", fake.url("/json"))))
+    response = await serve_one(app, ["not", "an", "object"])
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert fake.requests == []
+    await backend.shutdown()
+
+
+async def test_metrics_and_the_access_line_facts_per_proxied_request(fake: FakeBackend) -> None:
+    registry = CollectorRegistry()
+    backend = GatewayBackend(GatewaySettings(), metrics=GatewayMetrics(registry))
+    app = App(
+        backend, Admission(Identity("alice", {}), Workflow("support", fake.url("/sse?count=2")))
+    )
+    response = await serve_one(app, create("hi"))
+    app.admission = Admission(
+        Identity("alice", {}), Workflow("support", fake.url("/status?code=500"))
+    )
+    failed = await serve_one(app, create("hi"))
+    assert response.status_code == 200 and failed.status_code == 502
+    assert failed.json()["error"]["request_id"] == "req-1"
+    ok, bad = app.states
+    assert ok["outcome"] == "completed" and ok["chatkit_type"] == "threads.create"
+    assert ok["relayed_bytes"] == len(response.content) and ok["ttfb_ms"] > 0
+    assert bad["outcome"] == "backend_error"
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("broker_gateway_requests_total", workflow="support", outcome="completed") == 1
+    assert value("broker_gateway_requests_total", workflow="support", outcome="backend_error") == 1
+    assert value("broker_gateway_relayed_bytes_total", workflow="support") == len(response.content)
+    assert value("broker_gateway_first_byte_seconds_count", workflow="support") == 2
+    assert value("broker_gateway_open_streams", workflow="support") == 0
+    await backend.shutdown()
+
+
+async def test_the_jwks_route_publishes_current_and_previous_keys(tmp_path: Any) -> None:
+    from broker.assertion import generate_private_key_pem
+
+    old = tmp_path / "old.pem"
+    old.write_text(generate_private_key_pem())
+    backend = GatewayBackend(
+        GatewaySettings(assertion_key=generate_private_key_pem(), previous_keys=(f"@{old}",))
+    )
+    from starlette.applications import Starlette
+
+    async with (
+        run_asgi(Starlette(routes=backend.routes())) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        response = await client.get("/.well-known/jwks.json")
+    keys = response.json()["keys"]
+    assert keys[0]["kid"] == backend.signer.kid and len(keys) == 2
+    assert all("d" not in k for k in keys)
+    assert json.loads(response.text) == backend.signer.jwks()
+    assert backend.signer.ephemeral is False
+    assert AssertionSigner().ephemeral is True
