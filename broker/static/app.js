@@ -741,8 +741,14 @@ function render() {
 function renderConsole() {
   const c = state.console;
   const t = c.transcript;
-  part("console-head", [live.client?.url, t.threadId, t.title, c.busy], () => {
+  part("console-head", [live.client?.url, state.backend?.kind, t.threadId, t.title, c.busy], () => {
     $("console-url").textContent = live.client ? displayPath(live.client.url) : "";
+    $("console-input").setAttribute(
+      "placeholder",
+      state.backend?.kind === "mock"
+        ? "Message the mock backend (try /slow or /error)"
+        : "Message the backend",
+    );
     $("console-thread").textContent = t.threadId
       ? `thread ${t.threadId}${t.title ? ` · ${t.title}` : ""}`
       : "new thread";
