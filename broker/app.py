@@ -121,29 +121,6 @@ def build_broker(
     keys = [secrets.token_urlsafe(32)] if settings.mock else list(settings.session_secrets)
     session_secrets = SessionSecrets(keys, registry) if keys else None
 
-    by_kind: dict[str, Backend] = {}
-    every: Backend | None = None
-    if settings.mock:
-        if session_secrets is None:  # pragma: no cover - keys always exist in mock mode
-            raise RuntimeError("mock mode needs session keys")
-        engine = mock_backend or MockChatKitBackend()
-        every = MockBackend(session_secrets, engine)
-    else:
-        kinds = {wf.kind for wf in settings.workflows}
-        if "hosted" in kinds or backend is not None:
-            by_kind["hosted"] = (
-                HostedBackend(backend)
-                if backend is not None
-                else HostedBackend.from_settings(settings, http, observe=metrics.observe_upstream)
-            )
-        if "gateway" in kinds:
-            by_kind["gateway"] = GatewayBackend(
-                GatewaySettings.from_settings(settings),
-                session_secrets,
-                metrics=GatewayMetrics(metrics.registry),
-                limiter=message_limiter(limits),
-            )
-    backends = Backends(by_kind, every=every, broker_sessions=session_secrets)
     verifier = verifier or Verifier(settings.jwt, jwks)
     gate = Gate(
         verifier=verifier,
@@ -153,6 +130,44 @@ def build_broker(
         anonymous_user=MOCK_USER if settings.mock else None,
         trust_unverified=settings.mock,
     )
+    by_kind: dict[str, Backend] = {}
+    every: Backend | None = None
+    if settings.mock:
+        if session_secrets is None:  # pragma: no cover - keys always exist in mock mode
+            raise RuntimeError("mock mode needs session keys")
+        if mock_backend is not None:  # the in-memory mock server, injected (its own tests)
+            every = MockBackend(session_secrets, mock_backend)
+        else:
+            # mock mode runs on the agent engine with a canned model: same store, streaming,
+            # stop and retry as agent workflows, no OpenAI (threads in memory by default)
+            from .backends.agent.backend import MockAgentBackend
+            from .backends.agent.canned import mock_target
+
+            every = MockAgentBackend(
+                settings, session_secrets, gate, limits, mock_agent=mock_target()
+            )
+    else:
+        kinds = {wf.kind for wf in settings.workflows}
+        if "hosted" in kinds or backend is not None:
+            by_kind["hosted"] = (
+                HostedBackend(backend)
+                if backend is not None
+                else HostedBackend.from_settings(settings, http, observe=metrics.observe_upstream)
+            )
+        if "agent" in kinds:
+            assert session_secrets is not None  # config requires BROKER_SESSION_SECRET
+            # imported here: chatkit, the Agents SDK and SQLAlchemy load only when needed
+            from .backends.agent.backend import AgentBackend
+
+            by_kind["agent"] = AgentBackend(settings, session_secrets, gate, limits)
+        if "gateway" in kinds:
+            by_kind["gateway"] = GatewayBackend(
+                GatewaySettings.from_settings(settings),
+                session_secrets,
+                metrics=GatewayMetrics(metrics.registry),
+                limiter=message_limiter(limits),
+            )
+    backends = Backends(by_kind, every=every, broker_sessions=session_secrets)
     readiness = [c.readiness for c in (jwks, store) if c is not None]
     for b in backends:
         readiness.extend(b.readiness())

@@ -15,12 +15,15 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
 from .loopback import LOOPBACK_HOSTS
+
+if TYPE_CHECKING:
+    from .backends.agent.options import AgentOptions
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_CHATKIT_JS_URL = "https://cdn.platform.openai.com/deployments/chatkit/chatkit.js"
@@ -29,7 +32,10 @@ MAX_STATE_VARIABLES = 64
 
 _NAME_RE = re.compile(r"[a-z0-9_-]{1,64}")
 _ID_RE = re.compile(r"wf_[A-Za-z0-9_-]{1,128}")
-_AGENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*")
+# package.module:attr, or a file (an Agent Builder export dropped in): path/to/file.py:attr
+_AGENT_RE = re.compile(
+    r"([A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*|[^:\s]+\.py):[A-Za-z_][A-Za-z0-9_.]*"
+)
 _REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9:._-]{1,64}")
 _RATE_RE = re.compile(r"\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+\s+)?(second|minute|hour|day)s?\s*")
 _HMAC_ALGS = ("HS256", "HS384", "HS512")
@@ -65,7 +71,7 @@ class History:
 # The backends a workflow can name, and the key that names each in the workflow file.
 KIND_KEYS = {"hosted": "id", "gateway": "server", "agent": "agent"}
 # The kinds this broker can serve; a workflow of another kind is a configuration error.
-SERVED_KINDS = frozenset({"hosted", "gateway"})
+SERVED_KINDS = frozenset({"hosted", "gateway", "agent"})
 DEFAULT_DOMAIN_KEY = "local-dev"
 
 
@@ -167,6 +173,8 @@ class Settings:
     assertion_secret: str | None = field(default=None, repr=False)
     public_url: str | None = None
     gateway_strip_headers: tuple[str, ...] = ()
+    # agent workflows (and mock mode's threads): database, tracing, run timeout
+    agent: AgentOptions | None = None  # None: the defaults (see backends/agent/options.py)
     warnings: tuple[str, ...] = ()
 
     def workflow(self, ref: str) -> Workflow | None:
@@ -287,6 +295,7 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
                     f"workflow {wf.name!r} is a {wf.kind} workflow "
                     f"({KIND_KEYS[wf.kind]} = {wf.target!r}), which this broker cannot serve yet"
                 )
+        _check_agents(workflows, cwd, problems)
         # gateway workflows alone need no OpenAI key; with no workflow parsed, assume they do
         callers = sorted(kinds & {"hosted", "agent"}) if kinds else ["hosted"]
         if not key and callers:
@@ -301,6 +310,9 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
     )
     domain_key = get("BROKER_CHATKIT_DOMAIN_KEY") or DEFAULT_DOMAIN_KEY
     gateway = _load_gateway(get, workflows, mock, problems, warnings)
+    from .backends.agent.options import load_agent_options  # here: backends imports config
+
+    agent_options = load_agent_options(get, mock=mock, problems=problems)
 
     jwt_settings = _load_jwt(env, get, problems, warnings)
     if not mock and not jwt_settings.configured:
@@ -400,8 +412,24 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
         session_secrets=session_secrets,
         chatkit_domain_key=domain_key,
         **gateway,
+        agent=agent_options,
         warnings=tuple(warnings),
     )
+
+
+def _check_agents(workflows: list[Workflow], cwd: Path | None, problems: list[str]) -> None:
+    """Import each agent workflow's module now, so a typo or a missing dependency is a
+    configuration error naming the workflow, not a failure at the first chat."""
+    agents = [wf for wf in workflows if wf.kind == "agent" and wf.agent]
+    if not agents:
+        return
+    from .backends.agent.targets import TargetError, load_target  # the Agents SDK: only if needed
+
+    for wf in agents:
+        try:
+            load_target(wf.agent or "", base_dir=cwd)
+        except TargetError as exc:
+            problems.append(f"workflow {wf.name!r}: {exc}")
 
 
 def _load_session_secrets(raw: str | None, *, needed: bool, problems: list[str]) -> tuple[str, ...]:
@@ -745,8 +773,8 @@ def _check_target(where: str, name: str, kind: str, value: Any, problems: list[s
         if isinstance(value, str) and _AGENT_RE.fullmatch(value):
             return True
         problems.append(
-            f"{where}: workflow {name!r} agent must be package.module:attr "
-            f"(an import path, a colon, the attribute), got {str(value)[:80]!r}"
+            f"{where}: workflow {name!r} agent must be package.module:attr or path/file.py:attr "
+            f"(an import path or a file, a colon, the attribute), got {str(value)[:80]!r}"
         )
     return False
 

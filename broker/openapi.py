@@ -550,6 +550,138 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             },
         }
     },
+    # agent workflows' server-side APIs (routed only when an agent workflow is configured)
+    "/api/workflows/{name}/runs": {
+        "post": {
+            "operationId": "runAgentWorkflow",
+            "summary": "Send one message to an agent workflow and get its whole answer",
+            "description": "The same engine and threads as the chat: the run's thread shows "
+            "up in the user's ChatKit history. `?stream=1` answers the ChatKit events as SSE.",
+            "security": _BEARER,
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["1"]}},
+            ],
+            "requestBody": {
+                "required": True,
+                "description": "JSON, at most 256 KiB (413 above).",
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "type": "object",
+                            "required": ["input"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "input": {"oneOf": [{"type": "string"}, {"type": "object"}]},
+                                "thread_id": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "The answer (or, with `stream=1`, the ChatKit event stream).",
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["thread_id", "output", "output_text"],
+                                "properties": {
+                                    "thread_id": {"type": "string"},
+                                    "output": {},
+                                    "output_text": {"type": "string"},
+                                },
+                            }
+                        },
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                "400": _BAD_REQUEST,
+                "401": _UNAUTHENTICATED,
+                "403": _error("The caller may not use this workflow.", "workflow_not_allowed"),
+                "404": _error(
+                    "No such agent workflow, or a thread this user does not own.", "not_found"
+                ),
+                "408": _TIMEOUT,
+                "413": _error("The body is over 256 KiB.", "payload_too_large"),
+                "429": _RATE_LIMITED,
+                "500": _INTERNAL,
+                "502": _error("The agent failed while answering.", "backend_error"),
+                "503": _error("The thread database cannot be reached.", "store_unavailable"),
+                "504": _error("The run took longer than BROKER_RUN_TIMEOUT.", "run_timeout"),
+            },
+        }
+    },
+    "/api/threads": {
+        "get": {
+            "operationId": "listAgentThreads",
+            "summary": "The caller's threads of one agent workflow, newest first (ChatKit JSON)",
+            "security": _BEARER,
+            "parameters": [
+                {"name": "workflow", "in": "query", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                },
+                {"name": "after", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "A ChatKit page of threads: `{data, has_more, after}`.",
+                    "content": {
+                        JSON: {"schema": {"type": "object", "required": ["data", "has_more"]}}
+                    },
+                },
+                "400": _BAD_REQUEST,
+                "401": _UNAUTHENTICATED,
+                "403": _error("The caller may not use this workflow.", "workflow_not_allowed"),
+                "404": _error("No such agent workflow.", "not_found"),
+                "429": _RATE_LIMITED,
+                "500": _INTERNAL,
+                "503": _error("The thread database cannot be reached.", "store_unavailable"),
+            },
+        }
+    },
+    "/api/threads/{thread_id}/items": {
+        "get": {
+            "operationId": "listAgentThreadItems",
+            "summary": "The visible items of one of the caller's threads (ChatKit JSON)",
+            "security": _BEARER,
+            "parameters": [
+                {"name": "thread_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                },
+                {"name": "after", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "order",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": ["asc", "desc"]},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "A ChatKit page of thread items: `{data, has_more, after}`.",
+                    "content": {
+                        JSON: {"schema": {"type": "object", "required": ["data", "has_more"]}}
+                    },
+                },
+                "400": _BAD_REQUEST,
+                "401": _UNAUTHENTICATED,
+                "403": _error(
+                    "The caller may not use this thread's workflow.", "workflow_not_allowed"
+                ),
+                "404": _error("No thread of this user with that id.", "not_found"),
+                "429": _RATE_LIMITED,
+                "500": _INTERNAL,
+                "503": _error("The thread database cannot be reached.", "store_unavailable"),
+            },
+        }
+    },
     "/mock/chatkit": {
         "post": {
             "operationId": "mockChatKit",

@@ -157,7 +157,7 @@ def test_gateway_and_agent_workflows_are_listed_not_minted(
 ):
     env = doctor_env | {
         "BROKER_WORKFLOWS": (
-            f"support={WF_SUPPORT},chat=https://chat.example.com/chatkit,assist=shop.agents:triage"
+            f"support={WF_SUPPORT},chat=https://chat.example.com/chatkit,assist=examples.agent.support_agent:agent"
         ),
         "BROKER_SESSION_SECRET": SESSION_SECRET,
     }
@@ -173,7 +173,7 @@ def test_gateway_and_agent_workflows_are_listed_not_minted(
         "○ chat (https://chat.example.com/chatkit): skipped: a gateway workflow, checked by its backend"
     )
     assert r.line(
-        "○ assist (shop.agents:triage): skipped: an agent workflow, checked by its backend"
+        "○ assist (examples.agent.support_agent:agent): skipped: an agent workflow, checked by its backend"
     )
     # only the hosted workflow went to OpenAI
     assert [q.body["workflow"]["id"] for q in openai.session_requests()] == [WF_SUPPORT]

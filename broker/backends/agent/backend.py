@@ -1,0 +1,272 @@
+"""Agent workflows' backend: the broker hosts each one's agent as a ChatKit server at
+``POST /chatkit/<name>``, plus server-side runs and thread listings under ``/api/``.
+
+One thread store serves all agent workflows (threads are scoped by user and workflow); one
+``AgentServer`` per workflow runs its target. The store starts with the app, and a database
+that is down at start-up is retried on each request and by readiness, so the broker comes
+up before its database (a common order in compose files) and serves as soon as it answers.
+In mock mode every workflow runs the canned mock agent on the same engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from chatkit.types import is_streaming_req
+from openai import AsyncOpenAI
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from ...config import ConfigError, Settings, Workflow
+from ...errors import InvalidRequest, NotFound, StoreUnavailable
+from ...gate import Gate
+from ...ratelimit import RateLimits
+from ..base import Admission, Backend, Check, SessionMaker
+from . import runs
+from .engine import AgentServer
+from .options import AgentOptions
+from .protocol import answer, parse_request
+from .store import Caller, SchemaTooNew, SQLStore
+from .targets import Target, TargetError, load_target
+
+__all__ = ["AgentBackend", "MockAgentBackend", "load_targets"]
+
+log = logging.getLogger("broker.agent")
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def load_targets(
+    workflows: Sequence[Workflow], *, base_dir: Path | None = None
+) -> dict[str, Target]:
+    """Import every agent workflow's target; ``ConfigError`` naming each one that fails."""
+    targets: dict[str, Target] = {}
+    problems = []
+    for workflow in workflows:
+        if workflow.kind != "agent" or not workflow.agent:
+            continue
+        try:
+            targets[workflow.name] = load_target(workflow.agent, base_dir=base_dir)
+        except TargetError as exc:
+            problems.append(f"workflow {workflow.name!r}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return targets
+
+
+class AgentBackend(Backend):
+    """Serves agent workflows (or, with ``mock_agent``, every workflow in mock mode)."""
+
+    kind: ClassVar[str] = "agent"
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: SessionMaker,
+        gate: Gate,
+        limits: RateLimits,
+        *,
+        targets: Mapping[str, Target] | None = None,
+        mock_agent: Target | None = None,
+        openai_client: AsyncOpenAI | None = None,
+    ) -> None:
+        self.settings = settings
+        self.options = settings.agent or AgentOptions()
+        self.sessions = sessions
+        self.gate = gate
+        self.limits = limits
+        self.mock_agent = mock_agent
+        self.targets = (
+            dict(targets)
+            if targets is not None
+            else ({} if mock_agent is not None else load_targets(settings.workflows))
+        )
+        self.store = SQLStore(self.options.database_url)
+        self._client = openai_client
+        self._own_client = openai_client is None
+        self._servers: dict[str, AgentServer] = {}
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        if self._client is None and self.mock_agent is None:
+            self._client = AsyncOpenAI(
+                api_key=self.settings.openai_api_key,
+                base_url=self.settings.openai_base_url,
+                organization=self.settings.openai_organization,
+                project=self.settings.openai_project,
+            )
+        for workflow in self.settings.workflows:
+            target = self.mock_agent or self.targets.get(workflow.name)
+            if target is None:
+                continue
+            self._servers[workflow.name] = AgentServer(
+                self.store, target, openai_client=self._client, tracing=self.options.tracing
+            )
+        try:
+            await self._ensure_started()
+        except StoreUnavailable as exc:
+            log.warning("agent threads: %s The broker starts; requests wait for it.", exc.message)
+        except SchemaTooNew as exc:
+            log.error("agent threads: %s", exc)
+            raise
+
+    async def shutdown(self) -> None:
+        for server in self._servers.values():
+            await server.drain()
+        await self.store.close()
+        if self._own_client and self._client is not None:
+            await self._client.close()
+
+    async def _ensure_started(self) -> None:
+        if self._started:
+            return
+        async with self._start_lock:
+            if not self._started:
+                await self.store.start()
+                self._started = True
+                log.info("agent threads in %s", self.store.where)
+
+    def readiness(self) -> Sequence[Check]:
+        async def store_ready() -> str | None:
+            try:
+                await self._ensure_started()
+            except StoreUnavailable as exc:
+                return exc.message
+            return await self.store.ping()
+
+        return [store_ready]
+
+    # --- the ChatKit endpoint -------------------------------------------------------------
+
+    def server(self, workflow: Workflow) -> AgentServer:
+        server = self._servers.get(workflow.name)
+        if server is None:
+            raise NotFound(f"Workflow {workflow.name!r} is not an agent workflow of this broker.")
+        return server
+
+    async def serve(self, admission: Admission, scope: Scope, receive: Receive, send: Send) -> None:
+        workflow = admission.workflow
+        server = self.server(workflow)
+        body = await Request(scope, receive).body()
+        if is_streaming_req(parse_request(body)):
+            await self._count_message(admission)
+        await self._ensure_started()
+        response = await answer(server, body, Caller(admission.identity.user, workflow.name))
+        await response(scope, receive, send)
+
+    async def _count_message(self, admission: Admission) -> None:
+        limit = admission.workflow.max_messages_per_minute
+        if limit is not None:
+            await self.limits.hit_per_minute(
+                "workflow_messages",
+                f"{admission.workflow.name}:{admission.identity.user}",
+                limit,
+                what=f"messages to workflow {admission.workflow.name!r}",
+            )
+
+    # --- server-side APIs -----------------------------------------------------------------
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return [
+            Route("/api/workflows/{name}/runs", self.run_endpoint, methods=["POST"]),
+            Route("/api/threads", self.threads_endpoint, methods=["GET"]),
+            Route("/api/threads/{thread_id}/items", self.items_endpoint, methods=["GET"]),
+        ]
+
+    def _agent_workflow(self, name: str) -> Workflow:
+        workflow = self.settings.workflow_named(name)
+        if workflow is None or workflow.name not in self._servers:
+            raise NotFound(
+                f"There is no agent workflow {name[:80]!r} on this broker; "
+                "GET /api/chatkit/workflows lists yours."
+            )
+        return workflow
+
+    async def run_endpoint(self, request: Request) -> Response:
+        """``POST /api/workflows/{name}/runs`` ``{"input", "thread_id"?}``: one message, answered."""
+        workflow = self._agent_workflow(request.path_params["name"])
+        admission = await self.gate.admit_chatkit(request.headers.get("authorization"), workflow)
+        request.state.user = admission.identity.user
+        body = await _json_object(request)
+        unknown = sorted(set(body) - {"input", "thread_id"})
+        if unknown:
+            raise InvalidRequest(
+                f"Unknown field(s) {', '.join(unknown)}; send input and thread_id."
+            )
+        if "input" not in body:
+            raise InvalidRequest('Send the message as {"input": "text"} (or a JSON object).')
+        text = runs.input_text(body["input"])
+        thread_id = body.get("thread_id")
+        if thread_id is not None and not (isinstance(thread_id, str) and thread_id):
+            raise InvalidRequest('"thread_id" must be a thread id string.')
+        await self._count_message(admission)
+        await self._ensure_started()
+        server = self.server(workflow)
+        caller = Caller(admission.identity.user, workflow.name)
+        if request.query_params.get("stream") in ("1", "true"):
+            return await answer(server, runs.chatkit_body(text, thread_id), caller)
+        result = await runs.run(
+            server, caller, text, thread_id=thread_id, timeout=self.options.run_timeout
+        )
+        return Response(
+            json.dumps(result.as_json(), ensure_ascii=False),
+            media_type="application/json",
+            headers=NO_STORE,
+        )
+
+    async def threads_endpoint(self, request: Request) -> Response:
+        """``GET /api/threads?workflow=<name>&limit&after``: the caller's threads, newest first."""
+        name = request.query_params.get("workflow")
+        if not name:
+            raise InvalidRequest("Name the workflow: GET /api/threads?workflow=<name>.")
+        workflow = self._agent_workflow(name)
+        admission = await self.gate.admit_chatkit(request.headers.get("authorization"), workflow)
+        request.state.user = admission.identity.user
+        await self._ensure_started()
+        caller = Caller(admission.identity.user, workflow.name)
+        page = await runs.list_threads(self.server(workflow), caller, request.query_params)
+        return Response(page, media_type="application/json", headers=NO_STORE)
+
+    async def items_endpoint(self, request: Request) -> Response:
+        """``GET /api/threads/{id}/items?limit&after&order``: one of the caller's threads."""
+        identity = await self.gate.identify(request.headers.get("authorization"))
+        request.state.user = identity.user
+        thread_id = request.path_params["thread_id"]
+        await self._ensure_started()
+        name = await self.store.thread_workflow(thread_id, identity.user)
+        workflow = self.settings.workflow_named(name) if name is not None else None
+        if workflow is None or workflow.name not in self._servers:
+            raise NotFound(f"Thread {thread_id[:80]} not found.")
+        admission = self.gate.admit(identity, workflow.name)
+        caller = Caller(admission.identity.user, workflow.name)
+        page = await runs.list_items(self.server(workflow), caller, thread_id, request.query_params)
+        return Response(page, media_type="application/json", headers=NO_STORE)
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type != "application/json":
+        raise InvalidRequest("Send the body as JSON with 'Content-Type: application/json'.")
+    try:
+        data = json.loads(await request.body())
+    except (ValueError, RecursionError):
+        raise InvalidRequest("The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return data
+
+
+class MockAgentBackend(AgentBackend):
+    """Mock mode: every workflow, whatever its kind, runs the canned mock agent."""
+
+    kind: ClassVar[str] = "mock"

@@ -1,0 +1,183 @@
+"""One ChatKit request to an agent workflow: parse it, check every id it names against the
+caller's own data, then process it and answer JSON or SSE.
+
+chatkit-python checks no ownership and, for streaming requests, fails only once the 200 and
+the stream have started, so a foreign or unknown id must be refused here, before
+``process()``: as a 404 that looks the same whether the id exists for someone else or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from chatkit.server import ChatKitServer, NonStreamingResult, StreamingResult
+from chatkit.store import NotFoundError
+from chatkit.types import (
+    AttachmentsCreateReq,
+    AttachmentsDeleteReq,
+    ChatKitReq,
+    ClientToolCallItem,
+    InputTranscribeReq,
+    StructuredInputItem,
+    ThreadsAddClientToolOutputReq,
+    ThreadsAddStructuredInputReq,
+    ThreadsCustomActionReq,
+    ThreadsRetryAfterItemReq,
+    ThreadsSyncCustomActionReq,
+    UserMessageItem,
+    WidgetItem,
+)
+from pydantic import TypeAdapter, ValidationError
+from starlette.responses import Response, StreamingResponse
+
+from ...errors import InvalidRequest, NotFound
+from .store import Caller, SQLStore
+
+__all__ = ["answer", "check_request", "describe", "first_chunk", "parse_request", "process"]
+
+MAX_MESSAGE = 300
+MAX_ID_SHOWN = 80
+NO_STORE = {"Cache-Control": "no-store"}
+SSE_HEADERS = {**NO_STORE, "X-Accel-Buffering": "no"}
+_REQUESTS: TypeAdapter[ChatKitReq] = TypeAdapter(ChatKitReq)
+
+
+def parse_request(body: bytes) -> ChatKitReq:
+    """The ChatKit request in ``body``, by chatkit's own models; ``InvalidRequest`` if not one."""
+    try:
+        return _REQUESTS.validate_json(body)
+    except ValidationError as exc:
+        raise InvalidRequest(describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    """One short sentence naming the first bad field, without echoing the body."""
+    error = exc.errors(include_url=False, include_input=False)[0]
+    if error["type"] == "union_tag_invalid":
+        tag = str(error.get("ctx", {}).get("tag", ""))[:60]
+        return f"Unknown ChatKit request type {tag!r}; expected one such as 'threads.create'."
+    if error["type"] == "union_tag_not_found":
+        return "Not a valid ChatKit request (type: a request type is required)."
+    loc = list(error["loc"])
+    kind = "ChatKit"
+    if len(loc) > 1 and isinstance(loc[0], str) and "." in loc[0]:
+        kind = loc.pop(0)  # the request type the body claimed, e.g. threads.create
+    where = ".".join(str(part) for part in loc)
+    detail = f"{where}: {error['msg']}" if where else error["msg"]
+    message = f"Not a valid {kind} request ({detail})."
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= MAX_ID_SHOWN else value[: MAX_ID_SHOWN - 1] + "…"
+
+
+async def check_request(
+    request: ChatKitReq, store: SQLStore, caller: Caller, *, uploads: bool = False
+) -> None:
+    """Refuse, before any work, a request naming anything the caller does not own.
+
+    Threads, items and attachments are looked up in the caller's own scope: ``NotFound``
+    (404) for a missing or foreign id, ``InvalidRequest`` (400) for an id of the wrong kind
+    (what chatkit would otherwise turn into an error after the 200). ``uploads`` says
+    whether an attachment store is configured; without one, uploads are refused up front.
+    """
+    params: Any = request.params
+    if isinstance(request, AttachmentsCreateReq | InputTranscribeReq) and not uploads:
+        what = "file uploads" if isinstance(request, AttachmentsCreateReq) else "dictation"
+        raise InvalidRequest(f"This workflow does not accept {what} ({request.type}).")
+    try:
+        thread_id = getattr(params, "thread_id", None)
+        if thread_id is not None:
+            await store.load_thread(thread_id, caller)
+        item_ids = list(getattr(params, "item_ids", None) or [])
+        if getattr(params, "item_id", None):
+            item_ids.append(params.item_id)
+        loaded = [await store.load_item(thread_id, item_id, caller) for item_id in item_ids]
+        if isinstance(request, AttachmentsDeleteReq):
+            await store.load_attachment(params.attachment_id, caller)
+        input_ = getattr(params, "input", None)
+        for attachment_id in getattr(input_, "attachments", None) or []:
+            await store.load_attachment(attachment_id, caller)
+    except NotFoundError as exc:
+        raise NotFound(f"{_shown(str(exc))}.") from None
+
+    # after the ownership checks: a foreign thread is a 404 whatever the request
+    if isinstance(request, ThreadsSyncCustomActionReq):
+        raise InvalidRequest(
+            "This workflow answers widget actions as a stream (threads.custom_action), "
+            "not synchronously (threads.sync_custom_action)."
+        )
+    if isinstance(request, ThreadsRetryAfterItemReq) and not isinstance(loaded[0], UserMessageItem):
+        raise InvalidRequest("threads.retry_after_item must name a user message (params.item_id).")
+    if (
+        isinstance(request, ThreadsCustomActionReq)
+        and loaded
+        and not isinstance(loaded[0], WidgetItem)
+    ):
+        raise InvalidRequest(f"{request.type} must name a widget item (params.item_id).")
+    if isinstance(request, ThreadsAddStructuredInputReq) and not isinstance(
+        loaded[0], StructuredInputItem
+    ):
+        raise InvalidRequest("threads.add_structured_input must name a structured input item.")
+    if isinstance(request, ThreadsAddClientToolOutputReq):
+        last = await store.load_thread_items(thread_id, None, 1, "desc", caller)
+        if not (
+            last.data
+            and isinstance(last.data[0], ClientToolCallItem)
+            and last.data[0].status == "pending"
+        ):
+            raise InvalidRequest(
+                "threads.add_client_tool_output: the thread has no pending client tool call."
+            )
+
+
+async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+async def process(
+    server: ChatKitServer[Caller], body: bytes, caller: Caller, *, uploads: bool = False
+) -> StreamingResult | NonStreamingResult:
+    """Parse, check and start one ChatKit request; chatkit's own errors become 400/404."""
+    request = parse_request(body)
+    store = server.store
+    assert isinstance(store, SQLStore)
+    await check_request(request, store, caller, uploads=uploads)
+    try:
+        return await server.process(body, caller)
+    except NotFoundError as exc:
+        raise NotFound(f"{_shown(str(exc))}.") from None
+    except ValueError as exc:
+        raise InvalidRequest(f"ChatKit refused this request: {_shown(str(exc))}") from None
+
+
+async def first_chunk(result: StreamingResult) -> tuple[bytes, AsyncIterator[bytes]]:
+    """The stream's first event and the rest: pulled before answering 200, so a request
+    that fails at once gets a proper HTTP error instead of a stream that breaks off."""
+    stream = aiter(result)
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = b""
+    except NotFoundError as exc:
+        raise NotFound(f"{_shown(str(exc))}.") from None
+    except ValueError as exc:
+        raise InvalidRequest(f"ChatKit refused this request: {_shown(str(exc))}") from None
+    return first, stream
+
+
+async def answer(
+    server: ChatKitServer[Caller], body: bytes, caller: Caller, *, uploads: bool = False
+) -> Response:
+    """Check and process one ChatKit request body for ``caller``: JSON, or an SSE stream."""
+    result = await process(server, body, caller, uploads=uploads)
+    if isinstance(result, NonStreamingResult):
+        return Response(result.json, media_type="application/json", headers=NO_STORE)
+    first, rest = await first_chunk(result)
+    return StreamingResponse(
+        _chain(first, rest), media_type="text/event-stream", headers=SSE_HEADERS
+    )

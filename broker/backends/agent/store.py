@@ -1,0 +1,537 @@
+"""The ChatKit thread store for agent workflows: one ``Store`` for SQLite and PostgreSQL.
+
+Library choice: SQLAlchemy 2 Core (async) because one dialect-neutral query layer gives both
+SQLite (aiosqlite) and PostgreSQL (asyncpg) real upserts (``ON CONFLICT``) and pooled async
+connections; an ORM would add nothing for rows that are JSON documents.
+
+chatkit-python ships no production store, checks no ownership and calls ``save_*`` and
+``add_thread_item`` repeatedly with the same ids, so this store scopes every query to the
+caller (user and workflow), writes only upserts, orders by an insertion sequence instead of
+chatkit's naive ``datetime.now()`` and keeps hidden context items out of every page it
+returns. Records are kept as the JSON of chatkit's own pydantic models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from chatkit.store import NotFoundError, Store, StoreItemType
+from chatkit.types import Attachment, Page, ThreadItem, ThreadMetadata
+from pydantic import TypeAdapter
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from ...errors import StoreUnavailable
+from .options import DEFAULT_DATABASE_URL, MEMORY_URL, DatabaseURLError, resolve_database_url
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "MEMORY_URL",
+    "SCHEMA_VERSION",
+    "Caller",
+    "DatabaseURLError",
+    "NotFoundError",
+    "SQLStore",
+    "SchemaTooNew",
+    "resolve_database_url",
+]
+
+log = logging.getLogger("broker.agent.store")
+
+#: Bump when the tables change, and add the step from the previous version to ``_MIGRATIONS``.
+SCHEMA_VERSION = 1
+MAX_PAGE_SIZE = 100
+HIDDEN_TYPES = frozenset({"hidden_context_item", "sdk_hidden_context"})
+# 128 random bits, where chatkit's default ids carry 32 (uuid4().hex[:8]).
+ID_BYTES = 16
+_PREFIXES: dict[str, str] = {
+    "thread": "thr",
+    "message": "msg",
+    "tool_call": "tc",
+    "workflow": "wf",
+    "task": "tsk",
+    "attachment": "atc",
+    "sdk_hidden_context": "shcx",
+}
+
+_ITEM: TypeAdapter[ThreadItem] = TypeAdapter(ThreadItem)
+_ATTACHMENT: TypeAdapter[Attachment] = TypeAdapter(Attachment)
+_T = TypeVar("_T")
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer chatkit-broker; refusing beats corrupting it."""
+
+    def __init__(self, found: int, supported: int, where: str) -> None:
+        super().__init__(
+            f"The thread database {where} has schema version {found}, but this chatkit-broker "
+            f"understands versions up to {supported}. Upgrade chatkit-broker, or point "
+            "BROKER_DATABASE_URL at another database."
+        )
+        self.found = found
+        self.supported = supported
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The request context: who is asking, and through which workflow.
+
+    Threads belong to one user *and* one workflow, so one agent never continues another's
+    conversation. A bare ``str`` context means that user with the workflow ``""``.
+    """
+
+    user: str
+    workflow: str = ""
+
+
+def _scope(context: Caller | str) -> tuple[str, str]:
+    if isinstance(context, str):
+        return context, ""
+    return context.user, context.workflow
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(ID_BYTES)}"
+
+
+def describe_url(url: str) -> str:
+    """Where the database is, for messages: dialect and host or file, never a password."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"(SQLite {parsed.database or 'in memory'})"
+    return f"(PostgreSQL at {parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database})"
+
+
+metadata = sa.MetaData()
+schema_table = sa.Table(
+    "ckb_schema",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+_SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+threads = sa.Table(
+    "ckb_threads",
+    metadata,
+    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(80), nullable=False, unique=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("workflow", sa.String(200), nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Index("ckb_threads_owner", "user_id", "workflow", "seq"),
+)
+items = sa.Table(
+    "ckb_items",
+    metadata,
+    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    sa.Column("thread_id", sa.String(80), nullable=False),
+    sa.Column("id", sa.String(200), nullable=False),
+    sa.Column("type", sa.String(40), nullable=False),
+    sa.Column("hidden", sa.Boolean, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.UniqueConstraint("thread_id", "id", name="ckb_items_thread_item"),
+    sa.Index("ckb_items_thread_seq", "thread_id", "seq"),
+)
+attachments = sa.Table(
+    "ckb_attachments",
+    metadata,
+    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(200), nullable=False, unique=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+)
+
+# version → the coroutine that upgrades a database at that version by one step.
+_MIGRATIONS: dict[int, Callable[[AsyncConnection], Awaitable[None]]] = {}
+_PG_INIT_LOCK = 0x636B62  # one advisory lock id, so two brokers do not create tables at once
+
+
+class SQLStore(Store[Caller | str]):
+    """A ChatKit ``Store`` on SQLAlchemy Core; the context is a ``Caller`` (or a user id).
+
+    Call ``start()`` before use (it creates the tables and checks the schema version) and
+    ``close()`` at shutdown. Writes run in their own task and are shielded, so a client that
+    hangs up mid-save (chatkit's cancel handler saving a partial reply) still gets it saved.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 5.0,
+        history_limit: int = 100,
+    ) -> None:
+        self.url = url
+        self.where = describe_url(url)
+        self.history_limit = history_limit
+        self._dialect = make_url(url).get_backend_name()
+        self._engine: AsyncEngine = _make_engine(url, self._dialect, connect_timeout)
+        self._writes: set[asyncio.Task[Any]] = set()
+
+    @property
+    def dialect(self) -> str:
+        return self._dialect
+
+    # --- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create missing tables and record (or check) the schema version.
+
+        Raises ``SchemaTooNew`` for a database from a newer broker and ``StoreUnavailable``
+        when the database cannot be reached.
+        """
+        async with self._connect() as conn:
+            if self._dialect == "postgresql":
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_INIT_LOCK)))
+            await conn.run_sync(metadata.create_all)
+            row = (
+                await conn.execute(sa.select(schema_table.c.version).where(schema_table.c.id == 1))
+            ).first()
+            if row is None:
+                await conn.execute(schema_table.insert().values(id=1, version=SCHEMA_VERSION))
+                return
+            version = int(row.version)
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(version, SCHEMA_VERSION, self.where)
+            while version < SCHEMA_VERSION:
+                await _MIGRATIONS[version](conn)
+                version += 1
+            await conn.execute(
+                schema_table.update().where(schema_table.c.id == 1).values(version=version)
+            )
+
+    async def close(self) -> None:
+        """Let shielded writes finish, then close the pool."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        await self._engine.dispose()
+
+    async def ping(self) -> str | None:
+        """A readiness check: None when the database answers, else why not."""
+        try:
+            async with self._connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except StoreUnavailable as exc:
+            return exc.message
+        return None
+
+    @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction; a database that is down becomes ``StoreUnavailable`` (503)."""
+        try:
+            async with self._engine.begin() as conn:
+                yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, TimeoutError) as exc:
+            log.warning("thread store %s unreachable: %s", self.where, type(exc).__name__)
+            raise StoreUnavailable(
+                f"The thread store {self.where} cannot be reached; try again shortly."
+            ) from None
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailable(
+                    f"The thread store {self.where} dropped the connection; try again shortly."
+                ) from None
+            raise
+
+    async def _write(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
+        """Run one write transaction in its own task, shielded from the caller's cancellation."""
+
+        async def run() -> _T:
+            async with self._connect() as conn:
+                return await work(conn)
+
+        task = asyncio.ensure_future(run())
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return await asyncio.shield(task)
+
+    # --- ids ----------------------------------------------------------------------------
+
+    def generate_thread_id(self, context: Caller | str) -> str:
+        return new_id("thr")
+
+    def generate_item_id(
+        self, item_type: StoreItemType, thread: ThreadMetadata, context: Caller | str
+    ) -> str:
+        return new_id(_PREFIXES.get(item_type, "itm"))
+
+    # --- threads ------------------------------------------------------------------------
+
+    def _owned(self, thread_id: str, context: Caller | str) -> sa.ColumnElement[bool]:
+        user, workflow = _scope(context)
+        return sa.and_(
+            threads.c.id == thread_id, threads.c.user_id == user, threads.c.workflow == workflow
+        )
+
+    async def _check_thread(self, conn: AsyncConnection, thread_id: str, context: Any) -> None:
+        found = await conn.scalar(sa.select(threads.c.seq).where(self._owned(thread_id, context)))
+        if found is None:
+            raise NotFoundError(f"Thread {thread_id} not found")
+
+    async def load_thread(self, thread_id: str, context: Caller | str) -> ThreadMetadata:
+        async with self._connect() as conn:
+            data = await conn.scalar(
+                sa.select(threads.c.data).where(self._owned(thread_id, context))
+            )
+        if data is None:
+            raise NotFoundError(f"Thread {thread_id} not found")
+        return ThreadMetadata.model_validate_json(data)
+
+    async def save_thread(self, thread: ThreadMetadata, context: Caller | str) -> None:
+        user, workflow = _scope(context)
+        # Metadata only, even when handed a full Thread with its items.
+        data = ThreadMetadata.model_validate(thread.model_dump(exclude={"items"})).model_dump_json()
+        insert = self._insert(threads).values(
+            id=thread.id, user_id=user, workflow=workflow, data=data
+        )
+        # Only the owner may overwrite; someone else's id matches no row and is refused.
+        upsert = insert.on_conflict_do_update(
+            index_elements=[threads.c.id],
+            set_={"data": insert.excluded.data},
+            where=sa.and_(threads.c.user_id == user, threads.c.workflow == workflow),
+        )
+
+        async def work(conn: AsyncConnection) -> None:
+            result = await conn.execute(upsert)
+            if result.rowcount == 0:
+                raise NotFoundError(f"Thread {thread.id} not found")
+
+        await self._write(work)
+
+    async def load_threads(
+        self, limit: int, after: str | None, order: str, context: Caller | str
+    ) -> Page[ThreadMetadata]:
+        user, workflow = _scope(context)
+        where = [threads.c.user_id == user, threads.c.workflow == workflow]
+        async with self._connect() as conn:
+            rows = await self._page(conn, threads, where, after, limit, order)
+        if rows is None:
+            return Page(data=[], has_more=False, after=None)
+        data, has_more = rows
+        return _make_page([ThreadMetadata.model_validate_json(r.data) for r in data], has_more)
+
+    async def thread_workflow(self, thread_id: str, user: str) -> str | None:
+        """Which workflow a thread of ``user`` belongs to (None if it is not theirs).
+
+        For routes that name a thread but no workflow, so they can pick the right engine.
+        """
+        async with self._connect() as conn:
+            return await conn.scalar(
+                sa.select(threads.c.workflow).where(
+                    threads.c.id == thread_id, threads.c.user_id == user
+                )
+            )
+
+    async def delete_thread(self, thread_id: str, context: Caller | str) -> None:
+        async def work(conn: AsyncConnection) -> None:
+            await self._check_thread(conn, thread_id, context)
+            await conn.execute(items.delete().where(items.c.thread_id == thread_id))
+            await conn.execute(threads.delete().where(self._owned(thread_id, context)))
+
+        await self._write(work)
+
+    # --- items --------------------------------------------------------------------------
+
+    async def load_thread_items(
+        self,
+        thread_id: str,
+        after: str | None,
+        limit: int,
+        order: str,
+        context: Caller | str,
+    ) -> Page[ThreadItem]:
+        where = [items.c.thread_id == thread_id, items.c.hidden.is_(False)]
+        async with self._connect() as conn:
+            await self._check_thread(conn, thread_id, context)
+            rows = await self._page(conn, items, where, after, limit, order)
+        if rows is None:
+            return Page(data=[], has_more=False, after=None)
+        data, has_more = rows
+        return _make_page([_ITEM.validate_json(r.data) for r in data], has_more)
+
+    async def load_history(
+        self, thread_id: str, context: Caller | str, limit: int | None = None
+    ) -> list[ThreadItem]:
+        """The latest ``limit`` items oldest first, hidden context included, for the model.
+
+        ``load_thread_items`` never returns hidden items (they must not reach the browser),
+        but the model should still see them, e.g. chatkit's "the user cancelled" note.
+        """
+        limit = limit or self.history_limit
+        async with self._connect() as conn:
+            await self._check_thread(conn, thread_id, context)
+            rows = (
+                await conn.execute(
+                    sa.select(items.c.data)
+                    .where(items.c.thread_id == thread_id)
+                    .order_by(items.c.seq.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [_ITEM.validate_json(r.data) for r in reversed(rows)]
+
+    async def add_thread_item(
+        self, thread_id: str, item: ThreadItem, context: Caller | str
+    ) -> None:
+        # chatkit can add the same id twice (a workflow still open at the end of a run), so
+        # adding is an upsert too; a re-added item keeps its place in the order.
+        await self.save_item(thread_id, item, context)
+
+    async def save_item(self, thread_id: str, item: ThreadItem, context: Caller | str) -> None:
+        data = _ITEM.dump_json(item).decode()
+        insert = self._insert(items).values(
+            thread_id=thread_id,
+            id=item.id,
+            type=item.type,
+            hidden=item.type in HIDDEN_TYPES,
+            data=data,
+        )
+        upsert = insert.on_conflict_do_update(
+            index_elements=[items.c.thread_id, items.c.id],
+            set_={"data": insert.excluded.data, "type": insert.excluded.type},
+        )
+
+        async def work(conn: AsyncConnection) -> None:
+            await self._check_thread(conn, thread_id, context)
+            await conn.execute(upsert)
+
+        await self._write(work)
+
+    async def load_item(self, thread_id: str, item_id: str, context: Caller | str) -> ThreadItem:
+        async with self._connect() as conn:
+            await self._check_thread(conn, thread_id, context)
+            data = await conn.scalar(
+                sa.select(items.c.data).where(items.c.thread_id == thread_id, items.c.id == item_id)
+            )
+        if data is None:
+            raise NotFoundError(f"Item {item_id} not found in thread {thread_id}")
+        return _ITEM.validate_json(data)
+
+    async def delete_thread_item(self, thread_id: str, item_id: str, context: Caller | str) -> None:
+        async def work(conn: AsyncConnection) -> None:
+            await self._check_thread(conn, thread_id, context)
+            await conn.execute(
+                items.delete().where(items.c.thread_id == thread_id, items.c.id == item_id)
+            )
+
+        await self._write(work)
+
+    # --- attachments ----------------------------------------------------------------------
+
+    async def save_attachment(self, attachment: Attachment, context: Caller | str) -> None:
+        user, _ = _scope(context)
+        insert = self._insert(attachments).values(
+            id=attachment.id, user_id=user, data=attachment.model_dump_json()
+        )
+        upsert = insert.on_conflict_do_update(
+            index_elements=[attachments.c.id],
+            set_={"data": insert.excluded.data},
+            where=attachments.c.user_id == user,
+        )
+
+        async def work(conn: AsyncConnection) -> None:
+            if (await conn.execute(upsert)).rowcount == 0:
+                raise NotFoundError(f"Attachment {attachment.id} not found")
+
+        await self._write(work)
+
+    async def load_attachment(self, attachment_id: str, context: Caller | str) -> Attachment:
+        user, _ = _scope(context)
+        async with self._connect() as conn:
+            data = await conn.scalar(
+                sa.select(attachments.c.data).where(
+                    attachments.c.id == attachment_id, attachments.c.user_id == user
+                )
+            )
+        if data is None:
+            raise NotFoundError(f"Attachment {attachment_id} not found")
+        return _ATTACHMENT.validate_json(data)
+
+    async def delete_attachment(self, attachment_id: str, context: Caller | str) -> None:
+        user, _ = _scope(context)
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(
+                attachments.delete().where(
+                    attachments.c.id == attachment_id, attachments.c.user_id == user
+                )
+            )
+
+        await self._write(work)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _insert(self, table: sa.Table) -> Any:
+        return (postgresql if self._dialect == "postgresql" else sqlite).insert(table)
+
+    async def _page(
+        self,
+        conn: AsyncConnection,
+        table: sa.Table,
+        where: Sequence[sa.ColumnElement[bool]],
+        after: str | None,
+        limit: int,
+        order: str,
+    ) -> tuple[Sequence[sa.Row[Any]], bool] | None:
+        """One page of rows by insertion order; None when the ``after`` cursor is unknown.
+
+        An unknown cursor (a deleted item, another user's id) gives an empty page, never a
+        restart from the top that would repeat records.
+        """
+        descending = order == "desc"
+        conditions = list(where)
+        if after is not None:
+            cursor = await conn.scalar(sa.select(table.c.seq).where(*where, table.c.id == after))
+            if cursor is None:
+                return None
+            conditions.append(table.c.seq < cursor if descending else table.c.seq > cursor)
+        limit = max(1, min(int(limit), MAX_PAGE_SIZE))
+        rows = (
+            await conn.execute(
+                sa.select(table.c.data)
+                .where(*conditions)
+                .order_by(table.c.seq.desc() if descending else table.c.seq.asc())
+                .limit(limit + 1)
+            )
+        ).all()
+        return rows[:limit], len(rows) > limit
+
+
+def _make_page(data: list[Any], has_more: bool) -> Page[Any]:
+    return Page(data=data, has_more=has_more, after=data[-1].id if data and has_more else None)
+
+
+def _make_engine(url: str, dialect: str, connect_timeout: float) -> AsyncEngine:
+    if dialect == "sqlite":
+        memory = make_url(url).database in (None, "", ":memory:")
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": connect_timeout}}
+        if memory:
+            # One shared connection, or every checkout would see a fresh empty database.
+            kwargs.update(poolclass=StaticPool)
+        engine = create_async_engine(url, **kwargs)
+
+        @sa.event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            if not memory:
+                # WAL lets a reader and a writer (two processes, too) work at once.
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(connect_timeout * 1000)}")
+            cursor.close()
+
+        return engine
+    return create_async_engine(
+        url,
+        pool_pre_ping=True,  # a restarted PostgreSQL leaves dead pooled connections behind
+        pool_timeout=connect_timeout,
+        connect_args={"timeout": connect_timeout, "command_timeout": 30},
+    )

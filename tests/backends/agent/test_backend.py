@@ -1,0 +1,283 @@
+"""Agent workflows through the broker's real HTTP surface: sign-in, session secrets, the
+ChatKit endpoint, server-side runs and thread listings, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from chatkit.types import Page, Thread, ThreadItem
+from pydantic import TypeAdapter
+
+from broker.config import ConfigError, Settings, load_settings
+
+from ...support import API_KEY, WF_SUPPORT, app_client, auth
+from ...support.fake_responses import FakeResponses, http_error, text
+from .harness import done_text, sse
+
+SESSION_SECRET = "session-secret-that-is-at-least-32-bytes!"
+AGENTS = "support=examples.agent.support_agent:agent,triage=examples/agent/builder_export.py:run_workflow"
+THREADS: TypeAdapter[Page[Thread]] = TypeAdapter(Page[Thread])
+ITEMS: TypeAdapter[Page[ThreadItem]] = TypeAdapter(Page[ThreadItem])
+MESSAGE = {"attachments": [], "inference_options": {}}
+
+
+def message(text_: str) -> dict[str, Any]:
+    return {"content": [{"type": "input_text", "text": text_}], **MESSAGE}
+
+
+@pytest.fixture
+def agent_env(base_env: dict[str, str], responses: FakeResponses, db_url: str) -> dict[str, str]:
+    return {
+        **base_env,
+        "OPENAI_BASE_URL": responses.base_url,
+        "BROKER_WORKFLOWS": f"{AGENTS},hosted={WF_SUPPORT}",
+        "BROKER_SESSION_SECRET": SESSION_SECRET,
+        "BROKER_DATABASE_URL": db_url,
+    }
+
+
+@pytest.fixture
+async def client(agent_env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(load_settings(agent_env)) as c:
+        yield c
+
+
+async def chatkit(
+    client: httpx.AsyncClient, name: str, credential: str, type_: str, **params: Any
+) -> httpx.Response:
+    return await client.post(
+        f"/chatkit/{name}", json={"type": type_, "params": params}, headers=auth(credential)
+    )
+
+
+async def test_sign_in_mint_and_chat_with_a_hosted_agent(
+    client, token: Callable[..., str], responses: FakeResponses
+) -> None:
+    responses.script(text("We open at nine."), text("On Monday too."))
+    minted = await client.post(
+        "/api/chatkit/session", json={"workflow": "support"}, headers=auth(token("alice"))
+    )
+    assert minted.status_code == 200, minted.text
+    session = minted.json()
+    assert session["client_secret"].startswith("cks_")
+    assert (
+        session["workflow"]["kind"] == "agent" and session["backend"]["url"] == "/chatkit/support"
+    )
+    secret = session["client_secret"]
+    r = await chatkit(
+        client, "support", secret, "threads.create", input=message("When do you open?")
+    )
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = sse(r.text)
+    assert done_text(events) == "We open at nine."
+    thread_id = events[0]["thread"]["id"]
+    # The app JWT works at the endpoint too, and it is the same user's thread.
+    r = await chatkit(
+        client,
+        "support",
+        token("alice"),
+        "threads.add_user_message",
+        thread_id=thread_id,
+        input=message("Monday?"),
+    )
+    assert done_text(sse(r.text)) == "On Monday too."
+    assert responses.requests[1].texts() == ["When do you open?", "We open at nine.", "Monday?"]
+    # the model was called with the broker's own key
+    assert responses.requests[0].headers["Authorization"] == f"Bearer {API_KEY}"
+
+
+async def test_threads_are_private_to_their_user_and_workflow(client, token, responses) -> None:
+    r = await chatkit(client, "support", token("alice"), "threads.create", input=message("secret"))
+    thread_id = sse(r.text)[0]["thread"]["id"]
+    for who, where in (("bob", "support"), ("alice", "triage")):
+        r = await chatkit(client, where, token(who), "threads.get_by_id", thread_id=thread_id)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        r = await chatkit(
+            client,
+            where,
+            token(who),
+            "threads.add_user_message",
+            thread_id=thread_id,
+            input=message("x"),
+        )
+        assert r.status_code == 404
+    r = await client.get(f"/api/threads/{thread_id}/items", headers=auth(token("bob")))
+    assert r.status_code == 404
+    r = await client.get("/api/threads", params={"workflow": "support"}, headers=auth(token("bob")))
+    assert r.json()["data"] == []
+    # a session secret of another workflow is refused at this one
+    other = (
+        await client.post(
+            "/api/chatkit/session", json={"workflow": "triage"}, headers=auth(token("alice"))
+        )
+    ).json()
+    r = await chatkit(client, "support", other["client_secret"], "threads.list")
+    assert r.status_code == 401
+
+
+async def test_a_server_side_run_answers_json_and_continues_in_the_chat(
+    client, token, responses
+) -> None:
+    responses.script(text("Hello from the agent."), text('{"refund": true}'))
+    headers = auth(token("alice"))
+    r = await client.post("/api/workflows/support/runs", json={"input": "hi"}, headers=headers)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["output"] == answer["output_text"] == "Hello from the agent."
+    thread_id = answer["thread_id"]
+    r = await client.post(
+        "/api/workflows/support/runs",
+        json={"input": {"order": 7}, "thread_id": thread_id},
+        headers=headers,
+    )
+    assert r.json() == {
+        "thread_id": thread_id,
+        "output": {"refund": True},
+        "output_text": '{"refund": true}',
+    }
+    assert responses.requests[1].texts()[-1] == '{"order":7}'
+    # The same thread in the ChatKit UI's listing and items.
+    page = THREADS.validate_python(
+        (await client.get("/api/threads?workflow=support", headers=headers)).json()
+    )
+    assert [t.id for t in page.data] == [thread_id] and page.data[0].title == "hi"
+    items = ITEMS.validate_python(
+        (await client.get(f"/api/threads/{thread_id}/items?order=asc", headers=headers)).json()
+    )
+    assert [i.type for i in items.data] == ["user_message", "assistant_message"] * 2
+    r = await chatkit(client, "support", token("alice"), "items.list", thread_id=thread_id)
+    assert len(r.json()["data"]) == 4
+
+
+async def test_a_streamed_run_answers_chatkit_events(client, token, responses) -> None:
+    responses.script(text("streamed", chunks=3))
+    r = await client.post(
+        "/api/workflows/support/runs?stream=1", json={"input": "hi"}, headers=auth(token("alice"))
+    )
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert done_text(sse(r.text)) == "streamed"
+
+
+async def test_an_export_runs_behind_the_broker(client, token, responses) -> None:
+    responses.script(text('{"topic":"billing"}'), text("Invoice resent."))
+    r = await client.post(
+        "/api/workflows/triage/runs",
+        json={"input": "resend my invoice"},
+        headers=auth(token("alice")),
+    )
+    assert r.json()["output"] == {"output_text": "Invoice resent.", "topic": "billing"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        ("/api/workflows/support/runs", {"input": "x" * (300 * 1024)}, 413, "payload_too_large"),
+        ("/api/workflows/support/runs", {}, 400, "invalid_request"),
+        ("/api/workflows/support/runs", {"input": "hi", "extra": 1}, 400, "invalid_request"),
+        ("/api/workflows/support/runs", {"input": 5}, 400, "invalid_request"),
+        ("/api/workflows/support/runs", {"input": "hi", "thread_id": 5}, 400, "invalid_request"),
+        ("/api/workflows/support/runs", {"input": "hi", "thread_id": "thr_nope"}, 404, "not_found"),
+        ("/api/workflows/hosted/runs", {"input": "hi"}, 404, "not_found"),
+        ("/api/workflows/nope/runs", {"input": "hi"}, 404, "not_found"),
+    ],
+)
+async def test_bad_runs_are_clean_errors(client, token, path, body, status, code) -> None:
+    r = await client.post(path, json=body, headers=auth(token("alice")))
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code and r.json()["error"]["request_id"]
+
+
+async def test_every_server_side_api_needs_sign_in(client) -> None:
+    for method, path in (
+        ("POST", "/api/workflows/support/runs"),
+        ("GET", "/api/threads?workflow=support"),
+        ("GET", "/api/threads/thr_x/items"),
+        ("POST", "/chatkit/support"),
+    ):
+        r = await client.request(method, path, json={"input": "hi"})
+        assert r.status_code == 401, (path, r.text)
+        assert r.json()["error"]["code"] == "unauthenticated"
+
+
+async def test_an_agent_failure_in_a_run_is_a_502(client, token, responses) -> None:
+    responses.script(*[http_error(500, "boom")] * 3)  # openai-python retries twice
+    r = await client.post(
+        "/api/workflows/support/runs", json={"input": "hi"}, headers=auth(token("alice"))
+    )
+    assert r.status_code == 502 and r.json()["error"]["code"] == "backend_error"
+    assert "boom" not in r.text
+
+
+async def test_a_run_over_the_timeout_is_a_504(agent_env, token, responses) -> None:
+    responses.script(text("slow and partial", chunks=4, hang_after=1))
+    async with app_client(load_settings({**agent_env, "BROKER_RUN_TIMEOUT": "1"})) as client:
+        r = await client.post(
+            "/api/workflows/support/runs", json={"input": "hi"}, headers=auth(token("alice"))
+        )
+    assert r.status_code == 504 and r.json()["error"]["code"] == "run_timeout"
+    assert "BROKER_RUN_TIMEOUT" in r.json()["error"]["message"]
+
+
+def test_a_bad_agent_is_a_configuration_error_naming_the_workflow(agent_env) -> None:
+    env = {
+        **agent_env,
+        "BROKER_WORKFLOWS": "good=examples.agent.support_agent:agent,bad=examples.agent.support_agent:nothing",
+    }
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert info.value.problems == [
+        "workflow 'bad': agent 'examples.agent.support_agent:nothing': module 'examples.agent.support_agent' has no attribute 'nothing'"
+    ]
+
+
+async def test_a_database_that_is_down_is_503_and_not_ready(agent_env, token, tmp_path) -> None:
+    env = {**agent_env, "BROKER_DATABASE_URL": f"sqlite:///{tmp_path}/no-such-dir/t.sqlite3"}
+    async with app_client(load_settings(env)) as client:
+        r = await chatkit(client, "support", token("alice"), "threads.list")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and "thread store" in ready.text
+        (tmp_path / "no-such-dir").mkdir()  # the database comes back: no restart needed
+        r = await chatkit(client, "support", token("alice"), "threads.list")
+        assert r.status_code == 200 and r.json()["data"] == []
+        assert (await client.get("/readyz")).status_code == 200
+
+
+@pytest.fixture
+def settings_factory(agent_env) -> Callable[..., Settings]:
+    return lambda **kw: load_settings({**agent_env, **kw})
+
+
+async def test_a_workflow_message_limit_applies_to_agent_messages(
+    settings_factory, token, tmp_path, responses
+) -> None:
+    wf_file = tmp_path / "workflows.toml"
+    wf_file.write_text(
+        '[workflows.support]\nagent = "examples.agent.support_agent:agent"\nmax_messages_per_minute = 2\n'
+    )
+    settings = settings_factory(BROKER_WORKFLOWS_FILE=str(wf_file), BROKER_WORKFLOWS="")
+    async with app_client(settings) as client:
+        codes = []
+        for _ in range(3):
+            r = await client.post(
+                "/api/workflows/support/runs", json={"input": "hi"}, headers=auth(token("alice"))
+            )
+            codes.append(r.status_code)
+        listing = await client.get("/api/threads?workflow=support", headers=auth(token("alice")))
+    assert codes == [200, 200, 429]
+    assert listing.status_code == 200  # reading is not a message
+    assert json.loads(listing.text)["data"]
+
+
+async def test_the_served_openapi_document_describes_the_agent_routes(client) -> None:
+    from broker.openapi import documented_operations, routed_operations
+
+    routed = routed_operations(client.app.routes)
+    assert {("/api/workflows/{name}/runs", "POST"), ("/api/threads", "GET")} <= routed
+    assert routed <= documented_operations()
+    served = (await client.get("/openapi.json")).json()
+    assert {(p, m.upper()) for p, ops in served["paths"].items() for m in ops} == routed

@@ -1,0 +1,416 @@
+"""A local fake of OpenAI's Responses API (``POST /v1/responses``), so the real Agents SDK
+runs end to end offline.
+
+It speaks the wire format openai-python parses: streamed SSE (``response.created``,
+``response.output_item.added``, ``response.content_part.added``,
+``response.output_text.delta``/``.done``, ``response.output_item.done``,
+``response.completed``; function calls with ``response.function_call_arguments.*``; the
+``error`` event) and the non-streamed ``Response`` JSON that ``Runner.run`` asks for.
+tests/support/test_fake_responses.py validates every event against openai-python's types.
+
+Tests script replies in order (``fake.script(text("hi"), tool_call("lookup", {...}))``);
+an unscripted request is answered by echoing its last user message. Each reply can pause
+``delay`` seconds between events, end with an HTTP error or an ``error`` event, or
+``hang`` after some deltas until the test (or ``reset``) releases it. Every request is
+recorded (``fake.requests``). The server runs in its own thread and loop, so in-process
+apps and real ``chatkit-broker serve`` processes can both call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+__all__ = [
+    "FakeResponses",
+    "FakeResponsesServer",
+    "Reply",
+    "http_error",
+    "stream_error",
+    "text",
+    "tool_call",
+]
+
+
+@dataclass
+class Reply:
+    """One scripted answer to one ``POST /v1/responses``.
+
+    ``outputs`` are ("message", text) or ("function_call", (name, arguments_json, call_id)).
+    ``chunks`` is how many deltas a message is cut into; ``hang_after`` stops the stream
+    after that many deltas of the first message until released; ``fail_after`` sends an
+    ``error`` event after that many deltas; ``status`` other than 200 answers with an
+    OpenAI error JSON body instead of a response.
+    """
+
+    outputs: list[tuple[str, Any]] = field(default_factory=list)
+    chunks: int = 3
+    delay: float = 0.0
+    hang_after: int | None = None
+    fail_after: int | None = None
+    status: int = 200
+    message: str = ""
+    item_id: str | None = None  # a fixed message id, e.g. "__fake_id__" as Chat Completions gives
+
+
+def text(
+    value: str,
+    *,
+    chunks: int = 3,
+    delay: float = 0.0,
+    hang_after: int | None = None,
+    item_id: str | None = None,
+) -> Reply:
+    return Reply(
+        outputs=[("message", value)],
+        chunks=chunks,
+        delay=delay,
+        hang_after=hang_after,
+        item_id=item_id,
+    )
+
+
+def tool_call(name: str, arguments: dict[str, Any], *, call_id: str | None = None) -> Reply:
+    call_id = call_id or "call_" + secrets.token_hex(6)
+    return Reply(outputs=[("function_call", (name, json.dumps(arguments), call_id))])
+
+
+def http_error(status: int, message: str = "The fake was told to fail.") -> Reply:
+    return Reply(status=status, message=message)
+
+
+def stream_error(
+    message: str = "The fake stream failed.",
+    *,
+    after: int = 1,
+    partial: str = "Starting a reply that",
+) -> Reply:
+    return Reply(outputs=[("message", partial)], fail_after=after, message=message)
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+    @property
+    def input(self) -> list[Any]:
+        value = self.body.get("input", [])
+        return value if isinstance(value, list) else [{"role": "user", "content": value}]
+
+    def texts(self, role: str | None = None) -> list[str]:
+        """The text of every input message (optionally of one role), in order."""
+        out = []
+        for entry in self.input:
+            if entry.get("type", "message") != "message" or (role and entry.get("role") != role):
+                continue
+            content = entry.get("content")
+            if isinstance(content, str):
+                out.append(content)
+                continue
+            out.append("".join(part.get("text", "") for part in content or []))
+        return out
+
+
+def _split(value: str, pieces: int) -> list[str]:
+    pieces = max(1, min(pieces, len(value) or 1))
+    size = -(-len(value) // pieces) if value else 1
+    return [value[i : i + size] for i in range(0, len(value), size)] or [""]
+
+
+def _usage() -> dict[str, Any]:
+    return {
+        "input_tokens": 10,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": 5,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 15,
+    }
+
+
+def response_object(
+    resp_id: str, model: str, output: list[dict[str, Any]], status: str
+) -> dict[str, Any]:
+    return {
+        "id": resp_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "model": model,
+        "status": status,
+        "output": output,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": _usage() if status == "completed" else None,
+    }
+
+
+def message_item(item_id: str, value: str, status: str) -> dict[str, Any]:
+    content = (
+        []
+        if status == "in_progress"
+        else [{"type": "output_text", "text": value, "annotations": [], "logprobs": []}]
+    )
+    return {
+        "type": "message",
+        "id": item_id,
+        "role": "assistant",
+        "status": status,
+        "content": content,
+    }
+
+
+def function_item(
+    item_id: str, name: str, arguments: str, call_id: str, status: str
+) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments if status == "completed" else "",
+        "status": status,
+    }
+
+
+class FakeResponses:
+    """The fake's state: scripted replies, recorded requests, hanging streams."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.requests: list[Recorded] = []
+        self._script: deque[Reply] = deque()
+        self._release: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.hanging = threading.Event()  # set while a reply hangs, for tests to wait on
+        self.disconnected = threading.Event()  # set when a client hung up on a stream
+
+    @property
+    def base_url(self) -> str:
+        """What to pass as the OpenAI base URL (``…/v1``)."""
+        return self.url + "/v1"
+
+    def script(self, *replies: Reply) -> None:
+        self._script.extend(replies)
+
+    def reset(self) -> None:
+        self.release()
+        self._script.clear()
+        self.requests.clear()
+        self.hanging.clear()
+        self.disconnected.clear()
+
+    def release(self) -> None:
+        """Let every hanging reply finish."""
+        if self._loop is not None and self._release is not None:
+            self._loop.call_soon_threadsafe(self._release.set)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self._loop = asyncio.get_running_loop()
+        if self._release is None or self._release.is_set():
+            self._release = asyncio.Event()
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response(_error("The body is not JSON."), status=400)
+        self.requests.append(Recorded(request.path, dict(request.headers), body))
+        reply = self._script.popleft() if self._script else self._echo(body)
+        if reply.status != 200:
+            return web.json_response(_error(reply.message), status=reply.status)
+        model = str(body.get("model") or "gpt-fake")
+        if body.get("stream"):
+            return await self._stream(request, reply, model)
+        return web.json_response(self._final(reply, model))
+
+    def _echo(self, body: dict[str, Any]) -> Reply:
+        texts = Recorded("", {}, body).texts("user")
+        return text(f"echo: {texts[-1] if texts else ''}")
+
+    def _final(self, reply: Reply, model: str) -> dict[str, Any]:
+        output = []
+        for kind, value in reply.outputs:
+            if kind == "message":
+                output.append(message_item("msg_" + secrets.token_hex(12), value, "completed"))
+            else:
+                name, arguments, call_id = value
+                output.append(
+                    function_item(
+                        "fc_" + secrets.token_hex(12), name, arguments, call_id, "completed"
+                    )
+                )
+        return response_object("resp_" + secrets.token_hex(12), model, output, "completed")
+
+    async def _stream(self, request: web.Request, reply: Reply, model: str) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        seq = 0
+        resp_id = "resp_" + secrets.token_hex(12)
+
+        async def send(event: dict[str, Any]) -> None:
+            nonlocal seq
+            if reply.delay and seq:
+                await asyncio.sleep(reply.delay)
+            event = {"type": event.pop("type"), "sequence_number": seq, **event}
+            seq += 1
+            await resp.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+
+        try:
+            await send(
+                {
+                    "type": "response.created",
+                    "response": response_object(resp_id, model, [], "in_progress"),
+                }
+            )
+            done: list[dict[str, Any]] = []
+            deltas_sent = 0
+            for index, (kind, value) in enumerate(reply.outputs):
+                if kind == "function_call":
+                    name, arguments, call_id = value
+                    item_id = "fc_" + secrets.token_hex(12)
+                    await send(
+                        {
+                            "type": "response.output_item.added",
+                            "output_index": index,
+                            "item": function_item(item_id, name, arguments, call_id, "in_progress"),
+                        }
+                    )
+                    await send(
+                        {
+                            "type": "response.function_call_arguments.delta",
+                            "item_id": item_id,
+                            "output_index": index,
+                            "delta": arguments,
+                        }
+                    )
+                    await send(
+                        {
+                            "type": "response.function_call_arguments.done",
+                            "item_id": item_id,
+                            "output_index": index,
+                            "arguments": arguments,
+                            "name": name,
+                        }
+                    )
+                    item = function_item(item_id, name, arguments, call_id, "completed")
+                    await send(
+                        {"type": "response.output_item.done", "output_index": index, "item": item}
+                    )
+                    done.append(item)
+                    continue
+                item_id = reply.item_id or "msg_" + secrets.token_hex(12)
+                where = {"item_id": item_id, "output_index": index, "content_index": 0}
+                await send(
+                    {
+                        "type": "response.output_item.added",
+                        "output_index": index,
+                        "item": message_item(item_id, value, "in_progress"),
+                    }
+                )
+                await send(
+                    {
+                        "type": "response.content_part.added",
+                        **where,
+                        "part": {
+                            "type": "output_text",
+                            "text": "",
+                            "annotations": [],
+                            "logprobs": [],
+                        },
+                    }
+                )
+                for delta in _split(value, reply.chunks):
+                    if reply.fail_after is not None and deltas_sent >= reply.fail_after:
+                        await send(
+                            {
+                                "type": "error",
+                                "code": "server_error",
+                                "message": reply.message,
+                                "param": None,
+                            }
+                        )
+                        return resp
+                    if reply.hang_after is not None and deltas_sent >= reply.hang_after:
+                        self.hanging.set()
+                        assert self._release is not None
+                        await self._release.wait()
+                    await send(
+                        {
+                            "type": "response.output_text.delta",
+                            **where,
+                            "delta": delta,
+                            "logprobs": [],
+                        }
+                    )
+                    deltas_sent += 1
+                await send(
+                    {"type": "response.output_text.done", **where, "text": value, "logprobs": []}
+                )
+                part = {"type": "output_text", "text": value, "annotations": [], "logprobs": []}
+                await send({"type": "response.content_part.done", **where, "part": part})
+                item = message_item(item_id, value, "completed")
+                await send(
+                    {"type": "response.output_item.done", "output_index": index, "item": item}
+                )
+                done.append(item)
+            await send(
+                {
+                    "type": "response.completed",
+                    "response": response_object(resp_id, model, done, "completed"),
+                }
+            )
+            await resp.write_eof()
+        except ConnectionResetError:
+            self.disconnected.set()  # the client hung up: nothing more to send
+        except asyncio.CancelledError:
+            self.disconnected.set()
+            raise
+        return resp
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+
+
+class FakeResponsesServer:
+    """Runs ``FakeResponses`` on 127.0.0.1:<free port> in its own thread and event loop."""
+
+    def __init__(self) -> None:
+        self.fake = FakeResponses()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def start(self) -> FakeResponses:
+        self._thread.start()
+        port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        self.fake.url = f"http://127.0.0.1:{port}"
+        return self.fake
+
+    async def _start(self) -> int:
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.router.add_post("/v1/responses", self.fake.handle)
+        self._runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=0.5
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        self.fake.release()
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
