@@ -52,6 +52,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    problem = _database_problem(settings)
+    if problem:
+        print(f"chatkit-broker serve: cannot start: {problem}", file=sys.stderr)
+        return 2
     setup_logging(settings.log_format, settings.log_level, secrets=(settings.openai_api_key or "",))
     trusted = ",".join(settings.trusted_proxies)
     from .metrics import multiprocess_dir
@@ -64,6 +68,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
         _run_uvicorn(uvicorn, settings, args, trusted)
     return 0
+
+
+def _database_problem(settings: Settings) -> str | None:
+    """The thread database of agent workflows (and of mock mode, when one is set) must be
+    reachable and not from a newer broker before the server starts."""
+    if not settings.mock and not any(wf.kind == "agent" for wf in settings.workflows):
+        return None
+    import asyncio
+
+    from .backends.agent.options import MEMORY_URL, AgentOptions
+    from .backends.agent.store import check_database
+
+    options = settings.agent or AgentOptions()
+    if options.database_url == MEMORY_URL:
+        return None
+    return asyncio.run(check_database(options.database_url))
 
 
 def _run_uvicorn(uvicorn: Any, settings: Settings, args: argparse.Namespace, trusted: str) -> None:

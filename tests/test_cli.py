@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import jwt
 
-from .support import API_KEY, SECRET, WF_SUPPORT, cli_command, free_port
+from .support import API_KEY, ROOT, SECRET, WF_SUPPORT, cli_command, free_port
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -147,3 +147,26 @@ def test_logs_of_every_failure_path_hold_no_secret(run_broker, base_env, openai,
     for secret in (API_KEY, SECRET, good, other, *secrets_seen, "Bearer ey"):
         assert secret not in log  # …without any secret
     assert "Traceback" not in log
+
+
+def test_serve_refuses_to_start_when_the_agent_database_is_down(tmp_path):
+    """Issue: a database that is down at start is a clear error and exit 2, not a broker that
+    answers 503 to every chat."""
+    key = "k" * 40
+    r = run_cli(
+        "serve",
+        "--port",
+        str(free_port()),
+        env={
+            "OPENAI_API_KEY": API_KEY,
+            "BROKER_JWT_SECRET": SECRET,
+            "BROKER_SESSION_SECRET": key,
+            "BROKER_WORKFLOWS": "coach=examples.agent.support_agent:agent",
+            "BROKER_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nothing",
+            "PYTHONPATH": str(ROOT),
+        },
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2
+    assert "cannot start" in r.stderr and "cannot be reached" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -535,3 +535,22 @@ def _make_engine(url: str, dialect: str, connect_timeout: float) -> AsyncEngine:
         pool_timeout=connect_timeout,
         connect_args={"timeout": connect_timeout, "command_timeout": 30},
     )
+
+
+async def check_database(url: str, *, connect_timeout: float = 5.0) -> str | None:
+    """What keeps ``serve`` from starting: the database unreachable or of a newer schema.
+
+    Run once before the server starts, so an operator gets one clear line and exit 2 instead
+    of a broker that answers 503 to every chat. (Once running, an outage is a 503 per request
+    and the broker recovers by itself when the database is back.)
+    """
+    store = SQLStore(url, connect_timeout=connect_timeout)
+    try:
+        await store.start()
+    except StoreUnavailable as exc:
+        return exc.message
+    except SchemaTooNew as exc:
+        return str(exc)
+    finally:
+        await store.close()
+    return None
