@@ -40,6 +40,7 @@ from .errors import BrokerError, from_http_status, render
 from .gate import Gate
 from .http import HttpPool
 from .jwks import JWKSCache
+from .kit import KIT_FILE, kit_headers
 from .metrics import Metrics, MetricsMiddleware, count_mints, metrics_endpoint
 from .middleware import BodyLimit, MockGuard, RequestContext
 from .ratelimit import ClientAddress, ClientRateLimit, RateLimits
@@ -220,23 +221,33 @@ def content_security_policy(chatkit_js_url: str) -> str:
 
 
 class _TestPage:
-    """The static test page with its CSP; anything but GET/HEAD is 405 on a file, else 404."""
+    """The static test page with its CSP; anything but GET/HEAD is 405 on a file, else 404.
 
-    def __init__(self, directory: Path, headers: dict[str, str]) -> None:
+    ``only`` limits it to some files: with the test page off, the front-end kit is still
+    served, because apps import it from the broker.
+    """
+
+    def __init__(
+        self, directory: Path, headers: dict[str, str], only: frozenset[str] | None = None
+    ) -> None:
         self.directory = directory
         self.app = StaticFiles(directory=directory, html=True)
         self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        self.only = only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relative = scope["path"].lstrip("/") or "index.html"
+        if self.only is not None and relative not in self.only:
+            raise HTTPException(404)
         if scope["method"] not in ("GET", "HEAD"):
-            relative = scope["path"].lstrip("/") or "index.html"
             if ".." not in relative and (self.directory / relative).is_file():
                 raise HTTPException(405, headers={"Allow": "GET, HEAD"})
             raise HTTPException(404)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *self.headers]}
+                extra = [*self.headers, *kit_headers(scope)]
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -315,9 +326,10 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Starlette
         route_list.append(Route("/mock/chatkit", alias, methods=["POST"]))
     for backend in broker.backends:
         route_list.extend(backend.routes())
-    if settings.test_page and STATIC_DIR.is_dir():
+    if STATIC_DIR.is_dir():
         csp = {"Content-Security-Policy": content_security_policy(settings.chatkit_js_url)}
-        route_list.append(_PageMount("/", app=_TestPage(STATIC_DIR, csp)))
+        only = None if settings.test_page else frozenset({KIT_FILE})
+        route_list.append(_PageMount("/", app=_TestPage(STATIC_DIR, csp, only)))
 
     # outermost first: metrics see every answer; CORS headers reach 429s; the address
     # limit runs before routing, so before any JWT work

@@ -166,3 +166,32 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     yield server
     server.kill()
+
+
+# --- browser tests: Debian's Chromium through Playwright (tests/support/browser.py) ---------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Chromium for one test module; skips (fails under CI) without playwright or the binary."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        need(False, "the playwright package is not installed")
+    from .support.browser import launch
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def tab(browser: Any) -> Iterator[Any]:
+    """A fresh tab; the test fails if the page logged uncaught errors or CSP violations."""
+    from .support.browser import open_tab
+
+    context, t = open_tab(browser)
+    yield t
+    context.close()
+    assert not t.problems, "the page logged errors or CSP violations"

@@ -2,9 +2,11 @@
 
 There is no internet here, so the ChatKit script URL is answered through request interception
 with ``chatkit_stand_in.js``: it defines ``<openai-chatkit>``, records what the page passes to
-``setOptions`` on ``window.__chatkitStandIn``, calls ``getClientSecret`` like the real component
-and dispatches ``chatkit.*`` events. Each test saves screenshots of the state it reaches, at
-desktop and phone width, to ``test-artifacts/`` (gitignored).
+``setOptions`` on ``window.__chatkitStandIn``, calls ``getClientSecret`` (hosted) or POSTs to
+``api.url`` through ``api.fetch`` (custom backends) like the real component, and dispatches
+``chatkit.*`` events. With the script blocked instead, the page's protocol console chats with
+the real mock backend. Each test saves screenshots of the state it reaches, at desktop and
+phone width, to ``test-artifacts/`` (gitignored).
 
 Needs Debian's ``/usr/bin/chromium`` and the ``playwright`` package (never a downloaded
 browser): without them these tests skip, except under ``CI``, where they fail.
@@ -12,95 +14,20 @@ browser): without them these tests skip, except under ``CI``, where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+import time
+from collections.abc import Callable
 
 import pytest
 
-from .support import ROOT, WF_SALES, BrokerProcess, need
+from .support import ROOT, WF_SALES, BrokerProcess
+from .support.browser import CHATKIT_JS, Tab, serve_stand_in
 
-try:
-    from playwright.sync_api import (
-        Browser,
-        ConsoleMessage,
-        Page,
-        Route,
-        expect,
-        sync_playwright,
-    )
-except ImportError:  # the skip (or, in CI, the failure) happens in the `browser` fixture
-    sync_playwright = None
+with contextlib.suppress(ImportError):  # without playwright the `browser` fixture skips (CI: fails)
+    from playwright.sync_api import Page, Route, expect
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-CHATKIT_JS = "https://cdn.platform.openai.com/deployments/chatkit/chatkit.js"
-STAND_IN = (Path(__file__).parent / "chatkit_stand_in.js").read_text()
-ARTIFACTS = ROOT / "test-artifacts"
-VIEWPORTS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
 CANT_LOAD = f"the ChatKit script could not be loaded from {CHATKIT_JS} — offline or blocked?"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    need(sync_playwright is not None, "the playwright package is not installed")
-    need(CHROMIUM.exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@dataclass
-class Tab:
-    """One browser tab, with what its console said."""
-
-    page: Page
-    console: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-    def shot(self, state: str) -> None:
-        """Screenshots of the current state at each width, for a person to look at."""
-        ARTIFACTS.mkdir(exist_ok=True)
-        for name, size in VIEWPORTS.items():
-            self.page.set_viewport_size(size)
-            self.page.screenshot(path=ARTIFACTS / f"{state}-{name}.png", full_page=True)
-        self.page.set_viewport_size(VIEWPORTS["desktop"])
-
-    def stand_in(self) -> dict[str, Any]:
-        return self.page.evaluate("JSON.parse(JSON.stringify(window.__chatkitStandIn ?? null))")
-
-
-@pytest.fixture
-def tab(browser: Browser) -> Iterator[Tab]:
-    context = browser.new_context(viewport=VIEWPORTS["desktop"])
-    t = Tab(context.new_page())
-    t.page.set_default_timeout(10_000)
-
-    def on_console(message: ConsoleMessage) -> None:
-        t.console.append(message.text)
-        if "Content Security Policy" in message.text:
-            t.problems.append(message.text)
-
-    t.page.on("console", on_console)
-    t.page.on("pageerror", lambda e: t.problems.append(f"uncaught error: {e}"))
-    yield t
-    context.close()
-    assert not t.problems, "the page logged errors or CSP violations"
-
-
-def serve_stand_in(route: Route) -> None:
-    route.fulfill(body=STAND_IN, content_type="text/javascript")
 
 
 @pytest.fixture
@@ -113,10 +40,10 @@ def mock(run_broker: Callable[..., BrokerProcess]) -> BrokerProcess:
     return run_broker({"BROKER_LOG_FORMAT": "json"}, "--mock")
 
 
-def open_live(tab: Tab, broker: BrokerProcess, tok: str) -> Page:
+def open_live(tab: Tab, broker: BrokerProcess, tok: str, query: str = "") -> Page:
     """Open the page in live mode and hand it a token (which makes it load the workflows)."""
     page = tab.page
-    page.goto(broker.url + "/")
+    page.goto(broker.url + "/" + query)
     expect(page.locator("#mode")).to_have_text("mode: live")
     expect(page.locator("#workflows")).to_contain_text("Paste a token")
     page.fill("#token", tok)
@@ -136,7 +63,8 @@ def test_live_mode_mints_before_mount_and_remints_on_refresh(tab: Tab, live, ope
     tok = token("alice")
     page = open_live(tab, live, tok)
     expect(page.locator("#mock-banner")).to_be_hidden()
-    expect(page.locator("#workflows button")).to_have_text(["support", "sales"])
+    expect(page.locator("#workflows button .wf-label")).to_have_text(["support", "sales"])
+    expect(page.locator("#workflows button .wf-kind")).to_have_text(["hosted", "hosted"])
 
     with page.expect_response("**/api/chatkit/session") as first_response:
         page.click("button[data-workflow=support]")
@@ -283,12 +211,11 @@ def test_chatkit_script_that_cannot_load_is_reported_then_retry_loads_it(tab: Ta
 
 
 def test_chatkit_script_that_never_defines_the_element_times_out(tab: Tab, live, token):
-    tab.page.add_init_script("window.__chatkitBrokerScriptTimeoutMs = 300")
     tab.page.route(
         CHATKIT_JS,
         lambda route: route.fulfill(body="/* not ChatKit */", content_type="text/javascript"),
     )
-    page = open_live(tab, live, token("alice"))
+    page = open_live(tab, live, token("alice"), query="?chatkit_timeout_ms=300")
     page.click("button[data-workflow=support]")
     expect(page.locator("#status-reason")).to_have_text(
         f"the ChatKit script from {CHATKIT_JS} did not define <openai-chatkit> within 0.3 s"
@@ -298,74 +225,195 @@ def test_chatkit_script_that_never_defines_the_element_times_out(tab: Tab, live,
 # ------------------------------------------------------------------------- mock mode
 
 
-def test_mock_mode_mounts_against_the_mock_backend(tab: Tab, mock, token):
+def open_mock(tab: Tab, broker: BrokerProcess) -> Page:
     page = tab.page
-    page.route(CHATKIT_JS, serve_stand_in)
-    page.goto(mock.url + "/")
+    page.goto(broker.url + "/")
     expect(page.locator("#mode")).to_have_text("mode: mock")
     expect(page.locator("#mock-banner")).to_be_visible()
-    expect(page.locator("#mock-banner")).to_contain_text("Mock mode")
-    expect(page.locator("#token-optional")).to_be_visible()
-    config = page.evaluate("fetch('/api/chatkit/config').then((r) => r.json())")
-    need(
-        config["mock_backend_url"] is not None,
-        "this broker does not offer the mock ChatKit backend (openai-chatkit not installed?)",
-    )
     # With no workflows configured, mock mode offers its two demo workflows.
     expect(page.locator("#workflows button .wf-label")).to_have_text(
         ["Topic generation", "Post writer"]
     )
+    expect(page.locator("#workflows button .wf-kind")).to_have_text(["mock", "mock"])
+    return page
 
+
+def test_mock_mode_mounts_chatkit_against_the_backend_with_the_session_secret(
+    tab: Tab, mock, token
+):
+    page = open_mock(tab, mock)
+    page.route(CHATKIT_JS, serve_stand_in)
+    expect(page.locator("#token-optional")).to_be_visible()
     tok = token("carol")
     page.fill("#token", tok)
     page.click("#token-save")
     expect(page.locator("#workflows button")).to_have_count(2)
-    minted = []
-    page.on("request", lambda r: minted.append(r) if "/api/chatkit/session" in r.url else None)
-    with page.expect_request("**/mock/chatkit") as backend_request:
+
+    with page.expect_response("**/api/chatkit/session") as minted:
         page.click("button[data-workflow=topic-generation]")
-    assert backend_request.value.headers["authorization"] == f"Bearer {tok}"
+    answer = minted.value.json()
+    assert minted.value.request.headers["authorization"] == f"Bearer {tok}"
+    # the broker's own session secret, for the mock backend behind /chatkit/<name>
+    assert answer["client_secret"].startswith("cks_")
+    assert answer["workflow"]["kind"] == "mock"
+    backend = answer["backend"]
+    assert backend == {"url": "/chatkit/topic-generation", "domain_key": "local-dev"}
     expect(status(page)).to_have_attribute("data-state", "ready")
 
     rec = tab.stand_in()
     assert rec["setOptions"] == [
         {
             "apiKeys": ["domainKey", "fetch", "url"],
-            "url": config["mock_backend_url"],
-            "domainKey": config["domain_key"],
+            "url": backend["url"],
+            "domainKey": backend["domain_key"],
             "hasFetch": True,
             "hasGetClientSecret": False,
         }
     ]
-    [answer] = rec["backend"]
-    assert answer["status"] == 200, answer
-    assert minted == []  # custom-backend mode: no secret to fetch
+    [reply] = rec["backend"]
+    assert reply["status"] == 200, reply
+    # The backend got the broker's session secret, not the app's JWT.
+    backend_requests = [
+        r for r in tab.requests if r.url.endswith(backend["url"]) and r.method == "POST"
+    ]
+    assert [r.headers["authorization"] for r in backend_requests] == [
+        f"Bearer {answer['client_secret']}"
+    ]
+    expect(page.locator("#backend dd[data-field=kind]")).to_have_text("mock")
+    expect(page.locator("#backend dd[data-field=url]")).to_have_text(backend["url"])
+    expect(page.locator("#backend dd[data-field=session]")).to_have_text(answer["session_id"])
     expect(page.locator("#log .entry[data-kind=fetch] .msg").last).to_have_text(
-        re.compile(r"^POST /mock/chatkit → 200 \(\d+ ms\)$")
+        re.compile(rf"^POST {re.escape(backend['url'])} → 200 \(\d+ ms\)$")
     )
-    tab.shot("mock-backend-ready")
+    assert answer["client_secret"] not in page.locator("#log").inner_text()
+    tab.shot("mock-chatkit-ready")
+
+    # Sign out: every session of this user is cancelled and the chat goes away.
+    with page.expect_response("**/api/chatkit/session/cancel") as cancelled:
+        page.click("#sign-out")
+    assert cancelled.value.request.post_data_json == {"all": True}
+    count = len(cancelled.value.json()["cancelled"])
+    assert count >= 1
+    expect(page.locator("#log .entry[data-kind=kit] .msg").last).to_have_text(
+        f"signed out: {count} session{'' if count == 1 else 's'} cancelled"
+    )
+    expect(status(page)).to_have_attribute("data-state", "idle")
+    expect(page.locator("#chat openai-chatkit")).to_have_count(0)
+    expect(page.locator("#backend dd[data-field=kind]")).to_have_text("—")
 
 
-def test_mock_mode_without_backend_uses_the_mock_secret_flow(tab: Tab, mock):
-    page = tab.page
-    page.route(CHATKIT_JS, serve_stand_in)
+def sse_log(page: Page):
+    return page.locator("#log .entry[data-kind=sse] .msg")
 
-    def no_backend(route: Route) -> None:
-        config = route.fetch().json() | {"mock_backend_url": None, "domain_key": None}
-        route.fulfill(json=config)
 
-    page.route("**/api/chatkit/config", no_backend)
-    page.goto(mock.url + "/")
-    expect(page.locator("#mock-banner")).to_be_visible()
-    with page.expect_response("**/api/chatkit/session") as response:
+def test_protocol_console_chats_with_the_mock_backend_when_chatkit_is_blocked(tab: Tab, mock):
+    page = open_mock(tab, mock)
+    page.route(CHATKIT_JS, lambda route: route.abort())
+    with page.expect_response("**/api/chatkit/session") as minted:
         page.click("button[data-workflow=post-writer]")
-    minted = response.value.json()
-    assert minted["mock"] is True
-    assert minted["client_secret"].startswith("mock_")
-    expect(status(page)).to_have_attribute("data-state", "ready")
-    assert tab.stand_in()["secrets"] == [minted["client_secret"]]
-    expect(page.locator("#log")).to_contain_text(f"session {minted['session_id']}")
-    tab.shot("mock-secret-ready")
+    answer = minted.value.json()
+    backend_url = answer["backend"]["url"]
+    assert backend_url == "/chatkit/post-writer"
+    assert answer["client_secret"].startswith("cks_")
+
+    expect(status(page)).to_have_attribute("data-state", "error")
+    expect(page.locator("#status-reason")).to_have_text(CANT_LOAD)
+    console = page.locator("#console")
+    expect(console).to_be_visible()
+    expect(console.locator("h2")).to_have_text("Protocol console diagnostic view")
+    expect(console).to_contain_text("it is not a replacement for ChatKit")
+    expect(page.locator("#console-url")).to_have_text(backend_url)
+    expect(page.locator("#console-thread")).to_have_text("new thread")
+    tab.shot("console-empty")
+
+    # threads.create: the reply streams in, every event lands in the log
+    page.fill("#console-input", "hello broker")
+    page.press("#console-input", "Enter")
+    assistant = page.locator("#console-transcript .turn.assistant")
+    expect(assistant).to_have_attribute("data-done", "true")
+    expect(assistant.locator(".text")).to_contain_text("You wrote:\n\n> hello broker")
+    expect(page.locator("#console-transcript .turn.user .text")).to_have_text("hello broker")
+    expect(page.locator("#console-thread")).to_have_text(re.compile(r"^thread \S+ · hello broker$"))
+    logged = sse_log(page).all_inner_texts()
+    for event in ("thread.created", "thread.item.added", "thread.item.updated", "thread.item.done"):
+        assert f"threads.create ← {event}" in logged, logged
+    deltas = [e for e in logged if e == "threads.create ← thread.item.updated"]
+    assert len(deltas) >= 4  # text deltas, not one lump
+
+    # threads.add_user_message on the same thread
+    page.fill("#console-input", "second message")
+    page.click("#console-send")
+    expect(assistant).to_have_count(2)
+    expect(assistant.nth(1)).to_have_attribute("data-done", "true")
+    expect(sse_log(page).last).to_have_text("threads.add_user_message ← thread.item.done")
+    tab.shot("console-reply")
+
+    # threads.list
+    page.click("#console-threads")
+    expect(page.locator("#console-thread-list button span")).to_have_text(["hello broker"])
+    tab.shot("console-threads")
+
+    # a new thread whose reply ends with an error event; Retry retries after the user message
+    page.click("#console-new")
+    expect(page.locator("#console-transcript")).to_contain_text("Send a message to start a thread")
+    page.fill("#console-input", "/error please")
+    page.click("#console-send")
+    expect(page.locator("#console-error")).to_be_visible()
+    expect(page.locator("#console-error-reason")).to_have_text(
+        "[mock] /error ended this stream with an error event on purpose."
+    )
+    expect(page.locator("#console-transcript .turn.assistant")).to_have_attribute(
+        "data-done", "true"
+    )
+    tab.shot("console-backend-error")
+    page.click("#console-retry")
+    expect(sse_log(page).last).to_have_text("threads.retry_after_item ← error")
+    expect(page.locator("#console-transcript .turn.user")).to_have_count(1)
+
+    # no secret in the log or the console
+    log_text = page.locator("#log").inner_text()
+    assert answer["client_secret"] not in log_text
+    assert not any(answer["client_secret"] in line for line in tab.console)
+
+
+def test_protocol_console_reports_a_stream_cut_mid_reply_and_retry_recovers(tab: Tab, mock):
+    page = open_mock(tab, mock)
+    page.route(CHATKIT_JS, lambda route: route.abort())
+    with page.expect_response("**/api/chatkit/session") as minted:
+        page.click("button[data-workflow=topic-generation]")
+    backend_url = minted.value.json()["backend"]["url"]
+    expect(page.locator("#console")).to_be_visible()
+
+    cut: dict[str, str] = {}
+
+    def cut_before_the_reply_is_done(route: Route) -> None:
+        """The real backend's stream, cut off before the assistant message is done."""
+        response = route.fetch()
+        events = response.text().split("\n\n")
+        done = max(i for i, e in enumerate(events) if '"thread.item.done"' in e)
+        cut["request_id"] = response.headers["x-request-id"]
+        route.fulfill(response=response, body="\n\n".join(events[:done]) + "\n\n")
+
+    page.route(f"**{backend_url}", cut_before_the_reply_is_done, times=1)
+    page.fill("#console-input", "cut me off")
+    page.click("#console-send")
+    expect(page.locator("#console-error-reason")).to_have_text(
+        "The backend closed the stream for threads.create in the middle of a reply."
+    )
+    expect(page.locator("#console-error-detail")).to_have_text(
+        f"HTTP 200 · stream_interrupted · request id {cut['request_id']}"
+    )
+    expect(page.locator("#console-transcript .turn.assistant")).to_have_attribute(
+        "data-done", "true"
+    )
+    tab.shot("console-stream-cut")
+
+    page.click("#console-retry")
+    expect(page.locator("#console-error")).to_be_hidden()
+    assistant = page.locator("#console-transcript .turn.assistant")
+    expect(assistant).to_have_count(1)
+    expect(assistant.locator(".text")).to_contain_text("> cut me off")
+    expect(sse_log(page).last).to_have_text("threads.retry_after_item ← thread.item.done")
 
 
 # ------------------------------------------------------------------------- the files
@@ -378,5 +426,81 @@ def test_page_has_no_inline_script_or_style():
     assert not re.search(r"<style\b", html), "inline <style>"
     assert not re.search(r"\sstyle=", html), "style attribute"
     assert not re.search(r"\son[a-z]+=", html), "inline event handler"
-    js = (ROOT / "broker" / "static" / "app.js").read_text()
-    assert "innerHTML" not in js and 'setAttribute("style"' not in js
+    for path in (ROOT / "broker" / "static").glob("*.js"):
+        js = path.read_text()
+        assert "innerHTML" not in js and 'setAttribute("style"' not in js, path.name
+        assert "insertAdjacentHTML" not in js and "document.write" not in js, path.name
+        assert "__chatkitBroker" not in js, f"{path.name} has a test hook"
+
+
+# ------------------------------------------------------------------------- every kind
+
+
+@pytest.mark.parametrize("kind", ["hosted", "gateway", "agent", "mock"])
+def test_the_page_connects_every_backend_kind_through_the_kit(tab: Tab, mock, kind):
+    """The mint answer alone decides the mode (SPEC: ``backend`` null for hosted, else
+    ``{url, domain_key}``); the page shows the kind and URL and hands ChatKit what the kit built."""
+    page = tab.page
+    page.route(CHATKIT_JS, serve_stand_in)
+    custom = kind != "hosted"
+    secret = f"cks_{kind}_secret" if custom else "ek_hosted_secret"
+    answer = {
+        "client_secret": secret,
+        "expires_at": int(time.time()) + 600,
+        "session_id": f"cksess_{kind}",
+        "workflow": {"name": "post-writer", "kind": kind, "id": None if custom else "wf_x"},
+        "backend": {"url": "/chatkit/post-writer", "domain_key": "local-dev"} if custom else None,
+        "mock": kind == "mock",
+    }
+    page.route("**/api/chatkit/session", lambda route: route.fulfill(json=answer))
+    backend_auth: list[str] = []
+
+    def backend(route: Route) -> None:
+        backend_auth.append(route.request.headers.get("authorization", ""))
+        route.fulfill(json={"data": [], "has_more": False})
+
+    page.route("**/chatkit/post-writer", backend)
+    page.goto(mock.url + "/")
+    page.click("button[data-workflow=post-writer]")
+    expect(status(page)).to_have_attribute("data-state", "ready")
+    expect(page.locator("#backend dd[data-field=kind]")).to_have_text(kind)
+    expect(page.locator("#backend dd[data-field=url]")).to_have_text(
+        "/chatkit/post-writer" if custom else "OpenAI (hosted; ChatKit talks to api.openai.com)"
+    )
+    [options] = tab.stand_in()["setOptions"]
+    if custom:
+        assert options["apiKeys"] == ["domainKey", "fetch", "url"]
+        assert options["url"] == "/chatkit/post-writer"
+        assert options["domainKey"] == "local-dev"
+        assert backend_auth == [f"Bearer {secret}"]
+    else:
+        assert options["apiKeys"] == ["getClientSecret"]
+        assert tab.stand_in()["secrets"] == [secret]
+        assert backend_auth == []
+    assert secret not in page.locator("#log").inner_text()
+    tab.shot(f"kind-{kind}")
+
+
+def test_protocol_console_resends_a_message_the_backend_never_got(tab: Tab, mock):
+    page = open_mock(tab, mock)
+    page.route(CHATKIT_JS, lambda route: route.abort())
+    with page.expect_response("**/api/chatkit/session") as minted:
+        page.click("button[data-workflow=topic-generation]")
+    backend_url = minted.value.json()["backend"]["url"]
+    expect(page.locator("#console")).to_be_visible()
+
+    page.route(f"**{backend_url}", lambda route: route.abort("connectionreset"), times=1)
+    page.fill("#console-input", "are you there?")
+    page.click("#console-send")
+    expect(page.locator("#console-error-reason")).to_contain_text(
+        f"Could not reach the ChatKit backend at {backend_url}"
+    )
+    expect(page.locator("#console-transcript .turn")).to_have_count(0)
+    tab.shot("console-network-error")
+
+    page.click("#console-retry")  # nothing reached the thread: the same message goes again
+    expect(page.locator("#console-transcript .turn.user .text")).to_have_text("are you there?")
+    expect(page.locator("#console-transcript .turn.assistant")).to_have_attribute(
+        "data-done", "true"
+    )
+    expect(sse_log(page).last).to_have_text("threads.create ← thread.item.done")

@@ -1,26 +1,27 @@
-// chatkit-broker test page: pick a workflow, mount <openai-chatkit>, watch what happens.
-// Plain ES module, no build step. Works under a strict CSP (no inline script or style).
+// @ts-check
+// chatkit-broker test page: pick a workflow, mount <openai-chatkit> through the front-end kit,
+// watch what happens. When ChatKit cannot load, a custom backend gets the protocol console.
+// Plain ES module, no build step, strict CSP (no inline script or style, textContent only).
+//
+// All the page knows lives in `state`; render() draws the DOM from it and never reads it back.
+// The live objects behind it (the kit's api, the element, the abort controller) are in `live`.
+
+import {
+  BrokerError,
+  connectChatKit,
+  createChatKitApi,
+  describeApi,
+  errorFromResponse,
+  signOut,
+} from "./chatkit-broker.js";
+import { ProtocolClient, emptyTranscript } from "./chatkit-protocol.js";
 
 const TOKEN_KEY = "chatkit-broker.token";
 const CHATKIT_TAG = "openai-chatkit";
-// How long the ChatKit script may take to define <openai-chatkit>, and ChatKit to report ready.
-const SCRIPT_TIMEOUT_MS = globalThis.__chatkitBrokerScriptTimeoutMs ?? 15000;
 const READY_TIMEOUT_MS = 30000;
-const CHATKIT_EVENTS = [
-  "chatkit.ready",
-  "chatkit.error",
-  "chatkit.effect",
-  "chatkit.deeplink",
-  "chatkit.response.start",
-  "chatkit.response.end",
-  "chatkit.thread.change",
-  "chatkit.thread.load.start",
-  "chatkit.thread.load.end",
-  "chatkit.tool.change",
-  "chatkit.log",
-  "chatkit.history.open",
-  "chatkit.history.close",
-];
+// How long the ChatKit script may take to define <openai-chatkit>; `?chatkit_timeout_ms=` overrides it.
+const SCRIPT_TIMEOUT_MS = positive(new URLSearchParams(location.search).get("chatkit_timeout_ms")) ?? 15000;
+const LOG_KEEP = 1000;
 const STATUS_TEXT = {
   idle: "idle",
   fetching: "fetching secret…",
@@ -29,70 +30,138 @@ const STATUS_TEXT = {
   error: "error",
 };
 
-const $ = (id) => document.getElementById(id);
+/**
+ * @typedef {{name: string, label?: string | null, id?: string | null, kind?: string}} Workflow
+ * @typedef {{mode: string, auth_required: boolean, chatkit_js_url: string}} Config
+ * @typedef {{id: number, time: string, kind: string, text: string, level: "info" | "warn" | "error", detail?: string}} LogEntry
+ * @typedef {{reason: string, detail?: string}} Problem
+ * @typedef {import("./chatkit-protocol.js").Transcript} Transcript
+ */
 
 const state = {
+  /** @type {Config | null} */
   config: null,
   token: sessionStorage.getItem(TOKEN_KEY) || "",
-  workflow: null, // the workflow currently mounted (or being mounted)
-  generation: 0, // bumped on every mount; stale callbacks compare against it
-  retry: null, // what the Retry button does
+  /** @type {Workflow[] | null} null: not loaded; the note says why */
+  workflows: /** @type {Workflow[] | null} */ (null),
+  workflowsNote: "Loading…",
+  /** @type {string | null} */
+  selected: null,
+  /** @type {{name: keyof typeof STATUS_TEXT} & Partial<Problem>} */
+  status: { name: "idle" },
+  /** @type {"retry-config" | "retry-workflows" | "retry-mount" | null} */
+  retry: null,
+  /** @type {ReturnType<typeof describeApi>} */
+  backend: null,
+  /** @type {"placeholder" | "chatkit" | "console"} */
+  view: "placeholder",
+  console: {
+    transcript: emptyTranscript(),
+    /** @type {{id: string, title: string}[] | null} */
+    threads: null,
+    busy: false,
+    /** @type {Problem | null} */
+    error: null,
+    /** @type {string | null} the text of the turn that failed, for Retry */
+    failedText: null,
+  },
+  /** @type {LogEntry[]} */
+  log: [],
+  logEpoch: 0, // bumped when the log is cleared
+  logFollows: true,
 };
 
-// ---------------------------------------------------------------- event log
+const live = {
+  generation: 0,
+  /** @type {AbortController | null} */
+  abort: null,
+  /** @type {import("./chatkit-broker.js").ChatKitApi | null} */
+  api: null,
+  /** @type {HTMLElement | null} */
+  element: null,
+  /** @type {import("./chatkit-broker.js").ChatKitConnection | null} */
+  connection: null,
+  /** @type {ProtocolClient | null} */
+  client: null,
+  /** @type {Promise<void> | null} */
+  script: null,
+  /** @type {WeakSet<object>} errors already in the log (the kit reported them) */
+  logged: new WeakSet(),
+  logId: 0,
+};
+
+/** @param {string | null} value */
+function positive(value) {
+  const n = Number(value);
+  return value && Number.isFinite(n) && n > 0 ? n : null;
+}
+
+/** @param {string} id @returns {HTMLElement} */
+function $(id) {
+  const el = document.getElementById(id);
+  if (!el) throw new Error(`#${id} is missing from index.html`);
+  return el;
+}
+
+/**
+ * A DOM element with text, attributes and children; never HTML.
+ * @param {string} tag
+ * @param {{class?: string, text?: string, data?: Record<string, string>, attrs?: Record<string, string>, on?: Record<string, EventListener>}} [props]
+ * @param {(Node | string | null | false | undefined)[]} children
+ */
+function h(tag, props = {}, ...children) {
+  const el = document.createElement(tag);
+  if (props.class) el.className = props.class;
+  if (props.text !== undefined) el.textContent = props.text;
+  for (const [k, v] of Object.entries(props.data ?? {})) el.dataset[k] = v;
+  for (const [k, v] of Object.entries(props.attrs ?? {})) el.setAttribute(k, v);
+  for (const [k, v] of Object.entries(props.on ?? {})) el.addEventListener(k, v);
+  for (const child of children) if (child) el.append(child);
+  return el;
+}
+
+// ---------------------------------------------------------------- state changes
+
+let scheduled = false;
+
+/** Applies a change to the state and schedules one render for all changes of this turn. */
+function update(/** @type {() => void} */ change = () => {}) {
+  change();
+  if (!scheduled) {
+    scheduled = true;
+    queueMicrotask(() => {
+      scheduled = false;
+      render();
+    });
+  }
+}
 
 function timestamp() {
   const d = new Date();
-  const pad = (n, w = 2) => String(n).padStart(w, "0");
+  const pad = (/** @type {number} */ n, w = 2) => String(n).padStart(w, "0");
   return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
 }
 
+/**
+ * @param {string} kind
+ * @param {string} text
+ * @param {{level?: LogEntry["level"], detail?: unknown}} [options]
+ */
 function log(kind, text, { level = "info", detail } = {}) {
-  const time = timestamp();
-  const li = document.createElement("li");
-  li.className = `entry ${level}`;
-  li.dataset.kind = kind;
-  const t = document.createElement("time");
-  t.textContent = time;
-  const k = document.createElement("span");
-  k.className = "kind";
-  k.textContent = kind;
-  const msg = document.createElement("span");
-  msg.className = "msg";
-  msg.textContent = text;
-  li.append(t, k, msg);
-  if (detail !== undefined) {
-    const code = document.createElement("code");
-    code.className = "detail";
-    code.textContent = describe(detail);
-    li.append(code);
-  }
-  $("log").append(li);
-  followLog();
-
-  const line = `[chatkit-broker] ${time} ${kind} ${text}`;
-  const out = level === "error" ? console.error : level === "warn" ? console.warn : console.info;
-  if (detail === undefined) out(line);
-  else out(line, detail);
-}
-
-// The log stays scrolled to its newest entry unless the reader has scrolled up to read.
-let logFollows = true;
-
-function followLog() {
-  const list = $("log");
-  if (logFollows) list.scrollTop = list.scrollHeight;
-}
-
-function watchLogScroll() {
-  const list = $("log");
-  list.addEventListener("scroll", () => {
-    logFollows = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
+  /** @type {LogEntry} */
+  const entry = { id: ++live.logId, time: timestamp(), kind, text, level };
+  if (detail !== undefined) entry.detail = describe(detail);
+  update(() => {
+    state.log.push(entry);
+    if (state.log.length > LOG_KEEP) state.log.splice(0, state.log.length - LOG_KEEP);
   });
-  // Rewrapping (a narrower window, a rotated phone) must not lose the newest entry either.
-  new ResizeObserver(followLog).observe(list);
+  const line = `[chatkit-broker] ${entry.time} ${kind} ${text}`;
+  const out = level === "error" ? console.error : level === "warn" ? console.warn : console.info;
+  if (entry.detail === undefined) out(line);
+  else out(line, entry.detail);
 }
 
+/** @param {unknown} value */
 function describe(value) {
   if (value instanceof Error) return `${value.name}: ${value.message}`;
   let text;
@@ -105,100 +174,27 @@ function describe(value) {
   return text.length > 600 ? `${text.slice(0, 600)}…` : text;
 }
 
-// ---------------------------------------------------------------- status
-
-function setStatus(name, { reason, detail } = {}) {
-  $("status").dataset.state = name;
-  $("status-text").textContent = STATUS_TEXT[name];
-  for (const [id, text] of [
-    ["status-reason", reason],
-    ["status-detail", detail],
-  ]) {
-    $(id).textContent = text || "";
-    $(id).hidden = !text;
-  }
-  $("retry").disabled = !(name === "error" && state.retry);
-}
-
-// Show an error in words. `err` may be an HttpError from the broker or any Error.
-function fail(err, prefix = "") {
-  const reason = prefix + reasonFor(err);
-  const detail = detailFor(err);
-  setStatus("error", { reason, detail });
-  log("page", `error: ${reason}${detail ? ` [${detail}]` : ""}`, { level: "error" });
-}
-
-// ---------------------------------------------------------------- HTTP
-
-class HttpError extends Error {
-  constructor(status, body, response) {
-    const err = (body && typeof body === "object" && body.error) || {};
-    super(err.message || (status ? `HTTP ${status}` : "network error"));
-    this.status = status;
-    this.code = err.code || null;
-    this.requestId = err.request_id || response?.headers.get("X-Request-ID") || null;
-    this.retryAfter = response?.headers.get("Retry-After") || null;
-  }
-}
-
+/** @param {string} url */
 function displayPath(url) {
   const u = new URL(url, location.href);
   return u.origin === location.origin ? u.pathname + u.search : u.href;
 }
 
-// fetch() that writes method, path, status and duration to the event log.
-async function loggedFetch(input, init = {}) {
-  const method = (init.method || (input instanceof Request ? input.method : "GET")).toUpperCase();
-  const path = displayPath(input instanceof Request ? input.url : String(input));
-  const started = performance.now();
-  try {
-    const res = await fetch(input, init);
-    const ms = Math.round(performance.now() - started);
-    log("fetch", `${method} ${path} → ${res.status} (${ms} ms)`, { level: res.ok ? "info" : "warn" });
-    return res;
-  } catch (err) {
-    const ms = Math.round(performance.now() - started);
-    log("fetch", `${method} ${path} → failed (${ms} ms): ${err.message}`, { level: "error" });
-    throw err;
-  }
+/** @param {keyof typeof STATUS_TEXT} name @param {Partial<Problem>} [problem] */
+function setStatus(name, problem = {}) {
+  update(() => {
+    state.status = { name, ...problem };
+  });
 }
 
-function authHeaders(headers = {}) {
-  const h = new Headers(headers);
-  if (state.token) h.set("Authorization", `Bearer ${state.token}`);
-  return h;
-}
+// ---------------------------------------------------------------- errors in words
 
-// JSON request to the broker. Resolves to the parsed body; rejects with HttpError.
-async function api(method, path, body) {
-  const headers = authHeaders({ Accept: "application/json" });
-  const init = { method, headers };
-  if (body !== undefined) {
-    headers.set("Content-Type", "application/json");
-    init.body = JSON.stringify(body);
-  }
-  let res;
-  try {
-    res = await loggedFetch(path, init);
-  } catch (err) {
-    throw new HttpError(0, { error: { message: err.message } });
-  }
-  let data = null;
-  try {
-    data = await res.json();
-  } catch {
-    data = null;
-  }
-  if (!res.ok) throw new HttpError(res.status, data, res);
-  return data;
-}
-
-// Words a person can act on, for a failed broker call.
+/** Words a person can act on, for a failure. @param {unknown} err */
 function reasonFor(err) {
-  if (!(err instanceof HttpError)) return err.message || String(err);
+  if (!(err instanceof BrokerError)) return err instanceof Error ? err.message : String(err);
+  // the kit's own words name what could not be reached (the broker, or a backend behind it)
+  if (err.code === "network_error" && err.status === 0) return err.message;
   switch (err.status) {
-    case 0:
-      return "could not reach the broker — is it running?";
     case 401:
       return state.token
         ? "token expired or invalid — paste a new one"
@@ -206,299 +202,697 @@ function reasonFor(err) {
     case 403:
       return err.code === "workflow_not_allowed" ? "not allowed for this workflow" : err.message;
     case 429:
-      return `rate limited — try again${err.retryAfter ? ` in ${err.retryAfter} s` : " later"}`;
+      return `rate limited — try again${err.retryAfterMs !== null ? ` in ${Math.ceil(err.retryAfterMs / 1000)} s` : " later"}`;
     default:
       return err.message;
   }
 }
 
-// The facts behind the words: status, error code, the broker's message if the words did
-// not already show it, and the request id to find the broker's log line.
+/** The facts behind the words: status, code, the message if not shown, the request id. @param {unknown} err */
 function detailFor(err) {
-  if (!(err instanceof HttpError) || err.status === 0) return undefined;
-  const parts = [`HTTP ${err.status}`];
+  if (!(err instanceof BrokerError) || (err.status === 0 && !err.requestId)) return undefined;
+  const parts = err.status ? [`HTTP ${err.status}`] : [];
   if (err.code) parts.push(err.code);
   if (reasonFor(err) !== err.message) parts.push(err.message);
   if (err.requestId) parts.push(`request id ${err.requestId}`);
   return parts.join(" · ");
 }
 
-// ---------------------------------------------------------------- ChatKit script
+/** @param {unknown} err @param {string} [prefix] */
+function fail(err, prefix = "") {
+  const reason = prefix + reasonFor(err);
+  const detail = detailFor(err);
+  setStatus("error", { reason, detail });
+  if (!(err instanceof Object && live.logged.has(err))) {
+    log("page", `error: ${reason}${detail ? ` [${detail}]` : ""}`, { level: "error" });
+  }
+}
 
-let scriptPromise = null;
+// ---------------------------------------------------------------- the broker's own endpoints
 
+/** JSON GET to the broker, logged. @param {string} path @returns {Promise<any>} */
+async function getJson(path) {
+  const headers = new Headers({ Accept: "application/json" });
+  if (state.token) headers.set("Authorization", `Bearer ${state.token}`);
+  const started = performance.now();
+  let res;
+  try {
+    res = await fetch(path, { headers });
+  } catch (err) {
+    log("fetch", `GET ${path} → failed (${Math.round(performance.now() - started)} ms)`, { level: "error" });
+    throw new BrokerError(
+      `Could not reach the broker (${err instanceof Error ? err.message : String(err)}): is it running?`,
+      { code: "network_error", cause: err },
+    );
+  }
+  const ms = Math.round(performance.now() - started);
+  log("fetch", `GET ${path} → ${res.status} (${ms} ms)`, { level: res.ok ? "info" : "warn" });
+  const text = await res.text();
+  if (res.ok) {
+    try {
+      return JSON.parse(text);
+    } catch {
+      // falls through to the error below
+    }
+  }
+  throw await errorFromResponse(res, `GET ${path}`, text);
+}
+
+// ---------------------------------------------------------------- what the kit reports
+
+/** @param {import("./chatkit-broker.js").KitEvent} e @param {number} generation */
+function onKitEvent(e, generation) {
+  const current = generation === live.generation;
+  const ttl = (/** @type {number} */ at) => Math.round(at - Date.now() / 1000);
+  switch (e.type) {
+    case "request":
+      log("fetch", `${e.method} ${displayPath(e.url ?? "")} → ${e.status || "failed"} (${e.ms} ms)`, {
+        level: e.status && e.status < 400 ? "info" : e.status ? "warn" : "error",
+      });
+      break;
+    case "mint":
+    case "refresh": {
+      const where = e.backendUrl ? `${e.kind} backend ${displayPath(e.backendUrl)}` : `${e.kind}`;
+      const expires = `expires in ${ttl(e.expiresAt ?? 0)} s`;
+      if (e.type === "mint")
+        log("kit", `secret minted for ${e.workflow}: session ${e.sessionId}, ${expires}, ${where}`);
+      else
+        log(
+          "kit",
+          `secret renewed for ${e.workflow} (${e.reason}): session ${e.sessionId} replaces ${e.previousSessionId}, ${expires}`,
+        );
+      if (current && live.api) update(() => (state.backend = describeApi(/** @type {object} */ (live.api))));
+      break;
+    }
+    case "retry":
+      log("kit", `retry ${e.attempt} in ${e.delayMs} ms after: ${e.error?.message}`, { level: "warn" });
+      break;
+    case "token":
+      log("kit", `getToken() called again: ${e.reason}`, { level: "warn" });
+      break;
+    case "signout":
+      log("kit", `signed out: ${e.cancelled} session${e.cancelled === 1 ? "" : "s"} cancelled`);
+      break;
+    case "error": {
+      const err = e.error;
+      const detail = detailFor(err);
+      log("kit", `error (${e.reason}): ${err?.message}${detail ? ` [${detail}]` : ""}`, { level: "error" });
+      if (err) live.logged.add(err);
+      if (current && e.reason !== "first secret" && e.reason !== "sign-out" && state.view === "chatkit") {
+        fail(err, "refresh failed: ");
+      }
+      break;
+    }
+    case "chatkit":
+      onChatKitEvent(e.name ?? "", e.detail, current);
+      break;
+  }
+}
+
+/** @param {string} name @param {unknown} detail @param {boolean} current */
+function onChatKitEvent(name, detail, current) {
+  const isError = name === "chatkit.error";
+  log("chatkit", name, { level: isError ? "error" : "info", detail: detail ?? undefined });
+  if (!current) return;
+  if (name === "chatkit.ready") setStatus("ready");
+  if (isError && state.status.name !== "ready") {
+    const e = /** @type {{error?: Error} | undefined} */ (detail)?.error;
+    fail(new Error(`ChatKit reported an error: ${e?.message || describe(detail)}`));
+  }
+}
+
+// ---------------------------------------------------------------- the ChatKit script
+
+/** @param {string} url */
 function loadChatKitScript(url) {
   if (customElements.get(CHATKIT_TAG)) return Promise.resolve();
-  if (scriptPromise) return scriptPromise;
-  const cantLoad = `the ChatKit script could not be loaded from ${url} — offline or blocked?`;
-  const script = document.createElement("script");
-  script.src = url;
-  script.async = true;
-  scriptPromise = new Promise((resolve, reject) => {
+  if (live.script) return live.script;
+  const script = h("script", { attrs: { src: url, async: "" } });
+  const seconds = SCRIPT_TIMEOUT_MS / 1000;
+  live.script = new Promise((resolve, reject) => {
     const timer = setTimeout(
       () =>
         reject(
-          new Error(
-            `the ChatKit script from ${url} did not define <${CHATKIT_TAG}> within ${SCRIPT_TIMEOUT_MS / 1000} s`,
-          ),
+          new Error(`the ChatKit script from ${url} did not define <${CHATKIT_TAG}> within ${seconds} s`),
         ),
       SCRIPT_TIMEOUT_MS,
     );
     script.addEventListener("error", () => {
       clearTimeout(timer);
-      reject(new Error(cantLoad));
+      reject(new Error(`the ChatKit script could not be loaded from ${url} — offline or blocked?`));
     });
     customElements.whenDefined(CHATKIT_TAG).then(() => {
       clearTimeout(timer);
       log("page", `ChatKit script loaded: <${CHATKIT_TAG}> is defined`);
-      resolve();
+      resolve(undefined);
     });
-  }).catch((err) => {
-    // Forget the failed attempt so Retry loads the script again.
-    script.remove();
-    scriptPromise = null;
-    throw err;
+  });
+  live.script.catch(() => {
+    script.remove(); // forget the failed attempt so Retry loads the script again
+    live.script = null;
   });
   log("page", `loading ChatKit script from ${url}`);
   document.head.append(script);
-  return scriptPromise;
+  return live.script;
 }
 
 // ---------------------------------------------------------------- mounting
 
-async function mintSecret(workflow, previousSessionId) {
-  const body = { workflow: workflow.name };
-  if (previousSessionId) body.previous_session_id = previousSessionId;
-  const data = await api("POST", "/api/chatkit/session", body);
-  const ttl = data.expires_at ? Math.round(data.expires_at - Date.now() / 1000) : null;
-  log(
-    "page",
-    `secret minted for ${workflow.name}: session ${data.session_id}` +
-      (ttl !== null ? `, expires in ${ttl} s` : "") +
-      (data.mock ? " (mock)" : ""),
-  );
-  return data;
+/** Forgets whatever was mounted: the element, the console, pending mints. */
+function unmount() {
+  live.generation += 1;
+  live.abort?.abort();
+  live.abort = null;
+  live.connection?.disconnect();
+  live.connection = null;
+  live.element?.remove();
+  live.element = null;
+  live.api = null;
+  live.client = null;
+  update(() => {
+    state.view = "placeholder";
+    state.backend = null;
+    state.console = {
+      transcript: emptyTranscript(),
+      threads: null,
+      busy: false,
+      error: null,
+      failedText: null,
+    };
+  });
 }
 
-function useMockBackend() {
-  return state.config.mode === "mock" && Boolean(state.config.mock_backend_url);
-}
-
+/** @param {Workflow} workflow */
 async function mount(workflow) {
-  const gen = ++state.generation;
-  const current = () => gen === state.generation;
-  state.workflow = workflow;
-  state.retry = () => mount(workflow);
-  markSelected(workflow.name);
   unmount();
-  let options;
-  if (useMockBackend()) {
-    log("page", `mounting ChatKit against the mock backend ${state.config.mock_backend_url}`);
-    // Custom-backend mode against the broker's mock ChatKit server: no secret to fetch.
-    options = {
-      api: {
-        url: state.config.mock_backend_url,
-        domainKey: state.config.domain_key ?? "local-dev", // required by ChatKit even locally
-        fetch: (input, init = {}) => {
-          const headers = authHeaders(init.headers ?? (input instanceof Request ? input.headers : {}));
-          return loggedFetch(input, { ...init, headers });
-        },
-      },
-    };
-  } else {
-    log("page", `mounting ChatKit for workflow ${workflow.name}`);
-    // Hosted mode (and mock mode without a backend): fetch the first secret *before* mounting,
-    // so ChatKit's mount-time getClientSecret(null) never waits on a slow or failing broker.
-    setStatus("fetching");
-    let first;
-    try {
-      first = await mintSecret(workflow);
-    } catch (err) {
-      if (current()) fail(err);
-      return;
-    }
-    if (!current()) return;
-    let unused = first.client_secret;
-    let sessionId = first.session_id;
-    options = {
-      api: {
-        getClientSecret: async (currentSecret) => {
-          if (!current()) throw new Error("this ChatKit instance was replaced");
-          if (currentSecret === null && unused) {
-            const secret = unused;
-            unused = null;
-            log("page", "getClientSecret(null): handing over the first secret");
-            return secret;
-          }
-          log("page", `getClientSecret(${currentSecret ? "current" : "null"}): minting a new secret`);
-          try {
-            const next = await mintSecret(workflow, sessionId);
-            sessionId = next.session_id;
-            return next.client_secret;
-          } catch (err) {
-            if (current()) fail(err, "refresh failed: ");
-            throw err;
-          }
-        },
-      },
-    };
-  }
+  const generation = live.generation;
+  const current = () => generation === live.generation;
+  const abort = new AbortController();
+  live.abort = abort;
+  const config = /** @type {Config} */ (state.config);
+  update(() => {
+    state.selected = workflow.name;
+    state.retry = "retry-mount";
+  });
+  setStatus("fetching");
+  log("page", `connecting ChatKit for workflow ${workflow.name}`);
 
-  setStatus("loading");
+  let api;
   try {
-    await loadChatKitScript(state.config.chatkit_js_url);
+    api = await createChatKitApi({
+      workflow: workflow.name,
+      // mock mode accepts anonymous callers; live mode always has a token here
+      getToken: state.token ? () => state.token : undefined,
+      signal: abort.signal,
+      onEvent: (e) => onKitEvent(e, generation),
+    });
   } catch (err) {
     if (current()) fail(err);
     return;
   }
   if (!current()) return;
+  live.api = api;
+  update(() => (state.backend = describeApi(api)));
 
-  const el = document.createElement(CHATKIT_TAG);
-  el.className = "chatkit";
-  for (const name of CHATKIT_EVENTS) {
-    el.addEventListener(name, (event) => onChatKitEvent(name, event, current));
+  setStatus("loading");
+  try {
+    await loadChatKitScript(config.chatkit_js_url);
+  } catch (err) {
+    if (!current()) return;
+    fail(err);
+    if ("url" in api) openConsole(api);
+    return;
   }
+  if (!current()) return;
+
+  const element = h(CHATKIT_TAG, { class: "chatkit" });
+  live.element = element;
+  update(() => (state.view = "chatkit"));
+  render(); // the element is in the page before ChatKit gets its options
   const readyTimer = setTimeout(() => {
-    if (current() && $("status").dataset.state === "loading") {
-      fail(new Error(`ChatKit did not report ready within ${READY_TIMEOUT_MS / 1000} s — look at the browser console`));
+    if (current() && state.status.name === "loading") {
+      fail(
+        new Error(
+          `ChatKit did not report ready within ${READY_TIMEOUT_MS / 1000} s — look at the browser console`,
+        ),
+      );
     }
   }, READY_TIMEOUT_MS);
-  el.addEventListener("chatkit.ready", () => clearTimeout(readyTimer), { once: true });
-  $("chat").append(el);
-  $("chat-placeholder").hidden = true;
-  el.setOptions(options);
+  element.addEventListener("chatkit.ready", () => clearTimeout(readyTimer), { once: true });
+  try {
+    live.connection = await connectChatKit(element, { api, signal: abort.signal });
+  } catch (err) {
+    if (current()) fail(err);
+  }
 }
 
-function onChatKitEvent(name, event, current) {
-  const detail = event.detail;
-  const isError = name === "chatkit.error";
-  log("chatkit", name, {
-    level: isError ? "error" : "info",
-    detail: detail ?? undefined,
+async function doSignOut() {
+  const api = live.api;
+  if (!api) return;
+  try {
+    await signOut(api);
+  } catch (err) {
+    fail(err, "sign-out failed: ");
+    return;
+  }
+  unmount();
+  update(() => {
+    state.selected = null;
+    state.retry = null;
   });
-  if (!current()) return;
-  if (name === "chatkit.ready") setStatus("ready");
-  if (isError && $("status").dataset.state !== "ready") {
-    const e = detail?.error;
-    fail(new Error(`ChatKit reported an error: ${e?.message || describe(detail)}`));
+  setStatus("idle");
+}
+
+// ---------------------------------------------------------------- the protocol console
+
+/** @param {import("./chatkit-broker.js").CustomApi} api */
+function openConsole(api) {
+  const generation = live.generation;
+  live.client = new ProtocolClient({
+    url: api.url,
+    fetch: api.fetch,
+    onEvent: (event, request) => {
+      if (generation === live.generation) log("sse", `${request} ← ${event.type}`, { detail: event });
+    },
+  });
+  log("page", `ChatKit is unavailable: the protocol console talks to ${displayPath(api.url)} directly`, {
+    level: "warn",
+  });
+  update(() => (state.view = "console"));
+}
+
+/**
+ * Runs one console request; a failure shows in the console (with Retry), never unhandled.
+ * @param {(client: ProtocolClient) => Promise<void>} work
+ * @param {string | null} [failedText] the message to send again on Retry
+ */
+async function consoleRun(work, failedText = null) {
+  const client = live.client;
+  if (!client || state.console.busy) return;
+  const generation = live.generation;
+  update(() => {
+    state.console.busy = true;
+    state.console.error = null;
+    state.console.transcript.error = null;
+  });
+  try {
+    await work(client);
+    if (generation === live.generation) update(() => (state.console.failedText = null));
+  } catch (err) {
+    if (generation !== live.generation) return;
+    const problem = { reason: reasonFor(err), detail: detailFor(err) };
+    log("console", `error: ${problem.reason}${problem.detail ? ` [${problem.detail}]` : ""}`, {
+      level: "error",
+    });
+    update(() => {
+      state.console.error = problem;
+      state.console.failedText = failedText;
+    });
+  } finally {
+    if (generation === live.generation) update(() => (state.console.busy = false));
   }
 }
 
-function unmount() {
-  for (const el of $("chat").querySelectorAll(CHATKIT_TAG)) el.remove();
-  $("chat-placeholder").hidden = false;
+/** @param {string} text */
+function consoleSend(text) {
+  const t = state.console.transcript;
+  const changed = () => update();
+  return consoleRun(
+    (client) =>
+      t.threadId
+        ? client.addUserMessage(t.threadId, text, t, changed)
+        : client.createThread(text, t, changed),
+    text,
+  );
 }
 
-// ---------------------------------------------------------------- workflows
-
-function markSelected(name) {
-  for (const b of $("workflows").querySelectorAll("button")) {
-    b.setAttribute("aria-pressed", String(b.dataset.workflow === name));
+function consoleRetry() {
+  const t = state.console.transcript;
+  const users = t.messages.filter((m) => m.role === "user");
+  const last = users[users.length - 1];
+  if (state.console.failedText !== null && (!last || last.text !== state.console.failedText)) {
+    // The failed message never reached the thread: send it again.
+    return consoleSend(state.console.failedText);
   }
+  if (!t.threadId || !last) return;
+  update(() => (t.messages = t.messages.slice(0, t.messages.indexOf(last) + 1)));
+  return consoleRun((client) =>
+    client.retryAfterItem(/** @type {string} */ (t.threadId), last.id, t, () => update()),
+  );
 }
 
-function showWorkflowsMessage(text) {
-  const p = document.createElement("p");
-  p.className = "hint";
-  p.textContent = text;
-  $("workflows").replaceChildren(p);
+function consoleListThreads() {
+  return consoleRun(async (client) => {
+    const page = await client.listThreads();
+    update(
+      () => (state.console.threads = page.data.map((th) => ({ id: th.id, title: th.title || "(untitled)" }))),
+    );
+  });
 }
+
+/** @param {string} threadId */
+function consoleOpenThread(threadId) {
+  return consoleRun(async (client) => {
+    const transcript = await client.loadThread(threadId);
+    update(() => {
+      state.console.transcript = transcript;
+      state.console.threads = null;
+    });
+  });
+}
+
+// ---------------------------------------------------------------- workflows and config
 
 async function loadWorkflows() {
-  state.retry = loadWorkflows;
-  if (state.config.auth_required && !state.token) {
-    showWorkflowsMessage("Paste a token above to see your workflows.");
+  update(() => (state.retry = "retry-workflows"));
+  if (state.config?.auth_required && !state.token) {
+    update(() => {
+      state.workflows = null;
+      state.workflowsNote = "Paste a token above to see your workflows.";
+    });
     setStatus("idle");
     return;
   }
   let data;
   try {
-    data = await api("GET", "/api/chatkit/workflows");
+    data = await getJson("/api/chatkit/workflows");
   } catch (err) {
-    showWorkflowsMessage("Could not load workflows.");
+    update(() => {
+      state.workflows = null;
+      state.workflowsNote = "Could not load workflows.";
+    });
     fail(err);
     return;
   }
-  const list = data.workflows || [];
-  if (list.length === 0) {
-    showWorkflowsMessage("No workflows are allowed for this token.");
-  } else {
-    $("workflows").replaceChildren(...list.map(workflowButton));
-    if (state.workflow) markSelected(state.workflow.name);
-  }
+  /** @type {Workflow[]} */
+  const list = Array.isArray(data?.workflows) ? data.workflows : [];
+  update(() => {
+    state.workflows = list;
+    state.workflowsNote = list.length ? "" : "No workflows are allowed for this token.";
+  });
   log("page", `${list.length} workflow${list.length === 1 ? "" : "s"} available`);
-  if ($("status").dataset.state === "error") setStatus("idle");
+  if (state.status.name === "error") setStatus("idle");
 }
 
-function workflowButton(wf) {
-  const b = document.createElement("button");
-  b.type = "button";
-  b.className = "workflow";
-  b.dataset.workflow = wf.name;
-  b.setAttribute("aria-pressed", "false");
-  if (wf.id) b.title = wf.id;
-  const label = document.createElement("span");
-  label.className = "wf-label";
-  label.textContent = wf.label || wf.name;
-  b.append(label);
-  if (label.textContent !== wf.name) {
-    const name = document.createElement("span");
-    name.className = "wf-name";
-    name.textContent = wf.name;
-    b.append(name);
+async function loadConfig() {
+  update(() => (state.retry = "retry-config"));
+  try {
+    const config = await getJson("/api/chatkit/config");
+    update(() => (state.config = config));
+  } catch (err) {
+    update(() => (state.workflowsNote = "Could not read the broker's configuration."));
+    fail(err);
+    return;
   }
-  b.addEventListener("click", () => mount(wf));
-  return b;
+  const config = /** @type {Config} */ (state.config);
+  log("page", `mode ${config.mode}; ChatKit script ${config.chatkit_js_url}`, { detail: config });
+  /** @type {HTMLInputElement} */ ($("token")).value = state.token; // the field's initial value, once
+  await loadWorkflows();
+}
+
+/** @param {string} value */
+function useToken(value) {
+  const token = value.trim();
+  update(() => (state.token = token));
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  log("page", token ? "token set" : "token cleared");
+  loadWorkflows();
+}
+
+function retry() {
+  if (state.retry === "retry-config") loadConfig();
+  else if (state.retry === "retry-workflows") loadWorkflows();
+  else if (state.retry === "retry-mount") {
+    const wf = state.workflows?.find((w) => w.name === state.selected);
+    if (wf) mount(wf);
+  }
+}
+
+// ---------------------------------------------------------------- render
+
+/** @type {Map<string, string>} */
+const drawn = new Map();
+
+/** Redraws one part of the page when what it shows has changed. @param {string} part @param {unknown} shows @param {() => void} draw */
+function part(part, shows, draw) {
+  const key = JSON.stringify(shows);
+  if (drawn.get(part) === key) return;
+  drawn.set(part, key);
+  draw();
+}
+
+/** @param {HTMLElement} el @param {string | undefined | null} text */
+function showText(el, text) {
+  el.textContent = text || "";
+  el.hidden = !text;
+}
+
+function render() {
+  const { config, status } = state;
+  part("mode", config?.mode ?? null, () => {
+    const mode = config?.mode ?? "unknown";
+    $("mode").dataset.mode = mode;
+    $("mode").textContent = `mode: ${config ? mode : "…"}`;
+    $("mock-banner").hidden = mode !== "mock";
+    $("token-box").hidden = !config;
+    $("token-optional").hidden = !config || config.auth_required;
+  });
+
+  part("workflows", [state.workflows, state.workflowsNote, state.selected], () => {
+    const list = state.workflows ?? [];
+    if (!list.length) {
+      $("workflows").replaceChildren(h("p", { class: "hint", text: state.workflowsNote }));
+      return;
+    }
+    $("workflows").replaceChildren(
+      ...list.map((wf) => {
+        const label = wf.label || wf.name;
+        return h(
+          "button",
+          {
+            class: "workflow",
+            data: { workflow: wf.name },
+            attrs: {
+              type: "button",
+              "aria-pressed": String(wf.name === state.selected),
+              ...(wf.id ? { title: wf.id } : {}),
+            },
+            on: { click: () => mount(wf) },
+          },
+          h(
+            "span",
+            { class: "wf-head" },
+            h("span", { class: "wf-label", text: label }),
+            wf.kind && h("span", { class: "wf-kind", data: { kind: wf.kind }, text: wf.kind }),
+          ),
+          label !== wf.name && h("span", { class: "wf-name", text: wf.name }),
+        );
+      }),
+    );
+  });
+
+  part(
+    "backend",
+    state.backend && [state.backend.kind, state.backend.backendUrl, state.backend.sessionId],
+    () => {
+      const b = state.backend;
+      const rows = b
+        ? [
+            ["kind", b.kind],
+            [
+              "URL",
+              b.backendUrl ? displayPath(b.backendUrl) : "OpenAI (hosted; ChatKit talks to api.openai.com)",
+            ],
+            ["session", b.sessionId],
+          ]
+        : [["kind", "—"]];
+      $("backend").replaceChildren(
+        ...rows.flatMap(([k, v]) => [
+          h("dt", { text: k }),
+          h("dd", { text: v, data: { field: k.toLowerCase() } }),
+        ]),
+      );
+      $("backend").dataset.kind = b?.kind ?? "none";
+    },
+  );
+
+  part("status", [status, state.retry, Boolean(state.backend)], () => {
+    $("status").dataset.state = status.name;
+    $("status-text").textContent = STATUS_TEXT[status.name];
+    showText($("status-reason"), status.reason);
+    showText($("status-detail"), status.detail);
+    /** @type {HTMLButtonElement} */ ($("retry")).disabled = !(status.name === "error" && state.retry);
+    /** @type {HTMLButtonElement} */ ($("sign-out")).disabled = !state.backend;
+  });
+
+  part("chat", [state.view, live.generation], () => {
+    $("chat-placeholder").hidden = state.view !== "placeholder";
+    $("console").hidden = state.view !== "console";
+    $("chat").dataset.view = state.view;
+    for (const el of $("chat").querySelectorAll(CHATKIT_TAG)) if (el !== live.element) el.remove();
+    if (state.view === "chatkit" && live.element && !live.element.isConnected) $("chat").append(live.element);
+  });
+
+  if (state.view === "console") renderConsole();
+  renderLog();
+}
+
+function renderConsole() {
+  const c = state.console;
+  const t = c.transcript;
+  part("console-head", [live.client?.url, state.backend?.kind, t.threadId, t.title, c.busy], () => {
+    $("console-url").textContent = live.client ? displayPath(live.client.url) : "";
+    $("console-input").setAttribute(
+      "placeholder",
+      state.backend?.kind === "mock"
+        ? "Message the mock backend (try /slow or /error)"
+        : "Message the backend",
+    );
+    $("console-thread").textContent = t.threadId
+      ? `thread ${t.threadId}${t.title ? ` · ${t.title}` : ""}`
+      : "new thread";
+    for (const id of ["console-new", "console-threads", "console-send"]) {
+      /** @type {HTMLButtonElement} */ ($(id)).disabled = c.busy;
+    }
+  });
+  part("console-threads", c.threads, () => {
+    const list = $("console-thread-list");
+    list.hidden = c.threads === null;
+    list.replaceChildren(
+      ...(c.threads?.length
+        ? c.threads.map((th) =>
+            h(
+              "li",
+              {},
+              h(
+                "button",
+                {
+                  class: "quiet",
+                  data: { thread: th.id },
+                  attrs: { type: "button" },
+                  on: { click: () => consoleOpenThread(th.id) },
+                },
+                h("span", { text: th.title }),
+                h("code", { text: th.id }),
+              ),
+            ),
+          )
+        : [h("li", { class: "hint", text: "No threads yet." })]),
+    );
+  });
+  part("console-transcript", [t.messages, t.progress, t.error], () => {
+    const items = t.messages.map((m) =>
+      h(
+        "li",
+        { class: `turn ${m.role}`, data: { role: m.role, done: String(m.done) } },
+        h("span", { class: "who", text: m.role === "user" ? "you" : m.role }),
+        h("p", { class: "text", text: m.text || (m.done ? "" : "…") }),
+      ),
+    );
+    if (t.progress) items.push(h("li", { class: "turn progress", text: t.progress }));
+    if (!items.length)
+      items.push(h("li", { class: "hint", text: "Send a message to start a thread (threads.create)." }));
+    const list = $("console-transcript");
+    list.replaceChildren(...items);
+    list.scrollTop = list.scrollHeight;
+  });
+  const problem =
+    c.error ??
+    (t.error
+      ? { reason: t.error.message, detail: t.error.allowRetry ? "the backend allows a retry" : undefined }
+      : null);
+  part("console-error", [problem, c.busy], () => {
+    $("console-error").hidden = !problem;
+    showText($("console-error-reason"), problem?.reason);
+    showText($("console-error-detail"), problem?.detail);
+    /** @type {HTMLButtonElement} */ ($("console-retry")).disabled = c.busy;
+  });
+}
+
+let logShown = 0;
+let logEpochShown = 0;
+
+/** Appends the entries not shown yet (the log only grows, until it is cleared). */
+function renderLog() {
+  const list = $("log");
+  if (logEpochShown !== state.logEpoch) {
+    list.replaceChildren();
+    logEpochShown = state.logEpoch;
+  }
+  const fresh = state.log.filter((e) => e.id > logShown);
+  if (!fresh.length) return;
+  list.append(
+    ...fresh.map((e) =>
+      h(
+        "li",
+        { class: `entry ${e.level}`, data: { kind: e.kind } },
+        h("time", { text: e.time }),
+        h("span", { class: "kind", text: e.kind }),
+        h("span", { class: "msg", text: e.text }),
+        e.detail !== undefined && h("code", { class: "detail", text: e.detail }),
+      ),
+    ),
+  );
+  while (list.childElementCount > LOG_KEEP) list.firstElementChild?.remove();
+  logShown = fresh[fresh.length - 1].id;
+  if (state.logFollows) list.scrollTop = list.scrollHeight;
 }
 
 // ---------------------------------------------------------------- start-up
 
-function showToken() {
-  $("token-box").hidden = false;
-  $("token-optional").hidden = state.config.auth_required;
-  $("token").value = state.token;
-}
-
-function useToken(value) {
-  state.token = value.trim();
-  if (state.token) sessionStorage.setItem(TOKEN_KEY, state.token);
-  else sessionStorage.removeItem(TOKEN_KEY);
-  log("page", state.token ? "token set" : "token cleared");
-  loadWorkflows();
-}
-
-async function loadConfig() {
-  state.retry = loadConfig;
-  try {
-    state.config = await api("GET", "/api/chatkit/config");
-  } catch (err) {
-    showWorkflowsMessage("Could not read the broker's configuration.");
-    fail(err);
-    return;
-  }
-  const mode = state.config.mode;
-  $("mode").dataset.mode = mode;
-  $("mode").textContent = `mode: ${mode}`;
-  $("mock-banner").hidden = mode !== "mock";
-  log("page", `mode ${mode}; ChatKit script ${state.config.chatkit_js_url}`, {
-    detail: state.config,
+function start() {
+  const logList = $("log");
+  logList.addEventListener("scroll", () => {
+    // The log stays at its newest entry unless the reader scrolled up to read.
+    state.logFollows = logList.scrollTop + logList.clientHeight >= logList.scrollHeight - 4;
   });
-  showToken();
-  await loadWorkflows();
+  new ResizeObserver(() => {
+    if (state.logFollows) logList.scrollTop = logList.scrollHeight;
+  }).observe(logList);
+  $("log-clear").addEventListener("click", () =>
+    update(() => {
+      state.log = [];
+      state.logEpoch += 1;
+      state.logFollows = true;
+    }),
+  );
+  $("retry").addEventListener("click", retry);
+  $("sign-out").addEventListener("click", doSignOut);
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    useToken(/** @type {HTMLInputElement} */ ($("token")).value);
+  });
+  $("token-forget").addEventListener("click", () => {
+    /** @type {HTMLInputElement} */ ($("token")).value = "";
+    useToken("");
+  });
+  $("console-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = /** @type {HTMLTextAreaElement} */ ($("console-input"));
+    const text = input.value.trim();
+    if (!text || state.console.busy) return;
+    input.value = "";
+    consoleSend(text);
+  });
+  $("console-input").addEventListener("keydown", (event) => {
+    const e = /** @type {KeyboardEvent} */ (event);
+    if (e.key === "Enter" && !e.shiftKey) {
+      e.preventDefault();
+      /** @type {HTMLFormElement} */ ($("console-form")).requestSubmit();
+    }
+  });
+  $("console-retry").addEventListener("click", consoleRetry);
+  $("console-new").addEventListener("click", () =>
+    update(() => {
+      state.console.transcript = emptyTranscript();
+      state.console.error = null;
+      state.console.threads = null;
+    }),
+  );
+  $("console-threads").addEventListener("click", consoleListThreads);
+  render();
+  loadConfig();
 }
 
-watchLogScroll();
-$("log-clear").addEventListener("click", () => {
-  $("log").replaceChildren();
-  logFollows = true;
-});
-$("retry").addEventListener("click", () => state.retry?.());
-$("token-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  useToken($("token").value);
-});
-$("token-forget").addEventListener("click", () => {
-  $("token").value = "";
-  useToken("");
-});
-loadConfig();
+start();
