@@ -16,8 +16,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from .errors import InvalidRequest, render
-from .openapi import _error
 from .logs import request_id_var
+from .openapi import _error
 
 ALLOW_METHODS = ("GET", "POST")
 ALLOW_HEADERS = ("Authorization", "Content-Type", "X-Request-ID")
