@@ -6,7 +6,8 @@ the per-workflow routing and the runs/threads routes in front of it, on SQLite a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from broker.backends.agent.store import (
 from broker.config import load_settings
 
 from ...support import app_client, auth
+from ...support.adversarial import SecretWatch
 from ...support.fake_responses import FakeResponses, text
 from .harness import sse
 from .test_protocol import MESSAGE, foreign_requests
@@ -47,6 +49,17 @@ async def snapshot(db_url: str) -> dict[str, list[tuple[Any, ...]]]:
             }
     finally:
         await store.close()
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_the_log(caplog: pytest.LogCaptureFixture, token) -> Iterator[SecretWatch]:
+    """Every log line of the test, scanned at the end for the secrets it handled."""
+    watch = SecretWatch()
+    watch.add(SESSION_SECRET, token("alice"), token("bob"))
+    with caplog.at_level(logging.DEBUG):
+        yield watch
+    assert watch.check(caplog.text) > 0  # there were log lines, and none held a secret
+    assert "Traceback" not in caplog.text
 
 
 @pytest.fixture

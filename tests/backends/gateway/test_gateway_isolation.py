@@ -5,7 +5,12 @@ answers as bob (its own 404s, passed through), never as alice, and alice's threa
 
 from __future__ import annotations
 
+import logging
+
 import httpx
+import pytest
+
+from tests.support.adversarial import SecretWatch
 
 from .test_broker_gateway import Stack, create, reply_text, stack, token
 
@@ -19,7 +24,11 @@ FORGED = {
 }
 
 
-async def test_bob_never_reaches_alices_thread_through_the_gateway(stack: Stack) -> None:
+async def test_bob_never_reaches_alices_thread_through_the_gateway(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    watch = SecretWatch()
     async with httpx.AsyncClient(base_url=stack.broker, timeout=10) as browser:
         alice = {"Authorization": f"Bearer {token('alice')}"}
         r = await browser.post("/chatkit/example", json=create("alice's secret"), headers=alice)
@@ -43,6 +52,7 @@ async def test_bob_never_reaches_alices_thread_through_the_gateway(stack: Stack)
             headers={"Authorization": f"Bearer {token('bob')}"},
         )
         assert minted.status_code == 200, minted.text
+        watch.add(minted.json()["client_secret"], token("alice"), token("bob"))
         message = create("x")["params"]["input"]
         requests = [
             ("threads.get_by_id", {"thread_id": thread_id}),
@@ -85,3 +95,5 @@ async def test_bob_never_reaches_alices_thread_through_the_gateway(stack: Stack)
             )
         ).json()
         assert items_after == items_before
+    assert watch.check(caplog.text) > 0  # JWTs, session secrets, assertions: in no log line
+    assert "Traceback" not in caplog.text
