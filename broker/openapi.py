@@ -742,10 +742,14 @@ def documented_operations() -> set[tuple[str, str]]:
 
 
 def openapi_document(
-    *, mock: bool = False, routed: Iterable[tuple[str, str]] | None = None
+    *,
+    mock: bool = False,
+    routed: Iterable[tuple[str, str]] | None = None,
+    cors_origins: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The document for one running broker: only the operations it routes (``routed``, as
-    ``(path, METHOD)``; all when None), with what mock mode changes written in."""
+    ``(path, METHOD)``; all when None), with what mock mode changes written in, and a CORS
+    preflight (``options``) on each path when ``cors_origins`` are configured."""
     keep = None if routed is None else {(p, m.upper()) for p, m in routed}
     paths: dict[str, Any] = {}
     for path, ops in OPERATIONS.items():
@@ -778,6 +782,17 @@ def openapi_document(
                 if path.startswith("/api/"):
                     headers["Cache-Control"] = {"$ref": "#/components/headers/Cache-Control"}
             paths.setdefault(path, {})[method] = op
+    if cors_origins:
+        from .cors import preflight_operation
+
+        for path, ops in paths.items():
+            op = preflight_operation(path, cors_origins)
+            for response in op["responses"].values():
+                if "$ref" not in response:
+                    response.setdefault("headers", {})["X-Request-ID"] = {
+                        "$ref": "#/components/headers/X-Request-ID"
+                    }
+            ops["options"] = op
 
     schemas = copy.deepcopy(_SCHEMAS)
     mode = {"const": mock}

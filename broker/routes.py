@@ -161,6 +161,9 @@ async def openapi_json(request: Request) -> Response:
     doc = getattr(request.app.state, "openapi", None)
     if doc is None:
         routed = routed_operations(request.app.routes)
-        doc = openapi_document(mock=_broker(request).mock, routed=routed)
+        broker = _broker(request)
+        doc = openapi_document(
+            mock=broker.mock, routed=routed, cors_origins=broker.settings.allowed_origins
+        )
         request.app.state.openapi = doc
     return JSONResponse(doc)

@@ -33,6 +33,10 @@ SECRET_PATTERNS = {
     "session secret": re.compile(r"cks_[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_.-]{10,}"),
     "Authorization value": re.compile(r"Bearer\s+[A-Za-z0-9_.-]{16,}"),
     "JWT secret": re.compile(re.escape(SECRET)),
+    # a gateway assertion is a JWT too; this catches one logged with its header name, however cut
+    "ChatKit-Broker-Assertion value": re.compile(
+        r"(?i)chatkit[-_]broker[-_]assertion[\"':=\s]+(?:bearer\s+)?eyJ"
+    ),
 }
 
 
