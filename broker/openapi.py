@@ -317,6 +317,25 @@ _UPSTREAM = {
 }
 _BEARER = [{"bearerAuth": []}]
 
+# the ChatKit protocol, as /chatkit/{name} and /mock/chatkit both speak it
+_CHATKIT_REQUEST: dict[str, Any] = {
+    JSON: {
+        "schema": {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"type": "string"}, "params": {"type": "object"}},
+        }
+    }
+}
+_CHATKIT_ANSWER: dict[str, Any] = {
+    "description": "A ChatKit JSON answer or an event stream.",
+    "content": {
+        JSON: {"schema": {"type": "object"}},
+        "text/event-stream": {"schema": {"type": "string"}},
+    },
+}
+
+
 OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "/api/chatkit/session": {
         "post": {
@@ -501,27 +520,10 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "description": "A ChatKit request (`threads.create`, `threads.list`, …). The "
                 "bearer is this workflow's session secret (`cks_…`) from /api/chatkit/session, "
                 "or the app's JWT.",
-                "content": {
-                    JSON: {
-                        "schema": {
-                            "type": "object",
-                            "required": ["type"],
-                            "properties": {
-                                "type": {"type": "string"},
-                                "params": {"type": "object"},
-                            },
-                        }
-                    }
-                },
+                "content": _CHATKIT_REQUEST,
             },
             "responses": {
-                "200": {
-                    "description": "A ChatKit JSON answer or an event stream.",
-                    "content": {
-                        JSON: {"schema": {"type": "object"}},
-                        "text/event-stream": {"schema": {"type": "string"}},
-                    },
-                },
+                "200": _CHATKIT_ANSWER,
                 "400": _error("Not a valid ChatKit request.", "invalid_request"),
                 "401": _UNAUTHENTICATED,
                 "403": _error("The caller may not use this workflow.", "workflow_not_allowed"),
@@ -694,27 +696,10 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "description": "A ChatKit request (`threads.create`, `threads.list`, …). The "
                 "bearer is a `cks_…` session secret from /api/chatkit/session, or a token as "
                 "in mock mode, or none (`mock-user`).",
-                "content": {
-                    JSON: {
-                        "schema": {
-                            "type": "object",
-                            "required": ["type"],
-                            "properties": {
-                                "type": {"type": "string"},
-                                "params": {"type": "object"},
-                            },
-                        }
-                    }
-                },
+                "content": _CHATKIT_REQUEST,
             },
             "responses": {
-                "200": {
-                    "description": "A ChatKit JSON answer or an event stream.",
-                    "content": {
-                        JSON: {"schema": {"type": "object"}},
-                        "text/event-stream": {"schema": {"type": "string"}},
-                    },
-                },
+                "200": _CHATKIT_ANSWER,
                 "400": _error(
                     "Not a ChatKit request, or one the mock does not fake (files, audio, "
                     "client tools).",
