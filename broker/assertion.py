@@ -200,7 +200,42 @@ class _Claims:
         return claims
 
 
-class AssertionSigner:
+class _Signer:
+    """What both signers share: fresh claims per request, signed with the subclass's key."""
+
+    algorithm: str
+    _key: Any
+    _claims: _Claims
+    _headers: dict[str, str]
+
+    @property
+    def issuer(self) -> str:
+        return self._claims.issuer
+
+    def sign(
+        self,
+        user: str,
+        *,
+        audience: str,
+        workflow: str,
+        session_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        body: bytes | None = None,
+    ) -> str:
+        """A fresh assertion for one request (a new ``jti`` every time); with ``body``, the
+        claim ``req_sha256`` binds it to that request body."""
+        claims = self._claims.build(
+            user,
+            audience=audience,
+            workflow=workflow,
+            session_id=session_id,
+            extra=extra,
+            body=body,
+        )
+        return jwt.encode(claims, self._key, algorithm=self.algorithm, headers=self._headers)
+
+
+class AssertionSigner(_Signer):
     """Mints ES256 assertions with the current key; publishes it and the previous keys.
 
     Rotation: put the new key in ``BROKER_ASSERTION_KEY`` and the old one in
@@ -249,32 +284,6 @@ class AssertionSigner:
         old = [load_previous_key(text) for text in previous]
         return cls(current, previous=old, issuer=issuer, lifetime=lifetime)
 
-    @property
-    def issuer(self) -> str:
-        return self._claims.issuer
-
-    def sign(
-        self,
-        user: str,
-        *,
-        audience: str,
-        workflow: str,
-        session_id: str | None = None,
-        extra: Mapping[str, Any] | None = None,
-        body: bytes | None = None,
-    ) -> str:
-        """A fresh assertion for one request (a new ``jti`` every time); with ``body``, the
-        claim ``req_sha256`` binds it to that request body."""
-        claims = self._claims.build(
-            user,
-            audience=audience,
-            workflow=workflow,
-            session_id=session_id,
-            extra=extra,
-            body=body,
-        )
-        return jwt.encode(claims, self._key, algorithm="ES256", headers=self._headers)
-
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         """The public key set for ``GET /.well-known/jwks.json``: current key first."""
         keys = [self._jwk]
@@ -296,7 +305,7 @@ def load_previous_key(text: str) -> ec.EllipticCurvePublicKey | ec.EllipticCurve
     return key
 
 
-class HMACAssertionSigner:
+class HMACAssertionSigner(_Signer):
     """HS256 assertions under one shared secret, for ``assertion = "hs256"`` workflows.
 
     Simpler to verify (no JWKS), but the backend holding the secret could mint assertions
@@ -315,6 +324,7 @@ class HMACAssertionSigner:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._secret = secret.encode() if isinstance(secret, str) else bytes(secret)
+        self._key = self._secret
         if len(self._secret) < MIN_SECRET_BYTES:
             raise ValueError(f"the assertion secret must be at least {MIN_SECRET_BYTES} bytes")
         self._claims = _Claims(issuer, lifetime, clock)
@@ -322,30 +332,6 @@ class HMACAssertionSigner:
         canonical = json.dumps({"k": _b64url(self._secret), "kty": "oct"}, separators=(",", ":"))
         self.kid = _b64url(hashlib.sha256(canonical.encode()).digest())
         self._headers = {"kid": self.kid, "typ": ASSERTION_TYP}
-
-    @property
-    def issuer(self) -> str:
-        return self._claims.issuer
-
-    def sign(
-        self,
-        user: str,
-        *,
-        audience: str,
-        workflow: str,
-        session_id: str | None = None,
-        extra: Mapping[str, Any] | None = None,
-        body: bytes | None = None,
-    ) -> str:
-        claims = self._claims.build(
-            user,
-            audience=audience,
-            workflow=workflow,
-            session_id=session_id,
-            extra=extra,
-            body=body,
-        )
-        return jwt.encode(claims, self._secret, algorithm="HS256", headers=self._headers)
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         return {"keys": []}
