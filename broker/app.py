@@ -35,15 +35,14 @@ from .backends.hosted import HostedBackend
 from .backends.mock import MOCK_USER, MockBackend, MockChatKitBackend
 from .chatkit_endpoint import ChatKitEndpoint
 from .config import ConfigError, Settings, load_settings, read_environment
-from .cors import cors_middleware
+from .edge import Edge
 from .errors import BrokerError, from_http_status, render
 from .gate import Gate
 from .http import HttpPool
 from .jwks import JWKSCache
 from .kit import KIT_FILE, kit_headers
-from .metrics import Metrics, MetricsMiddleware, count_mints, metrics_endpoint
-from .middleware import BodyLimit, MockGuard, RequestContext
-from .ratelimit import ClientAddress, ClientRateLimit, RateLimits
+from .metrics import Metrics, count_mints, metrics_endpoint
+from .ratelimit import ClientAddress, RateLimits
 from .registry import MemoryRegistry, RedisRegistry, SessionRegistry
 from .session_secrets import SessionSecrets
 from .sessions import SessionService
@@ -331,22 +330,21 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Starlette
         only = None if settings.test_page else frozenset({KIT_FILE})
         route_list.append(_PageMount("/", app=_TestPage(STATIC_DIR, csp, only)))
 
-    # outermost first: metrics see every answer; CORS headers reach 429s; the address
-    # limit runs before routing, so before any JWT work
-    middleware = [
-        Middleware(MetricsMiddleware, metrics=broker.metrics, routes=lambda: app.routes),
-        Middleware(RequestContext, mock=settings.mock),
-    ]
-    if settings.mock:
-        middleware.append(Middleware(MockGuard))
-    middleware.extend(cors_middleware(settings.allowed_origins))
-    addresses = ClientAddress(settings.trusted_proxies, mock=settings.mock)
-    middleware.append(Middleware(ClientRateLimit, limits=broker.limits, addresses=addresses))
-    middleware.append(Middleware(BodyLimit))
+    # one edge layer: request id, mock guard, CORS, the address limit (before routing, so
+    # before any JWT work), the body limit, metrics and the access log of every answer
+    edge = Middleware(
+        Edge,
+        metrics=broker.metrics,
+        routes=lambda: app.routes,
+        limits=broker.limits,
+        addresses=ClientAddress(settings.trusted_proxies, mock=settings.mock),
+        mock=settings.mock,
+        allowed_origins=settings.allowed_origins,
+    )
 
     app = Starlette(
         routes=route_list,
-        middleware=middleware,
+        middleware=[edge],
         exception_handlers={BrokerError: _broker_error, HTTPException: _http_error},
         lifespan=lifespan,
     )

@@ -89,7 +89,7 @@ def _database_problem(settings: Settings) -> str | None:
 def _run_uvicorn(uvicorn: Any, settings: Settings, args: argparse.Namespace, trusted: str) -> None:
     # Limits against slow and abusive clients (README "Reliability and security"):
     # request heads are capped at 64 KiB and must arrive within 10 s (broker/server.py; plain
-    # uvicorn has neither with httptools), bodies at 16 KiB within 10 s (middleware.BodyLimit),
+    # uvicorn has neither with httptools), bodies at 16 KiB within 10 s (edge.Edge),
     # idle keep-alive connections close after 10 s. No limit_concurrency: its 503s would turn
     # away real users whenever idle connections pile up; the deadlines bound those instead.
     uvicorn.run(

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.datastructures import Headers
-from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
@@ -98,18 +97,13 @@ def preflight_operation(path: str, origins: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def cors_middleware(origins: tuple[str, ...]) -> list[Middleware]:
-    """The CORS layer for these exact origins, or nothing when there are none."""
-    if not origins:
-        return []
-    return [
-        Middleware(
-            CORS,
-            allow_origins=list(origins),
-            allow_methods=list(ALLOW_METHODS),
-            allow_headers=list(ALLOW_HEADERS),
-            expose_headers=list(EXPOSE_HEADERS),
-            allow_credentials=False,
-            max_age=600,
-        )
-    ]
+def cors_options(origins: tuple[str, ...]) -> dict[str, Any]:
+    """The CORS layer's settings for these exact origins (the edge builds it when there are any)."""
+    return {
+        "allow_origins": list(origins),
+        "allow_methods": list(ALLOW_METHODS),
+        "allow_headers": list(ALLOW_HEADERS),
+        "expose_headers": list(EXPOSE_HEADERS),
+        "allow_credentials": False,
+        "max_age": 600,
+    }

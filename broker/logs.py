@@ -12,6 +12,7 @@ import re
 import sys
 import time
 from contextvars import ContextVar
+from typing import Any
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
@@ -33,6 +34,103 @@ ACCESS_FIELDS = (
     "relayed_bytes",
     "ttfb_ms",
 )
+
+
+# one encoder for every line (``json.dumps`` with options builds a new one per call), and the
+# C string quoter for the access line's text fields
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_STATE_FIELDS = ACCESS_FIELDS[4:]  # user, workflow, …: what handlers put in scope["state"]
+_direct: logging.StreamHandler | None = None  # the JSON handler of setup_logging, if any
+
+
+class AccessLog:
+    """One ``broker.access`` line per answered request, with the fields of ``ACCESS_FIELDS``.
+
+    Under ``serve`` (JSON logs, the one handler ``setup_logging`` installed) the line is
+    written straight to that handler's stream: the same JSON ``JSONFormatter`` writes, without
+    a ``LogRecord``, filters or a formatter per request (about 5 µs instead of 28). Anywhere
+    else — text logs, a test's ``caplog``, another handler — a normal record goes through
+    ``logging``, so nothing that listens misses a line.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._logger = logger or logging.getLogger("broker.access")
+
+    def request(
+        self, method: str, path: str, status: int, seconds: float, state: dict[str, Any]
+    ) -> None:
+        logger = self._logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        ms = round(seconds * 1000, 2)
+        handler = _direct
+        root = logging.root
+        if (
+            handler is not None
+            and len(root.handlers) == 1
+            and root.handlers[0] is handler
+            and logger.propagate
+            and not logger.handlers
+            and not logger.filters
+        ):
+            self._write(handler, method, path, status, ms, state)
+            return
+        record = logging.LogRecord(
+            logger.name, logging.INFO, "", 0, "%s %s %d %.1fms", (method, path, status, ms), None
+        )
+        fields = record.__dict__
+        fields["method"] = method
+        fields["path"] = path
+        fields["status"] = status
+        fields["ms"] = ms
+        for key in _STATE_FIELDS:
+            fields[key] = state.get(key)
+        logger.handle(record)
+
+    def _write(
+        self,
+        handler: logging.StreamHandler,
+        method: str,
+        path: str,
+        status: int,
+        ms: float,
+        state: dict[str, Any],
+    ) -> None:
+        quoted_path = _quote(path)
+        parts = [
+            '{"ts":',
+            repr(round(time.time(), 3)),
+            ',"level":"info","logger":"broker.access","msg":',
+            _quote(f"{method} {path} {status} {ms:.1f}ms"),
+            ',"request_id":',
+            _quote(state.get("request_id") or request_id_var.get()),
+            ',"method":',
+            _quote(method),
+            ',"path":',
+            quoted_path,
+            ',"status":',
+            str(status),
+            ',"ms":',
+            repr(ms),
+        ]
+        for key in _STATE_FIELDS:
+            value = state.get(key)
+            if value is not None:
+                parts.append(f',"{key}":')
+                parts.append(_quote(value) if type(value) is str else _encode(value))
+        parts.append("}\n")
+        line = "".join(parts)
+        handler.acquire()
+        try:
+            stream = handler.stream
+            stream.write(line)
+            stream.flush()
+        except Exception:  # as StreamHandler.emit: a broken log must not break the answer
+            record = logging.LogRecord("broker.access", logging.INFO, "", 0, line, None, None)
+            handler.handleError(record)
+        finally:
+            handler.release()
 
 
 def redact(text: str) -> str:
@@ -71,7 +169,7 @@ class JSONFormatter(logging.Formatter):
                 data[key] = value
         if record.exc_text:
             data["exc"] = record.exc_text
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        return _encode(data)
 
 
 class TextFormatter(logging.Formatter):
@@ -98,9 +196,11 @@ def setup_logging(fmt: str, level: str, *, secrets: tuple[str, ...] = ()) -> Non
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None  # no findCaller() stack walk per record
+    global _direct
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_Context(secrets))
+    _direct = handler if fmt == "json" else None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

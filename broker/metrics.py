@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,6 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import BrokerError
 
@@ -39,7 +37,6 @@ log = logging.getLogger("broker.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UPSTREAM_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -155,54 +152,6 @@ async def metrics_endpoint(request: Request) -> Response:
     else:
         body = metrics.render()
     return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-
-class MetricsMiddleware:
-    """Counts every answered request by route template (never the raw path), method, status.
-
-    Outermost, so it also sees answers made by other middleware (429, 413, 403, 500).
-    ``routes`` is read lazily (the app's final route list), to label those by their path.
-    """
-
-    def __init__(
-        self, app: ASGIApp, *, metrics: Metrics, routes: Callable[[], Iterable[Any]]
-    ) -> None:
-        self.app = app
-        self.metrics = metrics
-        self._routes = routes
-        self._known: frozenset[str] | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            method = scope["method"]
-            self.metrics.request(
-                self._label(scope), method if method in _METHODS else "other", status
-            )
-
-    def _label(self, scope: Scope) -> str:
-        route = scope.get("route")
-        if route is not None:
-            path = getattr(route, "path", "")
-            return f"{path}/*" if isinstance(route, Mount) else path
-        if self._known is None:
-            self._known = frozenset(
-                r.path for r in self._routes() if not isinstance(r, Mount) and hasattr(r, "path")
-            )
-        path = scope["path"]
-        return path if path in self._known else "unmatched"
 
 
 def count_mints(

@@ -22,10 +22,21 @@ def _broker(request: Request) -> Broker:
     return request.app.state.broker
 
 
+def header(request: Request, name: bytes) -> str | None:
+    """One request header (``name`` in lower case), read straight off the ASGI scope: the
+    hot path needs two, and Starlette's ``Headers`` and ``URL`` objects cost more than that."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 async def authenticate(request: Request, broker: Broker, *, count_mint: bool = False) -> Identity:
     """The caller's identity, through the gate (optional only in mock mode, SPEC §5)."""
     identity = await broker.gate.identify(
-        request.headers.get("authorization"), count_mint=count_mint, query=request.url.query
+        header(request, b"authorization"),
+        count_mint=count_mint,
+        query=request.scope.get("query_string", b"").decode("latin-1"),
     )
     request.state.user = identity.user
     return identity
@@ -33,7 +44,7 @@ async def authenticate(request: Request, broker: Broker, *, count_mint: bool = F
 
 async def json_body(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 that says what is wrong with it."""
-    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    content_type = (header(request, b"content-type") or "").split(";", 1)[0].strip().lower()
     if content_type != "application/json":
         raise InvalidRequest("Send the body as JSON with 'Content-Type: application/json'.")
     raw = await request.body()

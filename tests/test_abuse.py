@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.middleware import BODY_TIMEOUT
+from broker.edge import BODY_TIMEOUT
 from broker.server import HEAD_TIMEOUT, MAX_HEAD_BYTES
 
 from .support.adversarial import (

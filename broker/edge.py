@@ -1,0 +1,241 @@
+"""The edge: one pure-ASGI pass over every HTTP request before the router sees it.
+
+In order: the request id, the mock-mode loopback guard, CORS (only for requests that carry an
+``Origin``), the per-address limit, the body limit and deadline; after the answer, one metrics
+count and one access-log line. One layer rather than six because each layer that wraps
+``send`` to learn the status costs a closure and a frame on every message of every answer;
+here the status is learned once and the router and handlers see a request already checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from starlette.requests import ClientDisconnect
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .cors import CORS, cors_options
+from .errors import (
+    BrokerError,
+    InternalError,
+    MockLocalOnly,
+    PayloadTooLarge,
+    RequestTimeout,
+    render,
+)
+from .logs import AccessLog, request_id_var
+from .loopback import is_local_host_header, is_loopback_address
+from .metrics import Metrics
+from .ratelimit import LIMITED_PREFIXES, ClientAddress, RateLimits
+
+error_log = logging.getLogger("broker.error")
+
+MAX_BODY_BYTES = 16 * 1024
+# ChatKit requests carry whole messages (and server-side runs their input): a larger cap
+MAX_CHATKIT_BODY_BYTES = 256 * 1024
+LARGE_BODY_PREFIXES = ("/chatkit/", "/mock/chatkit", "/api/workflows/")
+BODY_TIMEOUT = 10.0
+# set by ``server.GuardedHttpToolsProtocol``: a ``BodyArrival`` saying the body is all there
+BODY_EXTENSION = "chatkit_broker.body"
+_REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_MOCK_ONLY = "Mock mode answers only requests from this machine to localhost, 127.0.0.1 or [::1]."
+
+
+async def send_error(send: Send, error: BrokerError, request_id: str) -> None:
+    """Answer with the error body directly from the edge (before any route runs)."""
+    rendered = render(error, request_id)
+    await send(
+        {"type": "http.response.start", "status": rendered.status, "headers": rendered.headers}
+    )
+    await send({"type": "http.response.body", "body": rendered.body})
+
+
+class Edge:
+    """Request id in and out, the headers every answer carries, the checks every request
+    passes, one metrics count and one access-log line; a JSON 500 (traceback to the log only)
+    for anything that escaped."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        routes: Callable[[], Iterable[Any]],
+        limits: RateLimits,
+        addresses: ClientAddress,
+        mock: bool = False,
+        allowed_origins: tuple[str, ...] = (),
+        access_log: AccessLog | None = None,
+        body_limit: int = MAX_BODY_BYTES,
+        large_body_limit: int = MAX_CHATKIT_BODY_BYTES,
+        body_timeout: float = BODY_TIMEOUT,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.limits = limits
+        self.addresses = addresses
+        self.mock = mock
+        self.access_log = access_log or AccessLog()
+        self.body_limit = body_limit
+        self.large_body_limit = large_body_limit
+        self.body_timeout = body_timeout
+        self._mode = [(b"x-chatkit-broker-mode", b"mock")] if mock else []
+        # CORS only wraps requests that carry an Origin; the rest never enter it
+        self._cors = (
+            CORS(self._admitted, **cors_options(allowed_origins)) if allowed_origins else None
+        )
+        self._routes = routes
+        self._known: frozenset[str] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        incoming = host = origin = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                incoming = value
+            elif key == b"host":
+                host = value
+            elif key == b"origin":
+                origin = value
+        if incoming is not None and _REQUEST_ID_RE.fullmatch(incoming):
+            request_id = incoming.decode()
+        else:
+            request_id = secrets.token_hex(8)
+        token = request_id_var.set(request_id)
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["request_id"] = request_id
+        path = scope["path"]
+        extra = [(b"x-request-id", request_id.encode()), *self._mode]
+        if path.startswith("/api/"):
+            extra.append((b"cache-control", b"no-store"))
+        status = 500
+        response_started = False
+
+        async def send_edge(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        try:
+            if self.mock and not self._local(scope, host):
+                await send_error(send_edge, MockLocalOnly(_MOCK_ONLY), request_id)
+            elif origin is not None and self._cors is not None:
+                await self._cors(scope, receive, send_edge)
+            else:
+                await self._admitted(scope, receive, send_edge)
+        except ClientDisconnect:
+            # the client hung up before its body arrived: nobody to answer, not a bug
+            if not response_started:
+                status = 499  # nginx's "client closed request", for the access log only
+        except Exception:
+            error_log.exception("unhandled error on %s %s", scope["method"], path)
+            if not response_started:
+                error = InternalError(
+                    "Something went wrong inside the broker; the request id is in its log."
+                )
+                await send_error(send_edge, error, request_id)
+        finally:
+            method = scope["method"]
+            self.metrics.request(
+                self._label(scope), method if method in _METHODS else "other", status
+            )
+            self.access_log.request(method, path, status, time.perf_counter() - started, state)
+            request_id_var.reset(token)
+
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The per-address limit, then the body limit around the app."""
+        path = scope["path"]
+        if path.startswith(LIMITED_PREFIXES):
+            error = await self.limits.hit_address(self.addresses(scope))
+            if error is not None:
+                await send_error(send, error, scope["state"]["request_id"])
+                return
+        limit = self.large_body_limit if path.startswith(LARGE_BODY_PREFIXES) else self.body_limit
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                if value.isdigit() and int(value) > limit:
+                    await send_error(send, _too_large(limit), scope["state"]["request_id"])
+                    return
+                break
+        extensions = scope.get("extensions")
+        arrival = extensions.get(BODY_EXTENSION) if extensions else None
+        await self.app(scope, self._limited(receive, limit, arrival), send)
+
+    def _limited(self, receive: Receive, limit: int, arrival: Any = None) -> Receive:
+        """``receive`` with the body capped at ``limit`` bytes and due ``body_timeout`` seconds
+        after the app first asks for it (408: a client that stops mid-body would otherwise
+        hold its handler forever). ``arrival`` is the protocol's word that the body is all
+        there (``server.BodyArrival``): then no timer is armed for a read that cannot wait."""
+        seen = 0
+        complete = False
+        deadline: float | None = None
+        timeout = self.body_timeout
+
+        async def limited_receive() -> Message:
+            nonlocal seen, complete, deadline
+            if complete:  # e.g. a streaming response listening for the disconnect
+                return await receive()
+            if arrival is not None and arrival.complete:
+                message = await receive()
+            else:
+                if deadline is None:
+                    deadline = asyncio.get_running_loop().time() + timeout
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:
+                    raise RequestTimeout(
+                        f"The request body did not arrive within {timeout:g} s.",
+                        headers={"Connection": "close"},
+                    ) from None
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _too_large(limit)
+                complete = not message.get("more_body", False)
+            else:
+                complete = True
+            return message
+
+        return limited_receive
+
+    def _local(self, scope: Scope, host: bytes | None) -> bool:
+        """Mock mode answers only loopback peers that name a local host (defeats DNS
+        rebinding); the socket peer counts, never ``X-Forwarded-For``: mock mode trusts no
+        proxy."""
+        client = scope.get("client")
+        peer = client[0] if client else None
+        return is_loopback_address(peer) and is_local_host_header((host or b"").decode("latin-1"))
+
+    def _label(self, scope: Scope) -> str:
+        """The route template for metrics (never the raw path, whose values are unbounded)."""
+        route = scope.get("route")
+        if route is not None:
+            path = getattr(route, "path", "")
+            return f"{path}/*" if isinstance(route, Mount) else path
+        if self._known is None:
+            self._known = frozenset(
+                r.path for r in self._routes() if not isinstance(r, Mount) and hasattr(r, "path")
+            )
+        path = scope["path"]
+        return path if path in self._known else "unmatched"
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than {limit // 1024} KiB.")
