@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from broker.config import ConfigError, load_settings
-from broker.ratelimit import ClientAddress, bucket
+from broker.ratelimit import ClientAddress, Limit, LocalCounters, bucket
 
 from .support import app_client, auth
 
@@ -235,3 +235,27 @@ async def test_window_expiry_lets_requests_through_again(make_settings, openai, 
         while (await c.post(MINT, json=SUPPORT, headers=alice)).status_code == 429:
             assert time.monotonic() < deadline, "the 1 s window never ended"
             await asyncio.sleep(0.05)
+
+
+def test_local_window_starts_at_the_first_hit_and_resets_after_it():
+    now = [1000.0]
+    counters = LocalCounters(clock=lambda: now[0])
+    limit = Limit.parse("user", "3/minute", "BROKER_RATE_LIMIT")
+    assert [counters.hit(limit, "alice") for _ in range(3)] == [None, None, None]
+    now[0] += 20
+    assert counters.hit(limit, "alice") == pytest.approx(40)  # refused: 40 s of the window left
+    assert counters.hit(limit, "bob") is None  # a count of its own
+    now[0] += 40  # the window that began at the first hit is over
+    assert counters.hit(limit, "alice") is None
+
+
+def test_local_counters_forget_expired_windows():
+    now = [0.0]
+    counters = LocalCounters(clock=lambda: now[0], sweep_every=100)
+    limit = Limit.parse("address", "5/second", "BROKER_IP_RATE_LIMIT")
+    for second in range(20):
+        now[0] = float(second)
+        for i in range(90):
+            counters.hit(limit, f"10.0.{second}.{i}")
+    # 1,800 addresses seen, but only the last second's (plus one sweep's worth) are kept
+    assert len(counters) <= 90 + 100
