@@ -115,7 +115,7 @@ def _bare_app() -> Starlette:
     return Starlette(routes=[Route("/api/chatkit/session", endpoint, methods=["POST"])])
 
 
-def _broker_app(log_path: str) -> tuple[Starlette, list[str]]:
+def _broker_app(log_path: str, users: int = USERS) -> tuple[Starlette, list[str]]:
     env = {
         "OPENAI_API_KEY": "sk-bench-" + "0" * 40,
         "BROKER_WORKFLOWS": "bench=wf_" + "0" * 48,
@@ -132,7 +132,7 @@ def _broker_app(log_path: str) -> tuple[Starlette, list[str]]:
     app = create_app(settings, broker=build_broker(settings, backend=InstantSessions()))
     now = int(time.time())
     claims = {"iat": now, "exp": now + 3600}
-    tokens = [jwt.encode({**claims, "sub": f"user{i}"}, SECRET, "HS256") for i in range(USERS)]
+    tokens = [jwt.encode({**claims, "sub": f"user{i}"}, SECRET, "HS256") for i in range(users)]
     return app, tokens
 
 
@@ -170,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stack", description=__doc__)
     parser.add_argument("--requests", type=int, default=20_000, help="per batch")
     parser.add_argument("--profile", action="store_true", help="cProfile's top functions")
+    parser.add_argument(
+        "--users", type=int, default=USERS, help="distinct tokens (over 4,096: none cached)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         log_path = os.path.join(tmp, "broker.log")
         bare = measure(_bare_app(), ["x"], args.requests)
-        app, tokens = _broker_app(log_path)
+        app, tokens = _broker_app(log_path, args.users)
         broker = measure(app, tokens, args.requests)
         with open(log_path) as log:
             lines = sum(1 for _ in log)
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| broker's own cost over the bare route | {broker - bare:.1f} |")
         print(f"\n({lines} access-log lines written)")
         if args.profile:
-            app, tokens = _broker_app(log_path)
+            app, tokens = _broker_app(log_path, args.users)
             print(profile(app, tokens, args.requests))
     return 0
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt.algorithms import HMACAlgorithm
 
 from .config import JWTSettings
 from .errors import Unauthenticated
@@ -30,6 +31,43 @@ MAX_USER_CHARS = 512
 MAX_KID_CHARS = 256
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})
+_HMAC_HASHES = {
+    "HS256": HMACAlgorithm.SHA256,
+    "HS384": HMACAlgorithm.SHA384,
+    "HS512": HMACAlgorithm.SHA512,
+}
+HEADER_CACHE_SIZE = 256  # distinct token headers: an IdP issues a handful (one per key and alg)
+
+
+class _PreparedHMAC(HMACAlgorithm):
+    """PyJWT's HMAC algorithm, with the broker's one secret checked once instead of per token.
+
+    PyJWT re-validates an HMAC key on every decode (PEM, SSH, DER and JWK probes: about 18 µs,
+    a quarter of verifying a token); the secret never changes, so its prepared form is kept.
+    Any other key still goes through PyJWT's own checks.
+    """
+
+    def __init__(self, hash_alg: Any, secret: bytes) -> None:
+        super().__init__(hash_alg)
+        self._secret = secret
+        self._prepared = super().prepare_key(secret)
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        if key is self._secret:
+            return self._prepared
+        return super().prepare_key(key)
+
+
+def _decoder(secret: bytes | None) -> jwt.PyJWT:
+    """A PyJWT of the broker's own (the module-level one stays untouched for everyone else),
+    its HMAC algorithms holding the prepared secret."""
+    decoder = jwt.PyJWT()
+    if secret is not None:
+        jws = decoder._jws  # PyJWT keeps its PyJWS here (PyJWT 2.x)
+        for name, hash_alg in _HMAC_HASHES.items():
+            jws.unregister_algorithm(name)
+            jws.register_algorithm(name, _PreparedHMAC(hash_alg, secret))
+    return decoder
 
 
 @dataclass(frozen=True)
@@ -84,6 +122,7 @@ class Verifier:
         self._cache_size = cache_size
         self._cache_seconds = cache_seconds
         self._secret = settings.secret.encode() if settings.secret else None
+        self._jwt = _decoder(self._secret)
         self._pem = (
             load_pem_public_key(settings.public_key.encode()) if settings.public_key else None
         )
@@ -137,7 +176,7 @@ class Verifier:
                 f"The token's algorithm {_printable(alg)} is not accepted by this broker."
             )
         try:
-            claims = jwt.decode(
+            claims = self._jwt.decode(
                 token,
                 key=key,
                 algorithms=algorithms,
@@ -266,11 +305,16 @@ def _check_numeric_dates(claims: Mapping[str, Any]) -> None:
                 raise Unauthenticated(_NOT_A_NUMERIC_DATE.format(claim))
 
 
+_headers: dict[str, dict[str, Any]] = {}
+
+
 def _header(token: str) -> dict[str, Any]:
     """The token's header, after the checks that must happen before any cryptography.
 
     Parsed here rather than by PyJWT so that each problem gets its own message (PyJWT
-    reports a non-string ``kid`` or an unknown ``crit`` as a generic header error).
+    reports a non-string ``kid`` or an unknown ``crit`` as a generic header error). Headers
+    that passed are remembered by their encoded text — every token of an IdP key carries the
+    same one — in a small table emptied when full, so a spray of odd headers cannot grow it.
     """
     if len(token) > MAX_TOKEN_BYTES:
         raise Unauthenticated("The token is larger than 8 KiB.")
@@ -281,6 +325,9 @@ def _header(token: str) -> dict[str, Any]:
             "The token is malformed: a JWT is three base64url parts joined by dots."
         )
     segment = token.split(".", 1)[0]
+    known = _headers.get(segment)
+    if known is not None:
+        return known
     try:
         header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
     except (binascii.Error, ValueError, RecursionError):
@@ -296,6 +343,9 @@ def _header(token: str) -> dict[str, Any]:
     typ = header.get("typ")
     if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP):
         raise Unauthenticated(f"The token's type {_printable(typ)} is not an access token (JWT).")
+    if len(_headers) >= HEADER_CACHE_SIZE:
+        _headers.clear()
+    _headers[segment] = header
     return header
 
 

@@ -762,13 +762,13 @@ async def test_oversized_token_refused_before_any_key_lookup(configured, openai,
     import jwt as pyjwt
 
     calls: list[str] = []
-    real_decode = pyjwt.decode
+    real_decode = pyjwt.PyJWT.decode
 
     def spy(*args: Any, **kw: Any) -> Any:
         calls.append("decode")
         return real_decode(*args, **kw)
 
-    monkeypatch.setattr(pyjwt, "decode", spy)
+    monkeypatch.setattr(pyjwt.PyJWT, "decode", spy)
     big = sign(claims(pad="p" * 9000), RSA_KEY, "RS256", {"kid": "unknown-kid"})
     assert len(big) > 8 * 1024
     async with app_client(configured("jwks")) as c:
@@ -809,3 +809,23 @@ async def test_no_token_in_logs_or_bodies_across_a_full_run(configured, openai, 
     assert secret not in logged
     assert SECRET not in logged
     assert b64url(SECRET.encode()) not in logged
+
+
+async def test_the_prepared_secret_is_the_brokers_own(configured):
+    """The HMAC key is checked once by a PyJWT of the broker's own; the module-level PyJWT
+    that other code in the process uses keeps its stock algorithms, and a wrong signature is
+    still refused."""
+    import jwt as pyjwt
+
+    from broker.auth import Verifier, _PreparedHMAC
+    from broker.errors import Unauthenticated
+
+    settings = configured("hs")
+    verifier = Verifier(settings.jwt)
+    assert isinstance(verifier._jwt._jws.get_algorithm_by_name("HS256"), _PreparedHMAC)
+    assert type(pyjwt.api_jws.get_algorithm_by_name("HS256")) is pyjwt.algorithms.HMACAlgorithm
+    good = sign(claims())
+    assert (await verifier.verify(good)).user == "alice"
+    forged = sign(claims(sub="mallory"), "another-secret-that-is-32-bytes-long!!", "HS256")
+    with pytest.raises(Unauthenticated):
+        await verifier.verify(forged)

@@ -26,13 +26,13 @@ class Clock:
 def decodes(monkeypatch) -> list[str]:
     """Every token that reached PyJWT's decode."""
     seen: list[str] = []
-    real = jwt.decode
+    real = jwt.PyJWT.decode
 
-    def counting(token, *args, **kwargs):
+    def counting(self, token, *args, **kwargs):
         seen.append(token)
-        return real(token, *args, **kwargs)
+        return real(self, token, *args, **kwargs)
 
-    monkeypatch.setattr("broker.auth.jwt.decode", counting)
+    monkeypatch.setattr(jwt.PyJWT, "decode", counting)
     return seen
 
 
