@@ -20,11 +20,12 @@ from urllib.parse import urlsplit
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import routes
 from .auth import Verifier
@@ -270,6 +271,19 @@ API_PREFIXES = ("/api/", "/mock/", "/chatkit/", "/.well-known/")
 API_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 
 
+class _BrokerApp(Starlette):
+    """Starlette without its outermost ``ServerErrorMiddleware``: the edge already answers
+    anything that escapes with a JSON 500 (the traceback to the log only), so that layer —
+    which would render a plain-text 500 and re-raise — only cost every request a frame."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        handlers = {k: v for k, v in self.exception_handlers.items() if k not in (500, Exception)}
+        app: ASGIApp = ExceptionMiddleware(self.router, handlers=handlers, debug=self.debug)
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app
+
+
 def create_app(settings: Settings, *, broker: Broker | None = None) -> Starlette:
     """The ASGI app. Pass ``broker`` to inject components (tests, benchmarks)."""
     broker = broker or build_broker(settings)
@@ -342,7 +356,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Starlette
         allowed_origins=settings.allowed_origins,
     )
 
-    app = Starlette(
+    app = _BrokerApp(
         routes=route_list,
         middleware=[edge],
         exception_handlers={BrokerError: _broker_error, HTTPException: _http_error},

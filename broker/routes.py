@@ -7,7 +7,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as _StarletteJSON
+from starlette.responses import Response
 
 from .auth import Identity
 from .config import Workflow
@@ -16,6 +17,16 @@ from .openapi import openapi_document, routed_operations
 
 if TYPE_CHECKING:
     from .app import Broker
+
+# Starlette's JSONResponse builds a new encoder per answer (json.dumps with options): one here
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+class JSONResponse(_StarletteJSON):
+    """Starlette's JSON answer with the same bytes, encoded by one shared encoder."""
+
+    def render(self, content: Any) -> bytes:
+        return _encode(content).encode()
 
 
 def _broker(request: Request) -> Broker:
