@@ -316,6 +316,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Starlette
         finally:
             for backend in reversed(started):
                 await backend.shutdown()
+            await broker.sessions.drain()
             await broker.http.close()
             if broker.store is not None:
                 await broker.store.close()

@@ -46,15 +46,12 @@ class SessionService:
         created = await backend.sessions.create(admission)
         identity = admission.identity
         if created.session_id:
-            try:
-                await self._registry.add(created.session_id, identity.user, created.expires_at)
-            except StoreUnavailable:
-                # the secret is minted: hand it out; it only cannot be cancelled early
-                log.warning(
-                    "session %s minted but not recorded (shared store unavailable): it cannot "
-                    "be cancelled through the broker and simply expires",
-                    created.session_id,
-                )
+            if backend.kind == "hosted":
+                # OpenAI checks its own secrets: the entry only lets the user cancel early, so
+                # it is written without holding up the answer (registry.add_soon)
+                self._registry.add_soon(created.session_id, identity.user, created.expires_at)
+            else:
+                await self._record(created.session_id, identity.user, created.expires_at)
         if previous_session_id and previous_session_id != created.session_id:
             await self._cancel_quietly(identity, previous_session_id)
         return MintedSession(
@@ -65,6 +62,23 @@ class SessionService:
             backend.kind,
             backend.endpoint(admission.workflow, self._domain_key),
         )
+
+    async def _record(self, session_id: str, user: str, expires_at: int) -> None:
+        """Record a broker session before its secret is handed out: the secret is honoured
+        only while its session is in the registry."""
+        try:
+            await self._registry.add(session_id, user, expires_at)
+        except StoreUnavailable:
+            # the secret is minted: hand it out; it only cannot be cancelled early
+            log.warning(
+                "session %s minted but not recorded (shared store unavailable): it cannot "
+                "be cancelled through the broker and simply expires",
+                session_id,
+            )
+
+    async def drain(self) -> None:
+        """Finish the registry writes still in flight (at shutdown: nothing is lost)."""
+        await self._registry.drain()
 
     async def cancel(
         self, identity: Identity, session_id: str | None, *, all_: bool = False

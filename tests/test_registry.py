@@ -3,6 +3,7 @@ and ``previous_session_id`` on a refresh."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -226,3 +227,36 @@ async def test_a_full_registry_evicts_through_the_app_and_the_metric_says_so():
     assert oldest.status_code == 401  # evicted: it can no longer be checked, so it ends
     assert newest.status_code == 200
     assert "broker_registry_evictions_total 1.0" in exposed
+
+
+async def test_a_hosted_mint_does_not_wait_for_its_redis_write(
+    make_settings, redis_env, openai, token, monkeypatch
+):
+    """With Redis, OpenAI's sessions are recorded off the answer's path: a registry write that
+    takes 1 s does not delay the mint, this process knows the owner at once, a cancel right
+    after waits for the write, and shutdown finishes the writes still in flight."""
+    real_add = RedisRegistry.add
+
+    async def slow_add(self, session_id, user, expires_at):
+        await asyncio.sleep(1.0)
+        await real_add(self, session_id, user, expires_at)
+
+    monkeypatch.setattr(RedisRegistry, "add", slow_add)
+    alice = auth(token("alice"))
+    async with app_client(make_settings(**redis_env)) as c:
+        started = time.monotonic()
+        first = await c.post(MINT, json=SUPPORT, headers=alice)
+        assert first.status_code == 200, first.text
+        assert time.monotonic() - started < 0.5
+        registry = c.app.state.broker.sessions._registry
+        assert await registry.owner(first.json()["session_id"]) == "alice"
+        r = await c.post(CANCEL, json={"session_id": first.json()["session_id"]}, headers=alice)
+        assert r.status_code == 200, r.text
+        second = (await c.post(MINT, json=SUPPORT, headers=alice)).json()["session_id"]
+    # the lifespan drained the write begun by the second mint before closing the store
+    store = RedisStore(redis_env["BROKER_REDIS_URL"], redis_env["BROKER_REDIS_PREFIX"])
+    try:
+        assert await store.client.get(store.key("sess", second)) == b"alice"
+        assert await store.client.get(store.key("sess", first.json()["session_id"])) is None
+    finally:
+        await store.close()
