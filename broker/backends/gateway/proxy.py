@@ -396,7 +396,8 @@ class GatewayProxy:
         502 rather than a truncated 200.
         """
         try:
-            body = await read_capped(response.content, self._max_json)
+            # auto_decompress is off for relays: Content-Length is the size read
+            body = await read_capped(response.content, self._max_json, response.content_length)
         except (aiohttp.SocketTimeoutError, TimeoutError):
             raise BackendTimeout(
                 f"The workflow's server stopped sending for {upstream.idle_timeout:g} s."
