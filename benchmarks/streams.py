@@ -8,7 +8,9 @@ before and after. The difference between the two runs divided by the extra event
 **CPU per event**, and what is left of the 1-event run is the **CPU per stream** (request,
 auth, assertion or thread bookkeeping). Fixed costs thus never leak into the per-event figure.
 
-Gateway (``benchmarks.gateway``'s servers and trivial SSE backend, 8 streams at a time):
+Gateway (``benchmarks.gateway``'s servers and trivial SSE backend, 8 streams at a time),
+with the events sent back to back (the relay reads many per chunk) and 1 ms apart (one per
+chunk, as a model writes them, so the figure is the cost of each relayed chunk):
 
 * ``direct``: the backend's own CPU: what producing an event costs, for scale;
 * ``broker``: ``chatkit-broker serve`` with one gateway workflow: the broker process only,
@@ -42,11 +44,14 @@ from .procs import Child, cpu_seconds, free_port, process_tree, raise_nofile, st
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = 8
+PACED_GAP = 0.001  # seconds between events in the paced gateway runs
+PACED_EVENTS = 200
 
 
 @dataclass
 class Cost:
     path: str
+    spacing: str  # how the backend sends the events
     events: int  # per stream, in the long run
     streams: int
     us_per_event: float
@@ -78,6 +83,7 @@ async def _drive(streams: int, one: Callable[[aiohttp.ClientSession], Awaitable[
 
 async def _measure(
     name: str,
+    spacing: str,
     pid: int,
     streams: int,
     events: int,
@@ -95,8 +101,10 @@ async def _measure(
     per_event = (cpu[events] - cpu[1]) / (streams * (events - 1))
     per_stream = cpu[1] / streams - per_event
     if PROFILE_DIR is not None and name in ("broker", "relay", "agent"):
-        await _profile(name, pid, one(events))
-    return Cost(name, events, streams, per_event * 1e6, per_stream * 1e6, streams * events / wall)
+        await _profile(f"{name}-{spacing.split()[0]}", pid, one(events))
+    return Cost(
+        name, spacing, events, streams, per_event * 1e6, per_stream * 1e6, streams * events / wall
+    )
 
 
 PROFILE_DIR: Path | None = None  # --profile: py-spy the long runs (8 s each) into this dir
@@ -122,10 +130,10 @@ async def _profile(
 
 
 def _gateway_stream(
-    url: str, extra: dict[str, str]
+    url: str, extra: dict[str, str], gap: float
 ) -> Callable[..., Callable[..., Awaitable[None]]]:
     def with_events(n: int) -> Callable[[aiohttp.ClientSession], Awaitable[None]]:
-        headers = {**extra, "x-events": str(n)}
+        headers = {**extra, "x-events": str(n), "x-gap": str(gap)}
 
         async def one(session: aiohttp.ClientSession) -> None:
             async with session.post(url, data=gateway.BODY, headers=headers) as r:
@@ -158,10 +166,16 @@ async def gateway_costs(workdir: Path, *, events: int, streams: int) -> list[Cos
         ),
         ("relay", f"http://127.0.0.1:{relay_port}/chatkit", relay.pid, {}),
     ]
-    return [
-        await _measure(name, pid, streams, events, _gateway_stream(url, extra))
-        for name, url, pid, extra in paths
-    ]
+    costs = []
+    for spacing, gap, n, count in (
+        ("back to back", 0.0, events, streams),
+        # one event per read, as when a model writes them: what each relayed chunk costs
+        (f"{PACED_GAP * 1000:g} ms apart", PACED_GAP, PACED_EVENTS, max(16, streams // 4)),
+    ):
+        for name, url, pid, extra in paths:
+            stream = _gateway_stream(url, extra, gap)
+            costs.append(await _measure(name, spacing, pid, count, n, stream))
+    return costs
 
 
 # --- agent --------------------------------------------------------------------------------
@@ -228,7 +242,7 @@ async def agent_cost(workdir: Path, *, events: int, streams: int) -> Cost:
 
             return one
 
-        return await _measure("agent", broker.pid, streams, events, with_events)
+        return await _measure("agent", "back to back", broker.pid, streams, events, with_events)
     finally:
         server.stop()
 
@@ -238,18 +252,26 @@ async def agent_cost(workdir: Path, *, events: int, streams: int) -> Cost:
 
 def markdown(costs: Sequence[Cost]) -> str:
     lines = [
-        "| stream path | events per stream | CPU µs per event | CPU µs per stream | events/s |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| stream path | events | events per stream | CPU µs per event | CPU µs per stream "
+        "| events/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for c in costs:
         lines.append(
-            f"| {c.path} | {c.events:,} | {c.us_per_event:.1f} | {c.us_per_stream:.0f} "
+            f"| {c.path} | {c.spacing} | {c.events:,} | {c.us_per_event:.1f} "
+            f"| {c.us_per_stream:.0f} "
             f"| {c.events_per_s:,.0f} |"
         )
     return "\n".join(lines)
 
 
-def run(quick: bool = False, *, events: int | None = None, streams: int | None = None) -> dict:
+def run(
+    quick: bool = False,
+    *,
+    events: int | None = None,
+    streams: int | None = None,
+    parts: Sequence[str] = ("gateway", "agent"),
+) -> dict:
     """Both measurements, for ``python -m benchmarks`` (the ``streams`` extra) and the CLI."""
     gw_events = events or 1000
     gw_streams = streams or (60 if quick else 200)
@@ -259,11 +281,14 @@ def run(quick: bool = False, *, events: int | None = None, streams: int | None =
     with tempfile.TemporaryDirectory(prefix="stream-bench-") as tmp:
         workdir = Path(tmp)
         try:
-            costs = asyncio.run(gateway_costs(workdir, events=gw_events, streams=gw_streams))
-            stop_all()
-            costs.append(
-                asyncio.run(agent_cost(workdir, events=agent_events, streams=agent_streams))
-            )
+            costs = []
+            if "gateway" in parts:
+                costs += asyncio.run(gateway_costs(workdir, events=gw_events, streams=gw_streams))
+                stop_all()
+            if "agent" in parts:
+                costs.append(
+                    asyncio.run(agent_cost(workdir, events=agent_events, streams=agent_streams))
+                )
         finally:
             stop_all()
     return {"costs": [asdict(c) for c in costs], "markdown": markdown(costs)}
@@ -274,13 +299,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer streams (60 and 15)")
     parser.add_argument("--events", type=int, help="events per stream (default 1000)")
     parser.add_argument("--streams", type=int, help="streams per run (default 200)")
+    parser.add_argument("--only", choices=["gateway", "agent"], help="one of the two")
     parser.add_argument("--profile", metavar="DIR", help="py-spy the long runs into DIR")
     args = parser.parse_args(argv)
     if args.profile:
         global PROFILE_DIR
         PROFILE_DIR = Path(args.profile)
         PROFILE_DIR.mkdir(parents=True, exist_ok=True)
-    result = run(args.quick, events=args.events, streams=args.streams)
+    parts = [args.only] if args.only else ["gateway", "agent"]
+    result = run(args.quick, events=args.events, streams=args.streams, parts=parts)
     print(result["markdown"])
     return 0
 

@@ -119,6 +119,10 @@ class _Framing:
 
     def feed(self, chunk: bytes) -> bool:
         """False once more than ``limit`` bytes arrived without an event boundary."""
+        if chunk.endswith(b"\n\n"):  # the usual chunk, whole events: no copy, no search
+            self.pending = 0
+            self._tail = b"\n\n"  # all that can start a boundary across the next chunk
+            return True
         data = self._tail + chunk
         cut = max(data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n"), data.rfind(b"\r\r"))
         if cut >= 0:
