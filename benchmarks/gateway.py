@@ -52,9 +52,12 @@ def _backend_app() -> Any:
         await request.body()
         events = int(request.headers.get("x-events", "20"))
         hold = float(request.headers.get("x-hold", "0"))
+        gap = float(request.headers.get("x-gap", "0"))  # seconds between events
 
         async def stream() -> Any:
-            for _ in range(events):
+            for i in range(events):
+                if gap and i:
+                    await asyncio.sleep(gap)
                 yield EVENT
             if hold:
                 await asyncio.sleep(hold)

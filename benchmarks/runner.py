@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import jwtbench, loadgen, procs, profiling, upstreams
+from . import jwtbench, loadgen, procs, profiling, streams, upstreams
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -109,7 +109,8 @@ CASES = {
         ),
     )
 }
-EXTRAS = ("jwt", "jwks")  # micro-benchmark; JWKS-mode broker makes no JWKS call on the hot path
+# micro-benchmark; JWKS-mode broker makes no JWKS call on the hot path; CPU per stream event
+EXTRAS = ("jwt", "jwks", "streams")
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -663,7 +664,7 @@ def report(saved: dict) -> str:
         lines.append("")
     for name, ok, detail in checks:
         lines.append(f"- {'PASS' if ok else 'MISS'} {name}: {detail}")
-    for key in ("jwt", "jwks"):
+    for key in EXTRAS:
         if key in saved.get("extras", {}):
             lines += ["", saved["extras"][key]["markdown"]]
     return "\n".join(lines)
@@ -737,7 +738,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in CASES.values():
             print(f"{c.key:<14} {c.title}: {', '.join(c.targets)}")
         print(
-            "extras:        jwt (verification micro-benchmark), jwks (JWKS mode: no fetch on the hot path)"
+            "extras:        jwt (verification micro-benchmark), jwks (JWKS mode: no fetch on the "
+            "hot path), streams (CPU per relayed event and per stream: gateway, agent)"
         )
         return 0
     selected = [s for s in args.only.split(",") if s] or [*CASES, *EXTRAS]
@@ -801,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
             extras["jwt"] = jwtbench.run(quick=args.quick, with_broker="broker" in runnable)
         if "jwks" in selected and "broker" in runnable:
             extras["jwks"] = jwtbench.jwks_hot_path(bench)
+        if "streams" in selected and "broker" in runnable:
+            extras["streams"] = streams.run(quick=args.quick)
         bench.run_cases(cases, runnable)
     except KeyboardInterrupt:
         print("\n# interrupted: stopping every process started", file=sys.stderr)

@@ -171,6 +171,23 @@ async def test_huge_body_is_refused_without_reading_it_all(mint, openai, chunked
     assert openai.huge_sent < 16 * 1024 * 1024, f"{openai.huge_sent} bytes were sent"
 
 
+async def test_a_gzip_encoded_answer_mints(mint, openai):
+    _tried("ChatSession gzip-encoded")
+    openai.for_workflow(WF_SUPPORT, "gzip")
+    r, _ = await mint()
+    assert r.status_code == 200, r.text
+    assert r.json()["client_secret"].startswith("ek_")
+
+
+async def test_a_small_gzip_body_that_decodes_past_the_cap_is_refused(mint, openai):
+    # a few KiB on the wire, 20 MiB decoded: Content-Length says nothing about the body read
+    _tried("gzip body decoding to 20 MiB")
+    openai.for_workflow(WF_SUPPORT, "gzip", size=20 * 1024 * 1024)
+    r, _ = await mint()
+    assert r.status_code == 502 and _code(r) == "upstream_error"
+    assert "large" in r.json()["error"]["message"]
+
+
 async def test_429_with_a_long_retry_after_ends_at_once(mint, openai):
     _tried("429 Retry-After: 3600")
     openai.for_workflow(WF_SUPPORT, "rate_limited", retry_after="3600")

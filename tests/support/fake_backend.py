@@ -126,8 +126,12 @@ class FakeBackend:
         return response
 
     async def do_garbage(self, request: web.Request) -> web.StreamResponse:
-        """A 200 event stream of 10 MB without a single event boundary."""
+        """A 200 event stream of 10 MB without a single event boundary (after ``?events=``
+        whole events, 0 by default)."""
         response = await self._stream(request)
+        for _ in range(int(request.query.get("events", "0"))):
+            await response.write(EVENT)
+            await asyncio.sleep(0.01)  # one chunk each
         chunk = b"x" * 65536
         for _ in range(160):
             await response.write(chunk)

@@ -9,7 +9,8 @@ Faults for the adversarial tests: ``trickle`` (the body dribbles out ``chunk`` b
 ``interval`` s), ``reset_mid_body`` (headers and half the body, then a TCP reset),
 ``truncated`` (a 200 whose JSON stops halfway), ``ok`` with another ``content_type``, ``huge``
 (a body of ``size`` bytes, with or without Content-Length; ``huge_sent`` counts what was
-actually written before the client hung up), and ``hang`` (released by ``reset``/``stop``).
+actually written before the client hung up), ``gzip`` (the answer gzip-encoded, padded with
+``size`` spaces before encoding), and ``hang`` (released by ``reset``/``stop``).
 ``python -m tests.support.fake_openai --delay 0.05`` runs it standalone for load tests, with
 ``GET /_fake/sessions`` returning which user each session was minted for.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import secrets
 import threading
@@ -193,6 +195,10 @@ class FakeOpenAI:
             return web.Response(
                 body=body[: len(body) // 2], content_type="application/json", headers=rid
             )
+        if b.kind == "gzip":  # the ChatSession gzip-encoded, then ``size`` spaces (valid JSON)
+            body = gzip.compress(json.dumps(ok()).encode() + b" " * b.size)
+            headers = rid | {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+            return web.Response(body=body, headers=headers)
         if b.kind == "huge":
             resp = web.StreamResponse(headers=rid | {"Content-Type": "application/json"})
             if not b.chunked:

@@ -30,6 +30,7 @@ from chatkit.types import (
 )
 from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Send
 
 from ...errors import InvalidRequest, NotFound
 from .store import Caller, SQLStore
@@ -40,13 +41,14 @@ MAX_MESSAGE = 300
 MAX_ID_SHOWN = 80
 NO_STORE = {"Cache-Control": "no-store"}
 SSE_HEADERS = {**NO_STORE, "X-Accel-Buffering": "no"}
-_REQUESTS: TypeAdapter[ChatKitReq] = TypeAdapter(ChatKitReq)
+#: built once: a TypeAdapter for the request union takes milliseconds to build
+REQUESTS: TypeAdapter[ChatKitReq] = TypeAdapter(ChatKitReq)
 
 
 def parse_request(body: bytes) -> ChatKitReq:
     """The ChatKit request in ``body``, by chatkit's own models; ``InvalidRequest`` if not one."""
     try:
-        return _REQUESTS.validate_json(body)
+        return REQUESTS.validate_json(body)
     except ValidationError as exc:
         raise InvalidRequest(describe(exc)) from None
 
@@ -133,12 +135,6 @@ async def check_request(
             )
 
 
-async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for chunk in rest:
-        yield chunk
-
-
 async def process(
     server: ChatKitServer[Caller], body: bytes, caller: Caller, *, uploads: bool = False
 ) -> StreamingResult | NonStreamingResult:
@@ -170,6 +166,27 @@ async def first_chunk(result: StreamingResult) -> tuple[bytes, AsyncIterator[byt
     return first, stream
 
 
+class EventStream(StreamingResponse):
+    """The SSE answer: the event pulled before the 200, then chatkit's own, sent as they are.
+
+    Starlette's ``StreamingResponse`` (so its disconnect watch still stops the stream), minus
+    a re-yielding generator in front of chatkit's and a type check per event: chatkit
+    yields ``bytes``.
+    """
+
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes]) -> None:
+        super().__init__(rest, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.first = first
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        if self.first:
+            await send({"type": "http.response.body", "body": self.first, "more_body": True})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 async def answer(
     server: ChatKitServer[Caller], body: bytes, caller: Caller, *, uploads: bool = False
 ) -> Response:
@@ -178,6 +195,4 @@ async def answer(
     if isinstance(result, NonStreamingResult):
         return Response(result.json, media_type="application/json", headers=NO_STORE)
     first, rest = await first_chunk(result)
-    return StreamingResponse(
-        _chain(first, rest), media_type="text/event-stream", headers=SSE_HEADERS
-    )
+    return EventStream(first, rest)

@@ -119,6 +119,10 @@ class _Framing:
 
     def feed(self, chunk: bytes) -> bool:
         """False once more than ``limit`` bytes arrived without an event boundary."""
+        if chunk.endswith(b"\n\n"):  # the usual chunk, whole events: no copy, no search
+            self.pending = 0
+            self._tail = b"\n\n"  # all that can start a boundary across the next chunk
+            return True
         data = self._tail + chunk
         cut = max(data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n"), data.rfind(b"\r\r"))
         if cut >= 0:
@@ -396,7 +400,8 @@ class GatewayProxy:
         502 rather than a truncated 200.
         """
         try:
-            body = await read_capped(response.content, self._max_json)
+            # auto_decompress is off for relays: Content-Length is the size read
+            body = await read_capped(response.content, self._max_json, response.content_length)
         except (aiohttp.SocketTimeoutError, TimeoutError):
             raise BackendTimeout(
                 f"The workflow's server stopped sending for {upstream.idle_timeout:g} s."

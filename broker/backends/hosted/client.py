@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -99,6 +100,7 @@ class HostedSessions:
         self._clock = clock
         self._sleep = sleep
         self._observe = observe
+        # built once, not per request
         self._headers = {
             **api_headers(config),
             "Content-Type": "application/json",
@@ -142,10 +144,14 @@ class HostedSessions:
                     f"OpenAI did not answer within {self._c.timeout:g} s (BROKER_UPSTREAM_TIMEOUT)."
                 )
             started = self._clock()
+            # aiohttp's own total timeout, per attempt, covering connect, head and body:
+            # one timer, not a second asyncio.timeout around the session's default one.
+            # Never rounded up to a whole second (aiohttp's ceil_threshold), so a
+            # 504 comes at the deadline.
+            timeout = aiohttp.ClientTimeout(total=remaining, ceil_threshold=math.inf)
             try:
                 try:
-                    async with asyncio.timeout(remaining):
-                        return await self._attempt(url, payload, op, what, not_found_ok)
+                    return await self._attempt(url, payload, op, what, not_found_ok, timeout)
                 finally:  # the attempt's own latency; back-off below is not upstream time
                     if self._observe is not None:
                         self._observe(op, self._clock() - started)
@@ -166,26 +172,34 @@ class HostedSessions:
                 await self._sleep(delay)
 
     async def _attempt(
-        self, url: str, payload: bytes, op: str, what: str, not_found_ok: bool
+        self,
+        url: str,
+        payload: bytes,
+        op: str,
+        what: str,
+        not_found_ok: bool,
+        timeout: aiohttp.ClientTimeout,
     ) -> dict[str, Any]:
         label = f"{op} {what}"
         try:
             async with self._http().post(
-                url, data=payload, headers=self._headers, allow_redirects=False
+                url, data=payload, headers=self._headers, allow_redirects=False, timeout=timeout
             ) as resp:
+                headers = resp.headers
                 length = resp.content_length
                 if length is not None and length > MAX_BODY_BYTES:
                     body = b""
                     too_large = True
-                elif length is not None:  # the usual case: a known, small length
-                    body = await resp.read()
-                    too_large = False
-                else:  # chunked: read with the cap
-                    body = await read_capped(resp.content, MAX_BODY_BYTES)
+                else:  # a known length is read in one call unless decoding changes the size
+                    if "Content-Encoding" in headers:
+                        length = None
+                    body = await read_capped(resp.content, MAX_BODY_BYTES, length)
                     too_large = len(body) > MAX_BODY_BYTES
-                status, request_id = resp.status, resp.headers.get("x-request-id", "-")
-                retry_after = _retry_after(resp.headers.get("Retry-After"))
-                location = resp.headers.get("Location", "")
+                status, request_id = resp.status, headers.get("x-request-id", "-")
+                retry_after = _retry_after(headers.get("Retry-After"))
+                location = headers.get("Location", "")
+        except TimeoutError:  # the deadline (aiohttp's timeouts are ClientConnectionErrors too)
+            raise
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             log.warning("upstream connection failed (%s): %s", label, type(exc).__name__)
             raise _Retryable(
