@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.responses import Response
 
@@ -53,12 +53,25 @@ async def authenticate(request: Request, broker: Broker, *, count_mint: bool = F
     return identity
 
 
+async def read_body(request: Request) -> bytes:
+    """The whole body, straight from ``receive``: Starlette's ``body()`` runs an async
+    generator per request for what is, for the broker's small JSON bodies, one message."""
+    chunks: list[bytes] = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 async def json_body(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 that says what is wrong with it."""
     content_type = (header(request, b"content-type") or "").split(";", 1)[0].strip().lower()
     if content_type != "application/json":
         raise InvalidRequest("Send the body as JSON with 'Content-Type: application/json'.")
-    raw = await request.body()
+    raw = await read_body(request)
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):
