@@ -80,6 +80,9 @@ class SecretWatch:
         self.values: set[str] = {API_KEY, SECRET}
 
     def add(self, *values: str | None) -> None:
+        from . import log_audit
+
+        log_audit.add_secret(*values)  # and in every log of the session, not just this one
         for value in values:
             if value and len(value) >= 8:
                 self.values.add(value)
@@ -121,6 +124,9 @@ def broker_process(env: dict[str, str], log_dir: Path, *args: str) -> Iterator[B
     port = free_port()
     log_path = log_dir / f"broker-{port}.log"
     full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
+    from . import log_audit
+
+    log_audit.add_env(full_env)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [*cli_command(), "serve", "--port", str(port), *args],
