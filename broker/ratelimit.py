@@ -105,6 +105,26 @@ class RateLimits:
         if error is not None:
             raise error
 
+    async def refund_per_minute(self, name: str, key: str, count: int, *, what: str) -> None:
+        """Give back one hit of ``hit_per_minute`` that bought nothing (a message the backend
+        refused); where it was counted (Redis, else this process). Never raises: a refund
+        that cannot be made leaves the count as it was, the stricter side. (A refund just
+        after the window turned gives the new window one extra: at most one per refusal.)"""
+        limit = self._per_minute.get((name, count, what))
+        if limit is None:
+            return
+        key = quote(key, safe="")
+        if self._shared is not None and self._store is not None:
+            shared = self._shared
+            try:
+                await self._store.call(
+                    "ratelimit", lambda: shared.hit(limit.item, limit.name, key, cost=-1)
+                )
+                return
+            except StoreUnavailable:
+                pass  # counted per process meanwhile, most likely: refund there
+        await self._local.hit(limit.item, limit.name, key, cost=-1)
+
     async def _hit(self, limit: Limit, identity: str) -> RateLimited | None:
         key = quote(identity, safe="")
         limiter: RateLimiter = self._local

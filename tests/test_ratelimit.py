@@ -235,3 +235,34 @@ async def test_window_expiry_lets_requests_through_again(make_settings, openai, 
         while (await c.post(MINT, json=SUPPORT, headers=alice)).status_code == 429:
             assert time.monotonic() < deadline, "the 1 s window never ended"
             await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("where", ["memory", "redis"])
+async def test_a_refunded_message_gives_its_count_back(make_settings, request, where):
+    """``refund_per_minute`` undoes one ``hit_per_minute`` where it was counted: the gateway
+    gives back a message its backend refused (README "Reliability and security")."""
+    from broker.errors import RateLimited
+    from broker.metrics import Metrics
+    from broker.ratelimit import RateLimits
+    from broker.store import RedisStore
+
+    redis_env = request.getfixturevalue("redis_env") if where == "redis" else {}
+    settings = make_settings(**redis_env)
+    store = (
+        RedisStore(redis_env["BROKER_REDIS_URL"], redis_env["BROKER_REDIS_PREFIX"])
+        if redis_env
+        else None
+    )
+    limits = RateLimits(settings, metrics=Metrics(), store=store)
+    args = ("workflow_messages", "support:alice", 2)
+    what = "messages to workflow 'support'"
+    await limits.refund_per_minute(*args, what=what)  # nothing counted yet: nothing to give
+    await limits.hit_per_minute(*args, what=what)
+    await limits.hit_per_minute(*args, what=what)
+    await limits.refund_per_minute(*args, what=what)
+    await limits.hit_per_minute(*args, what=what)  # the refunded one's place
+    with pytest.raises(RateLimited):
+        await limits.hit_per_minute(*args, what=what)
+    await limits.hit_per_minute("workflow_messages", "support:bob", 2, what=what)  # per user
+    if store is not None:
+        await store.pool.disconnect()
