@@ -87,8 +87,8 @@ class RequestContext:
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", request_id.encode()))
                 headers.extend(self.extra_headers)
-                if no_store:
-                    headers.append((b"cache-control", b"no-store"))
+                if no_store and not any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))  # once, not doubled
                 message = {**message, "headers": headers}
             await send(message)
 

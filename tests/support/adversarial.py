@@ -119,9 +119,11 @@ def raise_fd_limit(want: int) -> int:
 
 
 @contextlib.contextmanager
-def broker_process(env: dict[str, str], log_dir: Path, *args: str) -> Iterator[BrokerProcess]:
+def broker_process(
+    env: dict[str, str], log_dir: Path, *args: str, port: int | None = None
+) -> Iterator[BrokerProcess]:
     """A real ``chatkit-broker serve`` for a whole module (``run_broker`` is per test)."""
-    port = free_port()
+    port = port or free_port()
     log_path = log_dir / f"broker-{port}.log"
     full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
     from . import log_audit

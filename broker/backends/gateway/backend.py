@@ -252,7 +252,13 @@ class GatewayBackend(Backend):
             own = [(ASSERTION_HEADER, assertion), ("X-Request-ID", request_id)]
             relayed = True
             await self.proxy.relay(
-                scope, receive, send, self.upstream_for(workflow), body, own, record
+                scope,
+                receive,
+                _with_request_id(send, request_id),
+                self.upstream_for(workflow),
+                body,
+                own,
+                record,
             )
         except StreamAborted:
             # returning without completing the response makes the server drop the
@@ -292,6 +298,49 @@ class GatewayBackend(Backend):
             relayed_bytes=record.bytes_out,
             ttfb_ms=round(record.ttfb * 1000, 2) if record.ttfb is not None else None,
         )
+
+
+def _with_request_id(send: Send, request_id: str) -> Send:
+    """``send`` that gives a backend's own 4xx error JSON the broker's request id.
+
+    The backend's status, code and message pass through; an ``{"error": {...}}`` body that
+    lacks ``request_id`` gets the one in ``X-Request-ID``, so every error the browser sees
+    has the SPEC shape and can be found in the broker's log. Other bodies are untouched.
+    """
+    error_start: dict[str, Any] | None = None
+
+    async def patched(message: dict[str, Any]) -> None:
+        nonlocal error_start
+        if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+            error_start = message  # held until the body: its Content-Length may change
+            return
+        if error_start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        start, error_start = error_start, None
+        body = _error_with_id(message.get("body", b""), request_id)
+        if body is not None and not message.get("more_body"):
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            start = {**start, "headers": [*headers, (b"content-length", b"%d" % len(body))]}
+            message = {**message, "body": body}
+        await send(start)
+        await send(message)
+
+    return patched
+
+
+def _error_with_id(body: bytes, request_id: str) -> bytes | None:
+    """The body with ``error.request_id`` added, or None when it is not an error object
+    without one."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict) or "request_id" in error:
+        return None
+    data["error"] = {**error, "request_id": request_id}
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _request_type(body: bytes) -> str:

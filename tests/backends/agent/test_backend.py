@@ -330,3 +330,24 @@ async def test_agent_messages_refused_before_a_run_do_not_use_up_the_limit(
         ]
     assert codes == [200, 200, 429]
     assert len(responses.requests) == 3  # alice's run and bob's two; no refused one
+
+
+async def test_the_agent_routes_say_no_store_once(settings_factory, token, responses) -> None:
+    """Found by schemathesis (tests/test_fuzz_kinds.py): the runs and threads routes set
+    ``Cache-Control: no-store`` and the middleware added it again to every /api/ answer."""
+    async with app_client(settings_factory()) as client:
+        alice = auth(token("alice"))
+        ran = await client.post("/api/workflows/support/runs", json={"input": "hi"}, headers=alice)
+        thread = ran.json()["thread_id"]
+        answers = [
+            ran,
+            await client.post(
+                "/api/workflows/support/runs?stream=1", json={"input": "hi"}, headers=alice
+            ),
+            await client.get("/api/threads?workflow=support", headers=alice),
+            await client.get(f"/api/threads/{thread}/items", headers=alice),
+            await client.get("/api/threads/nope/items", headers=alice),
+        ]
+    for r in answers:
+        assert r.headers.get_list("cache-control") == ["no-store"], (r.request.url, r.headers)
+    assert [r.status_code for r in answers] == [200, 200, 200, 200, 404]

@@ -186,6 +186,29 @@ async def test_a_message_the_backend_refused_or_never_got_is_not_counted(
     await backend.shutdown()
 
 
+async def test_a_backends_own_4xx_error_gets_the_brokers_request_id(fake: FakeBackend) -> None:
+    """Found by schemathesis (tests/test_fuzz_kinds.py): the example server's 400/404 bodies
+    have no ``request_id``, so the browser got an error outside the SPEC shape. Its status,
+    code, message and headers pass through; the id is the one in ``X-Request-ID``."""
+    backend = GatewayBackend(GatewaySettings())
+    alice = Identity("alice", {})
+    for status in (404, 409, 422):
+        workflow = Workflow("support", fake.url(f"/status?code={status}&json=1"))
+        r = await serve_one(App(backend, Admission(alice, workflow)), {"type": "threads.list"})
+        assert r.status_code == status
+        assert r.json() == {
+            "error": {"code": "backend_says", "message": "thread not found", "request_id": "req-1"}
+        }
+        assert r.headers["content-length"] == str(len(r.content))
+        assert r.headers["retry-after"] == "7"
+    ok = await serve_one(
+        App(backend, Admission(alice, Workflow("support", fake.url("/json")))),
+        {"type": "threads.list"},
+    )
+    assert ok.json() == {"data": [], "has_more": False, "after": None}  # a 2xx untouched
+    await backend.shutdown()
+
+
 async def test_a_body_without_a_chatkit_type_is_a_400(fake: FakeBackend) -> None:
     backend = GatewayBackend(GatewaySettings())
     app = App(backend, Admission(Identity("alice", {}), Workflow("support", fake.url("/json"))))
