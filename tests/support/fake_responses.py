@@ -39,7 +39,9 @@ __all__ = [
     "FakeResponses",
     "FakeResponsesServer",
     "Reply",
+    "garbage",
     "http_error",
+    "reset",
     "stream_error",
     "text",
     "tool_call",
@@ -65,6 +67,8 @@ class Reply:
     status: int = 200
     message: str = ""
     item_id: str | None = None  # a fixed message id, e.g. "__fake_id__" as Chat Completions gives
+    reset_after: int | None = None  # tear the connection down after that many deltas
+    garbage: bytes | None = None  # answer 200 text/event-stream with these bytes instead
 
 
 def text(
@@ -91,6 +95,16 @@ def tool_call(name: str, arguments: dict[str, Any], *, call_id: str | None = Non
 
 def http_error(status: int, message: str = "The fake was told to fail.") -> Reply:
     return Reply(status=status, message=message)
+
+
+def reset(value: str, *, after: int = 1, chunks: int = 4) -> Reply:
+    """A streamed message whose connection is torn down (RST) after ``after`` deltas."""
+    return Reply(outputs=[("message", value)], chunks=chunks, reset_after=after)
+
+
+def garbage(body: bytes) -> Reply:
+    """``200 text/event-stream`` whose body is ``body``: not the Responses API at all."""
+    return Reply(garbage=body)
 
 
 def stream_error(
@@ -280,6 +294,10 @@ class FakeResponses:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await resp.prepare(request)
+        if reply.garbage is not None:
+            await resp.write(reply.garbage)
+            await resp.write_eof()
+            return resp
         seq = 0
         resp_id = "resp_" + secrets.token_hex(12)
 
@@ -365,6 +383,11 @@ class FakeResponses:
                                 "param": None,
                             }
                         )
+                        return resp
+                    if reply.reset_after is not None and deltas_sent >= reply.reset_after:
+                        assert request.transport is not None
+                        request.transport.abort()  # RST mid-body
+                        self.disconnected.set()
                         return resp
                     if reply.hang_after is not None and deltas_sent >= reply.hang_after:
                         self.hanging.set()
