@@ -4,6 +4,7 @@ watch list of secrets that must never reach its log, and the process's memory.""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import resource
@@ -11,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from . import (
     API_KEY,
@@ -152,3 +154,16 @@ def make_token(user: str, ttl: int = 3600) -> str:
 
     now = int(time.time())
     return jwt.encode({"sub": user, "iat": now, "exp": now + ttl}, SECRET, algorithm="HS256")
+
+
+def logged_text(caplog: Any, level: int = logging.NOTSET) -> str:
+    """Every record pytest captured for the test at ``level`` or above — setup, call and
+    teardown, tracebacks included. (``caplog.text`` in a fixture's teardown holds the
+    teardown's records only.) The broker logs at INFO: pass that to judge what it would write."""
+    formatter = logging.Formatter("%(levelname)s %(name)s %(message)s")
+    return "\n".join(
+        formatter.format(record)
+        for when in ("setup", "call", "teardown")
+        for record in caplog.get_records(when)
+        if record.levelno >= level
+    )

@@ -24,7 +24,7 @@ from broker.app import create_app
 from broker.config import load_settings
 
 from ...support import free_port
-from ...support.adversarial import make_token
+from ...support.adversarial import logged_text, make_token
 from ...support.asgi_server import run_asgi
 from ...support.fake_responses import FakeResponses, garbage, reset, text
 from .tcp_proxy import TcpProxy
@@ -115,7 +115,11 @@ async def broker(base_env: dict[str, str], model_url: str, db_url: str) -> Async
 def no_traceback(caplog: pytest.LogCaptureFixture):
     caplog.set_level(logging.INFO)
     yield
-    assert "Traceback" not in caplog.text
+    logged = logged_text(caplog, logging.INFO)
+    # (a stream ended by the database leaves chatkit-python 1.6.5's _merge_generators with a
+    # pending task, which asyncio reports as "Task was destroyed but it is pending!" with no
+    # traceback: upstream, listed in the README)
+    assert "Traceback" not in logged, logged[-3000:]
 
 
 def assert_retryable_error(turn: Turn, *, names: str | None = None) -> None:
