@@ -119,8 +119,7 @@ class Edge:
         state["request_id"] = request_id
         path = scope["path"]
         extra = [(b"x-request-id", request_id.encode()), *self._mode]
-        if path.startswith("/api/"):
-            extra.append((b"cache-control", b"no-store"))
+        no_store = path.startswith("/api/")
         status = 500
         response_started = False
 
@@ -129,7 +128,11 @@ class Edge:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                headers = [*message.get("headers", ()), *extra]
+                # API answers are never cached, unless the handler already said how (once)
+                if no_store and not any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:

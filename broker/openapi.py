@@ -317,6 +317,21 @@ _UPSTREAM = {
 }
 _BEARER = [{"bearerAuth": []}]
 
+# One server-sent event, as OpenAPI 3.2 models an event stream's items (and tools read a 3.1
+# document's event-stream `schema`): each event's `data` is one ChatKit ThreadStreamEvent, JSON.
+_SSE_EVENTS: dict[str, Any] = {
+    "schema": {
+        "type": "object",
+        "description": "One event of the stream; `data` is a ChatKit `ThreadStreamEvent` as JSON.",
+        "properties": {
+            "data": {"type": "string"},
+            "event": {"type": "string"},
+            "id": {"type": "string"},
+            "retry": {"type": "integer", "minimum": 0},
+        },
+    }
+}
+
 # the ChatKit protocol, as /chatkit/{name} and /mock/chatkit both speak it
 _CHATKIT_REQUEST: dict[str, Any] = {
     JSON: {
@@ -331,7 +346,7 @@ _CHATKIT_ANSWER: dict[str, Any] = {
     "description": "A ChatKit JSON answer or an event stream.",
     "content": {
         JSON: {"schema": {"type": "object"}},
-        "text/event-stream": {"schema": {"type": "string"}},
+        "text/event-stream": _SSE_EVENTS,
     },
 }
 
@@ -596,7 +611,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                                 },
                             }
                         },
-                        "text/event-stream": {"schema": {"type": "string"}},
+                        "text/event-stream": _SSE_EVENTS,
                     },
                 },
                 "400": _BAD_REQUEST,

@@ -60,6 +60,15 @@ return {count, ttl}
 """
 
 
+# a refund only where a count is still running (never below zero, never a key without expiry)
+REFUND_SCRIPT = """
+if redis.call('GET', KEYS[1]) and tonumber(redis.call('GET', KEYS[1])) > 0 then
+  return redis.call('DECR', KEYS[1])
+end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class Limit:
     name: str  # "user" or "address": the metric label and the key namespace
@@ -105,6 +114,12 @@ class LocalCounters:
             return None
         return entry[0] - now
 
+    def refund(self, limit: Limit, key: str) -> None:
+        """Give one back to a window still running (nothing to do once it has ended)."""
+        entry = self._counts.get((limit.name, key))
+        if entry is not None and entry[0] > self._clock() and entry[1] > 0:
+            entry[1] -= 1
+
     def _sweep(self, now: float) -> None:
         self._counts = {k: v for k, v in self._counts.items() if v[0] > now}
         self._sweep_at = len(self._counts) + self._sweep_every
@@ -138,6 +153,7 @@ class RateLimits:
         if store is not None:
             self._prefix = store.key("limits") + ":"
             self._script = store.client.register_script(HIT_SCRIPT)
+            self._refund = store.client.register_script(REFUND_SCRIPT)
 
     async def hit_user(self, user: str) -> None:
         """Count one mint for ``user``; raise ``RateLimited`` (429) when over the limit."""
@@ -159,6 +175,24 @@ class RateLimits:
         error = await self._hit(limit, key)
         if error is not None:
             raise error
+
+    async def refund_per_minute(self, name: str, key: str, count: int, *, what: str) -> None:
+        """Give back one hit of ``hit_per_minute`` that bought nothing (a message the backend
+        refused); where it was counted (Redis, else this process). Never raises: a refund
+        that cannot be made leaves the count as it was, the stricter side. (A refund just
+        after the window turned gives the new window one extra: at most one per refusal.)"""
+        limit = self._per_minute.get((name, count, what))
+        if limit is None:
+            return
+        if self._script is not None:
+            assert self._store is not None
+            shared_key = f"{self._prefix}{limit.name}:{quote(key, safe='')}"
+            try:
+                await self._store.call("ratelimit", lambda: self._refund(keys=[shared_key]))
+                return
+            except StoreUnavailable:
+                pass  # counted per process meanwhile, most likely: refund there
+        self.local.refund(limit, key)
 
     async def _hit(self, limit: Limit, identity: str) -> RateLimited | None:
         if self._script is not None:

@@ -35,6 +35,10 @@ from .support import (
 )
 from .support.fake_openai import FakeOpenAI, FakeOpenAIServer
 
+# every log line of the session (in-process records, subprocess log files) scanned for
+# secrets when it ends; a leak fails the run (tests/support/log_audit.py)
+pytest_plugins = ["tests.support.log_audit", "pytester"]
+
 
 @pytest.fixture(scope="session")
 def fake_server() -> Iterator[FakeOpenAI]:
@@ -104,7 +108,11 @@ def token() -> Callable[..., str]:
         payload: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + ttl}
         payload.update(claims)
         payload = {k: v for k, v in payload.items() if v is not None}
-        return jwt.encode(payload, key, algorithm=algorithm, headers=headers)
+        signed = jwt.encode(payload, key, algorithm=algorithm, headers=headers)
+        from .support import log_audit  # (imported late: pytest loads it as a plugin first)
+
+        log_audit.add_secret(signed)
+        return signed
 
     return make
 
@@ -124,6 +132,9 @@ def run_broker(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
             "HOME": os.environ.get("HOME", "/tmp"),
             **env,
         }
+        from .support import log_audit
+
+        log_audit.add_env(full_env)
         proc = subprocess.Popen(
             [*cli_command(), "serve", "--port", str(port), *args],
             env=full_env,

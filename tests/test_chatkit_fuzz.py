@@ -1,8 +1,11 @@
 """Hypothesis over ChatKit request bodies at ``POST /chatkit/<name>`` (issue 15), against a real
 ``chatkit-broker serve`` in mock mode and one serving an agent workflow (SQLite file, the fake
-Responses API behind it): any JSON — and near-ChatKit JSON with every request type and odd
-params — is either a valid answer (JSON or an event stream) or a 4xx in the SPEC error shape
-naming the problem; never a 5xx, never a traceback or a secret in the log."""
+Responses API behind it): about half the bodies are valid ChatKit requests of every type, built
+from chatkit-python's own request models with the ids of real threads and items
+(tests/support/chatkit_requests.py), the rest any JSON and near-ChatKit JSON with odd params.
+Each is either a valid answer (JSON or an event stream) or a 4xx in the SPEC error shape naming
+the problem; never a 5xx, never a traceback or a secret in the log. The split (valid or not,
+by status) is printed."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .support.adversarial import SecretWatch, broker_process, live_env, make_token, mock_env
+from .support.chatkit_requests import is_valid, valid_requests
 from .support.contract import assert_spec_error
 from .support.fake_responses import FakeResponses, FakeResponsesServer
 
@@ -101,7 +105,7 @@ valid = st.sampled_from(
         {"type": "threads.create", "params": {"input": GOOD_MESSAGE}},
     ]
 )
-bodies = st.one_of(
+hostile = st.one_of(
     valid,
     st.builds(lambda t, p: {"type": t, "params": p}, st.sampled_from(TYPES), params),
     st.builds(
@@ -158,15 +162,53 @@ def _credential(http: httpx.Client, mode: str) -> str:
     return secret
 
 
+def _known_ids(http: httpx.Client, headers: dict[str, str]) -> dict[str, list[str]]:
+    """A real thread of the fuzzer's and its items — ids a valid request can name, each item
+    in that thread — and one more thread, which only ``threads.delete`` names."""
+    for text in ("kept", "doomed"):
+        created = http.post(
+            "/chatkit/support",
+            json={
+                "type": "threads.create",
+                "params": {
+                    "input": {**GOOD_MESSAGE, "content": [{"type": "input_text", "text": text}]}
+                },
+            },
+            headers=headers,
+        )
+        assert created.status_code == 200, created.text
+    listed = http.post(
+        "/chatkit/support", json={"type": "threads.list", "params": {}}, headers=headers
+    )
+    doomed, *threads = [t["id"] for t in listed.json()["data"]]  # newest first
+    items = []
+    for thread in threads:
+        page = http.post(
+            "/chatkit/support",
+            json={"type": "items.list", "params": {"thread_id": thread}},
+            headers=headers,
+        )
+        items += [i["id"] for i in page.json()["data"]]
+    assert len(threads) == 1 and items, (threads, items)
+    return {"thread": threads, "item": items, "doomed thread": [doomed]}
+
+
 @pytest.mark.parametrize("mode", ["mock", "agent"])
 def test_any_json_at_the_chatkit_endpoint_is_an_answer_or_a_named_400(
     mode: str, request: pytest.FixtureRequest
 ) -> None:
     broker = request.getfixturevalue(mode)
     statuses: Counter[int] = Counter()
+    split: Counter[tuple[str, int]] = Counter()
     with httpx.Client(base_url=broker.url, timeout=15) as http:
         secret = _credential(http, mode)
         headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+        # valid requests of every type and bodies chatkit-python refuses, taken in turn (a
+        # one_of would lean on its first branch), so each side gets half the examples
+        pairs = st.tuples(
+            valid_requests(_known_ids(http, headers)), hostile.filter(lambda b: not is_valid(b))
+        )
+        turn = iter(range(10**9))
 
         @settings(
             max_examples=EXAMPLES,
@@ -175,10 +217,12 @@ def test_any_json_at_the_chatkit_endpoint_is_an_answer_or_a_named_400(
             database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         )
-        @given(body=bodies)
-        def run(body: object) -> None:
+        @given(pair=pairs)
+        def run(pair: tuple[object, object]) -> None:
+            body = pair[next(turn) % 2]
             r = http.post("/chatkit/support", content=json.dumps(body), headers=headers)
             statuses[r.status_code] += 1
+            split["valid" if is_valid(body) else "invalid", r.status_code] += 1
             assert r.status_code < 500, (body, r.status_code, r.text[:500])
             if r.status_code >= 400:
                 error = assert_spec_error(r.status_code, r.content, dict(r.headers))
@@ -193,8 +237,19 @@ def test_any_json_at_the_chatkit_endpoint_is_an_answer_or_a_named_400(
 
         run()
     FIGURES[mode] = sum(statuses.values())
-    print(f"chatkit bodies ({mode}): {dict(sorted(statuses.items()))}")
+    valid_n = sum(n for (kind, _), n in split.items() if kind == "valid")
+    print(
+        f"chatkit bodies ({mode}): {dict(sorted(statuses.items()))}; valid ChatKit requests "
+        f"{valid_n}: {_by_status(split, 'valid')}, invalid {sum(statuses.values()) - valid_n}: "
+        f"{_by_status(split, 'invalid')}"
+    )
     assert statuses[400] > 0 and statuses[200] > 0
+    assert valid_n >= 0.3 * sum(statuses.values()), split  # a real share of valid requests
+    assert split["valid", 200] >= 0.3 * valid_n, split  # and most of those answered
     logs = broker.logs()
     assert "Traceback" not in logs
     watch.check(logs)
+
+
+def _by_status(split: Counter[tuple[str, int]], kind: str) -> dict[int, int]:
+    return dict(sorted((status, n) for (k, status), n in split.items() if k == kind))

@@ -259,3 +259,34 @@ def test_local_counters_forget_expired_windows():
             counters.hit(limit, f"10.0.{second}.{i}")
     # 1,800 addresses seen, but only the last second's (plus one sweep's worth) are kept
     assert len(counters) <= 90 + 100
+
+
+@pytest.mark.parametrize("where", ["memory", "redis"])
+async def test_a_refunded_message_gives_its_count_back(make_settings, request, where):
+    """``refund_per_minute`` undoes one ``hit_per_minute`` where it was counted: the gateway
+    gives back a message its backend refused (README "Reliability and security")."""
+    from broker.errors import RateLimited
+    from broker.metrics import Metrics
+    from broker.ratelimit import RateLimits
+    from broker.store import RedisStore
+
+    redis_env = request.getfixturevalue("redis_env") if where == "redis" else {}
+    settings = make_settings(**redis_env)
+    store = (
+        RedisStore(redis_env["BROKER_REDIS_URL"], redis_env["BROKER_REDIS_PREFIX"])
+        if redis_env
+        else None
+    )
+    limits = RateLimits(settings, metrics=Metrics(), store=store)
+    args = ("workflow_messages", "support:alice", 2)
+    what = "messages to workflow 'support'"
+    await limits.refund_per_minute(*args, what=what)  # nothing counted yet: nothing to give
+    await limits.hit_per_minute(*args, what=what)
+    await limits.hit_per_minute(*args, what=what)
+    await limits.refund_per_minute(*args, what=what)
+    await limits.hit_per_minute(*args, what=what)  # the refunded one's place
+    with pytest.raises(RateLimited):
+        await limits.hit_per_minute(*args, what=what)
+    await limits.hit_per_minute("workflow_messages", "support:bob", 2, what=what)  # per user
+    if store is not None:
+        await store.pool.disconnect()

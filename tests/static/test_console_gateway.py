@@ -17,7 +17,7 @@ import pytest
 
 from broker.assertion import generate_private_key_pem
 
-from ..support import ROOT, SECRET, BrokerProcess, free_port, need
+from ..support import ROOT, SECRET, BrokerProcess, free_port, log_audit, need
 from ..support.browser import CHATKIT_JS, Tab
 
 try:
@@ -67,6 +67,7 @@ def example_server(tmp_path: Path) -> Iterator[tuple[int, int]]:
     finally:
         proc.terminate()
         proc.wait(10)
+        log_audit.collect_file(tmp_path / "example.log")
 
 
 @pytest.fixture

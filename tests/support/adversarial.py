@@ -4,6 +4,7 @@ watch list of secrets that must never reach its log, and the process's memory.""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import resource
@@ -11,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from . import (
     API_KEY,
@@ -80,6 +82,9 @@ class SecretWatch:
         self.values: set[str] = {API_KEY, SECRET}
 
     def add(self, *values: str | None) -> None:
+        from . import log_audit
+
+        log_audit.add_secret(*values)  # and in every log of the session, not just this one
         for value in values:
             if value and len(value) >= 8:
                 self.values.add(value)
@@ -116,11 +121,16 @@ def raise_fd_limit(want: int) -> int:
 
 
 @contextlib.contextmanager
-def broker_process(env: dict[str, str], log_dir: Path, *args: str) -> Iterator[BrokerProcess]:
+def broker_process(
+    env: dict[str, str], log_dir: Path, *args: str, port: int | None = None
+) -> Iterator[BrokerProcess]:
     """A real ``chatkit-broker serve`` for a whole module (``run_broker`` is per test)."""
-    port = free_port()
+    port = port or free_port()
     log_path = log_dir / f"broker-{port}.log"
     full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
+    from . import log_audit
+
+    log_audit.add_env(full_env)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [*cli_command(), "serve", "--port", str(port), *args],
@@ -144,3 +154,16 @@ def make_token(user: str, ttl: int = 3600) -> str:
 
     now = int(time.time())
     return jwt.encode({"sub": user, "iat": now, "exp": now + ttl}, SECRET, algorithm="HS256")
+
+
+def logged_text(caplog: Any, level: int = logging.NOTSET) -> str:
+    """Every record pytest captured for the test at ``level`` or above — setup, call and
+    teardown, tracebacks included. (``caplog.text`` in a fixture's teardown holds the
+    teardown's records only.) The broker logs at INFO: pass that to judge what it would write."""
+    formatter = logging.Formatter("%(levelname)s %(name)s %(message)s")
+    return "\n".join(
+        formatter.format(record)
+        for when in ("setup", "call", "teardown")
+        for record in caplog.get_records(when)
+        if record.levelno >= level
+    )

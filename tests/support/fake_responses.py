@@ -14,10 +14,16 @@ an unscripted request is answered by echoing its last user message. Each reply c
 ``hang`` after some deltas until the test (or ``reset``) releases it. Every request is
 recorded (``fake.requests``). The server runs in its own thread and loop, so in-process
 apps and real ``chatkit-broker serve`` processes can both call it.
+
+Standalone (``python -m tests.support.fake_responses --delay 0.05 --tag``, for load tests that
+want the model in its own process), echoes pause between events, end with a random tag so each
+reply is unique, and ``GET /_fake/turns`` lists every turn compactly: the agent's instructions
+(which name the caller, see ``load_agent``), the last user message and the reply generated.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import secrets
@@ -33,7 +39,9 @@ __all__ = [
     "FakeResponses",
     "FakeResponsesServer",
     "Reply",
+    "garbage",
     "http_error",
+    "reset",
     "stream_error",
     "text",
     "tool_call",
@@ -59,6 +67,8 @@ class Reply:
     status: int = 200
     message: str = ""
     item_id: str | None = None  # a fixed message id, e.g. "__fake_id__" as Chat Completions gives
+    reset_after: int | None = None  # tear the connection down after that many deltas
+    garbage: bytes | None = None  # answer 200 text/event-stream with these bytes instead
 
 
 def text(
@@ -85,6 +95,16 @@ def tool_call(name: str, arguments: dict[str, Any], *, call_id: str | None = Non
 
 def http_error(status: int, message: str = "The fake was told to fail.") -> Reply:
     return Reply(status=status, message=message)
+
+
+def reset(value: str, *, after: int = 1, chunks: int = 4) -> Reply:
+    """A streamed message whose connection is torn down (RST) after ``after`` deltas."""
+    return Reply(outputs=[("message", value)], chunks=chunks, reset_after=after)
+
+
+def garbage(body: bytes) -> Reply:
+    """``200 text/event-stream`` whose body is ``body``: not the Responses API at all."""
+    return Reply(garbage=body)
 
 
 def stream_error(
@@ -193,6 +213,11 @@ class FakeResponses:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.hanging = threading.Event()  # set while a reply hangs, for tests to wait on
         self.disconnected = threading.Event()  # set when a client hung up on a stream
+        # standalone load mode (main()): how echoes stream, and the compact turn record
+        self.echo_delay = 0.0
+        self.echo_tag = False
+        self.keep_requests = True
+        self.turns: list[dict[str, Any]] = []
 
     @property
     def base_url(self) -> str:
@@ -206,6 +231,7 @@ class FakeResponses:
         self.release()
         self._script.clear()
         self.requests.clear()
+        self.turns.clear()
         self.hanging.clear()
         self.disconnected.clear()
 
@@ -222,8 +248,18 @@ class FakeResponses:
             body = await request.json()
         except ValueError:
             return web.json_response(_error("The body is not JSON."), status=400)
-        self.requests.append(Recorded(request.path, dict(request.headers), body))
+        recorded = Recorded(request.path, dict(request.headers), body)
+        if self.keep_requests:
+            self.requests.append(recorded)
         reply = self._script.popleft() if self._script else self._echo(body)
+        said = recorded.texts("user")
+        self.turns.append(
+            {
+                "instructions": body.get("instructions"),
+                "said": said[-1] if said else None,
+                "reply": "".join(v for kind, v in reply.outputs if kind == "message"),
+            }
+        )
         if reply.status != 200:
             return web.json_response(_error(reply.message), status=reply.status)
         model = str(body.get("model") or "gpt-fake")
@@ -233,7 +269,11 @@ class FakeResponses:
 
     def _echo(self, body: dict[str, Any]) -> Reply:
         texts = Recorded("", {}, body).texts("user")
-        return text(f"echo: {texts[-1] if texts else ''}")
+        tag = f" #{secrets.token_hex(6)}" if self.echo_tag else ""
+        return text(f"echo: {texts[-1] if texts else ''}{tag}", delay=self.echo_delay)
+
+    async def turns_endpoint(self, request: web.Request) -> web.Response:
+        return web.json_response(self.turns)
 
     def _final(self, reply: Reply, model: str) -> dict[str, Any]:
         output = []
@@ -254,6 +294,10 @@ class FakeResponses:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await resp.prepare(request)
+        if reply.garbage is not None:
+            await resp.write(reply.garbage)
+            await resp.write_eof()
+            return resp
         seq = 0
         resp_id = "resp_" + secrets.token_hex(12)
 
@@ -340,6 +384,11 @@ class FakeResponses:
                             }
                         )
                         return resp
+                    if reply.reset_after is not None and deltas_sent >= reply.reset_after:
+                        assert request.transport is not None
+                        request.transport.abort()  # RST mid-body
+                        self.disconnected.set()
+                        return resp
                     if reply.hang_after is not None and deltas_sent >= reply.hang_after:
                         self.hanging.set()
                         assert self._release is not None
@@ -391,20 +440,21 @@ class FakeResponsesServer:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
 
-    def start(self) -> FakeResponses:
+    def start(self, port: int = 0) -> FakeResponses:
         self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        port = asyncio.run_coroutine_threadsafe(self._start(port), self._loop).result(10)
         self.fake.url = f"http://127.0.0.1:{port}"
         return self.fake
 
-    async def _start(self) -> int:
+    async def _start(self, port: int = 0) -> int:
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_post("/v1/responses", self.fake.handle)
+        app.router.add_get("/_fake/turns", self.fake.turns_endpoint)
         self._runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=0.5
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024)
         await site.start()
         return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -414,3 +464,27 @@ class FakeResponsesServer:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+def main() -> None:
+    """Run the fake standalone: ``python -m tests.support.fake_responses --delay 0.05 --tag``.
+
+    Prints ``http://127.0.0.1:<port>`` on its first line, then serves until killed.
+    """
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between events")
+    parser.add_argument("--tag", action="store_true", help="end each echo with a random tag")
+    args = parser.parse_args()
+    server = FakeResponsesServer()
+    fake = server.start(port=args.port)
+    fake.echo_delay, fake.echo_tag, fake.keep_requests = args.delay, args.tag, False
+    print(fake.url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

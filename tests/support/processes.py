@@ -29,6 +29,9 @@ class BrokerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 20) -> int:
+        """Stop the process and hand its log to the suite's log audit (tests/support/log_audit)."""
+        from . import log_audit
+
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -36,6 +39,7 @@ class BrokerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        log_audit.collect_file(self.log_path)
         return self.proc.returncode
 
 

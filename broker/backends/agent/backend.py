@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from ...config import ConfigError, Settings, Workflow
-from ...errors import InvalidRequest, NotFound, StoreUnavailable
+from ...errors import BrokerError, InvalidRequest, NotFound, StoreUnavailable
 from ...gate import Gate
 from ...ratelimit import RateLimits
 from ..base import Admission, Backend, Check, SessionMaker
@@ -158,21 +158,42 @@ class AgentBackend(Backend):
         workflow = admission.workflow
         server = self.server(workflow)
         body = await Request(scope, receive).body()
-        if is_streaming_req(parse_request(body)):
-            await self._count_message(admission)
-        await self._ensure_started()
-        response = await answer(server, body, Caller(admission.identity.user, workflow.name))
+        counted = is_streaming_req(parse_request(body)) and await self._count_message(admission)
+        try:
+            await self._ensure_started()
+            response = await answer(server, body, Caller(admission.identity.user, workflow.name))
+        except BrokerError as exc:
+            await self._refund_if_refused(counted, admission, exc)
+            raise
         await response(scope, receive, send)
 
-    async def _count_message(self, admission: Admission) -> None:
+    def _message_limit(self, admission: Admission) -> tuple[str, str, int, str] | None:
         limit = admission.workflow.max_messages_per_minute
-        if limit is not None:
-            await self.limits.hit_per_minute(
-                "workflow_messages",
-                f"{admission.workflow.name}:{admission.identity.user}",
-                limit,
-                what=f"messages to workflow {admission.workflow.name!r}",
-            )
+        if limit is None:
+            return None
+        name = admission.workflow.name
+        key = f"{name}:{admission.identity.user}"
+        return "workflow_messages", key, limit, f"messages to workflow {name!r}"
+
+    async def _count_message(self, admission: Admission) -> bool:
+        """Count a message against ``max_messages_per_minute``; whether it was counted."""
+        limit = self._message_limit(admission)
+        if limit is None:
+            return False
+        name, key, count, what = limit
+        await self.limits.hit_per_minute(name, key, count, what=what)
+        return True
+
+    async def _refund_if_refused(
+        self, counted: bool, admission: Admission, exc: BrokerError
+    ) -> None:
+        """A message refused before any run (4xx: another user's thread, a bad request; or
+        the thread store unreachable) started no turn: its count is given back, as the
+        gateway does for a backend's refusal. A run that failed or timed out still counts."""
+        limit = self._message_limit(admission) if counted else None
+        if limit is not None and (400 <= exc.status < 500 or isinstance(exc, StoreUnavailable)):
+            name, key, count, what = limit
+            await self.limits.refund_per_minute(name, key, count, what=what)
 
     # --- server-side APIs -----------------------------------------------------------------
 
@@ -209,15 +230,19 @@ class AgentBackend(Backend):
         thread_id = body.get("thread_id")
         if thread_id is not None and not (isinstance(thread_id, str) and thread_id):
             raise InvalidRequest('"thread_id" must be a thread id string.')
-        await self._count_message(admission)
-        await self._ensure_started()
-        server = self.server(workflow)
-        caller = Caller(admission.identity.user, workflow.name)
-        if request.query_params.get("stream") in ("1", "true"):
-            return await answer(server, runs.chatkit_body(text, thread_id), caller)
-        result = await runs.run(
-            server, caller, text, thread_id=thread_id, timeout=self.options.run_timeout
-        )
+        counted = await self._count_message(admission)
+        try:
+            await self._ensure_started()
+            server = self.server(workflow)
+            caller = Caller(admission.identity.user, workflow.name)
+            if request.query_params.get("stream") in ("1", "true"):
+                return await answer(server, runs.chatkit_body(text, thread_id), caller)
+            result = await runs.run(
+                server, caller, text, thread_id=thread_id, timeout=self.options.run_timeout
+            )
+        except BrokerError as exc:
+            await self._refund_if_refused(counted, admission, exc)
+            raise
         return Response(
             json.dumps(result.as_json(), ensure_ascii=False),
             media_type="application/json",

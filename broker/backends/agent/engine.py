@@ -57,6 +57,7 @@ from chatkit.types import (
 from openai import AsyncOpenAI
 from openai.types.responses import ResponseInputTextParam
 
+from ...errors import BrokerError
 from .protocol import REQUESTS
 from .store import Caller, SQLStore
 from .targets import AgentTarget, ExportTarget, Target, current_sink, has_output_type, with_client
@@ -64,6 +65,22 @@ from .targets import AgentTarget, ExportTarget, Target, current_sink, has_output
 __all__ = ["AgentServer", "RunOutcome", "current_outcome", "message_text"]
 
 log = logging.getLogger("broker.agent")
+
+
+class _NoTracebackForBrokerErrors(logging.Filter):
+    """chatkit logs every exception that ends a stream with its traceback. A ``BrokerError``
+    (the thread store unreachable, …) is an expected condition, already one warning line
+    of ours and an error event: keep chatkit's line, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BrokerError):
+            record.msg, record.args = f"stream ended: {type(exc).__name__}: {exc.message}", None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("chatkit").addFilter(_NoTracebackForBrokerErrors())
 
 TITLE_LENGTH = 40
 GUARDRAIL_MESSAGE = "A guardrail stopped this reply, so it was not sent."

@@ -14,6 +14,7 @@ returns. Records are kept as the JSON of chatkit's own pydantic models.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -176,6 +177,10 @@ class SQLStore(Store[Caller | str]):
         self._dialect = make_url(url).get_backend_name()
         self._engine: AsyncEngine = _make_engine(url, self._dialect, connect_timeout)
         self._writes: set[asyncio.Task[Any]] = set()
+        # SQLite has one writer at a time: queue this process's writes here, in asyncio, rather
+        # than in SQLite, where a transaction that read first and then writes fails at once
+        # (SQLITE_BUSY, the busy timeout does not apply) and a queue of 300 outlasts the timeout.
+        self._write_lock = asyncio.Lock() if self._dialect == "sqlite" else None
 
     @property
     def dialect(self) -> str:
@@ -246,7 +251,7 @@ class SQLStore(Store[Caller | str]):
         """Run one write transaction in its own task, shielded from the caller's cancellation."""
 
         async def run() -> _T:
-            async with self._connect() as conn:
+            async with self._write_lock or contextlib.nullcontext(), self._connect() as conn:
                 return await work(conn)
 
         task = asyncio.ensure_future(run())

@@ -2,17 +2,18 @@
 
 The gate has already authenticated the caller and checked the allowlist when ``serve`` runs;
 this adds what only the gateway knows: the per-user message limit (counted on the request
-types that start a model turn), the signed assertion for this request, the relay, and one
-access-log line and metrics saying how the request ended.
+types that start a model turn, and given back when the backend refused the turn), the signed
+assertion for this request, the relay, and one access-log line and metrics saying how the
+request ended.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -56,23 +57,54 @@ STREAMING_TYPES = frozenset(
     }
 )
 
-# (user, workflow, per_minute) → raises RateLimited when over; shared across instances
-MessageLimiter = Callable[[str, str, int], Awaitable[None]]
+
+class MessageLimiter(Protocol):
+    """Per (user, workflow) message counts, shared across instances."""
+
+    async def hit(self, user: str, workflow: str, per_minute: int) -> None:
+        """Count one message; raise ``RateLimited`` when over ``per_minute``."""
+
+    async def refund(self, user: str, workflow: str, per_minute: int) -> None:
+        """Give back one counted message that started no turn; never raises."""
 
 
-def message_limiter(limits: RateLimits) -> MessageLimiter:
+@dataclass(frozen=True)
+class BrokerMessageLimiter:
     """``max_messages_per_minute`` on the broker's own limiter (Redis when configured, so
     it holds across instances; per process while Redis is down)."""
 
-    async def hit(user: str, workflow: str, per_minute: int) -> None:
-        await limits.hit_per_minute(
-            "workflow_messages",
-            f"{workflow}:{user}",
-            per_minute,
-            what=f"messages to workflow {workflow!r} for this user",
-        )
+    limits: RateLimits
 
-    return hit
+    async def hit(self, user: str, workflow: str, per_minute: int) -> None:
+        name, key, count, what = self._args(user, workflow, per_minute)
+        await self.limits.hit_per_minute(name, key, count, what=what)
+
+    async def refund(self, user: str, workflow: str, per_minute: int) -> None:
+        name, key, count, what = self._args(user, workflow, per_minute)
+        await self.limits.refund_per_minute(name, key, count, what=what)
+
+    @staticmethod
+    def _args(user: str, workflow: str, per_minute: int) -> tuple[str, str, int, str]:
+        what = f"messages to workflow {workflow!r} for this user"
+        return "workflow_messages", f"{workflow}:{user}", per_minute, what
+
+
+def message_limiter(limits: RateLimits) -> MessageLimiter:
+    return BrokerMessageLimiter(limits)
+
+
+def started_a_turn(record: Relay) -> bool:
+    """Whether a relayed message cost the backend a turn, so it stays counted.
+
+    Refused by the backend (it answered 3xx/4xx/5xx: another user's thread, a bad request)
+    or never delivered (no connection could be made): no turn, the count is given back.
+    Answered 2xx, or sent and then timed out, reset or left by the browser: the backend may
+    have run the model, so it counts. Attempts are bounded anyway by the workflow's
+    ``max_requests_per_minute``, which counts every request.
+    """
+    if record.upstream_status is not None:
+        return 200 <= record.upstream_status < 300
+    return record.outcome != "backend_unavailable"
 
 
 @dataclass(frozen=True)
@@ -196,6 +228,8 @@ class GatewayBackend(Backend):
         request_id = str(state.get("request_id", "-"))
         record = Relay()
         request_type = "-"
+        counted = 0  # the per-minute limit this request was counted against, if it was
+        relayed = False
         try:
             body = await self.proxy.read_body(scope, receive)
             if body is None:
@@ -204,7 +238,8 @@ class GatewayBackend(Backend):
             request_type = _request_type(body)
             per_minute = workflow.max_messages_per_minute
             if per_minute and request_type in STREAMING_TYPES and self._limiter is not None:
-                await self._limiter(admission.identity.user, workflow.name, per_minute)
+                await self._limiter.hit(admission.identity.user, workflow.name, per_minute)
+                counted = per_minute
             signer = self.signer_for(workflow)
             assertion = signer.sign(
                 admission.identity.user,
@@ -215,8 +250,15 @@ class GatewayBackend(Backend):
                 body=body,
             )
             own = [(ASSERTION_HEADER, assertion), ("X-Request-ID", request_id)]
+            relayed = True
             await self.proxy.relay(
-                scope, receive, send, self.upstream_for(workflow), body, own, record
+                scope,
+                receive,
+                _with_request_id(send, request_id),
+                self.upstream_for(workflow),
+                body,
+                own,
+                record,
             )
         except StreamAborted:
             # returning without completing the response makes the server drop the
@@ -229,6 +271,9 @@ class GatewayBackend(Backend):
             await send({**start, "headers": rendered.headers})
             await send({"type": "http.response.body", "body": rendered.body})
         finally:
+            refused = not relayed or not started_a_turn(record)
+            if counted and self._limiter is not None and refused:
+                await self._limiter.refund(admission.identity.user, workflow.name, counted)
             self._finished(workflow.name, request_type, record, state)
 
     # --- observability ------------------------------------------------------------------
@@ -253,6 +298,49 @@ class GatewayBackend(Backend):
             relayed_bytes=record.bytes_out,
             ttfb_ms=round(record.ttfb * 1000, 2) if record.ttfb is not None else None,
         )
+
+
+def _with_request_id(send: Send, request_id: str) -> Send:
+    """``send`` that gives a backend's own 4xx error JSON the broker's request id.
+
+    The backend's status, code and message pass through; an ``{"error": {...}}`` body that
+    lacks ``request_id`` gets the one in ``X-Request-ID``, so every error the browser sees
+    has the SPEC shape and can be found in the broker's log. Other bodies are untouched.
+    """
+    error_start: dict[str, Any] | None = None
+
+    async def patched(message: dict[str, Any]) -> None:
+        nonlocal error_start
+        if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+            error_start = message  # held until the body: its Content-Length may change
+            return
+        if error_start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        start, error_start = error_start, None
+        body = _error_with_id(message.get("body", b""), request_id)
+        if body is not None and not message.get("more_body"):
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            start = {**start, "headers": [*headers, (b"content-length", b"%d" % len(body))]}
+            message = {**message, "body": body}
+        await send(start)
+        await send(message)
+
+    return patched
+
+
+def _error_with_id(body: bytes, request_id: str) -> bytes | None:
+    """The body with ``error.request_id`` added, or None when it is not an error object
+    without one."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict) or "request_id" in error:
+        return None
+    data["error"] = {**error, "request_id": request_id}
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _request_type(body: bytes) -> str:

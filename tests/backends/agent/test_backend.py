@@ -281,3 +281,73 @@ async def test_the_served_openapi_document_describes_the_agent_routes(client) ->
     assert routed <= documented_operations()
     served = (await client.get("/openapi.json")).json()
     assert {(p, m.upper()) for p, ops in served["paths"].items() for m in ops} == routed
+
+
+async def test_agent_messages_refused_before_a_run_do_not_use_up_the_limit(
+    settings_factory, token, tmp_path, responses
+) -> None:
+    """As for a gateway: bob's messages naming alice's thread are 404s that start no run, so
+    his limit of 2 is still whole; a run that went to the model counts."""
+    wf_file = tmp_path / "workflows.toml"
+    wf_file.write_text(
+        '[workflows.support]\nagent = "examples.agent.support_agent:agent"\nmax_messages_per_minute = 2\n'
+    )
+    settings = settings_factory(BROKER_WORKFLOWS_FILE=str(wf_file), BROKER_WORKFLOWS="")
+    async with app_client(settings) as client:
+        mine = await client.post(
+            "/api/workflows/support/runs", json={"input": "hi"}, headers=auth(token("alice"))
+        )
+        alices = mine.json()["thread_id"]
+        bob = auth(token("bob"))
+        for _ in range(3):  # through the runs route and through ChatKit
+            r = await client.post(
+                "/api/workflows/support/runs",
+                json={"input": "x", "thread_id": alices},
+                headers=bob,
+            )
+            assert r.status_code == 404, r.text
+            r = await client.post(
+                "/chatkit/support",
+                json={
+                    "type": "threads.add_user_message",
+                    "params": {
+                        "thread_id": alices,
+                        "input": {
+                            "content": [{"type": "input_text", "text": "x"}],
+                            "attachments": [],
+                            "inference_options": {},
+                        },
+                    },
+                },
+                headers=bob,
+            )
+            assert r.status_code == 404, r.text
+        codes = [
+            (
+                await client.post("/api/workflows/support/runs", json={"input": "hi"}, headers=bob)
+            ).status_code
+            for _ in range(3)
+        ]
+    assert codes == [200, 200, 429]
+    assert len(responses.requests) == 3  # alice's run and bob's two; no refused one
+
+
+async def test_the_agent_routes_say_no_store_once(settings_factory, token, responses) -> None:
+    """Found by schemathesis (tests/test_fuzz_kinds.py): the runs and threads routes set
+    ``Cache-Control: no-store`` and the middleware added it again to every /api/ answer."""
+    async with app_client(settings_factory()) as client:
+        alice = auth(token("alice"))
+        ran = await client.post("/api/workflows/support/runs", json={"input": "hi"}, headers=alice)
+        thread = ran.json()["thread_id"]
+        answers = [
+            ran,
+            await client.post(
+                "/api/workflows/support/runs?stream=1", json={"input": "hi"}, headers=alice
+            ),
+            await client.get("/api/threads?workflow=support", headers=alice),
+            await client.get(f"/api/threads/{thread}/items", headers=alice),
+            await client.get("/api/threads/nope/items", headers=alice),
+        ]
+    for r in answers:
+        assert r.headers.get_list("cache-control") == ["no-store"], (r.request.url, r.headers)
+    assert [r.status_code for r in answers] == [200, 200, 200, 200, 404]

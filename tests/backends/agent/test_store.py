@@ -440,3 +440,27 @@ async def test_a_threads_workflow_is_found_for_its_owner_only(store: SQLStore) -
     assert await store.thread_workflow(t.id, "alice") == "sales"
     assert await store.thread_workflow(t.id, "bob") is None
     assert await store.thread_workflow("thr_unknown", "alice") is None
+
+
+async def test_hundreds_of_concurrent_writers_on_one_sqlite_file_all_land(tmp_path) -> None:
+    """Found by the agent load test (tests/test_load_agent.py): under 300 users a SQLite write
+    failed "unreachable" (SQLITE_BUSY: a transaction that read before writing is refused at
+    once, and a long queue outlasts the busy timeout), so one user's reply ended in an error.
+    The store now queues its own writes; every one lands, none waits on SQLite's lock."""
+    store = SQLStore(resolve_database_url(f"sqlite:///{tmp_path / 't.db'}"), connect_timeout=0.2)
+    await store.start()
+    threads = [await new_thread(store) for _ in range(20)]
+
+    async def user(i: int) -> None:
+        t = threads[i % len(threads)]
+        for n in range(4):
+            await store.add_thread_item(t.id, reply(t.id, f"msg_{i}_{n}", "x" * 200), ALICE)
+            await store.save_thread(t, ALICE)
+            await store.load_thread_items(t.id, None, 5, "desc", ALICE)
+
+    await asyncio.gather(*(user(i) for i in range(200)))
+    total = 0
+    for t in threads:
+        total += len((await store.load_thread_items(t.id, None, 100, "asc", ALICE)).data)
+    assert total == 200 * 4
+    await store.close()

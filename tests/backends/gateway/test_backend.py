@@ -19,6 +19,7 @@ from broker.backends.base import Admission
 from broker.backends.gateway.backend import GatewayBackend, GatewaySettings
 from broker.backends.gateway.metrics import GatewayMetrics
 from broker.errors import RateLimited
+from tests.support import free_port
 from tests.support.asgi_server import run_asgi
 from tests.support.fake_backend import FakeBackend, fake_backend
 
@@ -35,11 +36,14 @@ class CountingLimiter:
 
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
 
-    async def __call__(self, user: str, workflow: str, per_minute: int) -> None:
+    async def hit(self, user: str, workflow: str, per_minute: int) -> None:
         key = (user, workflow)
         self.counts[key] = self.counts.get(key, 0) + 1
         if self.counts[key] > per_minute:
             raise RateLimited("Too many messages.", headers={"Retry-After": "60"})
+
+    async def refund(self, user: str, workflow: str, per_minute: int) -> None:
+        self.counts[(user, workflow)] -= 1
 
 
 @dataclass
@@ -139,6 +143,69 @@ async def test_the_message_limit_counts_only_the_requests_that_start_a_turn(
     assert refused.headers["retry-after"] == "60"
     assert limiter.counts == {("alice", "support"): 3}
     assert len(fake.requests) == 7  # the refused message never reached the backend
+    await backend.shutdown()
+
+
+async def test_a_message_the_backend_refused_or_never_got_is_not_counted(
+    fake: FakeBackend,
+) -> None:
+    """Only turns the backend accepted count against ``max_messages_per_minute``: its 404
+    (another user's thread), 401, a redirect, or no connection at all give the count back;
+    a 2xx counts, and so does a stream the backend started and then broke."""
+    limiter = CountingLimiter()
+    backend = GatewayBackend(GatewaySettings(), limiter=limiter)
+    alice = Identity("alice", {})
+
+    def at(path: str) -> App:
+        workflow = Workflow("support", path, max_messages_per_minute=2)
+        return App(backend, Admission(alice, workflow))
+
+    refused = {
+        "backend 404": at(fake.url("/status?code=404&json=1")),
+        "backend 401": at(fake.url("/status?code=401")),
+        "backend redirect": at(fake.url("/redirect")),
+        "no connection": at(f"http://127.0.0.1:{free_port()}/chatkit"),
+    }
+    for what, app in refused.items():
+        for _ in range(3):  # more than the limit: none of them counts
+            r = await serve_one(app, create("x"))
+            assert r.status_code != 200 and r.status_code != 429, (what, r.status_code)
+    assert limiter.counts == {("alice", "support"): 0}
+    async with (
+        run_asgi(at(fake.url("/reset"))) as url,
+        httpx.AsyncClient(base_url=url) as c,
+        c.stream("POST", "/chatkit/support", json=create("1")) as broken,
+    ):
+        assert broken.status_code == 200  # the backend started the turn, then reset
+        with pytest.raises(httpx.RemoteProtocolError):
+            await broken.aread()
+    assert (await serve_one(at(fake.url("/sse?count=1")), create("2"))).status_code == 200
+    over = await serve_one(at(fake.url("/sse?count=1")), create("3"))
+    assert over.status_code == 429 and over.json()["error"]["code"] == "rate_limited"
+    assert limiter.counts == {("alice", "support"): 3}  # the 429 itself is not given back
+    await backend.shutdown()
+
+
+async def test_a_backends_own_4xx_error_gets_the_brokers_request_id(fake: FakeBackend) -> None:
+    """Found by schemathesis (tests/test_fuzz_kinds.py): the example server's 400/404 bodies
+    have no ``request_id``, so the browser got an error outside the SPEC shape. Its status,
+    code, message and headers pass through; the id is the one in ``X-Request-ID``."""
+    backend = GatewayBackend(GatewaySettings())
+    alice = Identity("alice", {})
+    for status in (404, 409, 422):
+        workflow = Workflow("support", fake.url(f"/status?code={status}&json=1"))
+        r = await serve_one(App(backend, Admission(alice, workflow)), {"type": "threads.list"})
+        assert r.status_code == status
+        assert r.json() == {
+            "error": {"code": "backend_says", "message": "thread not found", "request_id": "req-1"}
+        }
+        assert r.headers["content-length"] == str(len(r.content))
+        assert r.headers["retry-after"] == "7"
+    ok = await serve_one(
+        App(backend, Admission(alice, Workflow("support", fake.url("/json")))),
+        {"type": "threads.list"},
+    )
+    assert ok.json() == {"data": [], "has_more": False, "after": None}  # a 2xx untouched
     await backend.shutdown()
 
 

@@ -97,3 +97,33 @@ async def test_bob_never_reaches_alices_thread_through_the_gateway(
         assert items_after == items_before
     assert watch.check(caplog.text) > 0  # JWTs, session secrets, assertions: in no log line
     assert "Traceback" not in caplog.text
+
+
+async def test_messages_the_backend_refused_do_not_use_up_the_message_limit(stack: Stack) -> None:
+    """bob's messages to alice's thread are the example server's 404s: they start no turn,
+    so they leave his ``max_messages_per_minute`` (3 here) whole — his own 3 turns are
+    answered, the 4th is the broker's 429 (README "Reliability and security")."""
+    async with httpx.AsyncClient(base_url=stack.broker, timeout=10) as browser:
+        alice = {"Authorization": f"Bearer {token('alice')}"}
+        await browser.post("/chatkit/example", json=create("mine"), headers=alice)
+        listed = await browser.post(
+            "/chatkit/example", json={"type": "threads.list", "params": {}}, headers=alice
+        )
+        thread_id = listed.json()["data"][0]["id"]
+        bob = {"Authorization": f"Bearer {token('bob')}"}
+        message = create("x")["params"]["input"]
+        for _ in range(5):
+            r = await browser.post(
+                "/chatkit/example",
+                json={
+                    "type": "threads.add_user_message",
+                    "params": {"thread_id": thread_id, "input": message},
+                },
+                headers=bob,
+            )
+            assert r.status_code == 404, r.text
+        for n in range(3):
+            r = await browser.post("/chatkit/example", json=create(f"hi {n}"), headers=bob)
+            assert reply_text(r.content) == f"Hello bob, you said: hi {n}", r.text
+        r = await browser.post("/chatkit/example", json=create("one more"), headers=bob)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited", r.text

@@ -1,0 +1,130 @@
+"""Load without loss through an agent workflow: 300 users chatting for 60 s against a real
+``chatkit-broker serve`` hosting an Agents SDK agent (tests/support/load_agent.py) whose model
+is the fake Responses API in its own process, 50 ms between streamed events.
+
+Every message carries a nonce no other message has. The fake records, for every model call,
+whose conversation it came from (the agent's instructions name the caller and the thread),
+the last user message and the reply it generated (tagged at random, so no two are alike).
+Each user's streamed reply must be the one generated for their nonce, in their thread, for
+them; there must be exactly one model call per turn; no request may fail; the broker's
+memory must be flat over the second half; and no secret may be in its log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+
+from .support import ROOT
+from .support.adversarial import SecretWatch, live_env, make_token, raise_fd_limit
+from .support.load import User, chat, percentile, rss_second_half, sample_rss, spawn
+
+CLIENTS = int(os.environ.get("LOAD_CLIENTS", "300"))
+SECONDS = float(os.environ.get("LOAD_SECONDS", "60"))
+EVENT_DELAY = 0.05
+SESSION_SECRET = "load-session-secret-that-is-32-bytes-or-more"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def model(tmp_path: Path):
+    with spawn(
+        "tests.support.fake_responses",
+        "--delay",
+        str(EVENT_DELAY),
+        "--tag",
+        log_path=tmp_path / "fake-responses.log",
+        url_on_stdout=True,
+    ) as (_, url):
+        yield url
+
+
+async def test_300_users_chat_with_an_agent_for_60s_and_each_gets_only_their_replies(
+    run_broker, model: str, tmp_path: Path
+) -> None:
+    raise_fd_limit(4 * CLIENTS + 1000)
+    (tmp_path / "workflows.toml").write_text(
+        f'[workflows.load]\nagent = "{ROOT}/tests/support/load_agent.py:agent"\n'
+    )
+    env = live_env(
+        model + "/v1",
+        BROKER_WORKFLOWS=None,
+        BROKER_WORKFLOWS_FILE=str(tmp_path / "workflows.toml"),
+        BROKER_SESSION_SECRET=SESSION_SECRET,
+        BROKER_DATABASE_URL=f"sqlite:///{tmp_path / 'threads.sqlite3'}",
+    )
+    bp = run_broker(env)
+    watch = SecretWatch()
+    watch.add(SESSION_SECRET)
+
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        users = []
+        for i in range(CLIENTS):  # each signs in, then chats with the session secret it got
+            jwt = make_token(f"agent-user-{i}")
+            async with session.post(
+                bp.url + "/api/chatkit/session",
+                json={"workflow": "load"},
+                headers={"Authorization": f"Bearer {jwt}"},
+            ) as r:
+                minted = await r.json()
+                assert r.status == 200, minted
+            assert minted["backend"]["url"] == "/chatkit/load"
+            users.append(User(f"agent-user-{i}", minted["client_secret"]))
+            watch.add(jwt, minted["client_secret"])
+        rss: list[tuple[float, float]] = []
+        started = time.monotonic()
+        stop_at = started + SECONDS
+        await asyncio.gather(
+            sample_rss(bp.proc.pid, rss, stop_at),
+            *(chat(session, bp.url + "/chatkit/load", u, stop_at) for u in users),
+        )
+        elapsed = time.monotonic() - started
+
+    failures = Counter(f for u in users for f in u.failures)
+    assert not failures, f"{sum(failures.values())} failed turns: {failures.most_common(5)}"
+    assert all(u.turns for u in users), "a user never got a reply"
+
+    # what the model saw, turn by turn: each nonce once, from its user's thread, and the
+    # reply generated for it is the one that user received
+    turns = httpx.get(model + "/_fake/turns", timeout=60).json()
+    by_nonce = {t["said"]: t for t in turns}
+    sent = sum(len(u.turns) for u in users)
+    assert len(by_nonce) == len(turns) == sent, (len(by_nonce), len(turns), sent)
+    misdelivered = 0
+    threads = set()
+    for u in users:
+        for turn in u.turns:
+            seen = by_nonce.get(turn.nonce)
+            assert seen is not None, f"{u.name}'s message never reached the model"
+            assert seen["instructions"] == f"user={u.name} thread={turn.thread_id}", (
+                f"{u.name}'s message reached the model as {seen['instructions']}"
+            )
+            if turn.reply != seen["reply"]:
+                misdelivered += 1
+            threads.add(turn.thread_id)
+    assert misdelivered == 0, f"{misdelivered} replies were not the one generated for the message"
+
+    early, late = rss_second_half(rss, SECONDS)
+    assert late - early < max(8.0, 0.1 * early), f"RSS grew {early:.1f} → {late:.1f} MiB: {rss}"
+    log = bp.logs()
+    lines = watch.check(log)
+    assert "Traceback" not in log
+    latencies = [x for u in users for x in u.latencies]
+    print(
+        f"\nagent load: {CLIENTS} users, {elapsed:.0f} s, {sent} turns streamed "
+        f"({sent / elapsed:.0f}/s) in {len(threads)} threads, model calls {len(turns)}, "
+        f"0 errors, 0 misdelivered; turn p50 {percentile(latencies, 0.5) * 1000:.0f} ms "
+        f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms; broker RSS {rss[0][1]:.0f} → "
+        f"peak {max(m for _, m in rss):.0f} → end {rss[-1][1]:.0f} MiB (second half "
+        f"{early:.1f} → {late:.1f}); log lines checked {lines}"
+    )

@@ -1,0 +1,135 @@
+"""Load without loss through a gateway workflow: 300 users chatting for 60 s through a real
+``chatkit-broker serve`` to the example ChatKit server in its own process (recording every
+turn it answered, tests/support/recording_chatkit.py), 50 ms between streamed deltas.
+
+Each user signs in, gets a session secret and chats with it; every message carries a nonce
+no other message has. For every turn the backend recorded the identity in the assertion it
+verified (user and session id), the thread and what it was told; each must be the user whose
+secret sent that nonce, and the reply the user got must be the one streamed for it. No
+request may fail, the broker's memory must be flat over the second half, and neither its
+log nor the backend's may hold a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+
+from broker.assertion import generate_private_key_pem
+
+from .support import free_port
+from .support.adversarial import SecretWatch, live_env, make_token, raise_fd_limit
+from .support.load import User, chat, percentile, rss_second_half, sample_rss, spawn
+
+CLIENTS = int(os.environ.get("LOAD_CLIENTS", "300"))
+SECONDS = float(os.environ.get("LOAD_SECONDS", "60"))
+DELTA_DELAY = 0.05
+SESSION_SECRET = "load-session-secret-that-is-32-bytes-or-more"
+
+pytestmark = pytest.mark.slow
+
+
+async def test_300_users_chat_through_a_gateway_for_60s_and_each_gets_only_their_replies(
+    run_broker, tmp_path: Path
+) -> None:
+    raise_fd_limit(6 * CLIENTS + 1000)
+    broker_port, backend_port = free_port(), free_port()
+    broker_url = f"http://127.0.0.1:{broker_port}"
+    (tmp_path / "workflows.toml").write_text(
+        f'[workflows.example]\nserver = "http://127.0.0.1:{backend_port}/chatkit"\n'
+    )
+    env = live_env(
+        "http://127.0.0.1:9/v1",
+        BROKER_WORKFLOWS=None,
+        BROKER_WORKFLOWS_FILE=str(tmp_path / "workflows.toml"),
+        BROKER_SESSION_SECRET=SESSION_SECRET,
+        BROKER_ASSERTION_KEY=generate_private_key_pem(),
+        BROKER_PUBLIC_URL=broker_url,
+    )
+    with spawn(
+        "tests.support.recording_chatkit",
+        *("--port", str(backend_port), "--broker", broker_url, "--delay", str(DELTA_DELAY)),
+        log_path=tmp_path / "chatkit-server.log",
+        url_on_stdout=True,
+    ) as (backend, backend_url):
+        bp = run_broker(env, port=broker_port)
+        watch = SecretWatch()
+        watch.add(SESSION_SECRET)
+        sessions: dict[str, str] = {}  # user → session id
+
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            users = []
+            for i in range(CLIENTS):
+                name = f"gateway-user-{i}"
+                jwt = make_token(name)
+                async with session.post(
+                    bp.url + "/api/chatkit/session",
+                    json={"workflow": "example"},
+                    headers={"Authorization": f"Bearer {jwt}"},
+                ) as r:
+                    minted = await r.json()
+                    assert r.status == 200, minted
+                assert minted["workflow"]["kind"] == "gateway"
+                users.append(User(name, minted["client_secret"]))
+                sessions[name] = minted["session_id"]
+                watch.add(jwt, minted["client_secret"])
+            rss: list[tuple[float, float]] = []
+            started = time.monotonic()
+            stop_at = started + SECONDS
+            await asyncio.gather(
+                sample_rss(bp.proc.pid, rss, stop_at),
+                *(chat(session, bp.url + "/chatkit/example", u, stop_at) for u in users),
+            )
+            elapsed = time.monotonic() - started
+        turns = httpx.get(backend_url + "/_fake/turns", timeout=60).json()
+        backend_log = backend.logs()
+
+    failures = Counter(f for u in users for f in u.failures)
+    assert not failures, f"{sum(failures.values())} failed turns: {failures.most_common(5)}"
+    assert all(u.turns for u in users), "a user never got a reply"
+
+    by_nonce = {t["said"]: t for t in turns}
+    sent = sum(len(u.turns) for u in users)
+    assert len(by_nonce) == len(turns) == sent, (len(by_nonce), len(turns), sent)
+    misdelivered = 0
+    threads = set()
+    for u in users:
+        for turn in u.turns:
+            seen = by_nonce.get(turn.nonce)
+            assert seen is not None, f"{u.name}'s message never reached the backend"
+            verified = (seen["user"], seen["session_id"], seen["workflow"], seen["thread"])
+            assert verified == (u.name, sessions[u.name], "example", turn.thread_id), (
+                f"{u.name}'s message reached the backend as {verified}"
+            )
+            if (
+                turn.reply != seen["reply"]
+                or turn.reply != f"Hello {u.name}, you said: {turn.nonce}"
+            ):
+                misdelivered += 1
+            threads.add(turn.thread_id)
+    assert misdelivered == 0, f"{misdelivered} replies were not the one streamed for the message"
+
+    early, late = rss_second_half(rss, SECONDS)
+    assert late - early < max(8.0, 0.1 * early), f"RSS grew {early:.1f} → {late:.1f} MiB: {rss}"
+    log = bp.logs()
+    lines = watch.check(log)
+    watch.check(backend_log)
+    assert "Traceback" not in log and "Traceback" not in backend_log
+    latencies = [x for u in users for x in u.latencies]
+    print(
+        f"\ngateway load: {CLIENTS} users, {elapsed:.0f} s, {sent} turns streamed "
+        f"({sent / elapsed:.0f}/s) in {len(threads)} threads, backend turns {len(turns)}, "
+        f"0 errors, 0 misdelivered; turn p50 {percentile(latencies, 0.5) * 1000:.0f} ms "
+        f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms; broker RSS {rss[0][1]:.0f} → "
+        f"peak {max(m for _, m in rss):.0f} → end {rss[-1][1]:.0f} MiB (second half "
+        f"{early:.1f} → {late:.1f}); log lines checked {lines}"
+    )
