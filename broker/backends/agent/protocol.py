@@ -8,9 +8,11 @@ the stream have started, so a foreign or unknown id must be refused here, before
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from chatkit.errors import ErrorCode
 from chatkit.server import ChatKitServer, NonStreamingResult, StreamingResult
 from chatkit.store import NotFoundError
 from chatkit.types import (
@@ -18,6 +20,7 @@ from chatkit.types import (
     AttachmentsDeleteReq,
     ChatKitReq,
     ClientToolCallItem,
+    ErrorEvent,
     InputTranscribeReq,
     StructuredInputItem,
     ThreadsAddClientToolOutputReq,
@@ -32,11 +35,19 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Send
 
-from ...errors import InvalidRequest, NotFound
+from ...errors import BrokerError, InvalidRequest, NotFound
 from .store import Caller, SQLStore
 
 __all__ = ["answer", "check_request", "describe", "first_chunk", "parse_request", "process"]
 
+log = logging.getLogger("broker.agent")
+_STREAM_ERROR = (
+    b"data: "
+    + ErrorEvent(code=ErrorCode.STREAM_ERROR, allow_retry=True)
+    .model_dump_json(by_alias=True, exclude_none=True)
+    .encode()
+    + b"\n\n"
+)
 MAX_MESSAGE = 300
 MAX_ID_SHOWN = 80
 NO_STORE = {"Cache-Control": "no-store"}
@@ -182,8 +193,14 @@ class EventStream(StreamingResponse):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         if self.first:
             await send({"type": "http.response.body", "body": self.first, "more_body": True})
-        async for chunk in self.body_iterator:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        try:
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except BrokerError as exc:
+            # chatkit saves the thread once more after its own error handling (the thread
+            # store down at that moment escapes it): end with an error event, not a cut stream
+            log.warning("stream ended: %s: %s", type(exc).__name__, exc.message)
+            await send({"type": "http.response.body", "body": _STREAM_ERROR, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
