@@ -56,8 +56,8 @@ def _component(frame: str) -> str:
 # floors' request paths); what matches none is the event loop and aiohttp's I/O callbacks.
 BUCKETS = (
     ("JWT verification (Verifier.verify)", ("Verifier.verify",)),
-    ("rate-limit checks (limits)", ("RateLimits._hit",)),
-    ("access log", ("Logger._log", "JSONFormatter", "StreamHandler")),
+    ("rate-limit checks", ("RateLimits._hit", "LocalCounters.hit")),
+    ("access log", ("Logger._log", "JSONFormatter", "StreamHandler", "AccessLog.request")),
     ("upstream call: aiohttp post + read (+ JSON parse)", ("HostedSessions._attempt", "_endpoint")),
     ("mint bookkeeping: deadline, retry loop, body JSON, registry", ("SessionService.mint",)),
     ("endpoint: auth header, JSON body, allowlist, JSONResponse", ("create_session",)),
