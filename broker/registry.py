@@ -22,6 +22,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("broker.sessions")
 
 
+def log_unrecorded(session_id: str) -> None:
+    """The one line for a minted session the shared store could not record."""
+    log.warning(
+        "session %s minted but not recorded (shared store unavailable): it cannot "
+        "be cancelled through the broker and simply expires",
+        session_id,
+    )
+
+
 class SessionRegistry(Protocol):
     async def add(self, session_id: str, user: str, expires_at: int) -> None: ...
     def add_soon(self, session_id: str, user: str, expires_at: int) -> None:
@@ -166,11 +175,7 @@ class RedisRegistry:
         try:
             await self.add(session_id, user, expires_at)
         except StoreUnavailable:
-            log.warning(
-                "session %s minted but not recorded (shared store unavailable): it cannot "
-                "be cancelled through the broker and simply expires",
-                session_id,
-            )
+            log_unrecorded(session_id)
 
     async def drain(self) -> None:
         tasks = [task for _, task in self._pending.values()]

@@ -16,7 +16,7 @@ from .auth import Identity
 from .backends import Admission, Backends
 from .config import Workflow
 from .errors import NotFound, StoreUnavailable
-from .registry import SessionRegistry
+from .registry import SessionRegistry, log_unrecorded
 
 log = logging.getLogger("broker.sessions")
 
@@ -70,11 +70,7 @@ class SessionService:
             await self._registry.add(session_id, user, expires_at)
         except StoreUnavailable:
             # the secret is minted: hand it out; it only cannot be cancelled early
-            log.warning(
-                "session %s minted but not recorded (shared store unavailable): it cannot "
-                "be cancelled through the broker and simply expires",
-                session_id,
-            )
+            log_unrecorded(session_id)
 
     async def drain(self) -> None:
         """Finish the registry writes still in flight (at shutdown: nothing is lost)."""

@@ -30,6 +30,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .aioserver import ThreadedServer
+
 BODY = web.RequestKey("body", dict)
 
 
@@ -345,40 +347,27 @@ class FakeOpenAI:
         )
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(ThreadedServer):
     """Runs ``FakeOpenAI`` on 127.0.0.1:<free port> in its own thread and event loop."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.fake = FakeOpenAI()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
 
     def start(self, port: int = 0) -> FakeOpenAI:
-        self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self._start(port), self._loop).result(10)
-        self.fake.url = f"http://127.0.0.1:{port}"
+        self.fake.url = self.serve(port)
         return self.fake
 
-    async def _start(self, port: int = 0) -> int:
-        app = web.Application(client_max_size=4 * 1024 * 1024)
+    def routes(self, app: web.Application) -> None:
         f = self.fake
         app.router.add_post("/v1/chatkit/sessions", f.create_session)
         app.router.add_post("/v1/chatkit/sessions/{sid}/cancel", f.cancel_session)
         app.router.add_get("/v1/models", f.models)
         app.router.add_get("/jwks.json", f.jwks_doc)
         app.router.add_get("/_fake/sessions", f.minted)
-        self._runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=4096)
-        await site.start()
-        return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def _stop(self) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+        await super()._stop()
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in others:  # handlers still "hanging" for timeout tests
             task.cancel()
@@ -386,10 +375,7 @@ class FakeOpenAIServer:
 
     def stop(self) -> None:
         self.fake.release_hangs()
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+        self.shutdown()
 
 
 def main() -> None:

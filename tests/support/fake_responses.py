@@ -35,6 +35,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .aioserver import ThreadedServer
+
 __all__ = [
     "FakeResponses",
     "FakeResponsesServer",
@@ -431,39 +433,27 @@ def _error(message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
 
 
-class FakeResponsesServer:
+class FakeResponsesServer(ThreadedServer):
     """Runs ``FakeResponses`` on 127.0.0.1:<free port> in its own thread and event loop."""
 
+    client_max_size = 8 * 1024 * 1024
+    backlog = 1024
+
     def __init__(self) -> None:
+        super().__init__()
         self.fake = FakeResponses()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
 
     def start(self, port: int = 0) -> FakeResponses:
-        self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self._start(port), self._loop).result(10)
-        self.fake.url = f"http://127.0.0.1:{port}"
+        self.fake.url = self.serve(port)
         return self.fake
 
-    async def _start(self, port: int = 0) -> int:
-        app = web.Application(client_max_size=8 * 1024 * 1024)
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/responses", self.fake.handle)
         app.router.add_get("/_fake/turns", self.fake.turns_endpoint)
-        self._runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024)
-        await site.start()
-        return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     def stop(self) -> None:
         self.fake.release()
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+        self.shutdown()
 
 
 def main() -> None:
