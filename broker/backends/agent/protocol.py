@@ -48,6 +48,7 @@ _STREAM_ERROR = (
     .encode()
     + b"\n\n"
 )
+_ERROR_PREFIX = b'data: {"type":"error"'
 MAX_MESSAGE = 300
 MAX_ID_SHOWN = 80
 NO_STORE = {"Cache-Control": "no-store"}
@@ -193,14 +194,17 @@ class EventStream(StreamingResponse):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         if self.first:
             await send({"type": "http.response.body", "body": self.first, "more_body": True})
+        chunk = self.first
         try:
             async for chunk in self.body_iterator:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except BrokerError as exc:
             # chatkit saves the thread once more after its own error handling (the thread
-            # store down at that moment escapes it): end with an error event, not a cut stream
+            # store down at that moment escapes it): end with an error event, not a cut
+            # stream — one, not a second after chatkit's own
             log.warning("stream ended: %s: %s", type(exc).__name__, exc.message)
-            await send({"type": "http.response.body", "body": _STREAM_ERROR, "more_body": True})
+            if not chunk.startswith(_ERROR_PREFIX):
+                await send({"type": "http.response.body", "body": _STREAM_ERROR, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
