@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import jwtbench, loadgen, procs, profiling, streams, upstreams
+from . import agentpath, jwtbench, loadgen, procs, profiling, streams, upstreams
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -110,7 +110,7 @@ CASES = {
     )
 }
 # micro-benchmark; JWKS-mode broker makes no JWKS call on the hot path; CPU per stream event
-EXTRAS = ("jwt", "jwks", "streams")
+EXTRAS = ("jwt", "jwks", "streams", "agent")
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -739,7 +739,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{c.key:<14} {c.title}: {', '.join(c.targets)}")
         print(
             "extras:        jwt (verification micro-benchmark), jwks (JWKS mode: no fetch on the "
-            "hot path), streams (CPU per relayed event and per stream: gateway, agent)"
+            "hot path), streams (CPU per relayed event and per stream: gateway, agent), "
+            "agent (the agent path beside a bare chatkit-python server: turns/s, first delta, "
+            "CPU per turn)"
         )
         return 0
     selected = [s for s in args.only.split(",") if s] or [*CASES, *EXTRAS]
@@ -805,6 +807,8 @@ def main(argv: list[str] | None = None) -> int:
             extras["jwks"] = jwtbench.jwks_hot_path(bench)
         if "streams" in selected and "broker" in runnable:
             extras["streams"] = streams.run(quick=args.quick)
+        if "agent" in selected and "broker" in runnable:
+            extras["agent"] = agentpath.run(quick=args.quick)
         bench.run_cases(cases, runnable)
     except KeyboardInterrupt:
         print("\n# interrupted: stopping every process started", file=sys.stderr)
