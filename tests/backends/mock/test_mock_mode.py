@@ -13,6 +13,7 @@ from broker.config import load_settings
 from broker.loopback import is_local_host_header, is_loopback_address
 
 from ...support import SECRET, app_client, auth
+from ...support.mock_broker import user_input
 
 MOCK = {"BROKER_MOCK": "1", "BROKER_LOG_FORMAT": "json"}
 
@@ -186,16 +187,7 @@ async def test_live_mode_has_no_mock_header(client):
 
 # --- the ChatKit routes behind the guards ----------------------------------------------------
 
-THREADS_CREATE = {
-    "type": "threads.create",
-    "params": {
-        "input": {
-            "content": [{"type": "input_text", "text": "hi"}],
-            "attachments": [],
-            "inference_options": {},
-        }
-    },
-}
+THREADS_CREATE = {"type": "threads.create", "params": {"input": user_input("hi")}}
 THREADS_LIST = {"type": "threads.list", "params": {}}
 
 
