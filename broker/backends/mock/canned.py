@@ -37,9 +37,12 @@ from pydantic import TypeAdapter
 from ..agent.targets import AgentTarget
 from .replies import (
     ERROR_MESSAGE,
+    ERROR_START,
     SLOW_PROGRESS,
+    WIDGET_INTRO,
     echo_reply,
     long_reply,
+    pressed_reply,
     slow_reply,
     split_deltas,
     widget_card,
@@ -96,22 +99,17 @@ class CannedModel(Model):
         if "<HiddenContext>" in text:
             pressed = _ACTION.search(text)
             action = pressed.group(1) if pressed else "?"
-            return (
-                f"**[mock]** You pressed the widget button (action `{action}`).",
-                4,
-                self.step,
-                None,
-            )
+            return pressed_reply(action), 4, self.step, None
         message = text.strip()
         command = _command(message)
         if command == "/slow":
             return slow_reply(message, self.slow_step), 10, self.slow_step, None
         if command == "/error":
-            return "**[mock]** Starting a reply, then failing on purpose…", 3, self.step, "error"
+            return ERROR_START, 3, self.step, "error"
         if command == "/long":
             return long_reply(message), 24, self.step, None
         if command == "/widget":
-            return "**[mock]** Here is a small widget card:", 3, self.step, "widget"
+            return WIDGET_INTRO, 3, self.step, "widget"
         return echo_reply(message), min(12, max(4, len(message.split()))), self.step, None
 
     async def get_response(

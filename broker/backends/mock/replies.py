@@ -12,17 +12,22 @@ from chatkit.widgets import DynamicWidgetRoot, WidgetRoot
 
 __all__ = [
     "ERROR_MESSAGE",
+    "ERROR_START",
     "SLOW_PROGRESS",
     "WIDGET_ACTION",
+    "WIDGET_INTRO",
     "echo_reply",
     "long_reply",
+    "pressed_reply",
     "slow_reply",
     "split_deltas",
     "widget_card",
 ]
 
 WIDGET_ACTION = "mock.button_pressed"
+ERROR_START = "**[mock]** Starting a reply, then failing on purpose…"
 ERROR_MESSAGE = "[mock] /error ended this stream with an error event on purpose."
+WIDGET_INTRO = "**[mock]** Here is a small widget card:"
 SLOW_PROGRESS = "[mock] Typing slowly…"
 
 
@@ -60,6 +65,11 @@ def slow_reply(text: str, step: float) -> str:
         "the typing state and try the stop button. You wrote:\n\n"
         f"{_quote(text)}"
     )
+
+
+def pressed_reply(action: str) -> str:
+    """The answer to a press of the widget card's button (or any widget action)."""
+    return f"**[mock]** You pressed the widget button (action `{action}`)."
 
 
 def long_reply(text: str) -> str:
