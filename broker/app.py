@@ -34,7 +34,7 @@ from .backends import Backend, Backends
 from .backends.gateway.backend import GatewayBackend, GatewaySettings, message_limiter
 from .backends.gateway.metrics import GatewayMetrics
 from .backends.hosted import HostedBackend
-from .backends.mock import MOCK_USER, MockBackend, MockChatKitBackend
+from .backends.mock import MOCK_USER
 from .chatkit_endpoint import ChatKitEndpoint
 from .config import ConfigError, Settings, load_settings, read_environment
 from .edge import Edge
@@ -87,14 +87,13 @@ def build_broker(
     http: HttpPool | None = None,
     registry: SessionRegistry | None = None,
     backend: _Client | None = None,
-    mock_backend: MockChatKitBackend | None = None,
     metrics: Metrics | None = None,
     store: RedisStore | None = None,
     jwks: JWKSCache | None = None,
     verifier: Verifier | None = None,
 ) -> Broker:
     """Build the components; any of them may be passed in instead (tests, benchmarks):
-    ``backend`` is the hosted sessions client, ``mock_backend`` the mock ChatKit server."""
+    ``backend`` is the hosted sessions client."""
     http = http or HttpPool()
     metrics = metrics or Metrics()
     if store is None and settings.redis_url:
@@ -136,17 +135,11 @@ def build_broker(
     if settings.mock:
         if session_secrets is None:  # pragma: no cover - keys always exist in mock mode
             raise RuntimeError("mock mode needs session keys")
-        if mock_backend is not None:  # the in-memory mock server, injected (its own tests)
-            every = MockBackend(session_secrets, mock_backend)
-        else:
-            # mock mode runs on the agent engine with a canned model: same store, streaming,
-            # stop and retry as agent workflows, no OpenAI (threads in memory by default)
-            from .backends.agent.backend import MockAgentBackend
-            from .backends.agent.canned import mock_target
+        # mock mode runs on the agent engine with a canned model: same store, streaming,
+        # stop and retry as agent workflows, no OpenAI (threads in memory by default)
+        from .backends.mock.backend import MockAgentBackend
 
-            every = MockAgentBackend(
-                settings, session_secrets, gate, limits, mock_agent=mock_target()
-            )
+        every = MockAgentBackend(settings, session_secrets, gate, limits)
     else:
         kinds = {wf.kind for wf in settings.workflows}
         if "hosted" in kinds or backend is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -657,8 +658,9 @@ def chatkit_types() -> Any:
     try:
         from pydantic import TypeAdapter
 
-        # chatkit.types, imported the way the mock backend does (its deprecation noise muted)
-        from broker.backends.mock.chatkit_server import ChatKitReq, ThreadStreamEvent
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # chatkit.widgets at import
+            from chatkit.types import ChatKitReq, ThreadStreamEvent
     except ImportError:
         need(False, "openai-chatkit is not installed (pip install '.[mock]')")
     return TypeAdapter(ThreadStreamEvent), TypeAdapter(ChatKitReq)

@@ -3,7 +3,8 @@
 ``tests.support`` re-exports the everyday ones; the fakes and kits have modules of their own:
 ``fake_openai`` (the sessions API), ``jwt_kit`` (keys, tokens, a tiny JWKS server),
 ``contract`` (answers checked against /openapi.json), ``doctor`` (runs ``doctor`` in-process
-or as the CLI), ``adversarial`` and ``rawhttp``; for gateways ``fake_backend`` (a misbehaving
+or as the CLI), ``adversarial`` and ``rawhttp``; ``mock_broker`` (mock mode under uvicorn,
+and a ChatKit client that mints its secret first); for gateways ``fake_backend`` (a misbehaving
 ChatKit server), ``gateway_app`` (the relay behind a fixed admission), ``asgi_server`` (uvicorn
 in the test's loop) and ``aioserver`` (aiohttp).
 """

@@ -5,7 +5,7 @@ One thread store serves all agent workflows (threads are scoped by user and work
 ``AgentServer`` per workflow runs its target. The store starts with the app, and a database
 that is down at start-up is retried on each request and by readiness, so the broker comes
 up before its database (a common order in compose files) and serves as soon as it answers.
-In mock mode every workflow runs the canned mock agent on the same engine.
+Mock mode (backends/mock) runs every workflow on this backend with one canned agent.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from .protocol import answer, parse_request
 from .store import Caller, SchemaTooNew, SQLStore
 from .targets import Target, TargetError, load_target
 
-__all__ = ["AgentBackend", "MockAgentBackend", "load_targets"]
+__all__ = ["AgentBackend", "load_targets"]
 
 log = logging.getLogger("broker.agent")
 
@@ -62,7 +62,7 @@ def load_targets(
 
 
 class AgentBackend(Backend):
-    """Serves agent workflows (or, with ``mock_agent``, every workflow in mock mode)."""
+    """Serves agent workflows (or, with ``mock_agent``, every workflow on that one target)."""
 
     kind: ClassVar[str] = "agent"
 
@@ -289,9 +289,3 @@ async def _json_object(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return data
-
-
-class MockAgentBackend(AgentBackend):
-    """Mock mode: every workflow, whatever its kind, runs the canned mock agent."""
-
-    kind: ClassVar[str] = "mock"

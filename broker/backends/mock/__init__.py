@@ -1,34 +1,15 @@
 """Mock mode's backend: every workflow served locally with canned replies, no OpenAI at all.
 
-Mints the broker's own session secrets with a per-process key and answers the ChatKit
-protocol at ``/chatkit/<name>`` (and ``/mock/chatkit``, its older alias) from an in-memory
-ChatKit server, so the real ``<openai-chatkit>`` component renders with no key.
+Mock mode runs the agent engine (backends/agent: store, streaming, stop, retry, ownership)
+with one canned agent for every workflow: ``backend.py`` puts it together, ``canned.py`` is
+the Agents SDK model that streams the replies, ``replies.py`` their words. This package
+depends on the agent engine, never the reverse, and imports it only from ``backend.py``
+(chatkit and the Agents SDK load when mock mode starts, not when the broker is imported).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+__all__ = ["MOCK_USER"]
 
-from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
-
-from ...session_secrets import SessionSecrets
-from ..base import Admission, Backend
-from .engine import ENABLE_HINT, MockChatKitBackend, mock_backend_available
-
-__all__ = ["ENABLE_HINT", "MockBackend", "MockChatKitBackend", "mock_backend_available"]
-
+#: who a request without a token is in mock mode
 MOCK_USER = "mock-user"
-
-
-class MockBackend(Backend):
-    kind: ClassVar[str] = "mock"
-
-    def __init__(self, secrets: SessionSecrets, engine: MockChatKitBackend) -> None:
-        self.sessions = secrets
-        self.engine = engine
-
-    async def serve(self, admission: Admission, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await Request(scope, receive).body()
-        response = await self.engine.handle(body, admission.identity.user)
-        await response(scope, receive, send)

@@ -1,13 +1,19 @@
-"""Mock mode: loopback-only, per-process session secrets, the mock backend, never a silent fallback."""
+"""Mock mode as a whole: loopback only (the ChatKit routes too), per-process session secrets,
+the mock backend for every workflow, never a silent fallback to live mode."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import httpx
 import pytest
 
 from broker.config import load_settings
 from broker.loopback import is_local_host_header, is_loopback_address
 
-from .support import SECRET, app_client, auth
+from ...support import SECRET, app_client, auth
+from ...support.mock_broker import user_input
 
 MOCK = {"BROKER_MOCK": "1", "BROKER_LOG_FORMAT": "json"}
 
@@ -177,3 +183,68 @@ async def test_live_mode_never_accepts_a_mock_secret(make_settings, openai):
 async def test_live_mode_has_no_mock_header(client):
     r = await client.get("/api/chatkit/config")
     assert "x-chatkit-broker-mode" not in r.headers
+
+
+# --- the ChatKit routes behind the guards ----------------------------------------------------
+
+THREADS_CREATE = {"type": "threads.create", "params": {"input": user_input("hi")}}
+THREADS_LIST = {"type": "threads.list", "params": {}}
+
+
+@pytest.mark.parametrize("url", ["/chatkit/topic-generation", "/mock/chatkit"])
+@pytest.mark.parametrize(
+    ("peer", "host"),
+    [
+        ("10.1.2.3", "127.0.0.1:8000"),  # a non-loopback peer
+        ("127.0.0.1", "evil.example:8000"),  # DNS rebinding: loopback peer, foreign Host
+        ("127.0.0.1", "localhost.evil.example"),
+    ],
+)
+async def test_loopback_guards_cover_the_chatkit_routes(url, peer, host):
+    async with app_client(load_settings(MOCK), peer=peer) as c:
+        r = await c.post(
+            url, json=THREADS_CREATE, headers={"Host": host, "X-Forwarded-For": "127.0.0.1"}
+        )
+        assert r.status_code == 403 and r.json()["error"]["code"] == "mock_local_only"
+        # nothing was created behind the guard: mock-user, asking from loopback, has no thread
+        local = httpx.ASGITransport(app=c.app, client=("127.0.0.1", 40001))
+        async with httpx.AsyncClient(transport=local, base_url="http://127.0.0.1:8000") as own:
+            listed = await own.post(url, json=THREADS_LIST)
+    assert listed.status_code == 200 and listed.json()["data"] == []
+
+
+@pytest.mark.parametrize("host", ["localhost:8000", "127.0.0.1", "[::1]:8000"])
+async def test_local_hosts_pass_the_guard_of_the_chatkit_route(host):
+    async with app_client(load_settings(MOCK)) as c:
+        r = await c.post("/chatkit/topic-generation", json=THREADS_LIST, headers={"Host": host})
+    assert r.status_code == 200, r.text
+
+
+async def test_the_mock_routes_do_not_exist_in_live_mode(client):
+    response = await client.post("/mock/chatkit", json=THREADS_LIST)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    assert (await client.get("/mock/chatkit")).status_code == 404  # not 405: no route at all
+    config = (await client.get("/api/chatkit/config")).json()
+    assert config["mode"] == "live"
+    assert config["mock_backend_url"] is None and config["domain_key"] is None
+
+
+async def test_config_points_the_page_at_the_mock_backend():
+    async with app_client(load_settings(MOCK)) as c:
+        config = (await c.get("/api/chatkit/config")).json()
+    assert config["mode"] == "mock" and config["kinds"] == ["mock"]
+    assert config["mock_backend_url"] == "/mock/chatkit"
+    assert config["domain_key"] == "local-dev"
+
+
+def test_the_broker_imports_without_chatkit_pydantic_or_the_agents_sdk():
+    """A hosted-only deployment never loads them: the app and mock's package must import."""
+    code = (
+        "import sys\n"
+        "for name in ('chatkit', 'pydantic', 'agents', 'openai'):\n"
+        "    sys.modules[name] = None\n"
+        "import broker.app, broker.cli, broker.backends.mock\n"
+        "assert broker.backends.mock.MOCK_USER == 'mock-user'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

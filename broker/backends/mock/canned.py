@@ -1,36 +1,56 @@
 """Mock mode's agent: an Agents SDK ``Model`` that streams canned, clearly marked replies.
 
-Mock mode then runs on the real agent engine (store, history, streaming, cancellation),
-only without a model: nothing leaves the machine. The commands of the old mock backend keep
-working: ``/slow`` streams slowly, ``/error`` fails mid-reply, ``/long`` sends markdown and
-``/widget`` sends a card (through a tool, as a real agent would) whose button round-trips.
+Mock mode then runs on the real agent engine (store, history, streaming, stop, retry),
+only without a model: nothing leaves the machine. ``/slow`` streams slowly (after a progress
+line), ``/error`` fails mid-reply, ``/long`` sends markdown and ``/widget`` sends a card
+(through a tool, as a real agent would) whose button round-trips. The words are in
+replies.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agents import Agent, FunctionTool, RunContextWrapper, StopAtTools, function_tool
+from agents import (
+    Agent,
+    AgentHooks,
+    FunctionTool,
+    RunContextWrapper,
+    StopAtTools,
+    function_tool,
+)
 from agents.items import ModelResponse, TResponseInputItem, TResponseStreamEvent
 from agents.models.interface import Model
 from agents.usage import Usage
 from chatkit.agents import AgentContext
 from chatkit.errors import CustomStreamError
+from chatkit.types import ProgressUpdateEvent
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from ..mock.chatkit_server import echo_reply, long_reply, slow_reply, split_deltas, widget_card
-from .targets import AgentTarget
+from ..agent.targets import AgentTarget
+from .replies import (
+    ERROR_MESSAGE,
+    ERROR_START,
+    SLOW_PROGRESS,
+    WIDGET_INTRO,
+    echo_reply,
+    long_reply,
+    pressed_reply,
+    slow_reply,
+    split_deltas,
+    widget_card,
+)
 
-__all__ = ["CannedModel", "mock_agent", "mock_target"]
+__all__ = ["ERROR_MESSAGE", "CannedModel", "mock_agent", "mock_target"]
 
 WIDGET_TOOL = "show_mock_widget"
-ERROR_MESSAGE = "[mock] /error ended this stream with an error event on purpose."
 _EVENT: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
 _ACTION = re.compile(r"The user pressed a widget button: action '([^']*)'")
 
@@ -58,6 +78,12 @@ def _answered_tool(input: str | list[TResponseInputItem]) -> bool:
     )
 
 
+def _command(text: str) -> str:
+    """The message's first word, lower-cased: ``/slow``, ``/error``, … or anything else."""
+    words = text.split(maxsplit=1)
+    return words[0].lower() if words else ""
+
+
 class CannedModel(Model):
     """Answers from the last user message; ``step``/``slow_step`` pace the deltas."""
 
@@ -73,22 +99,17 @@ class CannedModel(Model):
         if "<HiddenContext>" in text:
             pressed = _ACTION.search(text)
             action = pressed.group(1) if pressed else "?"
-            return (
-                f"**[mock]** You pressed the widget button (action `{action}`).",
-                4,
-                self.step,
-                None,
-            )
+            return pressed_reply(action), 4, self.step, None
         message = text.strip()
-        command = message.split(maxsplit=1)[0].lower() if message else ""
+        command = _command(message)
         if command == "/slow":
             return slow_reply(message, self.slow_step), 10, self.slow_step, None
         if command == "/error":
-            return "**[mock]** Starting a reply, then failing on purpose…", 3, self.step, "error"
+            return ERROR_START, 3, self.step, "error"
         if command == "/long":
             return long_reply(message), 24, self.step, None
         if command == "/widget":
-            return "**[mock]** Here is a small widget card:", 3, self.step, "widget"
+            return WIDGET_INTRO, 3, self.step, "widget"
         return echo_reply(message), min(12, max(4, len(message.split()))), self.step, None
 
     async def get_response(
@@ -107,7 +128,7 @@ class CannedModel(Model):
             raise CustomStreamError(ERROR_MESSAGE, allow_retry=True)
         output = [_message("msg_" + secrets.token_hex(12), text, "completed")] if text else []
         if then == "widget":
-            output.append(_widget_call(message_text=_last_user_text(input)))
+            output.append(_widget_call(_last_user_text(input)))
         response = Response.model_validate(_response(output, "completed"))
         return ModelResponse(output=response.output, usage=Usage(), response_id=None)
 
@@ -162,7 +183,7 @@ class CannedModel(Model):
             yield event({"type": "response.output_item.done", "output_index": 0, "item": done})
             output.append(done)
         if then == "widget":
-            call = _widget_call(message_text=_last_user_text(input))
+            call = _widget_call(_last_user_text(input))
             index = len(output)
             yield event(
                 {
@@ -191,10 +212,8 @@ def _message(item_id: str, text: str, status: str) -> dict[str, Any]:
     }
 
 
-def _widget_call(message_text: str) -> dict[str, Any]:
-    import json
-
-    text = message_text.strip().split(maxsplit=1)
+def _widget_call(said: str) -> dict[str, Any]:
+    text = said.strip().split(maxsplit=1)
     return {
         "type": "function_call",
         "id": "fc_" + secrets.token_hex(12),
@@ -232,6 +251,19 @@ async def show_mock_widget(ctx: RunContextWrapper[AgentContext[Any]], text: str)
     return "The widget card is shown."
 
 
+class _SlowProgress(AgentHooks[AgentContext[Any]]):
+    """Shows a progress line before a ``/slow`` reply, as a model that takes its time would.
+
+    Only the run's context can reach the chat stream (a ``Model`` cannot), so a hook does it.
+    """
+
+    async def on_llm_start(self, context, agent, system_prompt, input_items) -> None:  # type: ignore[override]
+        chat = context.context  # None in a bare ``Runner.run``, which has no stream to show
+        slow = _command(_last_user_text(input_items)) == "/slow"
+        if isinstance(chat, AgentContext) and slow and not _answered_tool(input_items):
+            await chat.stream(ProgressUpdateEvent(text=SLOW_PROGRESS))
+
+
 def mock_target(*, step: float = 0.02, slow_step: float = 0.5) -> AgentTarget:
     """Mock mode's target for every workflow."""
     return AgentTarget("mock", mock_agent(step=step, slow_step=slow_step))
@@ -245,6 +277,7 @@ def mock_agent(*, step: float = 0.02, slow_step: float = 0.5) -> Agent[Any]:
         instructions="Canned replies; no model is called.",
         model=CannedModel(step=step, slow_step=slow_step),
         tools=[tool],
+        hooks=_SlowProgress(),
         # The run ends with the card, as the old mock backend's did.
         tool_use_behavior=StopAtTools(stop_at_tool_names=[WIDGET_TOOL]),
     )
