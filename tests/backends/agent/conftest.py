@@ -102,8 +102,13 @@ def responses(responses_server: FakeResponses) -> Iterator[FakeResponses]:
 
 
 @pytest.fixture
-def openai_client(responses: FakeResponses) -> AsyncOpenAI:
-    """What the broker builds from its settings, pointed at the fake (no retries: fast failures)."""
-    return AsyncOpenAI(
+async def openai_client(responses: FakeResponses) -> AsyncIterator[AsyncOpenAI]:
+    """What the broker builds from its settings, pointed at the fake (no retries: fast failures).
+
+    Closed in the test's own loop: left to the collector, its connection pool's ``aclose``
+    ran after that loop had closed and logged a stray traceback into a later test."""
+    client = AsyncOpenAI(
         api_key="sk-test-key-never-shown", base_url=responses.base_url, max_retries=0
     )
+    yield client
+    await client.close()
