@@ -147,12 +147,18 @@ class AssertionMiddleware:
             return await receive()
 
         held: Message | None = None
+        buffered: list[Message] = []  # a 500's whole answer, until the app has returned
         started = False
 
         async def hold_head(message: Message) -> None:
             nonlocal held, started
             if message["type"] == "http.response.start":
                 held = message
+                return
+            if held is not None and held["status"] == 500:
+                # Starlette's ServerErrorMiddleware sends its 500 and *then* re-raises: keep
+                # it until we know whether the error was a NotFoundError (then a 404)
+                buffered.append(message)
                 return
             if held is not None:
                 started, head, held = True, held, None
@@ -165,9 +171,18 @@ class AssertionMiddleware:
         except self._not_found as exc:  # type: ignore[misc]
             if started:
                 raise
-            log.info("chatkit-broker kit: %s for %s: %s", "404", verified.user, exc)
+            log.info("chatkit-broker kit: 404 for %s: %s", verified.user, exc)
             await _answer(send, 404, "not_found", "Not found.")
+            return
+        except BaseException:
+            if held is not None and not started:
+                await send(held)
+                for message in buffered:
+                    await send(message)
+            raise
         finally:
             _current.reset(token)
-        if held is not None:  # a head without a body message (unusual): send it anyway
+        if held is not None:
             await send(held)
+            for message in buffered:
+                await send(message)
