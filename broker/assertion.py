@@ -140,8 +140,9 @@ class _Claims:
         session_id: str | None,
         extra: Mapping[str, Any] | None,
         body: bytes | None,
+        issued_at: float | None = None,
     ) -> dict[str, Any]:
-        now = int(self.clock())
+        now = int(self.clock() if issued_at is None else issued_at)
         claims: dict[str, Any] = {
             k: v for k, v in (extra or {}).items() if k not in RESERVED_CLAIMS
         }
@@ -182,9 +183,11 @@ class _Signer:
         session_id: str | None = None,
         extra: Mapping[str, Any] | None = None,
         body: bytes | None = None,
+        issued_at: float | None = None,
     ) -> str:
         """A fresh assertion for one request (a new ``jti`` every time); with ``body``, the
-        claim ``req_sha256`` binds it to that request body."""
+        claim ``req_sha256`` binds it to that request body. ``issued_at`` backdates it (the
+        doctor's expired probe)."""
         claims = self._claims.build(
             user,
             audience=audience,
@@ -192,6 +195,7 @@ class _Signer:
             session_id=session_id,
             extra=extra,
             body=body,
+            issued_at=issued_at,
         )
         return jwt.encode(claims, self._key, algorithm=self.algorithm, headers=self._headers)
 
