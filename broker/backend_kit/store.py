@@ -5,8 +5,9 @@ chatkit-python leaves ownership to your ``Store`` (``context`` is yours to inter
 the samples' stores ignore it, so every user sees every thread. ``UserScopedStore`` stamps
 the verified user into each thread's and attachment's ``metadata`` when it is saved, checks
 it on every load, save and delete (items through their thread), and filters
-``load_threads`` — all by delegating to the store you already have. chatkit never sends
-thread or attachment ``metadata`` to the browser.
+``load_threads`` — all by delegating to the store you already have. Threads are handed back
+without the stamp (some chatkit versions send thread ``metadata`` to the browser; every save
+stamps it again); chatkit never sends attachment ``metadata``.
 
 The user comes from ``AssertionMiddleware`` (``current_user()``) unless you pass
 ``user=lambda context: …``. No verified user means no access at all: fail closed.
@@ -32,6 +33,11 @@ class NoVerifiedUser(RuntimeError):
 
 def _from_middleware(context: Any) -> str | None:
     return current_user()
+
+
+def _unstamped(thread: ThreadMetadata) -> ThreadMetadata:
+    metadata = {k: v for k, v in (thread.metadata or {}).items() if k != OWNER_KEY}
+    return thread.model_copy(update={"metadata": metadata})
 
 
 class UserScopedStore(Store[TContext], Generic[TContext]):
@@ -72,7 +78,7 @@ class UserScopedStore(Store[TContext], Generic[TContext]):
         return thread
 
     async def load_thread(self, thread_id: str, context: TContext) -> ThreadMetadata:
-        return await self._owned_thread(thread_id, context)
+        return _unstamped(await self._owned_thread(thread_id, context))
 
     async def save_thread(self, thread: ThreadMetadata, context: TContext) -> None:
         user = self.owner(context)
@@ -101,7 +107,7 @@ class UserScopedStore(Store[TContext], Generic[TContext]):
                     continue
                 if len(found) == limit:
                     return Page(data=found, has_more=True, after=found[-1].id)
-                found.append(thread)
+                found.append(_unstamped(thread))
             if not (page.has_more and page.data):
                 return Page(data=found, has_more=False, after=None)
             cursor = page.after or page.data[-1].id

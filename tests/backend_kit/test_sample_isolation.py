@@ -113,6 +113,8 @@ async def test_with_the_kit_bob_sees_none_of_alices_threads(kit: Stack) -> None:
     alices = {await new_thread(kit, "alice", f"alice {n}") for n in range(3)}
     bobs = await new_thread(kit, "bob", "bob's own")
     assert set(await listed(kit, "alice")) == alices
+    shown = await kit.call("alice", {"type": "threads.list", "params": {}})
+    assert "chatkit_broker_owner" not in shown.text  # the stamp stays in the store
     assert await listed(kit, "bob") == [bobs]
     assert await listed(kit, "carol") == []
 

@@ -44,6 +44,8 @@ class Finding:
     status: str
     message: str
     fix: str | None = None  # the specific change that would make it pass
+    # the server answered properly, so the forged-request checks can still run
+    answered: bool = False
 
 
 def check_keys(signer: AssertionSigner | HMACAssertionSigner) -> list[Finding]:
@@ -144,8 +146,9 @@ async def probe(
             f"user's threads.list listed {len(shown)}{'+' if page.get('has_more') else ''})",
             "scope the store by the verified user: wrap it in broker.backend_kit."
             "UserScopedStore (README: Gateway workflows, the backend kit)",
+            answered=True,
         )
-    return Finding("ok", f"{url} answers and accepts the broker's signed identity.")
+    return Finding("ok", f"{url} answers and accepts the broker's signed identity.", answered=True)
 
 
 async def _send(

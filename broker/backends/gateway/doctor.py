@@ -17,7 +17,7 @@ from ...doctor.checks import CheckFn
 from ...doctor.context import DoctorContext
 from ...doctor.report import Check, Status
 from .backend import GatewayBackend, GatewaySettings, audience_of
-from .checks import KIT_FIX, check_keys, probe, probe_refusals
+from .checks import KIT_FIX, Finding, check_keys, probe, probe_refusals
 
 _STATUS = {"ok": Status.PASS, "warn": Status.WARN, "fail": Status.FAIL}
 
@@ -63,11 +63,11 @@ async def check(ctx: DoctorContext) -> Check:
             summary = finding.message
             if finding.status == "fail" and by_budget and "did not answer" in summary:
                 summary = ctx.budget.ran_out(f"the probe of gateway workflow {wf.name}")
-            if finding.status != "ok":
+            if not finding.answered:
                 item.set(_STATUS[finding.status], summary, finding.fix)
                 item.details.append("the forged-request checks did not run (fix this first)")
             else:
-                await _refusals(ctx, item, wf, backend, limit)
+                await _refusals(ctx, item, wf, backend, limit, finding)
         item.data = {
             "name": wf.name,
             "server": wf.server,
@@ -96,9 +96,15 @@ async def check(ctx: DoctorContext) -> Check:
 
 
 async def _refusals(
-    ctx: DoctorContext, item: Check, wf: Workflow, backend: GatewayBackend, limit: float
+    ctx: DoctorContext,
+    item: Check,
+    wf: Workflow,
+    backend: GatewayBackend,
+    limit: float,
+    answered: Finding,
 ) -> None:
-    """The five forged requests; the item fails on the first one the backend accepted."""
+    """The five forged requests; the item fails on the new-user check or the first forged
+    request the backend accepted, and its details list every one."""
     if ctx.budget.exhausted:
         item.set(Status.SKIP, ctx.budget.skipped())
         return
@@ -111,12 +117,18 @@ async def _refusals(
         timeout=max(0.1, min(limit, ctx.budget.limit(limit)[0])),
     )
     failed = [f for f in findings if f.status != "ok"]
+    if answered.status != "ok":
+        item.details.append(f"✖ {answered.message}; fix: {answered.fix}")
     for finding in findings:
         if finding.status == "ok":
             item.details.append("✔ " + finding.message)
         else:
             item.details.append(f"✖ {finding.message}; fix: {finding.fix}")
-    if failed:
+    if answered.status != "ok":
+        more = f" (and {len(failed)} forged request(s) got through)" if failed else ""
+        fixes = [answered.fix or ""] + ([KIT_FIX.format(header=ASSERTION_HEADER)] if failed else [])
+        item.set(Status.FAIL, answered.message + more, "; and ".join(fixes))
+    elif failed:
         more = (
             f" (and {len(failed) - 1} more forged request(s) got through)"
             if len(failed) > 1

@@ -63,9 +63,10 @@ async def test_the_sample_unchanged_fails_and_doctor_says_what_got_through(
     (item,) = check["data"]["workflows"]
     assert item["status"] == "fail"
     assert "this backend shows other users' threads to a new user" in item["summary"]
-    assert "UserScopedStore" in item["fix"]
-    # the store is fixed first; then the same run would name the forgeries — shown by a
-    # sample with no threads yet, where the new-user check passes vacuously:
+    assert "UserScopedStore" in item["fix"] and "AssertionMiddleware" in item["fix"]
+    assert "(and 5 forged request(s) got through)" in item["summary"]
+    assert sum(line.startswith("✖ ") for line in item["details"]) == 6
+    # a sample with no threads yet: the new-user check passes (vacuously), the forgeries fail
     async with run_asgi(create_app()) as url:
         check = await gateway_check(env_for(tmp_path, f"{url}/support/chatkit"))
     (item,) = check["data"]["workflows"]
