@@ -60,11 +60,28 @@ def set_current(verified: VerifiedAssertion) -> None:
     _current.set(verified)
 
 
+class _QuietNotFound(logging.Filter):
+    """Drops chatkit's "Error while generating streamed response" traceback when the error is
+    a ``NotFoundError``: another user's thread is a 404 (logged by the middleware in one
+    line), not a server error."""
+
+    def __init__(self, not_found: type[BaseException]) -> None:
+        super().__init__()
+        self.not_found = not_found
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, self.not_found)
+
+
 def _not_found_types() -> tuple[type[BaseException], ...]:
     try:
         from chatkit.store import NotFoundError
     except ImportError:  # a server without chatkit: nothing to translate
         return ()
+    chatkit_log = logging.getLogger("chatkit")
+    if not any(isinstance(f, _QuietNotFound) for f in chatkit_log.filters):
+        chatkit_log.addFilter(_QuietNotFound(NotFoundError))
     return (NotFoundError,)
 
 
