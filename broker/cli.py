@@ -187,6 +187,11 @@ def describe(s: Settings, from_dotenv: frozenset[str] = frozenset()) -> str:
             lines.append(
                 f"  {wf.name}: audience {wf.audience or wf.name}, {wf.assertion}"
                 + (f", forwards {', '.join(wf.forward_claims)}" if wf.forward_claims else "")
+                + (
+                    f", passes headers {', '.join(wf.forward_headers)}"
+                    if wf.forward_headers
+                    else ""
+                )
             )
     lines.append(f"listen: {s.host}:{s.port}")
     lines.append(f"rate limits: {s.rate_limit} per user, {s.ip_rate_limit} per address")

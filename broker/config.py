@@ -105,6 +105,8 @@ class Workflow:
     # gateway workflows: who the signed identity is for, and what it carries
     audience: str | None = None
     forward_claims: tuple[str, ...] = ()
+    # inbound header names forwarded beside the built-in allowlist (gateway/headers.py)
+    forward_headers: tuple[str, ...] = ()
     assertion: str = "es256"
     connect_timeout: float = 5.0
     idle_timeout: float = 60.0
@@ -789,7 +791,8 @@ _KIND_OPTIONS = {
     ),
     "gateway": frozenset(
         {
-            "server", "audience", "forward_claims", "assertion", "connect_timeout",
+            "server", "audience", "forward_claims", "forward_headers", "assertion",
+            "connect_timeout",
             "idle_timeout", "max_messages_per_minute",
         }
     ),
@@ -916,6 +919,12 @@ def _workflow_from_toml(name: str, o: Any, problems: list[str]) -> Workflow | No
     if not all(isinstance(c, str) and c for c in forward):
         problems.append(f"{where}: forward_claims must be a list of claim names")
         forward = []
+    from .backends.gateway.headers import refused_forward_header  # not at import: a cycle
+
+    forward_headers = typed("forward_headers", list, "a list of header names") or []
+    for header in forward_headers:
+        if (why := refused_forward_header(header)) is not None:
+            problems.append(f"{where}: forward_headers: {why}")
     assertion = typed("assertion", str, '"es256" or "hs256"') or "es256"
     if assertion not in ("es256", "hs256"):
         problems.append(f'{where}: assertion must be "es256" or "hs256"')
@@ -938,6 +947,7 @@ def _workflow_from_toml(name: str, o: Any, problems: list[str]) -> Workflow | No
         max_messages_per_minute=mpm,
         audience=audience,
         forward_claims=tuple(forward),
+        forward_headers=tuple(forward_headers),
         assertion=assertion,
         connect_timeout=timeouts["connect_timeout"],
         idle_timeout=timeouts["idle_timeout"],

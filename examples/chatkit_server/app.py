@@ -1,8 +1,10 @@
 """The example ChatKit server: verify the broker's assertion, then answer as chatkit-python does.
 
-Everything that decides *who* is calling is in ``chatkit_endpoint``: the
+Everything that decides *who* is calling is the backend kit's ``AssertionMiddleware``: the
 ``ChatKit-Broker-Assertion`` header, verified against the broker's JWKS (or a shared HS256
-secret), and nothing else — an ``X-User-Id`` header is never read.
+secret), bound to the body and used once, and nothing else — an ``X-User-Id`` header is
+never read. The endpoint takes the caller the middleware verified; a thread of another
+user is chatkit's ``NotFoundError``, which the middleware answers as a 404.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ with warnings.catch_warnings():
     # chatkit.widgets subclasses its own deprecated widget classes at import time
     warnings.simplefilter("ignore", DeprecationWarning)
     from chatkit.server import ChatKitServer, StreamingResult
-    from chatkit.store import NotFoundError
     from chatkit.types import (
         AssistantMessageContent,
         AssistantMessageContentPartAdded,
@@ -43,13 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from broker.assertion import (
-    ASSERTION_HEADER,
-    AssertionKeysUnavailable,
-    AssertionVerifier,
-    InvalidAssertion,
-    VerifiedAssertion,
-)
+from broker.backend_kit import AssertionMiddleware, AssertionVerifier, VerifiedAssertion
 
 from .store import UserMemoryStore
 
@@ -153,45 +148,28 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def create_app(options: Options) -> Starlette:
-    """The Starlette app: ``POST /chatkit`` (ChatKit protocol) and ``GET /healthz``."""
+def create_app(options: Options) -> AssertionMiddleware:
+    """The app: ``POST /chatkit`` (ChatKit protocol) and ``GET /healthz``, behind the kit."""
     if options.secret:
         verifier = AssertionVerifier(
-            secret=options.secret,
-            audience=options.audience,
-            issuer=options.issuer,
-            single_use=True,
+            secret=options.secret, audience=options.audience, issuer=options.issuer
         )
     else:
         verifier = AssertionVerifier(
             jwks_url=options.broker.rstrip("/") + "/.well-known/jwks.json",
             audience=options.audience,
             issuer=options.issuer,
-            single_use=True,  # each assertion is minted for one request: refuse a replay
         )
     store = UserMemoryStore()
     server = GreetingServer(store, options)
 
     async def chatkit_endpoint(request: Request) -> Response:
+        caller: VerifiedAssertion = request.state.chatkit_assertion  # set by the middleware
         body = await request.body()
         try:
-            # bound to this body (req_sha256) and single-use: a captured assertion is worthless
-            caller = await verifier.verify(request.headers.get(ASSERTION_HEADER), body=body)
-        except InvalidAssertion as exc:
-            log.warning("refused a request: %s", exc)
-            return _error(401, "unauthenticated", f"Refused: {exc}.")
-        except AssertionKeysUnavailable as exc:
-            return _error(503, "keys_unavailable", f"{exc}.")
-        try:
-            parsed = _REQUEST.validate_json(body)
+            _REQUEST.validate_json(body)
         except ValidationError:
             return _error(400, "invalid_request", "Not a ChatKit request.")
-        thread_id = getattr(parsed.params, "thread_id", None)
-        if thread_id is not None:  # ownership before process(): stream errors come after a 200
-            try:
-                await store.load_thread(thread_id, caller)
-            except NotFoundError:
-                return _error(404, "not_found", f"Thread {thread_id} not found.")
         result = await server.process(body, caller)
         if isinstance(result, StreamingResult):
             return StreamingResponse(result, media_type="text/event-stream")
@@ -200,9 +178,10 @@ def create_app(options: Options) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True})
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/chatkit", chatkit_endpoint, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
         ]
     )
+    return AssertionMiddleware(app, verifier, exempt=["/healthz"])

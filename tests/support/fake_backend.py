@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,6 +173,23 @@ class FakeBackend:
             text="Traceback: secret-internal-detail at line 42",
             content_type="text/html",
         )
+
+    async def do_encoded(self, request: web.Request) -> web.StreamResponse:
+        """A body compressed by hand and labelled ``?coding=`` (gzip, deflate, br…), whatever
+        it holds: ``?payload=json|html|bomb|corrupt``, ``?type=`` its content type."""
+        coding = request.query.get("coding", "gzip")
+        payload = request.query.get("payload", "json")
+        raw = {
+            "json": b'{"data": [], "has_more": false, "after": null}',
+            "html": b"<html><body>Sign in to continue</body></html>",
+            "bomb": b"[" + b" " * (64 * 1024 * 1024) + b"]",
+        }.get(payload, b"{}")
+        body = zlib.compress(raw) if coding == "deflate" else gzip.compress(raw, compresslevel=9)
+        if payload == "corrupt":
+            body = body[:10] + b"\x00garbage" + body[10:]
+        content_type = request.query.get("type", "application/json")
+        headers = {"Content-Encoding": coding, "Content-Type": content_type}
+        return web.Response(body=body, headers=headers)
 
     async def do_redirect(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPTemporaryRedirect(location=self.url("/sse"))

@@ -20,8 +20,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # chatkit.widgets at import
     from chatkit.types import AssistantMessageItem, ThreadItemDoneEvent
 
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
 
 from examples.chatkit_server import app as example
 
@@ -73,8 +75,13 @@ def main() -> None:
     options = example.Options(
         broker=args.broker, audience=args.audience, issuer=args.broker, delay=args.delay
     )
-    app = example.create_app(options)
-    app.add_route("/_fake/turns", turns, methods=["GET"])
+    # the test-only route beside the example (which refuses anything without an assertion)
+    app = Starlette(
+        routes=[
+            Route("/_fake/turns", turns, methods=["GET"]),
+            Mount("", app=example.create_app(options)),
+        ]
+    )
     config = uvicorn.Config(
         app, host="127.0.0.1", port=args.port, log_level="warning", backlog=2048, lifespan="off"
     )

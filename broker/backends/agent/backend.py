@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from chatkit.types import is_streaming_req
 from openai import AsyncOpenAI
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,6 +28,7 @@ from ...errors import BrokerError, InvalidRequest, NotFound, StoreUnavailable
 from ...gate import Gate
 from ...ratelimit import RateLimits
 from ..base import Admission, Backend, Check, SessionMaker
+from ..turns import starts_a_turn
 from . import runs
 from .engine import AgentServer
 from .options import AgentOptions
@@ -158,7 +158,7 @@ class AgentBackend(Backend):
         workflow = admission.workflow
         server = self.server(workflow)
         body = await Request(scope, receive).body()
-        counted = is_streaming_req(parse_request(body)) and await self._count_message(admission)
+        counted = starts_a_turn(parse_request(body).type) and await self._count_message(admission)
         try:
             await self._ensure_started()
             response = await answer(server, body, Caller(admission.identity.user, workflow.name))

@@ -32,6 +32,7 @@ from ...http import HttpPool
 from ...ratelimit import RateLimits
 from ...session_secrets import SessionSecrets
 from ..base import Admission, Backend
+from ..turns import starts_a_turn
 from .headers import HeaderPolicy
 from .metrics import GatewayMetrics
 from .proxy import (
@@ -47,15 +48,6 @@ from .proxy import (
 log = logging.getLogger("broker.gateway")
 
 JWKS_PATH = "/.well-known/jwks.json"
-# the request types that start a model turn: what max_messages_per_minute counts
-STREAMING_TYPES = frozenset(
-    {
-        "threads.create",
-        "threads.add_user_message",
-        "threads.retry_after_item",
-        "threads.custom_action",
-    }
-)
 
 
 class MessageLimiter(Protocol):
@@ -219,6 +211,7 @@ class GatewayBackend(Backend):
             connect_timeout=workflow.connect_timeout or DEFAULT_CONNECT_TIMEOUT,
             idle_timeout=workflow.idle_timeout or DEFAULT_IDLE_TIMEOUT,
             identity_hint=hint,
+            forward_headers=workflow.forward_headers,
         )
 
     async def serve(self, admission: Admission, scope: Scope, receive: Receive, send: Send) -> None:
@@ -237,7 +230,7 @@ class GatewayBackend(Backend):
                 return
             request_type = _request_type(body)
             per_minute = workflow.max_messages_per_minute
-            if per_minute and request_type in STREAMING_TYPES and self._limiter is not None:
+            if per_minute and starts_a_turn(request_type) and self._limiter is not None:
                 await self._limiter.hit(admission.identity.user, workflow.name, per_minute)
                 counted = per_minute
             signer = self.signer_for(workflow)

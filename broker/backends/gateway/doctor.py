@@ -1,19 +1,23 @@
-"""The gateway backend's ``doctor`` check: each gateway workflow probed with a signed request.
+"""The gateway backend's ``doctor`` check: each gateway workflow must prove isolation.
 
 Registered in ``broker.doctor.checks.BACKEND_CHECKS``; it runs after the six built-in checks,
-within the same time budget. The probe itself (``checks.probe``) explains each answer.
+within the same time budget. Per workflow: a signed ``threads.list`` for a brand-new user
+(``checks.probe``: answers, accepts the assertion, shows that user no threads), then five
+forged requests that must be refused (``checks.probe_refusals``). A backend that is down,
+slow or failing is named as such, and is never ✔.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ...config import Settings
+from ...assertion import ASSERTION_HEADER
+from ...config import Settings, Workflow
 from ...doctor.checks import CheckFn
 from ...doctor.context import DoctorContext
 from ...doctor.report import Check, Status
 from .backend import GatewayBackend, GatewaySettings, audience_of
-from .checks import check_keys, probe
+from .checks import KIT_FIX, Finding, check_keys, probe, probe_refusals
 
 _STATUS = {"ok": Status.PASS, "warn": Status.WARN, "fail": Status.FAIL}
 
@@ -59,7 +63,11 @@ async def check(ctx: DoctorContext) -> Check:
             summary = finding.message
             if finding.status == "fail" and by_budget and "did not answer" in summary:
                 summary = ctx.budget.ran_out(f"the probe of gateway workflow {wf.name}")
-            item.set(_STATUS[finding.status], summary)
+            if not finding.answered:
+                item.set(_STATUS[finding.status], summary, finding.fix)
+                item.details.append("the forged-request checks did not run (fix this first)")
+            else:
+                await _refusals(ctx, item, wf, backend, limit, finding)
         item.data = {
             "name": wf.name,
             "server": wf.server,
@@ -67,6 +75,8 @@ async def check(ctx: DoctorContext) -> Check:
             "assertion": wf.assertion,
             "status": str(item.status),
             "summary": item.summary,
+            "fix": item.fix,
+            "details": list(item.details),
         }
         result.data["workflows"].append(item.data)
         result.details.append(f"{item.status.symbol} {item.title}: {item.summary}")
@@ -78,4 +88,56 @@ async def check(ctx: DoctorContext) -> Check:
         return result.set(
             Status.WARN, f"{n} of {n} answered; the signing key is ephemeral", key_fix
         )
-    return result.set(Status.PASS, f"{n} of {n} answer and accept the broker's signed identity")
+    return result.set(
+        Status.PASS,
+        f"{n} of {n} accept the broker's signed identity, refuse forged requests and show a "
+        "new user no threads",
+    )
+
+
+async def _refusals(
+    ctx: DoctorContext,
+    item: Check,
+    wf: Workflow,
+    backend: GatewayBackend,
+    limit: float,
+    answered: Finding,
+) -> None:
+    """The five forged requests; the item fails on the new-user check or the first forged
+    request the backend accepted, and its details list every one."""
+    if ctx.budget.exhausted:
+        item.set(Status.SKIP, ctx.budget.skipped())
+        return
+    findings = await probe_refusals(
+        ctx.http(),
+        workflow=wf.name,
+        url=wf.server or "",
+        audience=audience_of(wf),
+        signer=backend.signer_for(wf),
+        timeout=max(0.1, min(limit, ctx.budget.limit(limit)[0])),
+    )
+    failed = [f for f in findings if f.status != "ok"]
+    if answered.status != "ok":
+        item.details.append(f"✖ {answered.message}; fix: {answered.fix}")
+    for finding in findings:
+        if finding.status == "ok":
+            item.details.append("✔ " + finding.message)
+        else:
+            item.details.append(f"✖ {finding.message}; fix: {finding.fix}")
+    if answered.status != "ok":
+        more = f" (and {len(failed)} forged request(s) got through)" if failed else ""
+        fixes = [answered.fix or ""] + ([KIT_FIX.format(header=ASSERTION_HEADER)] if failed else [])
+        item.set(Status.FAIL, answered.message + more, "; and ".join(fixes))
+    elif failed:
+        more = (
+            f" (and {len(failed) - 1} more forged request(s) got through)"
+            if len(failed) > 1
+            else ""
+        )
+        item.set(Status.FAIL, failed[0].message + more, KIT_FIX.format(header=ASSERTION_HEADER))
+    else:
+        item.set(
+            Status.PASS,
+            f"{wf.server} accepts the broker's signed identity, refuses {len(findings)} forged "
+            "requests and shows a new user no threads",
+        )

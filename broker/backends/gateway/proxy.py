@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import time
+import zlib
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -84,6 +85,8 @@ class Upstream:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     # what to tell the operator when the backend refuses the assertion (JWKS URL, audience)
     identity_hint: str = ""
+    # the workflow's forward_headers: inbound names forwarded beside the built-in allowlist
+    forward_headers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -215,7 +218,9 @@ class GatewayProxy:
         started = self._clock()
         try:
             headers = self._policy.forward(
-                scope["headers"], [*own_headers, ("Accept-Encoding", "identity")]
+                scope["headers"],
+                [*own_headers, ("Accept-Encoding", "identity")],
+                self._policy.allowed(upstream.forward_headers),
             )
             await self._race_disconnect(
                 self._exchange(send, upstream, body, headers, record), receive, record
@@ -341,6 +346,19 @@ class GatewayProxy:
     ) -> None:
         status, content_type = response.status, response.content_type
         if 200 <= status < 300 and content_type == SSE:
+            encoding = _encodings(response.headers.get("Content-Encoding", ""))
+            if encoding:
+                # the broker asked for identity; a compressed stream cannot be framed-checked
+                # as it goes, and compression holds events back (caddy#6293)
+                log.warning(
+                    "gateway: %s answered an event stream with Content-Encoding %s",
+                    upstream.url,
+                    ", ".join(encoding)[:100],
+                )
+                raise BackendError(
+                    "The workflow's server compressed its event stream; the broker relays "
+                    "event streams uncompressed (it asks for Accept-Encoding: identity)."
+                )
             await self._stream(send, upstream, response, record)
             return
         if 300 <= status < 400:
@@ -414,13 +432,15 @@ class GatewayProxy:
                 "gateway: %s answered more than %d bytes of JSON", upstream.url, self._max_json
             )
             raise BackendError("The workflow's server answered more JSON than the broker relays.")
-        encoding = response.headers.get("Content-Encoding", "identity").lower()
-        if encoding == "identity":
-            try:
-                json.loads(body)
-            except (ValueError, RecursionError):
-                log.warning("gateway: %s answered invalid JSON: %s", upstream.url, _snippet(body))
-                raise BackendError("The workflow's server answered invalid JSON.") from None
+        body = _decoded(
+            upstream, body, response.headers.get("Content-Encoding", ""), self._max_json
+        )
+        try:
+            json.loads(body)
+        except (ValueError, RecursionError):
+            log.warning("gateway: %s answered invalid JSON: %s", upstream.url, _snippet(body))
+            raise BackendError("The workflow's server answered invalid JSON.") from None
+        # relayed decoded: the bytes the browser gets are the bytes that were checked
         headers = [
             (b"content-type", _raw(response.headers.get("Content-Type", "application/json"))),
             (b"content-length", str(len(body)).encode()),
@@ -504,7 +524,41 @@ class GatewayProxy:
         record.outcome = Outcome.COMPLETED
 
 
-_PASSED_THROUGH = ("Content-Encoding", "Content-Language", "Retry-After")
+_PASSED_THROUGH = ("Content-Language", "Retry-After")
+# what a JSON answer may be encoded with: decoded (capped) and checked before it is relayed
+_DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _encodings(header: str) -> list[str]:
+    """The content codings applied, in order, without ``identity``."""
+    return [c for c in (p.strip().lower() for p in header.split(",")) if c and c != "identity"]
+
+
+def _decoded(upstream: Upstream, body: bytes, header: str, limit: int) -> bytes:
+    """``body`` with every content coding undone, at most ``limit`` bytes; a coding the broker
+    cannot undo, a corrupt body or one that inflates past the limit is the backend's 502."""
+    for coding in reversed(_encodings(header)):
+        wbits = _DECODERS.get(coding)
+        if wbits is None:
+            log.warning("gateway: %s answered with Content-Encoding %r", upstream.url, coding[:40])
+            raise BackendError(
+                f"The workflow's server answered with Content-Encoding {coding[:40]!r}, which "
+                "the broker cannot check; it asks for identity (gzip and deflate are decoded)."
+            )
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            log.warning("gateway: %s answered a corrupt %s body", upstream.url, coding)
+            raise BackendError(f"The workflow's server answered a corrupt {coding} body.") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            log.warning("gateway: %s answered JSON inflating past %d bytes", upstream.url, limit)
+            raise BackendError("The workflow's server answered more JSON than the broker relays.")
+        if not inflater.eof:
+            log.warning("gateway: %s answered a truncated %s body", upstream.url, coding)
+            raise BackendError(f"The workflow's server answered a truncated {coding} body.")
+        body = out
+    return body
 
 
 def _raw(value: str) -> bytes:

@@ -393,7 +393,9 @@ async def test_rotation_a_new_kid_is_fetched_and_the_previous_key_still_verifies
         host.document = rotated.jwks()
         fresh = rotated.sign("bob", audience="support", workflow="support")
         assert (await verifier.verify(fresh)).user == "bob"
-        assert (await verifier.verify(in_flight)).user == "alice"
+        # another assertion under the old key (each one is single-use) still verifies
+        late = old.sign("alice", audience="support", workflow="support")
+        assert (await verifier.verify(late)).user == "alice"
         assert host.fetches == 2
 
 
@@ -451,15 +453,15 @@ async def test_the_verify_shortcut_caches_one_verifier_per_configuration() -> No
 
 
 def test_the_plain_pyjwt_snippet_from_the_readme_verifies_and_refuses() -> None:
-    """The ~10 lines a backend without the broker package copies, run against real tokens."""
+    """The lines a backend without the broker package copies, run against real tokens."""
     s = signer()
     jwks = s.jwks()
+    body = b'{"type":"threads.list","params":{}}'
 
-    def verified_user(token: str) -> str:
-        header = jwt.get_unverified_header(token)
-        if header.get("typ") != "chatkit-broker-assertion+jwt":
+    def verified_user(token: str, body: bytes) -> str:
+        if jwt.get_unverified_header(token).get("typ") != "chatkit-broker-assertion+jwt":
             raise jwt.InvalidTokenError("not a broker assertion")
-        key = jwt.PyJWKSet.from_dict(jwks)[header["kid"]].key  # PyJWKClient(url) in real life
+        key = jwt.PyJWKSet.from_dict(jwks)[jwt.get_unverified_header(token)["kid"]].key
         claims = jwt.decode(
             token,
             key,
@@ -468,11 +470,17 @@ def test_the_plain_pyjwt_snippet_from_the_readme_verifies_and_refuses() -> None:
             issuer=ISSUER,
             options={"require": ["exp", "iat", "sub", "jti"]},
         )
+        digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
+        if claims.get("req_sha256") != digest:
+            raise jwt.InvalidTokenError("not issued for this body")
         return claims["sub"]
 
-    assert verified_user(s.sign("alice", audience="support", workflow="support")) == "alice"
+    token = s.sign("alice", audience="support", workflow="support", body=body)
+    assert verified_user(token, body) == "alice"
     with pytest.raises(jwt.InvalidTokenError):
-        verified_user(s.sign("alice", audience="billing", workflow="billing"))
+        verified_user(s.sign("alice", audience="billing", workflow="billing", body=body), body)
+    with pytest.raises(jwt.InvalidTokenError):
+        verified_user(token, body + b" ")
 
 
 # --- binding to the request, single use ------------------------------------------------------

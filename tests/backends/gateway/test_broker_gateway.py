@@ -328,3 +328,53 @@ async def test_the_message_limit_holds_across_instances_sharing_redis() -> None:
         finally:
             wf_file.unlink()
     assert codes == [200, 200, 429]
+
+
+async def test_every_turn_starting_type_counts_and_forward_headers_pass_by_name() -> None:
+    """Issue 22: tool outputs and structured input run the model too, so they count; a
+    workflow's ``forward_headers`` reach the backend, and nothing else a client makes up."""
+    from tests.support.fake_backend import fake_backend
+
+    async with fake_backend() as backend:
+        (wf_file := Path(f"/tmp/gw-{int(time.time() * 1e6)}.toml")).write_text(
+            f'[workflows.tools]\nserver = "{backend.url("/json")}"\n'
+            'max_messages_per_minute = 3\nforward_headers = ["X-Widget"]\n'
+        )
+        env = {
+            "BROKER_WORKFLOWS_FILE": str(wf_file),
+            "BROKER_JWT_SECRET": JWT_SECRET,
+            "BROKER_SESSION_SECRET": SESSION_SECRET,
+        }
+        headers = {
+            "Authorization": f"Bearer {token('erin')}",
+            "X-Widget": "blue",
+            "X-Consumer-Username": "admin",
+            "X-Identity": "admin",
+            "X-Original-User": "admin",
+            "X-Token-Subject": "admin",
+            "X_Widget": "underscore",
+        }
+        bodies = [
+            {"type": "threads.add_client_tool_output", "params": {"thread_id": "t", "result": 1}},
+            {"type": "threads.add_structured_input", "params": {"thread_id": "t", "input": {}}},
+            {"type": "threads.add_client_tool_output", "params": {"thread_id": "t", "result": 2}},
+            {"type": "threads.add_structured_input", "params": {"thread_id": "t", "input": {}}},
+        ]
+        try:
+            async with (
+                run_asgi(create_app(load_settings(env)), lifespan="on") as url,
+                httpx.AsyncClient(base_url=url, timeout=10) as browser,
+            ):
+                codes = [
+                    (await browser.post("/chatkit/tools", json=b, headers=headers)).status_code
+                    for b in bodies
+                ]
+        finally:
+            wf_file.unlink()
+    assert codes == [200, 200, 200, 429]
+    seen = backend.headers_of()
+    assert seen["x-widget"] == ["blue"]
+    for name in ("x-consumer-username", "x-identity", "x-original-user", "x-token-subject"):
+        assert name not in seen, name
+    assert "admin" not in {v for values in seen.values() for v in values}
+    assert not any("_" in name for name in seen)

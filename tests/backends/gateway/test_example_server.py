@@ -102,7 +102,7 @@ async def test_the_example_refuses_requests_that_bypass_the_broker(
         for headers in ({"X-User-Id": "admin"}, {ASSERTION_HEADER: forged}):
             response = await direct.post("/chatkit", json=create("hi"), headers=headers)
             assert response.status_code == 401
-            assert response.json()["error"]["code"] == "unauthenticated"
+            assert response.json()["error"]["code"] == "invalid_assertion"
 
 
 async def test_stop_in_the_browser_cancels_the_stream_in_the_backend(

@@ -1,8 +1,9 @@
-"""Forged identity through a gateway, generated (issue 15): hypothesis spells identity headers
-every way a client could — random case, ``_`` for ``-``, duplicates, names listed in
+"""Forged identity through a gateway, generated (issues 15, 22): hypothesis spells identity
+headers every way a client could — random case, ``_`` for ``-``, duplicates, names listed in
 ``Connection``, very long and non-ASCII values — and sends them as raw bytes through uvicorn
 and the real proxy; the fake backend records what arrived, and no forged value is in it.
-test_proxy.py checks fixed spellings; this searches for one the policy misses."""
+Forwarding is an allowlist, so any other name (``X-Consumer-Username``, or one hypothesis
+makes up) is dropped too. test_proxy.py checks fixed spellings; this searches for a hole."""
 
 from __future__ import annotations
 
@@ -59,6 +60,12 @@ BASE_NAMES = [
     "forwarded",
     "x-real-ip",
     "x-tenant",
+    # reached backends while forwarding was a deny-list (issue 22)
+    "x-consumer-username",
+    "x-consumer-id",
+    "x-identity",
+    "x-original-user",
+    "x-token-subject",
 ]
 
 
@@ -82,6 +89,7 @@ def servers() -> Iterator[tuple[GatewayTestApp, FakeBackend, tuple[str, int]]]:
                         connect_timeout=2.0,
                         idle_timeout=5.0,
                         identity_hint="test",
+                        forward_headers=("X-Benign",),
                     ),
                 )
                 async with run_asgi(app) as url:
@@ -121,7 +129,22 @@ VALUE_TAIL = st.one_of(
     st.integers(1000, 6000).map(lambda n: b"A" * n),
     st.just("é→管理者".encode()),
 )
-SMUGGLED = st.from_regex(r"\Ax-[a-z]{3,12}\Z", fullmatch=True).map(str.encode)
+SMUGGLED = (
+    st.from_regex(r"\Ax-[a-z]{3,12}\Z", fullmatch=True)
+    .filter(lambda name: name != "x-benign")
+    .map(str.encode)
+)
+# names nobody listed, in any spelling: not forwarded whether or not they are in Connection
+UNLISTED = st.from_regex(r"\A[A-Za-z][A-Za-z0-9_-]{2,20}\Z", fullmatch=True).filter(
+    lambda name: (
+        name.lower().replace("_", "-")
+        not in {"x-benign", "content-type", "content-length", "connection", "host", "upgrade"}
+        # the allowlist (written out): a client's own value for these is meant to arrive
+        and name.lower() not in {"accept", "accept-language", "user-agent", "traceparent"}
+        and name.lower() != "tracestate"
+        and not name.lower().startswith(("transfer", "expect"))
+    )
+)
 
 
 @settings(
@@ -135,9 +158,14 @@ SMUGGLED = st.from_regex(r"\Ax-[a-z]{3,12}\Z", fullmatch=True).map(str.encode)
     forged=st.lists(st.tuples(spelling(), VALUE_TAIL), min_size=1, max_size=6),
     duplicate=st.booleans(),
     smuggled=st.lists(SMUGGLED, max_size=3, unique=True),
+    unlisted=st.lists(UNLISTED, max_size=3, unique=True),
 )
 def test_no_spelling_of_an_identity_header_reaches_the_backend(
-    servers, forged: list[tuple[bytes, bytes]], duplicate: bool, smuggled: list[bytes]
+    servers,
+    forged: list[tuple[bytes, bytes]],
+    duplicate: bool,
+    smuggled: list[bytes],
+    unlisted: list[str],
 ) -> None:
     app, backend, (host, port) = servers
     lines: list[bytes] = []
@@ -154,7 +182,14 @@ def test_no_spelling_of_an_identity_header_reaches_the_backend(
         lines.append(name + b": " + marker)
     if smuggled:
         lines.append(b"Connection: keep-alive, " + b", ".join(smuggled))
+    for i, name in enumerate(unlisted):
+        marker = b"unlisted%d" % i
+        markers.append(marker)
+        lines.append(name.encode() + b": " + marker)
     lines.append(b"X-Benign: kept")
+    lines.append(b"x_benign: underscore")
+    lines.append(b"X-BENIGN: second copy")
+    markers += [b"underscore", b"second copy"]
     before = len(backend.requests)
     request = (
         b"POST /chatkit/support HTTP/1.1\r\nHost: 127.0.0.1\r\n"

@@ -101,3 +101,21 @@ def test_check_summarises_the_gateway_assertions_without_key_material(tmp_path: 
     assert "helpdesk: audience helpdesk, es256" in out.stdout
     assert "PRIVATE KEY" not in out.stdout + out.stderr
     assert pem.splitlines()[1] not in out.stdout + out.stderr
+
+
+def test_forward_headers_name_plain_headers_never_identity_ones(tmp_path: Path) -> None:
+    (tmp_path / "ok.toml").write_text(
+        '[workflows.w]\nserver = "https://x.example/chatkit"\nforward_headers = ["X-Widget"]\n'
+    )
+    loaded = settings(BROKER_WORKFLOWS_FILE=str(tmp_path / "ok.toml")).workflows
+    (wf,) = [w for w in loaded if w.name == "w"]
+    assert wf.forward_headers == ("X-Widget",)
+    (tmp_path / "bad.toml").write_text(
+        '[workflows.w]\nserver = "https://x.example/chatkit"\nforward_headers = '
+        '["X-Consumer-Username", "X_Widget", "Cookie", "x-forwarded-user", "ChatKit-Broker-X"]\n'
+    )
+    text = "\n".join(problems(BROKER_WORKFLOWS_FILE=str(tmp_path / "bad.toml")))
+    assert "'X-Consumer-Username' could pass for the caller's identity" in text
+    assert "'X_Widget' is not a header name" in text
+    assert "'Cookie' is set by the broker" in text
+    assert "'x-forwarded-user' could pass" in text and "'ChatKit-Broker-X' could pass" in text
