@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_KIT := kits/node/node_modules/.installed
 
 .PHONY: dev serve test lint format clean
 
@@ -16,10 +17,16 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(BIN)/chatkit-broker serve --mock
 
-## set up and run the whole test suite
-test: $(STAMP)
+# the Node verifier's dependencies (jose), from its lockfile
+$(NODE_KIT): kits/node/package-lock.json
+	cd kits/node && npm ci --no-audit --no-fund
+	touch $@
+
+## set up and run the whole test suite: ruff, the Node verifier's tests, pytest
+test: $(STAMP) $(NODE_KIT)
 	$(BIN)/ruff check broker tests benchmarks
 	$(BIN)/ruff format --check broker tests benchmarks
+	cd kits/node && npm test
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -29,4 +36,4 @@ format: $(STAMP)
 	$(BIN)/ruff format broker tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info kits/node/node_modules
