@@ -351,3 +351,43 @@ async def test_the_agent_routes_say_no_store_once(settings_factory, token, respo
     for r in answers:
         assert r.headers.get_list("cache-control") == ["no-store"], (r.request.url, r.headers)
     assert [r.status_code for r in answers] == [200, 200, 200, 200, 404]
+
+
+async def test_a_session_secret_reads_back_and_runs_its_own_workflow_only(
+    client, token, responses
+) -> None:
+    """Decided in issue 23: a ``cks_`` secret is the same user at the same workflow, so its
+    workflow's read-back (threads, items) and runs accept it; every other ``/api/…`` route,
+    and those routes for another workflow, answer 401."""
+    responses.script(text("First."), text("Second."))
+    mint = {"headers": auth(token("alice"))}
+    secret = (
+        await client.post("/api/chatkit/session", json={"workflow": "support"}, **mint)
+    ).json()["client_secret"]
+    with_secret = auth(secret)
+    r = await client.post("/api/workflows/support/runs", json={"input": "hi"}, headers=with_secret)
+    assert r.status_code == 200, r.text
+    thread_id = r.json()["thread_id"]
+    r = await client.get("/api/threads", params={"workflow": "support"}, headers=with_secret)
+    assert r.status_code == 200 and [t["id"] for t in r.json()["data"]] == [thread_id]
+    r = await client.get(f"/api/threads/{thread_id}/items", headers=with_secret)
+    assert r.status_code == 200, r.text
+    assert [i["type"] for i in r.json()["data"]] == ["user_message", "assistant_message"]
+    # another workflow's thread of the same user: not found through this secret
+    r = await chatkit(client, "triage", token("alice"), "threads.create", input=message("x"))
+    triage_thread = sse(r.text)[0]["thread"]["id"]
+    r = await client.get(f"/api/threads/{triage_thread}/items", headers=with_secret)
+    assert r.status_code == 404
+    refused = [
+        client.get("/api/threads", params={"workflow": "triage"}, headers=with_secret),
+        client.post("/api/workflows/triage/runs", json={"input": "x"}, headers=with_secret),
+        client.post("/api/chatkit/session", json={"workflow": "support"}, headers=with_secret),
+        client.get("/api/chatkit/workflows", headers=with_secret),
+        client.post(
+            "/api/chatkit/session/cancel", json={"session_id": "bsess_x"}, headers=with_secret
+        ),
+    ]
+    for request in refused:
+        r = await request
+        assert r.status_code == 401, (r.request.url, r.status_code, r.text)
+        assert r.json()["error"]["code"] == "unauthenticated"
