@@ -227,9 +227,7 @@ class AgentBackend(Backend):
         if "input" not in body:
             raise InvalidRequest('Send the message as {"input": "text"} (or a JSON object).')
         text = runs.input_text(body["input"])
-        thread_id = body.get("thread_id")
-        if thread_id is not None and not (isinstance(thread_id, str) and thread_id):
-            raise InvalidRequest('"thread_id" must be a thread id string.')
+        thread_id = runs.thread_ref(body.get("thread_id"))
         counted = await self._count_message(admission)
         try:
             await self._ensure_started()
