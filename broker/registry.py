@@ -48,7 +48,7 @@ class SessionRegistry(Protocol):
 MAX_MEMORY_SESSIONS = 100_000
 # Live sessions one user may hold; the next evicts that user's oldest. Above what a person
 # uses (a session per tab, refreshed with previous_session_id) and below what a loop minting
-# at the default BROKER_RATE_LIMIT holds (30/minute × 10 minutes).
+# at the default BROKER_RATE_LIMIT holds (30 a minute for 10 minutes).
 MAX_SESSIONS_PER_USER = 100
 
 
