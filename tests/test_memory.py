@@ -26,6 +26,7 @@ from broker.backends.gateway.proxy import MAX_JSON_BYTES
 from .support.adversarial import live_env, make_token, rss_mib
 from .support.aioserver import serve
 from .support.fake_openai import Behaviour, FakeOpenAI
+from .support.fake_responses import FakeResponsesServer, http_error
 
 pytestmark = pytest.mark.slow
 
@@ -154,4 +155,42 @@ async def test_rss_returns_to_baseline_after_300_failed_hosted_answers(
     baseline = await settled_rss(bp.proc.pid)
     await drive(300, one, expect)
     after = await settled_rss(bp.proc.pid)
+    assert after - baseline < 48, f"RSS {baseline:.0f} MiB → {after:.0f} MiB"
+
+
+async def test_rss_returns_to_baseline_after_300_failed_agent_runs(
+    run_broker, tmp_path: Path
+) -> None:
+    """A run with a 200 KiB input whose model call fails (HTTP 400, not retried): the input
+    sits in the frames of the run, the engine and chatkit's stream when the error is raised."""
+    root = Path(__file__).resolve().parents[1]
+    server = FakeResponsesServer()
+    responses = server.start()
+    try:
+        responses.script(*[http_error(400) for _ in range(400)])
+        bp = run_broker(
+            live_env(
+                responses.base_url,
+                BROKER_WORKFLOWS=f"support={root}/examples/agent/support_agent.py:agent",
+                BROKER_DATABASE_URL=f"sqlite:///{tmp_path / 'threads.sqlite3'}",
+                BROKER_SESSION_SECRET=SESSION_SECRET,
+                BROKER_LOG_LEVEL="warning",
+            )
+        )
+        headers = {"Authorization": f"Bearer {make_token('mem-user')}"}
+        body = {"input": "y" * (200 * 1024)}
+
+        async def one(session: aiohttp.ClientSession) -> int:
+            async with session.post(
+                f"{bp.url}/api/workflows/support/runs", json=body, headers=headers
+            ) as r:
+                await r.read()
+                return r.status
+
+        await drive(40, one, 502)
+        baseline = await settled_rss(bp.proc.pid)
+        await drive(300, one, 502)
+        after = await settled_rss(bp.proc.pid)
+    finally:
+        server.stop()
     assert after - baseline < 48, f"RSS {baseline:.0f} MiB → {after:.0f} MiB"
