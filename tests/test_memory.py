@@ -137,7 +137,7 @@ async def test_rss_returns_to_baseline_after_300_failed_hosted_answers(
     if kind == "status":
         openai.default = Behaviour(kind="status", status=500, body=b"x" * (1024 * 1024 - 64))
     else:
-        openai.default = Behaviour(kind="huge", size=1024 * 1024 + 65536)
+        openai.default = Behaviour(kind="huge", size=1024 * 1024 + 65536, chunked=True)
     bp = run_broker(
         live_env(openai.base_url, BROKER_UPSTREAM_RETRIES="1", BROKER_LOG_LEVEL="warning")
     )
