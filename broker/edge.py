@@ -44,9 +44,24 @@ LARGE_BODY_PREFIXES = ("/chatkit/", "/mock/chatkit", "/api/workflows/")
 BODY_TIMEOUT = 10.0
 # set by ``server.GuardedHttpToolsProtocol``: a ``BodyArrival`` saying the body is all there
 BODY_EXTENSION = "chatkit_broker.body"
+# set by ``server.GuardedHttpToolsProtocol``: drops the connection of a started response
+ABORT_EXTENSION = "chatkit_broker.abort"
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _MOCK_ONLY = "Mock mode answers only requests from this machine to localhost, 127.0.0.1 or [::1]."
+
+
+def abort_response(scope: Scope) -> None:
+    """Drop the connection of a response already started, so the client sees it broken.
+
+    Returning from the app unfinished does that too, but uvicorn then logs "ASGI callable
+    returned without completing response" after the request's context is gone (no request
+    id): the caller logs why it aborted, and the server only closes. Without the broker's
+    protocol (another server) returning unfinished is the fallback.
+    """
+    abort = scope.get("extensions", {}).get(ABORT_EXTENSION)
+    if abort is not None:
+        abort()
 
 
 async def send_error(send: Send, error: BrokerError, request_id: str) -> None:

@@ -87,8 +87,9 @@ class Gate:
             identity = Identity(user=self._anonymous, claims={})
         elif is_session_secret(token):
             raise Unauthenticated(
-                "A session secret (cks_…) is only good at its workflow's ChatKit endpoint; "
-                "send your app's sign-in token (JWT) here."
+                "A session secret (cks_…) is only good at its own workflow's ChatKit endpoint "
+                "and, for an agent workflow, its threads and runs; send your app's sign-in "
+                "token (JWT) here."
             )
         elif self._trust_unverified and not self._verifier.configured:
             identity = self._verifier.read_unverified(token)
@@ -117,6 +118,14 @@ class Gate:
                 f"claim(s) {', '.join(unmet)} with other values."
             )
         return Admission(identity, workflow)
+
+    def secret_workflow(self, authorization: str | None) -> str | None:
+        """The workflow a valid ``cks_`` secret in ``authorization`` was issued for, else
+        None: for routes that name a thread but no workflow (admit it with ``admit_chatkit``)."""
+        token = bearer_token(authorization)
+        if token is None or not is_session_secret(token) or self._secrets is None:
+            return None
+        return self._secrets.workflow_of(token)
 
     async def admit_chatkit(
         self, authorization: str | None, workflow: Workflow, *, query: str = ""

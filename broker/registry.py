@@ -46,13 +46,19 @@ class SessionRegistry(Protocol):
 
 
 MAX_MEMORY_SESSIONS = 100_000
+# Live sessions one user may hold; the next evicts that user's oldest. Above what a person
+# uses (a session per tab, refreshed with previous_session_id) and below what a loop minting
+# at the default BROKER_RATE_LIMIT holds (30 a minute for 10 minutes).
+MAX_SESSIONS_PER_USER = 100
 
 
 class MemoryRegistry:
     """Per-process registry; entries vanish at their session's expiry.
 
-    Bounded: past ``max_sessions`` the oldest entry is dropped (``on_evict`` counts it), so a
-    sustained mint rate cannot grow memory without limit. A dropped session can no longer be
+    Bounded twice (``on_evict`` counts each drop): a user past ``max_per_user`` live sessions
+    loses their own oldest, so one user minting in a loop cannot push anyone else's out; and
+    past ``max_sessions`` in all (only as many users as ``max_sessions / max_per_user`` reach
+    it) the oldest entry goes, so memory stays bounded. A dropped session can no longer be
     cancelled early — or, for the broker's own secrets, be used — and simply ends.
     """
 
@@ -61,13 +67,15 @@ class MemoryRegistry:
         clock: Callable[[], float] = time.time,
         *,
         max_sessions: int = MAX_MEMORY_SESSIONS,
+        max_per_user: int = MAX_SESSIONS_PER_USER,
         on_evict: Callable[[], None] | None = None,
     ) -> None:
         self._clock = clock
         self._max = max_sessions
+        self._max_per_user = max_per_user
         self._on_evict = on_evict
         self._owner: dict[str, tuple[str, int]] = {}  # insertion-ordered: oldest first
-        self._by_user: dict[str, set[str]] = {}
+        self._by_user: dict[str, dict[str, None]] = {}  # per user, oldest first
         self._expiry: list[tuple[int, str]] = []
 
     async def add(self, session_id: str, user: str, expires_at: int) -> None:
@@ -76,12 +84,14 @@ class MemoryRegistry:
     def add_soon(self, session_id: str, user: str, expires_at: int) -> None:
         """In memory there is nothing to wait for: recorded now."""
         self._prune()
-        while len(self._owner) >= self._max and session_id not in self._owner:
-            self._remove_sync(next(iter(self._owner)))
-            if self._on_evict is not None:
-                self._on_evict()
+        if session_id not in self._owner:
+            own = self._by_user.get(user, {})
+            while len(own) >= self._max_per_user:
+                self._evict(next(iter(own)))
+            while len(self._owner) >= self._max:
+                self._evict(next(iter(self._owner)))
         self._owner[session_id] = (user, expires_at)
-        self._by_user.setdefault(user, set()).add(session_id)
+        self._by_user.setdefault(user, {})[session_id] = None
         heapq.heappush(self._expiry, (expires_at, session_id))
         if len(self._expiry) > 2 * self._max:  # evicted entries linger in the heap: compact
             self._expiry = [(exp, sid) for sid, (_, exp) in self._owner.items()]
@@ -111,22 +121,37 @@ class MemoryRegistry:
             if entry is not None and entry[1] == expires_at:
                 self._remove_sync(session_id)
 
+    def _evict(self, session_id: str) -> None:
+        self._remove_sync(session_id)
+        if self._on_evict is not None:
+            self._on_evict()
+
     def _remove_sync(self, session_id: str) -> None:
         user, _ = self._owner.pop(session_id)
         sessions = self._by_user[user]
-        sessions.discard(session_id)
+        sessions.pop(session_id, None)
         if not sessions:
             del self._by_user[user]
 
 
 # --- Redis: shared by every worker and instance ------------------------------------------
 
+# ARGV: user, expires_at, session id, per-user cap, now, the session keys' prefix
 _ADD = """
 redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+if over > 0 then
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, over - 1)
+  for _, sid in ipairs(oldest) do
+    redis.call('DEL', ARGV[6] .. sid)
+    redis.call('ZREM', KEYS[2], sid)
+  end
+end
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 redis.call('EXPIREAT', KEYS[2], last[2])
-return 1
+return over > 0 and over or 0
 """
 _SESSIONS_OF = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -140,12 +165,21 @@ class RedisRegistry:
     ``<prefix>sess:<id>`` holds the owner and expires with the session (``EXAT``);
     ``<prefix>user:<user>`` is a sorted set of that user's session ids scored by expiry,
     pruned on read and expiring with its last session. Every call goes through
-    ``RedisStore.call``: bounded, and ``StoreUnavailable`` (503) when Redis is down.
+    ``RedisStore.call``: bounded, and ``StoreUnavailable`` (503) when Redis is down. A user
+    past ``max_per_user`` live sessions loses the one expiring soonest (their oldest, for
+    one workflow), as in memory.
     """
 
-    def __init__(self, store: RedisStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_per_user: int = MAX_SESSIONS_PER_USER,
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._max_per_user = max_per_user
         self._add = store.client.register_script(_ADD)
         self._sessions_of = store.client.register_script(_SESSIONS_OF)
         # add_soon's writes in flight: session id → (user, task)
@@ -155,9 +189,15 @@ class RedisRegistry:
         if expires_at <= self._clock():
             return
         keys = [self._store.key("sess", session_id), self._store.key("user", user)]
-        await self._store.call(
-            "registry", lambda: self._add(keys=keys, args=[user, expires_at, session_id])
-        )
+        args = [
+            user,
+            expires_at,
+            session_id,
+            self._max_per_user,
+            int(self._clock()),
+            self._store.key("sess", ""),
+        ]
+        await self._store.call("registry", lambda: self._add(keys=keys, args=args))
 
     def add_soon(self, session_id: str, user: str, expires_at: int) -> None:
         """Write in the background (one Redis round trip off the mint's answer). Until it

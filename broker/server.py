@@ -7,7 +7,9 @@ that trickles its head (slowloris) or sends nothing at all is kept open forever.
 subclass adds:
 
 * ``MAX_HEAD_BYTES``: a request head (request line + headers) over 64 KiB is answered
-  431 ``headers_too_large`` and the connection closed, before more is buffered;
+  431 ``headers_too_large`` and the connection closed, before more is buffered — whether it
+  arrives over many reads (counted as it comes) or in one (measured as it is parsed);
+* one ``Host`` header: two are a 400, as RFC 9112 §3.2 requires (which one would count?);
 * ``HEAD_TIMEOUT``: a connection must deliver a complete head within 10 s of opening (or of
   its first byte after a keep-alive pause): otherwise 408 ``request_timeout`` and close
   (silently when it sent nothing at all);
@@ -25,12 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .edge import BODY_EXTENSION
+from .edge import ABORT_EXTENSION, BODY_EXTENSION
 from .errors import BrokerError, HeadersTooLarge, InvalidRequest, RequestTimeout, render
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -46,6 +49,19 @@ def error_response(error: BrokerError) -> bytes:
     head += [name + b": " + value for name, value in rendered.headers]
     head += [b"x-request-id: " + request_id.encode(), b"connection: close"]
     return b"\r\n".join(head) + b"\r\n\r\n" + rendered.body
+
+
+def _too_large() -> HeadersTooLarge:
+    return HeadersTooLarge(
+        f"The request line and headers are larger than {MAX_HEAD_BYTES // 1024} KiB."
+    )
+
+
+def _abort(cycle: Any, transport: asyncio.Transport) -> None:
+    """``edge.abort_response``: close the connection; the cycle is marked disconnected, so
+    uvicorn takes the app's return for a client that left rather than an unfinished answer."""
+    cycle.disconnected = True
+    transport.close()
 
 
 class BodyArrival:
@@ -68,6 +84,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._got_bytes = False
         self._completed = False  # a message ended inside the chunk being parsed
         self._body: BodyArrival | None = None
+        self._head_size = 0  # of the head being parsed, as its parts are parsed
+        self._refusal: BrokerError | None = None
 
     # --- the guards ---------------------------------------------------------------------
 
@@ -122,19 +140,41 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._got_bytes = True
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse(
-                    HeadersTooLarge(
-                        f"The request line and headers are larger than {MAX_HEAD_BYTES // 1024} KiB."
-                    )
-                )
+                self._refuse(_too_large())
+
+    # A head that arrives whole in one read completes inside ``data_received``, so the count
+    # above never sees it: the parsed parts are measured too (request line + header lines).
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_size = len("  HTTP/1.1\r\n\r\n")  # around the method and URL
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
 
     def on_headers_complete(self) -> None:
+        self._head_size += len(self.parser.get_method())
+        if self._head_size > MAX_HEAD_BYTES:
+            self._refusal = _too_large()
+        elif sum(name == b"host" for name, _ in self.headers) > 1:
+            self._refusal = InvalidRequest("Send one Host header, not several (RFC 9112 §3.2).")
+        if self._refusal is not None:
+            # stops the parser (httptools: a callback error); uvicorn then calls
+            # send_400_response, which answers this refusal instead
+            raise RuntimeError(self._refusal.code)
         self._in_head = False
         self._disarm()
         body = self._body = BodyArrival()
         # before the app's task runs: uvicorn only schedules it here
-        self.scope.setdefault("extensions", {})[BODY_EXTENSION] = body
+        extensions = self.scope.setdefault("extensions", {})
+        extensions[BODY_EXTENSION] = body
         super().on_headers_complete()
+        extensions[ABORT_EXTENSION] = partial(_abort, self.cycle, self.transport)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -145,6 +185,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._completed = True
 
     def send_400_response(self, msg: str) -> None:
+        refused, self._refusal = self._refusal, None
+        if refused is not None:
+            self._refuse(refused)
+            return
         self._disarm()
         self.transport.write(error_response(InvalidRequest("The request is not valid HTTP/1.1.")))
         self.transport.close()

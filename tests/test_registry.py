@@ -260,3 +260,30 @@ async def test_a_hosted_mint_does_not_wait_for_its_redis_write(
         assert await store.client.get(store.key("sess", first.json()["session_id"])) is None
     finally:
         await store.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def capped(request) -> AsyncIterator[MemoryRegistry | RedisRegistry]:
+    """A registry of each kind that holds at most 3 live sessions per user (and, in memory,
+    10 in all)."""
+    if request.param == "memory":
+        yield MemoryRegistry(max_sessions=10, max_per_user=3)
+        return
+    env = request.getfixturevalue("redis_env")
+    store = RedisStore(env["BROKER_REDIS_URL"], env["BROKER_REDIS_PREFIX"])
+    yield RedisRegistry(store, max_per_user=3)
+    await store.close()
+
+
+async def test_one_user_minting_in_a_loop_evicts_only_their_own_oldest_sessions(capped):
+    """Found by probing (issue 23): the memory registry evicted the oldest session of anyone
+    at its global bound, so one user minting in a loop ended everyone else's secrets."""
+    far = int(time.time()) + 600
+    await capped.add("bob_1", "bob", far)
+    await capped.add("bob_2", "bob", far + 1)
+    for n in range(50):
+        await capped.add(f"alice_{n:02d}", "alice", far + n)
+    assert await capped.sessions_of("alice") == ["alice_47", "alice_48", "alice_49"]
+    assert await capped.owner("alice_46") is None
+    assert await capped.sessions_of("bob") == ["bob_1", "bob_2"]
+    assert [await capped.owner(s) for s in ("bob_1", "bob_2")] == ["bob", "bob"]

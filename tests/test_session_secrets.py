@@ -149,7 +149,7 @@ async def test_a_session_secret_is_not_a_sign_in_token():
         minted = (await c.post("/api/chatkit/session", json={"workflow": "post-writer"})).json()
         r = await c.get("/api/chatkit/workflows", headers=auth(minted["client_secret"]))
     assert r.status_code == 401
-    assert "only good at its workflow's ChatKit endpoint" in r.json()["error"]["message"]
+    assert "only good at its own workflow's ChatKit endpoint" in r.json()["error"]["message"]
 
 
 async def test_a_secret_in_the_query_string_is_ignored(token):

@@ -122,7 +122,11 @@ def raise_fd_limit(want: int) -> int:
 
 @contextlib.contextmanager
 def broker_process(
-    env: dict[str, str], log_dir: Path, *args: str, port: int | None = None
+    env: dict[str, str],
+    log_dir: Path,
+    *args: str,
+    port: int | None = None,
+    start_timeout: float = 20,
 ) -> Iterator[BrokerProcess]:
     """A real ``chatkit-broker serve`` for a whole module (``run_broker`` is per test)."""
     port = port or free_port()
@@ -141,7 +145,7 @@ def broker_process(
         )
     bp = BrokerProcess(f"http://127.0.0.1:{port}", proc, log_path)
     try:
-        wait_until_serving(bp)
+        wait_until_serving(bp, start_timeout)
         yield bp
     finally:
         bp.stop()

@@ -227,9 +227,7 @@ class AgentBackend(Backend):
         if "input" not in body:
             raise InvalidRequest('Send the message as {"input": "text"} (or a JSON object).')
         text = runs.input_text(body["input"])
-        thread_id = body.get("thread_id")
-        if thread_id is not None and not (isinstance(thread_id, str) and thread_id):
-            raise InvalidRequest('"thread_id" must be a thread id string.')
+        thread_id = runs.thread_ref(body.get("thread_id"))
         counted = await self._count_message(admission)
         try:
             await self._ensure_started()
@@ -263,16 +261,31 @@ class AgentBackend(Backend):
         return Response(page, media_type="application/json", headers=NO_STORE)
 
     async def items_endpoint(self, request: Request) -> Response:
-        """``GET /api/threads/{id}/items?limit&after&order``: one of the caller's threads."""
-        identity = await self.gate.identify(request.headers.get("authorization"))
-        request.state.user = identity.user
+        """``GET /api/threads/{id}/items?limit&after&order``: one of the caller's threads.
+
+        A session secret reads back threads of its own workflow only, as ``/api/threads``
+        and the runs route allow it (same user, same workflow: nothing to escalate)."""
+        authorization = request.headers.get("authorization")
         thread_id = request.path_params["thread_id"]
-        await self._ensure_started()
-        name = await self.store.thread_workflow(thread_id, identity.user)
-        workflow = self.settings.workflow_named(name) if name is not None else None
-        if workflow is None or workflow.name not in self._servers:
-            raise NotFound(f"Thread {thread_id[:80]} not found.")
-        admission = self.gate.admit(identity, workflow.name)
+        own = self.gate.secret_workflow(authorization)
+        if own is not None and own in self._servers:
+            admission = await self.gate.admit_chatkit(authorization, self._agent_workflow(own))
+            request.state.user = admission.identity.user
+            await self._ensure_started()
+            name = await self.store.thread_workflow(thread_id, admission.identity.user)
+            if name != own:
+                raise NotFound(f"Thread {thread_id[:80]} not found.")
+            workflow = admission.workflow
+        else:
+            identity = await self.gate.identify(authorization)
+            request.state.user = identity.user
+            await self._ensure_started()
+            name = await self.store.thread_workflow(thread_id, identity.user)
+            found = self.settings.workflow_named(name) if name is not None else None
+            if found is None or found.name not in self._servers:
+                raise NotFound(f"Thread {thread_id[:80]} not found.")
+            admission = self.gate.admit(identity, found.name)
+            workflow = admission.workflow
         caller = Caller(admission.identity.user, workflow.name)
         page = await runs.list_items(self.server(workflow), caller, thread_id, request.query_params)
         return Response(page, media_type="application/json", headers=NO_STORE)

@@ -32,6 +32,7 @@ __all__ = [
     "list_items",
     "list_threads",
     "run",
+    "thread_ref",
 ]
 
 MAX_INPUT_BYTES = 1024 * 1024
@@ -59,9 +60,27 @@ def input_text(value: Any) -> str:
         raise InvalidRequest('"input" must be a string or a JSON object.')
     if not text.strip():
         raise InvalidRequest('"input" must not be empty.')
-    if len(text.encode()) > MAX_INPUT_BYTES:
+    if len(_utf8(text, "input")) > MAX_INPUT_BYTES:
         raise PayloadTooLarge(f'"input" is larger than {MAX_INPUT_BYTES // 1024} KiB.')
     return text
+
+
+def thread_ref(value: Any) -> str | None:
+    """A run's ``thread_id``: absent, or a non-empty id string."""
+    if value is not None and not (isinstance(value, str) and value and _utf8(value, "thread_id")):
+        raise InvalidRequest('"thread_id" must be a thread id string.')
+    return value
+
+
+def _utf8(text: str, field: str) -> bytes:
+    """JSON may carry a lone surrogate (``"\\ud800"``), which is no text: a 400, as the
+    ChatKit endpoint answers it, not the ``UnicodeEncodeError`` it raised further on."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            f'"{field}" holds a lone surrogate (\\ud800-\\udfff): send valid Unicode text.'
+        ) from None
 
 
 def chatkit_body(text: str, thread_id: str | None = None) -> bytes:

@@ -100,6 +100,13 @@ def _scope(context: Caller | str) -> tuple[str, str]:
     return context.user, context.workflow
 
 
+def _unstorable(value: str | None) -> bool:
+    """True for an id no row can have: PostgreSQL text cannot hold a NUL (asyncpg refuses the
+    query, which was a 500), and every id this store writes is ``prefix_hex``. Such an id is
+    answered as an unknown one, on both databases alike."""
+    return value is not None and "\x00" in value
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(ID_BYTES)}"
 
@@ -278,11 +285,15 @@ class SQLStore(Store[Caller | str]):
         )
 
     async def _check_thread(self, conn: AsyncConnection, thread_id: str, context: Any) -> None:
+        if _unstorable(thread_id):
+            raise NotFoundError(f"Thread {thread_id} not found")
         found = await conn.scalar(sa.select(threads.c.seq).where(self._owned(thread_id, context)))
         if found is None:
             raise NotFoundError(f"Thread {thread_id} not found")
 
     async def load_thread(self, thread_id: str, context: Caller | str) -> ThreadMetadata:
+        if _unstorable(thread_id):
+            raise NotFoundError(f"Thread {thread_id} not found")
         async with self._connect() as conn:
             data = await conn.scalar(
                 sa.select(threads.c.data).where(self._owned(thread_id, context))
@@ -329,6 +340,8 @@ class SQLStore(Store[Caller | str]):
 
         For routes that name a thread but no workflow, so they can pick the right engine.
         """
+        if _unstorable(thread_id):
+            return None
         async with self._connect() as conn:
             return await conn.scalar(
                 sa.select(threads.c.workflow).where(
@@ -414,8 +427,14 @@ class SQLStore(Store[Caller | str]):
     async def load_item(self, thread_id: str, item_id: str, context: Caller | str) -> ThreadItem:
         async with self._connect() as conn:
             await self._check_thread(conn, thread_id, context)
-            data = await conn.scalar(
-                sa.select(items.c.data).where(items.c.thread_id == thread_id, items.c.id == item_id)
+            data = (
+                None
+                if _unstorable(item_id)
+                else await conn.scalar(
+                    sa.select(items.c.data).where(
+                        items.c.thread_id == thread_id, items.c.id == item_id
+                    )
+                )
             )
         if data is None:
             raise NotFoundError(f"Item {item_id} not found in thread {thread_id}")
@@ -424,9 +443,10 @@ class SQLStore(Store[Caller | str]):
     async def delete_thread_item(self, thread_id: str, item_id: str, context: Caller | str) -> None:
         async def work(conn: AsyncConnection) -> None:
             await self._check_thread(conn, thread_id, context)
-            await conn.execute(
-                items.delete().where(items.c.thread_id == thread_id, items.c.id == item_id)
-            )
+            if not _unstorable(item_id):
+                await conn.execute(
+                    items.delete().where(items.c.thread_id == thread_id, items.c.id == item_id)
+                )
 
         await self._write(work)
 
@@ -451,6 +471,8 @@ class SQLStore(Store[Caller | str]):
 
     async def load_attachment(self, attachment_id: str, context: Caller | str) -> Attachment:
         user, _ = _scope(context)
+        if _unstorable(attachment_id):
+            raise NotFoundError(f"Attachment {attachment_id} not found")
         async with self._connect() as conn:
             data = await conn.scalar(
                 sa.select(attachments.c.data).where(
@@ -463,6 +485,8 @@ class SQLStore(Store[Caller | str]):
 
     async def delete_attachment(self, attachment_id: str, context: Caller | str) -> None:
         user, _ = _scope(context)
+        if _unstorable(attachment_id):
+            return
 
         async def work(conn: AsyncConnection) -> None:
             await conn.execute(
@@ -495,6 +519,8 @@ class SQLStore(Store[Caller | str]):
         descending = order == "desc"
         conditions = list(where)
         if after is not None:
+            if _unstorable(after):
+                return None
             cursor = await conn.scalar(sa.select(table.c.seq).where(*where, table.c.id == after))
             if cursor is None:
                 return None

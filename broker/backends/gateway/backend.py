@@ -27,6 +27,7 @@ from ...assertion import (
     forwarded_claims,
 )
 from ...config import Settings, Workflow
+from ...edge import abort_response
 from ...errors import BrokerError, InvalidRequest, render
 from ...http import HttpPool
 from ...ratelimit import RateLimits
@@ -254,8 +255,8 @@ class GatewayBackend(Backend):
                 record,
             )
         except StreamAborted:
-            # returning without completing the response makes the server drop the
-            # connection: the browser sees a broken stream, not a finished reply
+            # the browser must see a broken stream, not a finished reply (the proxy logged why)
+            abort_response(scope)
             return
         except BrokerError as exc:
             record.outcome, record.status = exc.code, exc.status

@@ -250,10 +250,21 @@ class GatewayProxy:
                 if not task.done():
                     task.cancel()
             await asyncio.gather(work, watch, return_exceptions=True)
-        if work in done:
-            work.result()  # the exchange ended first: its error, if any, is the answer
+        if work not in done:
+            record.outcome = Outcome.CLIENT_CLOSED
             return
-        record.outcome = Outcome.CLIENT_CLOSED
+        # The exchange ended first: its error, if any, is the answer. Raised without this
+        # frame holding the task: ``work.result()`` here made a cycle (error → traceback →
+        # this frame → task → error) that kept the failed exchange's frames, with a JSON
+        # answer of up to 8 MiB in them, alive until a full collection, which ``serve``'s
+        # collector settings make rare (README "Reliability").
+        error = work.exception()
+        del work, watch, done
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error
 
     async def _exchange(
         self,

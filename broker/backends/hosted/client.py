@@ -159,17 +159,22 @@ class HostedSessions:
                 raise UpstreamTimeout(
                     f"OpenAI did not answer within {self._c.timeout:g} s (BROKER_UPSTREAM_TIMEOUT)."
                 ) from None
-            except _Retryable as r:
-                if attempt >= self._c.retries:
-                    raise r.error from None
-                delay = r.retry_after
-                if delay is None:
-                    delay = self._c.backoff * (2**attempt) * (0.5 + random.random())
-                if self._clock() + delay >= deadline:
-                    raise r.error from None
-                attempt += 1
-                log.info("retrying upstream (%s) in %.2f s, attempt %d", what, delay, attempt + 1)
-                await self._sleep(delay)
+            except _Retryable as retryable:
+                # Only the error is kept, and raised outside this handler: the attempt's
+                # traceback holds its frame with a body of up to 1 MiB, and raising here chained
+                # it as the error's __context__, a cycle (error → context → traceback → frame →
+                # error) that ``serve``'s collector settings keep for a long time.
+                failure, delay = retryable.error, retryable.retry_after
+            if delay is None:
+                delay = self._c.backoff * (2**attempt) * (0.5 + random.random())
+            if attempt >= self._c.retries or self._clock() + delay >= deadline:
+                try:
+                    raise failure
+                finally:
+                    del failure
+            attempt += 1
+            log.info("retrying upstream (%s) in %.2f s, attempt %d", what, delay, attempt + 1)
+            await self._sleep(delay)
 
     async def _attempt(
         self,

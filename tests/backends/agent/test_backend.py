@@ -351,3 +351,129 @@ async def test_the_agent_routes_say_no_store_once(settings_factory, token, respo
     for r in answers:
         assert r.headers.get_list("cache-control") == ["no-store"], (r.request.url, r.headers)
     assert [r.status_code for r in answers] == [200, 200, 200, 200, 404]
+
+
+async def test_a_session_secret_reads_back_and_runs_its_own_workflow_only(
+    client, token, responses
+) -> None:
+    """Decided in issue 23: a ``cks_`` secret is the same user at the same workflow, so its
+    workflow's read-back (threads, items) and runs accept it; every other ``/api/…`` route,
+    and those routes for another workflow, answer 401."""
+    responses.script(text("First."), text("Second."))
+    mint = {"headers": auth(token("alice"))}
+    secret = (
+        await client.post("/api/chatkit/session", json={"workflow": "support"}, **mint)
+    ).json()["client_secret"]
+    with_secret = auth(secret)
+    r = await client.post("/api/workflows/support/runs", json={"input": "hi"}, headers=with_secret)
+    assert r.status_code == 200, r.text
+    thread_id = r.json()["thread_id"]
+    r = await client.get("/api/threads", params={"workflow": "support"}, headers=with_secret)
+    assert r.status_code == 200 and [t["id"] for t in r.json()["data"]] == [thread_id]
+    r = await client.get(f"/api/threads/{thread_id}/items", headers=with_secret)
+    assert r.status_code == 200, r.text
+    assert [i["type"] for i in r.json()["data"]] == ["user_message", "assistant_message"]
+    # another workflow's thread of the same user: not found through this secret
+    r = await chatkit(client, "triage", token("alice"), "threads.create", input=message("x"))
+    triage_thread = sse(r.text)[0]["thread"]["id"]
+    r = await client.get(f"/api/threads/{triage_thread}/items", headers=with_secret)
+    assert r.status_code == 404
+    refused = [
+        client.get("/api/threads", params={"workflow": "triage"}, headers=with_secret),
+        client.post("/api/workflows/triage/runs", json={"input": "x"}, headers=with_secret),
+        client.post("/api/chatkit/session", json={"workflow": "support"}, headers=with_secret),
+        client.get("/api/chatkit/workflows", headers=with_secret),
+        client.post(
+            "/api/chatkit/session/cancel", json={"session_id": "bsess_x"}, headers=with_secret
+        ),
+    ]
+    for request in refused:
+        r = await request
+        assert r.status_code == 401, (r.request.url, r.status_code, r.text)
+        assert r.json()["error"]["code"] == "unauthenticated"
+
+
+def nul_requests(thread_id: str, item_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """ChatKit requests naming a thread, item, cursor or attachment id with a NUL in it."""
+    from .test_protocol import foreign_requests
+
+    nul = "thr_\x00x"
+    named = foreign_requests(nul, "msg_\x00", "msg_\x00")
+    return [
+        *named,
+        ("items.list", {"thread_id": thread_id, "after": "msg_\x00"}),
+        ("threads.list", {"after": nul}),
+        ("threads.retry_after_item", {"thread_id": thread_id, "item_id": "msg_\x00"}),
+        (
+            "items.feedback",
+            {"thread_id": thread_id, "item_ids": [item_id, "\x00"], "kind": "positive"},
+        ),
+        ("attachments.delete", {"attachment_id": "atc_\x00"}),
+    ]
+
+
+async def test_a_nul_in_an_id_or_cursor_is_answered_as_sqlite_answers_it(
+    client, token, responses, db_url: str
+) -> None:
+    """Found by probing (issue 23): PostgreSQL cannot hold a NUL in text, and asyncpg's
+    refusal surfaced as a 500. An id with one in it names nothing: the answers below are
+    SQLite's, on both databases."""
+    responses.script(text("Hello."))
+    alice = token("alice")
+    r = await chatkit(client, "support", alice, "threads.create", input=message("hi"))
+    thread_id = sse(r.text)[0]["thread"]["id"]
+    item_id = (await client.get(f"/api/threads/{thread_id}/items", headers=auth(alice))).json()[
+        "data"
+    ][0]["id"]
+    got = []
+    for type_, params in nul_requests(thread_id, item_id):
+        r = await chatkit(client, "support", alice, type_, **params)
+        got.append((type_, r.status_code))
+    for path, params in (
+        ("/api/threads/thr_%00x/items", {}),
+        (f"/api/threads/{thread_id}/items", {"after": "msg_\x00"}),
+        ("/api/threads", {"workflow": "support", "after": "thr_\x00"}),
+    ):
+        r = await client.get(path, params=params, headers=auth(alice))
+        got.append((path, r.status_code))
+    r = await client.post(
+        "/api/workflows/support/runs",
+        json={"input": "x", "thread_id": "thr_\x00"},
+        headers=auth(alice),
+    )
+    got.append(("runs", r.status_code))
+    refused = [t for t, status in got if status == 404]
+    assert [t for t, status in got if status == 200] == [
+        "items.list",  # with after=<NUL>: an unknown cursor is an empty page
+        "threads.list",
+        f"/api/threads/{thread_id}/items",
+        "/api/threads",
+    ]
+    assert len(refused) == len(got) - 4, got
+
+
+async def test_a_lone_surrogate_in_a_run_is_a_400_as_at_the_chatkit_endpoint(
+    client, token, responses
+) -> None:
+    """Found by probing (issue 23): ``{"input": "a\\ud800"}`` (valid JSON, not encodable
+    text) was a 500 from the runs route."""
+    headers = {**auth(token("alice")), "Content-Type": "application/json"}
+    for body in (
+        b'{"input": "a\\ud800"}',
+        b'{"input": {"note": "\\udfff"}}',
+        b'{"input": "hi", "thread_id": "thr_\\ud800"}',
+    ):
+        for query in ("", "?stream=1"):
+            r = await client.post(
+                f"/api/workflows/support/runs{query}", content=body, headers=headers
+            )
+            assert r.status_code == 400, (body, query, r.status_code, r.text)
+            assert r.json()["error"]["code"] == "invalid_request"
+    r = await client.post(
+        "/chatkit/support",
+        content=b'{"type": "threads.create", "params": {"input": {"content": [{"type": '
+        b'"input_text", "text": "a\\ud800"}], "attachments": [], "inference_options": {}}}}',
+        headers=headers,
+    )
+    assert r.status_code == 400
+    assert responses.requests == []

@@ -52,6 +52,9 @@ def test_input_is_text_or_json_and_at_most_one_megabyte() -> None:
     input_text("x" * MAX_INPUT_BYTES)
     with pytest.raises(PayloadTooLarge):
         input_text("x" * (MAX_INPUT_BYTES + 1))
+    for unencodable in ("a\ud800", {"note": "\udfff"}):  # valid JSON, not text: a 400
+        with pytest.raises(InvalidRequest, match="lone surrogate"):
+            input_text(unencodable)
 
 
 async def test_a_run_answers_text_and_continues_its_thread(

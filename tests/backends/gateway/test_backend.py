@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -269,3 +271,49 @@ async def test_the_jwks_route_publishes_current_and_previous_keys(tmp_path: Any)
     assert json.loads(response.text) == backend.signer.jwks()
     assert backend.signer.ephemeral is False
     assert AssertionSigner().ephemeral is True
+
+
+async def test_a_stream_the_backend_breaks_off_is_cut_with_a_log_line_naming_the_request(
+    fake: FakeBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by probing (issue 23): the cut used to be uvicorn's "ASGI callable returned
+    without completing response", logged after the request's context was gone. Through the
+    broker's own protocol the connection is closed and the proxy's line is the only one."""
+    from broker.logs import request_id_var
+
+    lines: list[tuple[str, str]] = []
+
+    class Ids(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append((request_id_var.get(), record.getMessage()))
+
+    handler = Ids(logging.WARNING)
+    # uvicorn's logger does not propagate, and its config (at start) resets its handlers
+    loggers = [logging.getLogger(), logging.getLogger("uvicorn")]
+    backend = GatewayBackend(GatewaySettings())
+    app = App(backend, Admission(Identity("alice", {}), Workflow("support", fake.url("/reset"))))
+
+    async def with_id(scope: Scope, receive: Receive, send: Send) -> None:
+        token = request_id_var.set("req-1")  # as the edge does
+        try:
+            await app(scope, receive, send)
+        finally:
+            request_id_var.reset(token)
+
+    try:
+        async with (
+            run_asgi(with_id, http="broker.server:GuardedHttpToolsProtocol") as url,
+            httpx.AsyncClient(base_url=url) as c,
+        ):
+            for logger in loggers:
+                logger.addHandler(handler)
+            async with c.stream("POST", "/chatkit/support", json=create("1")) as broken:
+                assert broken.status_code == 200
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await broken.aread()
+            await asyncio.sleep(0.1)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        await backend.shutdown()
+    assert [(rid, "broke off the stream" in m) for rid, m in lines] == [("req-1", True)], lines
