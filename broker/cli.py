@@ -11,8 +11,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .config import ConfigError, Settings, load_settings, read_dotenv, read_environment
+from .config import load_settings, read_dotenv, read_environment
 from .logs import mask
+from .settings import ConfigError, Settings
 
 
 def _settings_or_exit(env: dict[str, str]) -> Settings:
@@ -71,19 +72,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _database_problem(settings: Settings) -> str | None:
-    """The thread database of agent workflows (and of mock mode, when one is set) must be
-    reachable and not from a newer broker before the server starts."""
-    if not settings.mock and not any(wf.kind == "agent" for wf in settings.workflows):
-        return None
-    import asyncio
+    """What a kind in use says keeps the server from starting (the agent store: its database
+    unreachable or from a newer broker), asked before uvicorn starts."""
+    from .backends import specs_for
 
-    from .backends.agent.options import MEMORY_URL, AgentOptions
-    from .backends.agent.store import check_database
-
-    options = settings.agent or AgentOptions()
-    if options.database_url == MEMORY_URL:
-        return None
-    return asyncio.run(check_database(options.database_url))
+    for spec in specs_for(settings.mock, settings.workflows):
+        problem = spec.preflight(settings) if spec.preflight is not None else None
+        if problem:
+            return problem
+    return None
 
 
 def _run_uvicorn(uvicorn: Any, settings: Settings, args: argparse.Namespace, trusted: str) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 
 from .auth import Identity
 from .backends import Admission, Backends
-from .config import Workflow
 from .errors import NotFound, StoreUnavailable
 from .registry import SessionRegistry, log_unrecorded
+from .workflow import Workflow
 
 log = logging.getLogger("broker.sessions")
 

@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from ..auth import Identity
-from ..config import Workflow
+from ..workflow import Workflow
 
 Check = Callable[[], Awaitable[str | None]]  # None when ready, else what is missing
 

@@ -26,11 +26,12 @@ from ...assertion import (
     HMACAssertionSigner,
     forwarded_claims,
 )
-from ...config import Settings, Workflow
 from ...errors import BrokerError, InvalidRequest, render
 from ...http import HttpPool
 from ...ratelimit import RateLimits
 from ...session_secrets import SessionSecrets
+from ...settings import Settings
+from ...workflow import Workflow
 from ..base import Admission, Backend
 from .headers import HeaderPolicy
 from .metrics import GatewayMetrics

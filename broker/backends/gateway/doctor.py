@@ -1,17 +1,20 @@
 """The gateway backend's ``doctor`` check: each gateway workflow probed with a signed request.
 
-Registered in ``broker.doctor.checks.BACKEND_CHECKS``; it runs after the six built-in checks,
+Registered by the gateway's ``KindSpec`` (``kind.py``); it runs after the six built-in checks,
 within the same time budget. The probe itself (``checks.probe``) explains each answer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ...config import Settings
-from ...doctor.checks import CheckFn
-from ...doctor.context import DoctorContext
 from ...doctor.report import Check, Status
+from ...settings import Settings
+
+if TYPE_CHECKING:  # types only: the doctor's runner imports this module, not the reverse
+    from ...doctor.checks import CheckFn
+    from ...doctor.context import DoctorContext
 from .backend import GatewayBackend, GatewaySettings, audience_of
 from .checks import check_keys, probe
 

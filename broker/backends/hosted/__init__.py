@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Protocol
 
-from ...config import Settings
 from ...http import HttpPool
+from ...settings import Settings
 from ..base import Admission, Backend, CreatedSession
 from .client import HostedSessions, UpstreamConfig
 from .wire import build_session_request

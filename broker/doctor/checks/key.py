@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import API_KEY_VARIABLES
 from ...logs import mask
+from ...settings import API_KEY_VARIABLES
 from ..context import DoctorContext
 from ..report import Check, Status
 

@@ -1,0 +1,67 @@
+"""The gateway kind's registration: ``server = "https://…"`` workflows, proxied with a signed
+identity; its configuration rules (the assertion keys) and its doctor checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..kinds import BuildContext, KindSpec
+from .workflow import GatewayWorkflow
+
+if TYPE_CHECKING:
+    from ...settings import Settings
+    from ...workflow import Workflow
+    from ..base import Backend
+
+
+def build(ctx: BuildContext) -> Backend:
+    from .backend import GatewayBackend, GatewaySettings, message_limiter
+    from .metrics import GatewayMetrics
+
+    return GatewayBackend(
+        GatewaySettings.from_settings(ctx.settings),
+        ctx.secrets,
+        metrics=GatewayMetrics(ctx.metrics.registry),
+        limiter=message_limiter(ctx.limits),
+    )
+
+
+def check(
+    settings: Settings,
+    workflows: Sequence[Workflow],
+    cwd: Path | None,
+    problems: list[str],
+    warnings: list[str],
+) -> None:
+    """The assertion keys the gateway workflows need."""
+    mine = [wf for wf in workflows if wf.kind == "gateway"]
+    if not settings.assertion_key and any(wf.assertion == "es256" for wf in mine):
+        warnings.append(
+            "BROKER_ASSERTION_KEY is not set: gateway assertions are signed with a key made at "
+            "start-up, so every instance (and every restart) has its own and backends must "
+            "refetch the JWKS; set it (a P-256 PEM, or @path) for production"
+        )
+    hs256 = [wf.name for wf in mine if wf.assertion == "hs256"]
+    if hs256 and not settings.assertion_secret:
+        problems.append(
+            f"BROKER_ASSERTION_SECRET is required: workflow(s) {', '.join(hs256)} use "
+            'assertion = "hs256" (a shared secret of 32+ bytes the backend verifies with)'
+        )
+
+
+def doctor(settings: Settings) -> Sequence[Any]:
+    from . import doctor as checks
+
+    return checks.checks(settings)
+
+
+SPEC = KindSpec(
+    "gateway",
+    build,
+    workflow=GatewayWorkflow,
+    shorthand=lambda value: "://" in value,
+    check=check,
+    doctor=doctor,
+)

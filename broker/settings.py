@@ -1,0 +1,526 @@
+"""Every environment variable the broker reads, declared once: name, type, default, bounds,
+one line of documentation, secret or not.
+
+``Environment`` is a pydantic-settings model whose only source is the mapping it is given (tests
+pass a dict, the CLI passes the environment over ``.env``): nothing here reads ``os.environ``.
+A variable is ``BROKER_`` + the field's name in capitals unless the field names its own
+(``validation_alias``). Parsing, ``chatkit-broker check``, doctor's configuration check,
+``.env.example`` and ``docs/reference/configuration.md`` are all read off this class, so a new
+setting is one field here (and, when it needs a rule across variables, a line in
+``config.load_settings``).
+"""
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .declare import EnvFlag, Says, csv, seconds, whole
+from .workflow import Workflow
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_CHATKIT_JS_URL = "https://cdn.platform.openai.com/deployments/chatkit/chatkit.js"
+DEFAULT_DATABASE_URL = "sqlite:///./chatkit-broker.sqlite3"
+MEMORY_URL = "sqlite+aiosqlite://"
+MIN_HMAC_SECRET_BYTES = 32
+HMAC_ALGS = ("HS256", "HS384", "HS512")
+ASYMMETRIC_ALGS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)  # fmt: skip
+
+_RATE_RE = re.compile(r"\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+\s+)?(second|minute|hour|day)s?\s*")
+_REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9:._-]{1,64}")
+_HEADER_NAME_RE = re.compile(r"[A-Za-z0-9_-]+\*?")
+
+
+def parse_rate(value: str) -> tuple[int, int]:
+    """``"30/minute"`` → (30, 60): the count and the window in seconds."""
+    m = _RATE_RE.fullmatch(value)
+    if not m or int(m.group(1)) < 1:
+        raise ValueError(value)
+    multiple = int(m.group(2) or 1)
+    unit = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}[m.group(3)]
+    return int(m.group(1)), multiple * unit
+
+
+def _rate(value: str) -> str:
+    try:
+        parse_rate(value)
+    except ValueError:
+        raise ValueError("must look like '30/minute' (count/second|minute|hour|day)") from None
+    return value.strip()
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http(s) URL, got {got}")
+    return value
+
+
+def _origins(values: tuple[str, ...]) -> tuple[str, ...]:
+    bad = []
+    for origin in values:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            bad.append(f"{origin!r} is not an origin like https://app.example.com")
+    if bad:
+        raise ValueError("\n".join(bad))
+    return tuple(o.rstrip("/") for o in values)
+
+
+def _networks(values: tuple[str, ...]) -> tuple[str, ...]:
+    bad = []
+    for proxy in values:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            bad.append(
+                f"{proxy!r} is not an IP address or network (like 10.0.0.5 or 10.0.0.0/8); "
+                "'*' is refused because it lets any client choose its own address"
+            )
+    if bad:
+        raise ValueError("\n".join(bad))
+    return values
+
+
+def _long_keys(values: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+    short = [
+        f"key {i} is shorter than {MIN_HMAC_SECRET_BYTES} bytes"
+        for i, key in enumerate(values, 1)
+        if len(key.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES
+    ]
+    if short:
+        raise ValueError("\n".join(short))
+    return values
+
+
+def _long_secret(what: str) -> Any:
+    def check(value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
+            raise ValueError(f"is shorter than {MIN_HMAC_SECRET_BYTES} bytes{what}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _secrets(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+def _signing_key(value: SecretStr | None) -> SecretStr | None:
+    if value is None:
+        return None
+    from .assertion import load_private_key  # cryptography, only when a key is set
+
+    load_private_key(value.get_secret_value())  # its ValueError names what is wrong
+    return value
+
+
+def _previous_keys(values: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+    from .assertion import load_previous_key
+
+    bad = []
+    for index, text in enumerate(values, 1):
+        try:
+            load_previous_key(text.get_secret_value())
+        except ValueError as exc:
+            bad.append(f"key {index}: {exc}")
+    if bad:
+        raise ValueError("\n".join(bad))
+    return values
+
+
+def _public_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        raise ValueError("must be the broker's public http(s) URL, like https://chat.example.com")
+    return value.rstrip("/")
+
+
+def _header_names(values: tuple[str, ...]) -> tuple[str, ...]:
+    bad = [
+        f"{n!r} is not a header name (or Prefix-*)"
+        for n in values
+        if not _HEADER_NAME_RE.fullmatch(n)
+    ]
+    if bad:
+        raise ValueError("\n".join(bad))
+    return values
+
+
+def _algorithms(values: tuple[str, ...]) -> tuple[str, ...]:
+    known = set(HMAC_ALGS + ASYMMETRIC_ALGS)
+    bad = [
+        f"{a!r} is not a supported algorithm ('none' never is)" for a in values if a not in known
+    ]
+    if bad:
+        raise ValueError("\n".join(bad))
+    return values
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+class DatabaseURLError(ValueError):
+    """``BROKER_DATABASE_URL`` is not a database this store can use (a configuration error)."""
+
+
+def resolve_database_url(value: str | None, *, mock: bool = False) -> str:
+    """The SQLAlchemy async URL for ``BROKER_DATABASE_URL`` as people write it.
+
+    Unset means an in-memory database in mock mode and ``./chatkit-broker.sqlite3``
+    otherwise; ``memory`` asks for the in-memory one explicitly. ``sqlite:///path`` and
+    ``postgresql://…`` are mapped to the aiosqlite and asyncpg drivers.
+    """
+    raw = (value or "").strip()
+    if not raw:
+        return MEMORY_URL if mock else resolve_database_url(DEFAULT_DATABASE_URL)
+    if raw in {"memory", "memory://", "sqlite://", "sqlite:///:memory:", MEMORY_URL}:
+        return MEMORY_URL
+    scheme, sep, rest = raw.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise DatabaseURLError(
+            "BROKER_DATABASE_URL must look like sqlite:///path/to/file.sqlite3, "
+            "postgresql://user@host:5432/dbname or memory."
+        )
+    if scheme in {"sqlite", "sqlite+aiosqlite"}:
+        if rest in {"", "/:memory:"}:
+            return MEMORY_URL
+        if not rest.startswith("/") or rest == "/":
+            raise DatabaseURLError(
+                "BROKER_DATABASE_URL for SQLite needs three slashes and a path: "
+                "sqlite:///relative.sqlite3 or sqlite:////absolute/path.sqlite3."
+            )
+        return f"sqlite+aiosqlite://{rest}"
+    if scheme in {"postgres", "postgresql", "postgresql+asyncpg"}:
+        # asyncpg takes `ssl`, not libpq's `sslmode`; accept the libpq spelling people copy.
+        parts = urlsplit("x://" + rest)
+        query = [("ssl" if k == "sslmode" else k, v) for k, v in parse_qsl(parts.query)]
+        rest = rest.split("?", 1)[0] + (f"?{urlencode(query)}" if query else "")
+        return f"postgresql+asyncpg://{rest}"
+    raise DatabaseURLError(
+        f"BROKER_DATABASE_URL uses {scheme!r}; only sqlite:///…, postgresql://… and memory "
+        "are supported."
+    )
+
+
+def _database_url(value: SecretStr | None) -> SecretStr | None:
+    if value is None:
+        return None
+    try:
+        resolve_database_url(value.get_secret_value())
+    except DatabaseURLError as exc:
+        raise ValueError(str(exc).removeprefix("BROKER_DATABASE_URL ")) from None
+    return value
+
+
+def _section(title: str) -> dict[str, Any]:
+    return {"section": title}
+
+
+Rate = Annotated[str, AfterValidator(_rate)]
+HttpURL = Annotated[str, AfterValidator(_http_url)]
+Secrets = Annotated[tuple[SecretStr, ...], BeforeValidator(_secrets)]
+
+
+class Environment(BaseSettings):
+    """The broker's variables. The docstring under each field is its documentation."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BROKER_",
+        frozen=True,
+        extra="ignore",
+        validate_by_name=True,
+        use_attribute_docstrings=True,
+        hide_input_in_errors=True,
+    )
+
+    # --- mode and workflows ---
+    mock: EnvFlag = Field(False, json_schema_extra=_section("Mode and workflows"))
+    """1: mock mode, loopback only, canned replies, no OpenAI key or sign-in needed."""
+    workflows: str | None = Field(None, examples=["support=myapp.support:agent"])
+    """Allowlisted workflows, comma separated: name=package.module:attr (agent),
+    name=https://… (gateway) or name=wf_… (hosted, retired 2026-11-30)."""
+    workflows_file: str | None = Field(None, examples=["workflows.toml"])
+    """A TOML file of [workflows.<name>] tables, for options beyond the target."""
+
+    # --- OpenAI ---
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("CHATKIT_OPENAI_API_KEY", "OPENAI_API_KEY"),
+        json_schema_extra=_section("OpenAI"),
+        examples=["sk-proj-…"],
+    )
+    """The OpenAI API key hosted and agent workflows call with; CHATKIT_OPENAI_API_KEY wins
+    over OPENAI_API_KEY (so a key in your shell for other tools is not picked up by mistake)."""
+    openai_base_url: HttpURL = Field(DEFAULT_BASE_URL, validation_alias="OPENAI_BASE_URL")
+    """The OpenAI API's base URL (a proxy or a test double)."""
+    openai_organization: str | None = Field(None, validation_alias="OPENAI_ORGANIZATION")
+    """Sent as OpenAI-Organization when set."""
+    openai_project: str | None = Field(None, validation_alias="OPENAI_PROJECT")
+    """Sent as OpenAI-Project when set."""
+    upstream_timeout: seconds(0.1, 120) = 10.0
+    """Seconds to wait for OpenAI's answer to a mint."""
+    upstream_retries: whole(0, 2) = 2
+    """Retries of a mint on a 5xx, 429 or network error (with backoff)."""
+
+    # --- sign-in ---
+    jwt_secret: Annotated[SecretStr | None, _long_secret(": use a long random secret")] = Field(
+        None, json_schema_extra=_section("Sign-in (your app's JWTs)"), examples=["…"]
+    )
+    """HS256 secret your app signs its tokens with (Supabase: the project's JWT secret)."""
+    jwt_public_key: SecretStr | None = None
+    """A PEM public key (or @path/to/key.pem) verifying RS/PS/ES/EdDSA tokens."""
+    jwt_jwks_url: HttpURL | None = None
+    """A JWKS URL (Auth0, Clerk, Supabase, Cognito …) whose keys verify tokens."""
+    jwt_algorithms: Annotated[csv, AfterValidator(_algorithms)] = ()
+    """Algorithms accepted, comma separated; default: those the key allows."""
+    jwt_audience: str | None = None
+    """Required 'aud' claim (Supabase: authenticated)."""
+    jwt_issuer: str | None = None
+    """Required 'iss' claim."""
+    jwt_leeway: whole(0, 600) = 30
+    """Seconds of clock skew allowed on exp/nbf/iat."""
+    jwt_user_claim: str = "sub"
+    """The claim naming the user."""
+    jwt_max_age: whole(60, 31_536_000) = 86400
+    """The longest lifetime (seconds) a token may claim, from now and from its iat."""
+    jwks_timeout: seconds(0.1, 30) = 3.0
+    """Seconds to wait for the JWKS."""
+    jwks_cooldown: seconds(1, 3600) = 60.0
+    """Least seconds between two JWKS fetches (an unknown kid triggers one)."""
+    jwks_max_age: seconds(10, 86400) = 600.0
+    """Seconds after which the JWKS is fetched again."""
+
+    # --- sessions (gateway and agent workflows) ---
+    session_secret: Annotated[Secrets, AfterValidator(_long_keys)] = Field(
+        (), json_schema_extra=_section("Broker sessions (gateway and agent workflows)")
+    )
+    """Keys of the broker's own cks_ session secrets (32+ random bytes), comma separated: the
+    first signs, all verify. Required for gateway and agent workflows."""
+    chatkit_domain_key: str = "local-dev"
+    """The domain key handed to ChatKit with a gateway or agent endpoint."""
+    database_url: Annotated[SecretStr | None, AfterValidator(_database_url)] = Field(
+        None, examples=["sqlite:///./chatkit-broker.sqlite3"]
+    )
+    """Agent threads: sqlite:///path, postgresql://user@host/db or memory
+    (default ./chatkit-broker.sqlite3; in mock mode memory)."""
+    agent_tracing: EnvFlag = False
+    """1: send agent runs' traces to OpenAI."""
+    run_timeout: seconds(1, 3600) = 120.0
+    """Seconds an agent run may take."""
+
+    # --- gateway workflows ---
+    assertion_key: Annotated[SecretStr | None, AfterValidator(_signing_key)] = Field(
+        None, json_schema_extra=_section("Gateway workflows"), examples=["@assertion-key.pem"]
+    )
+    """P-256 private key (PEM or @path) signing the identity assertion; unset: one made at
+    start-up (each instance its own)."""
+    assertion_previous_keys: Annotated[Secrets, AfterValidator(_previous_keys)] = ()
+    """Earlier signing keys (PEM or @path, comma separated) still published in the JWKS."""
+    assertion_secret: Annotated[SecretStr | None, _long_secret("")] = None
+    """Shared secret (32+ bytes) for workflows with assertion = "hs256"."""
+    public_url: Annotated[str | None, AfterValidator(_public_url)] = None
+    """The broker's public URL (the assertion's issuer); default: from each request."""
+    gateway_strip_headers: Annotated[csv, AfterValidator(_header_names)] = ()
+    """Extra request headers never forwarded to a gateway (Name or Prefix-*)."""
+
+    # --- serving ---
+    host: str = Field("127.0.0.1", json_schema_extra=_section("Serving"))
+    """Address to listen on."""
+    port: whole(1, 65535) = Field(8000, validation_alias=AliasChoices("BROKER_PORT", "PORT"))
+    """Port to listen on (PORT, as set by most platforms, is read too)."""
+    allowed_origins: Annotated[csv, AfterValidator(_origins)] = ()
+    """Browser origins allowed to call the API (CORS), comma separated."""
+    trusted_proxies: Annotated[csv, AfterValidator(_networks)] = ()
+    """Proxies whose X-Forwarded-For is believed (addresses or networks)."""
+    rate_limit: Rate = "30/minute"
+    """Session requests per user."""
+    ip_rate_limit: Rate = "600/minute"
+    """Requests per client address."""
+    redis_url: SecretStr | None = None
+    """Redis for sessions and limits shared by every instance (redis://, rediss://, unix://)."""
+    redis_prefix: Annotated[
+        str, Says(" must be 1-64 of A-Za-z0-9:._-"), Field(pattern=_REDIS_PREFIX_RE.pattern)
+    ] = "chatkit-broker:"
+    """Prefix of every Redis key."""
+    chatkit_js_url: HttpURL = DEFAULT_CHATKIT_JS_URL
+    """Where the test page and kit load ChatKit's script from."""
+    test_page: EnvFlag = True
+    """0: no test page at /."""
+    log_format: Annotated[Literal["json", "text"] | None, BeforeValidator(_lower)] = None
+    """json or text; default: text on a terminal, json otherwise."""
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error", "critical"], BeforeValidator(_lower)
+    ] = "info"
+    """debug, info, warning, error or critical."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], *sources: PydanticBaseSettingsSource, **kw: Any
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values passed in: never ``os.environ``, never a ``.env`` of its own."""
+        return (kw.get("init_settings") or sources[0],)
+
+    @classmethod
+    def variables(cls, name: str) -> tuple[str, ...]:
+        """The variables a field is read from, the first set one winning."""
+        alias = cls.model_fields[name].validation_alias
+        if isinstance(alias, AliasChoices):
+            return tuple(str(choice) for choice in alias.choices)
+        if isinstance(alias, str):
+            return (alias,)
+        return ((cls.model_config.get("env_prefix") or "") + name.upper(),)
+
+    @classmethod
+    def read(cls, env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+        """(field → value, field → the variable it came from): blank values count as unset."""
+        values: dict[str, str] = {}
+        source: dict[str, str] = {}
+        for name in cls.model_fields:
+            for var in cls.variables(name):
+                value = (env.get(var) or "").strip()
+                if value:
+                    values[name], source[name] = value, var
+                    break
+        return values, source
+
+
+def is_secret(info: FieldInfo) -> bool:
+    """Whether a field holds a secret (never printed, never in a message)."""
+    return "SecretStr" in str(info.annotation)
+
+
+def default_of(name: str) -> Any:
+    """A setting's declared default: the one place it is written."""
+    return Environment.model_fields[name].get_default(call_default_factory=True)
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """What agent workflows (and mock mode's threads) need besides the workflows."""
+
+    database_url: str = field(default=MEMORY_URL, repr=False)  # async URL; may hold a password
+    tracing: bool = default_of("agent_tracing")
+    run_timeout: float = default_of("run_timeout")
+
+
+DEFAULT_RUN_TIMEOUT: float = default_of("run_timeout")
+
+
+class ConfigError(Exception):
+    """Raised with every configuration problem found, each naming its variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# The variables an OpenAI API key is read from, the first set one winning (api_key_in_effect).
+API_KEY_VARIABLES: tuple[str, ...] = Environment.variables("openai_api_key")
+
+
+def api_key_in_effect(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(variable, key) of the API key the broker uses: ``CHATKIT_OPENAI_API_KEY`` wins.
+
+    Public so ``doctor`` names the same key even when the rest of the configuration is invalid.
+    """
+    for name in API_KEY_VARIABLES:
+        if key := (env.get(name) or "").strip():
+            return name, key
+    return None, None
+
+
+@dataclass(frozen=True)
+class JWTSettings:
+    """How sign-in tokens are verified (the ``BROKER_JWT_*`` and ``BROKER_JWKS_*`` variables)."""
+
+    secret: str | None = field(default=None, repr=False)
+    public_key: str | None = field(default=None, repr=False)
+    jwks_url: str | None = None
+    hmac_algorithms: tuple[str, ...] = ()
+    asymmetric_algorithms: tuple[str, ...] = ()
+    audience: str | None = None
+    issuer: str | None = None
+    leeway: int = default_of("jwt_leeway")
+    user_claim: str = default_of("jwt_user_claim")
+    # the longest lifetime a token may claim: exp at most this far from now and from its iat
+    max_age: int = default_of("jwt_max_age")
+    # the JWKS cache: fetch timeout, cooldown between refetches, refetch age
+    jwks_timeout: float = default_of("jwks_timeout")
+    jwks_cooldown: float = default_of("jwks_cooldown")
+    jwks_max_age: float = default_of("jwks_max_age")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.secret or self.public_key or self.jwks_url)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the broker needs, validated. Secrets are excluded from ``repr``.
+
+    Built by ``config.load_settings`` from ``Environment``; its defaults are the declaration's.
+    """
+
+    mock: bool = default_of("mock")
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_api_key_source: str | None = None
+    openai_base_url: str = default_of("openai_base_url")
+    openai_organization: str | None = None
+    openai_project: str | None = None
+    workflows: tuple[Workflow, ...] = ()
+    jwt: JWTSettings = field(default_factory=JWTSettings)
+    host: str = default_of("host")
+    port: int = default_of("port")
+    allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    rate_limit: str = default_of("rate_limit")
+    ip_rate_limit: str = default_of("ip_rate_limit")
+    redis_url: str | None = field(default=None, repr=False)
+    redis_prefix: str = default_of("redis_prefix")
+    upstream_timeout: float = default_of("upstream_timeout")
+    upstream_retries: int = default_of("upstream_retries")
+    chatkit_js_url: str = default_of("chatkit_js_url")
+    test_page: bool = default_of("test_page")
+    log_format: str = "text"
+    log_level: str = default_of("log_level")
+    # keys of the broker's own cks_ session secrets: the first signs, all verify
+    session_secrets: tuple[str, ...] = field(default=(), repr=False)
+    chatkit_domain_key: str = default_of("chatkit_domain_key")
+    # gateway workflows: the signed identity each proxied request carries (PEM texts, read)
+    assertion_key: str | None = field(default=None, repr=False)
+    assertion_previous_keys: tuple[str, ...] = field(default=(), repr=False)
+    assertion_secret: str | None = field(default=None, repr=False)
+    public_url: str | None = None
+    gateway_strip_headers: tuple[str, ...] = ()
+    # agent workflows (and mock mode's threads): database, tracing, run timeout
+    agent: AgentOptions | None = None  # None: the defaults
+    warnings: tuple[str, ...] = ()
+
+    def workflow(self, ref: str) -> Workflow | None:
+        """Find an allowlisted workflow by its name or its ``wf_`` id."""
+        for wf in self.workflows:
+            if ref == wf.name or (wf.id is not None and ref == wf.id):
+                return wf
+        return None
+
+    def workflow_named(self, name: str) -> Workflow | None:
+        """The allowlisted workflow called ``name`` (ids do not count: URLs carry names)."""
+        for wf in self.workflows:
+            if wf.name == name:
+                return wf
+        return None
