@@ -190,6 +190,7 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
         public_url=e.public_url,
         gateway_strip_headers=e.gateway_strip_headers,
         agent=AgentOptions(database_url, e.agent_tracing, e.run_timeout),
+        environment=e,
     )
     if not e.mock:
         for spec in specs:

@@ -354,7 +354,7 @@ class Environment(BaseSettings):
     redis_url: SecretStr | None = None
     """Redis for sessions and limits shared by every instance (redis://, rediss://, unix://)."""
     redis_prefix: Annotated[
-        str, Says(" must be 1-64 of A-Za-z0-9:._-"), Field(pattern=_REDIS_PREFIX_RE.pattern)
+        str, Says(" must be 1-64 of A-Za-z0-9:._-"), Field(pattern=f"^{_REDIS_PREFIX_RE.pattern}$")
     ] = "chatkit-broker:"
     """Prefix of every Redis key."""
     chatkit_js_url: HttpURL = DEFAULT_CHATKIT_JS_URL
@@ -397,6 +397,24 @@ class Environment(BaseSettings):
                     values[name], source[name] = value, var
                     break
         return values, source
+
+
+def changed(environment: "Environment") -> list[str]:
+    """``VARIABLE=value`` for every setting not at its default, in declaration order; a
+    secret shows only that it is set. What ``check`` and ``doctor`` print, off the declaration."""
+    lines = []
+    for name, info in Environment.model_fields.items():
+        value = getattr(environment, name)
+        if value == default_of(name):
+            continue
+        variable = Environment.variables(name)[0]
+        if is_secret(info):
+            count = len(value) if isinstance(value, tuple) else 1
+            lines.append(f"{variable}=(secret, {count} value{'s' * (count != 1)}, not shown)")
+        else:
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            lines.append(f"{variable}={'1' if shown is True else '0' if shown is False else shown}")
+    return lines
 
 
 def is_secret(info: FieldInfo) -> bool:
@@ -510,6 +528,8 @@ class Settings:
     # agent workflows (and mock mode's threads): database, tracing, run timeout
     agent: AgentOptions | None = None  # None: the defaults
     warnings: tuple[str, ...] = ()
+    #: the validated variables these settings were built from (``changed`` lists them)
+    environment: Environment | None = field(default=None, repr=False, compare=False)
 
     def workflow(self, ref: str) -> Workflow | None:
         """Find an allowlisted workflow by its name or its ``wf_`` id."""

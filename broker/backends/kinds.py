@@ -58,3 +58,5 @@ class KindSpec:
     ) = None
     preflight: Callable[[Settings], str | None] | None = None
     doctor: Callable[[Settings], Sequence[Any]] | None = None
+    #: lines of ``chatkit-broker check``'s summary about this kind (never a secret)
+    describe: Callable[[Settings], list[str]] | None = None

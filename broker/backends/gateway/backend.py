@@ -36,8 +36,6 @@ from ..base import Admission, Backend
 from .headers import HeaderPolicy
 from .metrics import GatewayMetrics
 from .proxy import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
     GatewayProxy,
     Relay,
     StreamAborted,
@@ -217,8 +215,8 @@ class GatewayBackend(Backend):
         return Upstream(
             workflow.server or "",
             workflow=workflow.name,
-            connect_timeout=workflow.connect_timeout or DEFAULT_CONNECT_TIMEOUT,
-            idle_timeout=workflow.idle_timeout or DEFAULT_IDLE_TIMEOUT,
+            connect_timeout=workflow.connect_timeout,
+            idle_timeout=workflow.idle_timeout,
             identity_hint=hint,
         )
 

@@ -57,6 +57,36 @@ def doctor(settings: Settings) -> Sequence[Any]:
     return checks.checks(settings)
 
 
+def describe(s: Settings) -> list[str]:
+    """The assertion key in use and what each gateway workflow's assertion carries."""
+    from ...assertion import AssertionSigner
+
+    lines: list[str] = []
+    gateways = [wf for wf in s.workflows if wf.kind == "gateway"]
+    if gateways:
+        signer = AssertionSigner.from_config(s.assertion_key, s.assertion_previous_keys)
+        key = (
+            f"key {signer.kid} (BROKER_ASSERTION_KEY)"
+            if s.assertion_key
+            else "a key made at start-up (set BROKER_ASSERTION_KEY)"
+        )
+        previous = len(signer.jwks()["keys"]) - 1
+        lines.append(
+            f"gateway assertions: ES256, {key}"
+            + (f", {previous} previous key(s) still published" if previous else "")
+        )
+        base = s.public_url or "http://<this broker>"
+        lines.append(
+            f"  issuer: {s.public_url or 'chatkit-broker'}; keys at {base}/.well-known/jwks.json"
+        )
+        for wf in gateways:
+            lines.append(
+                f"  {wf.name}: audience {wf.audience or wf.name}, {wf.assertion}"
+                + (f", forwards {', '.join(wf.forward_claims)}" if wf.forward_claims else "")
+            )
+    return lines
+
+
 SPEC = KindSpec(
     "gateway",
     build,
@@ -64,4 +94,5 @@ SPEC = KindSpec(
     shorthand=lambda value: "://" in value,
     check=check,
     doctor=doctor,
+    describe=describe,
 )
