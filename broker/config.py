@@ -67,6 +67,8 @@ KIND_KEYS = {kind: spec.workflow.target_key for kind, spec in KINDS.items() if s
 SERVED_KINDS = frozenset(KIND_KEYS)
 DEFAULT_DOMAIN_KEY: str = Environment.model_fields["chatkit_domain_key"].default
 
+JWT_KEYS = ("jwt_secret", "jwt_public_key", "jwt_jwks_url")
+
 MOCK_DEMO_WORKFLOWS = (
     Workflow(name="topic-generation", label="Topic generation", id="wf_mock_topic_generation"),
     Workflow(name="post-writer", label="Post writer", id="wf_mock_post_writer"),
@@ -91,11 +93,12 @@ def read_environment(cwd: Path | None = None) -> tuple[dict[str, str], frozenset
     return merged, frozenset(k for k in from_file if k not in os.environ)
 
 
-def read_variables(env: Mapping[str, str], problems: list[str]) -> Environment:
-    """Every declared variable, validated; each refused one added to ``problems`` by name."""
+def read_variables(env: Mapping[str, str], problems: list[str]) -> tuple[Environment, set[str]]:
+    """Every declared variable, validated; each refused one added to ``problems`` by name and
+    left at its default (returned too, so no rule reports it again as missing)."""
     values, source = Environment.read(env)
     try:
-        return Environment(**values)
+        return Environment(**values), set()
     except ValidationError as exc:
 
         def name_of(loc: tuple[Any, ...]) -> str:
@@ -103,14 +106,14 @@ def read_variables(env: Mapping[str, str], problems: list[str]) -> Environment:
 
         problems.extend(problems_from(exc, Environment, name_of))
         bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
-        return Environment(**{k: v for k, v in values.items() if k not in bad})
+        return Environment(**{k: v for k, v in values.items() if k not in bad}), bad
 
 
 def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Settings:
     """Validate ``env`` into ``Settings`` or raise ``ConfigError`` listing every problem."""
     problems: list[str] = []
     warnings: list[str] = []
-    e = read_variables(env, problems)
+    e, refused = read_variables(env, problems)
     secret = lambda s: s.get_secret_value() if s is not None else None  # noqa: E731
 
     key_source, key = api_key_in_effect(env)
@@ -131,7 +134,8 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
                 "OPENAI_API_KEY (or CHATKIT_OPENAI_API_KEY) is required unless BROKER_MOCK=1 "
                 f"({' and '.join(sorted(callers))} workflows call OpenAI)"
             )
-        if not e.session_secret and any(s.broker_sessions for s in specs):
+        needed = any(s.broker_sessions for s in specs)
+        if not e.session_secret and "session_secret" not in refused and needed:
             problems.append(
                 "BROKER_SESSION_SECRET is required when a gateway or agent workflow is configured: "
                 "the broker signs its own session secrets with it (32+ random bytes; "
@@ -154,7 +158,7 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
         database_url = resolve_database_url(None, mock=e.mock)
 
     jwt_settings = _jwt(e, problems, warnings)
-    if not e.mock and not jwt_settings.configured:
+    if not e.mock and not jwt_settings.configured and not refused & set(JWT_KEYS):
         problems.append(
             "live mode needs a way to verify sign-in tokens: set BROKER_JWT_SECRET, "
             "BROKER_JWT_PUBLIC_KEY or BROKER_JWT_JWKS_URL"
