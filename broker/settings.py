@@ -250,12 +250,14 @@ class Environment(BaseSettings):
 
     # --- mode and workflows ---
     mock: EnvFlag = Field(False, json_schema_extra=_section("Mode and workflows"))
-    """1: mock mode, loopback only, canned replies, no OpenAI key or sign-in needed."""
+    """1 = mock mode: loopback only, canned replies, no OpenAI key or sign-in needed."""
     workflows: str | None = Field(None, examples=["support=myapp.support:agent"])
-    """Allowlisted workflows, comma separated: name=package.module:attr (agent),
-    name=https://… (gateway) or name=wf_… (hosted, retired 2026-11-30)."""
+    """name=target,…; the target's shape names the kind: package.module:attr or
+    path/file.py:attr (agent), http(s)://host/… (gateway), wf_… (hosted, retired
+    2026-11-30). Names [a-z0-9_-]{1,64}."""
     workflows_file: str | None = Field(None, examples=["workflows.toml"])
-    """A TOML file of [workflows.<name>] tables, for options beyond the target."""
+    """A TOML file of [workflows.<name>] tables with per-workflow options; names must not
+    clash with BROKER_WORKFLOWS."""
 
     # --- OpenAI ---
     openai_api_key: SecretStr | None = Field(
@@ -264,105 +266,120 @@ class Environment(BaseSettings):
         json_schema_extra=_section("OpenAI"),
         examples=["sk-proj-…"],
     )
-    """The OpenAI API key hosted and agent workflows call with; CHATKIT_OPENAI_API_KEY wins
-    over OPENAI_API_KEY (so a key in your shell for other tools is not picked up by mistake)."""
+    """Required when a hosted or agent workflow is configured (not in mock mode, not for
+    gateways alone). CHATKIT_OPENAI_API_KEY wins over OPENAI_API_KEY: a stray shell key from
+    another project is the commonest cause of "workflow not found"."""
     openai_base_url: HttpURL = Field(DEFAULT_BASE_URL, validation_alias="OPENAI_BASE_URL")
-    """The OpenAI API's base URL (a proxy or a test double)."""
+    """The OpenAI API's base URL."""
     openai_organization: str | None = Field(None, validation_alias="OPENAI_ORGANIZATION")
-    """Sent as OpenAI-Organization when set."""
+    """Sent as OpenAI-Organization."""
     openai_project: str | None = Field(None, validation_alias="OPENAI_PROJECT")
-    """Sent as OpenAI-Project when set."""
+    """Sent as OpenAI-Project."""
     upstream_timeout: seconds(0.1, 120) = 10.0
-    """Seconds to wait for OpenAI's answer to a mint."""
+    """Total seconds per mint, retries and back-off included."""
     upstream_retries: whole(0, 2) = 2
-    """Retries of a mint on a 5xx, 429 or network error (with backoff)."""
+    """Retries, only after a connection error or 429/500/502/503/504."""
 
     # --- sign-in ---
     jwt_secret: Annotated[SecretStr | None, _long_secret(": use a long random secret")] = Field(
         None, json_schema_extra=_section("Sign-in (your app's JWTs)"), examples=["…"]
     )
-    """HS256 secret your app signs its tokens with (Supabase: the project's JWT secret)."""
+    """HMAC secret, at least 32 bytes: HS256, plus HS384 from 48 bytes and HS512 from 64."""
     jwt_public_key: SecretStr | None = None
-    """A PEM public key (or @path/to/key.pem) verifying RS/PS/ES/EdDSA tokens."""
+    """PEM text, or @path; its kind decides the algorithms (RSA: RS*/PS*, EC: ES256/384/512
+    by curve, Ed25519: EdDSA)."""
     jwt_jwks_url: HttpURL | None = None
-    """A JWKS URL (Auth0, Clerk, Supabase, Cognito …) whose keys verify tokens."""
+    """JWKS endpoint (not together with BROKER_JWT_PUBLIC_KEY)."""
     jwt_algorithms: Annotated[csv, AfterValidator(_algorithms)] = ()
-    """Algorithms accepted, comma separated; default: those the key allows."""
+    """Comma-separated allowlist (default: from the key's kind); none is never accepted."""
     jwt_audience: str | None = None
-    """Required 'aud' claim (Supabase: authenticated)."""
+    """Verified when set; unset, a token that carries aud is refused and check warns
+    (Supabase: authenticated)."""
     jwt_issuer: str | None = None
-    """Required 'iss' claim."""
+    """Verified when set."""
     jwt_leeway: whole(0, 600) = 30
-    """Seconds of clock skew allowed on exp/nbf/iat."""
+    """Clock skew allowed on exp/nbf/iat, seconds."""
     jwt_user_claim: str = "sub"
-    """The claim naming the user."""
+    """The claim that becomes the ChatKit user (at most 512 characters)."""
     jwt_max_age: whole(60, 31_536_000) = 86400
-    """The longest lifetime (seconds) a token may claim, from now and from its iat."""
+    """The longest lifetime a token may claim, seconds: exp further than that from now, or
+    from its iat, is refused."""
     jwks_timeout: seconds(0.1, 30) = 3.0
-    """Seconds to wait for the JWKS."""
+    """JWKS fetch timeout, seconds."""
     jwks_cooldown: seconds(1, 3600) = 60.0
-    """Least seconds between two JWKS fetches (an unknown kid triggers one)."""
+    """Least seconds between JWKS refetches on an unknown kid."""
     jwks_max_age: seconds(10, 86400) = 600.0
-    """Seconds after which the JWKS is fetched again."""
+    """Age in seconds after which the key set is refetched."""
 
     # --- sessions (gateway and agent workflows) ---
     session_secret: Annotated[Secrets, AfterValidator(_long_keys)] = Field(
         (), json_schema_extra=_section("Broker sessions (gateway and agent workflows)")
     )
-    """Keys of the broker's own cks_ session secrets (32+ random bytes), comma separated: the
-    first signs, all verify. Required for gateway and agent workflows."""
+    """Keys of the broker's cks_ session secrets, each 32+ bytes, comma-separated: the first
+    signs, all verify. Required in live mode when a gateway or agent workflow is configured
+    (mock mode uses a per-process key)."""
     chatkit_domain_key: str = "local-dev"
-    """The domain key handed to ChatKit with a gateway or agent endpoint."""
+    """The domain_key a mint answer tells ChatKit for gateway and agent workflows (register
+    your domain with OpenAI and put its key here in production)."""
     database_url: Annotated[SecretStr | None, AfterValidator(_database_url)] = Field(
         None, examples=["sqlite:///./chatkit-broker.sqlite3"]
     )
-    """Agent threads: sqlite:///path, postgresql://user@host/db or memory
-    (default ./chatkit-broker.sqlite3; in mock mode memory)."""
+    """Where agent workflows keep their threads: sqlite:///relative.sqlite3,
+    sqlite:////absolute.sqlite3, postgresql://user:pass@host:5432/db (libpq's sslmode= is
+    accepted) or memory. Unset: ./chatkit-broker.sqlite3, in memory in mock mode."""
     agent_tracing: EnvFlag = False
-    """1: send agent runs' traces to OpenAI."""
+    """1 = agent runs send Agents SDK traces to OpenAI (off, so conversations stay on your
+    machines)."""
     run_timeout: seconds(1, 3600) = 120.0
-    """Seconds an agent run may take."""
+    """Seconds a server-side run of an agent workflow may take before a 504 run_timeout."""
 
     # --- gateway workflows ---
     assertion_key: Annotated[SecretStr | None, AfterValidator(_signing_key)] = Field(
         None, json_schema_extra=_section("Gateway workflows"), examples=["@assertion-key.pem"]
     )
-    """P-256 private key (PEM or @path) signing the identity assertion; unset: one made at
-    start-up (each instance its own)."""
+    """EC P-256 private key, PEM text or @path, that signs gateway assertions (ES256).
+    Unset: a key made at start-up (warned); set it when there are several instances or
+    restarts."""
     assertion_previous_keys: Annotated[Secrets, AfterValidator(_previous_keys)] = ()
-    """Earlier signing keys (PEM or @path, comma separated) still published in the JWKS."""
+    """Keys being rotated out (@path PEMs, comma-separated), still published at
+    /.well-known/jwks.json."""
     assertion_secret: Annotated[SecretStr | None, _long_secret("")] = None
-    """Shared secret (32+ bytes) for workflows with assertion = "hs256"."""
+    """Shared secret (32+ bytes) for gateway workflows with assertion = "hs256"; required by
+    them."""
     public_url: Annotated[str | None, AfterValidator(_public_url)] = None
-    """The broker's public URL (the assertion's issuer); default: from each request."""
+    """The broker's public URL: the gateway assertions' iss (default chatkit-broker) and the
+    base of the JWKS URL backends verify with."""
     gateway_strip_headers: Annotated[csv, AfterValidator(_header_names)] = ()
-    """Extra request headers never forwarded to a gateway (Name or Prefix-*)."""
+    """Extra inbound header names (or Prefix-*) never forwarded to gateway backends, beside
+    the built-in identity headers."""
 
     # --- serving ---
     host: str = Field("127.0.0.1", json_schema_extra=_section("Serving"))
-    """Address to listen on."""
+    """Bind address (mock mode: loopback only)."""
     port: whole(1, 65535) = Field(8000, validation_alias=AliasChoices("BROKER_PORT", "PORT"))
-    """Port to listen on (PORT, as set by most platforms, is read too)."""
+    """Bind port; PORT (set by most platforms) is read when BROKER_PORT is unset."""
     allowed_origins: Annotated[csv, AfterValidator(_origins)] = ()
-    """Browser origins allowed to call the API (CORS), comma separated."""
+    """CORS origins, comma-separated (same origin only when unset)."""
     trusted_proxies: Annotated[csv, AfterValidator(_networks)] = ()
-    """Proxies whose X-Forwarded-For is believed (addresses or networks)."""
+    """Addresses or networks whose X-Forwarded-For is believed; unset, uvicorn's own
+    proxy-header handling is off too."""
     rate_limit: Rate = "30/minute"
-    """Session requests per user."""
+    """Per-user mint limit (count/second|minute|hour|day)."""
     ip_rate_limit: Rate = "600/minute"
-    """Requests per client address."""
+    """Per-address limit on /api/, /chatkit/ and /mock/, before any JWT work."""
     redis_url: SecretStr | None = None
-    """Redis for sessions and limits shared by every instance (redis://, rediss://, unix://)."""
+    """Shared store for rate limits and the session registry (redis://, rediss://, unix://);
+    unset: in-process memory."""
     redis_prefix: Annotated[
         str, Says(" must be 1-64 of A-Za-z0-9:._-"), Field(pattern=f"^{_REDIS_PREFIX_RE.pattern}$")
     ] = "chatkit-broker:"
-    """Prefix of every Redis key."""
+    """Prefix of every Redis key, so several brokers can share a server."""
     chatkit_js_url: HttpURL = DEFAULT_CHATKIT_JS_URL
-    """Where the test page and kit load ChatKit's script from."""
+    """The ChatKit script the test page loads."""
     test_page: EnvFlag = True
-    """0: no test page at /."""
+    """Serve the test page at /."""
     log_format: Annotated[Literal["json", "text"] | None, BeforeValidator(_lower)] = None
-    """json or text; default: text on a terminal, json otherwise."""
+    """json or text; unset: text on a terminal, else json."""
     log_level: Annotated[
         Literal["debug", "info", "warning", "error", "critical"], BeforeValidator(_lower)
     ] = "info"

@@ -119,13 +119,10 @@ def reference() -> str:
         for name in names:
             info = Environment.model_fields[name]
             variable = " or ".join(f"`{v}`" for v in Environment.variables(name))
-            bounds = [
-                f"{attr} {getattr(m, attr)}"
-                for m in info.metadata
-                for attr in ("ge", "le")
-                if getattr(m, attr, None) is not None
-            ]
-            meaning = _one_line(info.description) + (f" ({', '.join(bounds)})" if bounds else "")
+            ge = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
+            le = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
+            span = f" ({ge:g}–{le:g})" if ge is not None and le is not None else ""
+            meaning = _one_line(info.description) + span
             secret = "yes" if is_secret(info) else ""
             out.append(f"| {variable} | {_default(info) or '—'} | {secret} | {meaning} |")
         out.append("")
