@@ -11,6 +11,7 @@ This module only adds the rules that span several variables or kinds.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -202,7 +203,7 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
                 spec.check(settings, workflows, cwd, problems, warnings)
     if problems:
         raise ConfigError(problems)
-    return Settings(**{**settings.__dict__, "warnings": tuple(warnings)})
+    return dataclasses.replace(settings, warnings=tuple(warnings))
 
 
 def _jwt(e: Environment, problems: list[str], warnings: list[str]) -> JWTSettings:

@@ -14,6 +14,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -550,10 +551,17 @@ class Settings:
 
     def workflow(self, ref: str) -> Workflow | None:
         """Find an allowlisted workflow by its name or its ``wf_`` id."""
+        return self._by_ref.get(ref)
+
+    @cached_property
+    def _by_ref(self) -> dict[str, Workflow]:
+        """Name and id → workflow, the first in order winning (one dict lookup per mint)."""
+        found: dict[str, Workflow] = {}
         for wf in self.workflows:
-            if ref == wf.name or (wf.id is not None and ref == wf.id):
-                return wf
-        return None
+            found.setdefault(wf.name, wf)
+            if wf.id is not None:
+                found.setdefault(wf.id, wf)
+        return found
 
     def workflow_named(self, name: str) -> Workflow | None:
         """The allowlisted workflow called ``name`` (ids do not count: URLs carry names)."""

@@ -121,7 +121,7 @@ def reference() -> str:
             variable = " or ".join(f"`{v}`" for v in Environment.variables(name))
             ge = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
             le = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
-            span = f" ({ge:g}–{le:g})" if ge is not None and le is not None else ""
+            span = f" ({ge:g} to {le:g})" if ge is not None and le is not None else ""
             meaning = _one_line(info.description) + span
             secret = "yes" if is_secret(info) else ""
             out.append(f"| {variable} | {_default(info) or '—'} | {secret} | {meaning} |")

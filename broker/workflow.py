@@ -64,6 +64,8 @@ class Workflow(BaseModel):
 
     #: kind → its model, filled as each kind's module defines its subclass
     kinds: ClassVar[dict[str, type["Workflow"]]] = {}
+    #: every kind's optional options and their defaults (what another kind reads them as)
+    others: ClassVar[dict[str, Any]] = {}
     #: the key of the workflow file that names this kind's target (``id``, ``server``, ``agent``)
     target_key: ClassVar[str] = ""
 
@@ -88,6 +90,12 @@ class Workflow(BaseModel):
     def __pydantic_init_subclass__(cls, **kw: Any) -> None:
         super().__pydantic_init_subclass__(**kw)
         Workflow.kinds[cls.model_fields["kind"].default] = cls
+        for name, info in cls.model_fields.items():
+            if name not in Workflow.model_fields:
+                default = (
+                    None if info.is_required() else info.get_default(call_default_factory=True)
+                )
+                Workflow.others.setdefault(name, default)
 
     @model_validator(mode="before")
     @classmethod
@@ -103,13 +111,8 @@ class Workflow(BaseModel):
 
     def __getattr__(self, name: str) -> Any:
         """Another kind's option reads as its default (``wf.id`` is None on a gateway)."""
-        if not name.startswith("_"):
-            for model in Workflow.kinds.values():
-                info = model.model_fields.get(name)
-                if info is not None:
-                    return (
-                        None if info.is_required() else info.get_default(call_default_factory=True)
-                    )
+        if name in Workflow.others:
+            return Workflow.others[name]
         return super().__getattr__(name)  # type: ignore[misc]
 
 
