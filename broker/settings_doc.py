@@ -7,6 +7,7 @@ Run ``python -m broker.settings_doc`` after adding or changing a setting or a wo
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,15 @@ def env_example() -> str:
             if name == "workflows":
                 continue
             info = Environment.model_fields[name]
-            for variable in Environment.variables(name):
-                lines.append(f"# {_one_line(info.description)}")
+            variables = Environment.variables(name)
+            for variable in variables:
+                first = variable == variables[0]
+                text = (
+                    _one_line(info.description)
+                    if first
+                    else f"{variable} is read when {variables[0]} is unset"
+                )
+                lines += textwrap.wrap(text, 90, initial_indent="# ", subsequent_indent="# ")
                 example = info.examples[0] if info.examples else _default(info)
                 if is_secret(info) and not info.examples:
                     example = ""
