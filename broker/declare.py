@@ -26,9 +26,13 @@ from pydantic import (
 )
 
 __all__ = [
+    "EnvFlag",
+    "Flag",
     "Says",
+    "Text",
     "closest",
     "csv",
+    "pairs",
     "problems_from",
     "seconds",
     "strict_whole",
@@ -61,9 +65,11 @@ def strict_whole(lo: int, hi: int | None = None, unit: str = "") -> Any:
     ]
 
 
-def seconds(lo: float, hi: float, *, strict: bool = False, says: str | None = None) -> Any:
-    """A finite number of seconds ``lo..hi`` (a TOML int or float, never a string, when
-    ``strict``)."""
+def seconds(
+    lo: float, hi: float, *, strict: bool = False, above: bool = False, says: str | None = None
+) -> Any:
+    """A finite number of seconds ``lo..hi`` (``lo < s`` when ``above``; a TOML int or float,
+    never a string, when ``strict``)."""
 
     def number(value: Any) -> Any:
         if strict and (isinstance(value, bool) or not isinstance(value, int | float)):
@@ -77,7 +83,11 @@ def seconds(lo: float, hi: float, *, strict: bool = False, says: str | None = No
 
     text = says or f" must be between {lo:g} and {hi:g} seconds, got {{got}}"
     return Annotated[
-        float, BeforeValidator(number), Field(ge=lo, le=hi), AfterValidator(finite), Says(text)
+        float,
+        BeforeValidator(number),
+        Field(gt=lo, le=hi) if above else Field(ge=lo, le=hi),
+        AfterValidator(finite),
+        Says(text),
     ]
 
 

@@ -12,7 +12,7 @@ import math
 import re
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, model_validator
 
 from .declare import Says, Text, pairs, strict_whole
 
@@ -116,13 +116,4 @@ class Workflow(BaseModel):
         return super().__getattr__(name)  # type: ignore[misc]
 
 
-def field_docs(model: type[BaseModel]) -> dict[str, str]:
-    """key → its one line of documentation (the docstring under the field)."""
-    return {
-        name: " ".join((info.description or "").split())
-        for name, info in model.model_fields.items()
-        if name not in ("name", "kind")
-    }
-
-
-__all__ = ["Field", "Primitive", "Workflow", "field_docs", "is_primitive"]
+__all__ = ["NAME_RE", "Primitive", "Workflow", "is_primitive"]

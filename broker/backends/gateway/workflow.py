@@ -34,7 +34,9 @@ def _claims(value: tuple[str, ...]) -> tuple[str, ...]:
     return value
 
 
-Timeout = seconds(0.001, 3600, strict=True, says=" must be a number of seconds, 0 < s <= 3600")
+Timeout = seconds(
+    0, 3600, strict=True, above=True, says=" must be a number of seconds, 0 < s <= 3600"
+)
 
 
 class GatewayWorkflow(Workflow):
