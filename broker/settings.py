@@ -549,6 +549,15 @@ class Settings:
     #: the validated variables these settings were built from (``changed`` lists them)
     environment: Environment | None = field(default=None, repr=False, compare=False)
 
+    def __getattr__(self, name: str) -> Any:
+        """A declared variable with no field here reads straight from the declaration
+        (``settings.forward_headers`` once ``Environment`` has it): adding a setting is one
+        field of ``Environment``. Secrets come as ``SecretStr``."""
+        if name in Environment.model_fields:
+            environment = self.__dict__.get("environment")
+            return getattr(environment, name) if environment is not None else default_of(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def workflow(self, ref: str) -> Workflow | None:
         """Find an allowlisted workflow by its name or its ``wf_`` id."""
         return self._by_ref.get(ref)

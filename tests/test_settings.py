@@ -132,3 +132,18 @@ def _problems(env: dict[str, str]) -> list[str]:
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     return info.value.problems
+
+
+def test_a_declared_variable_reads_from_settings_with_no_other_change(base_env):
+    """Settings has no field for BROKER_WORKFLOWS_FILE or BROKER_AGENT_TRACING's raw value:
+    they read straight from the declaration (how a newly declared setting is read)."""
+    s = load_settings(base_env | {"BROKER_JWT_ISSUER": "https://id.example.com"})
+    assert s.workflows_file is None and s.agent_tracing is False
+    assert s.database_url is None  # unset; a SecretStr when set
+    s = load_settings(base_env | {"BROKER_DATABASE_URL": "memory"})
+    assert s.database_url.get_secret_value() == "memory" and "memory" not in repr(s)
+    from broker.settings import Settings
+
+    assert Settings().run_timeout == default_of("run_timeout")  # built by hand: the default
+    with pytest.raises(AttributeError):
+        _ = s.no_such_setting
