@@ -371,10 +371,11 @@ def workflow_from_table(name: str, options: Any, problems: list[str]) -> Workflo
     if not isinstance(options, dict):
         problems.append(f"{where} must be a table")
         return None
-    named = [kind for kind, key in KIND_KEYS.items() if key in options]
+    targets = {kind: spec.workflow.target_key for kind, spec in KINDS.items() if spec.workflow}
+    named = [kind for kind, key in targets.items() if key in options]
     if len(named) != 1:
-        keys = " or ".join(f"{key} = …" for key in KIND_KEYS.values())
-        found = ", ".join(KIND_KEYS[k] for k in named)
+        keys = " or ".join(f"{key} = …" for key in targets.values())
+        found = ", ".join(targets[k] for k in named)
         problems.append(
             f"{where}: name exactly one backend with {keys}"
             + (f" (it names {found})" if named else " (it names none)")
