@@ -555,7 +555,9 @@ class Settings:
         field of ``Environment``. Secrets come as ``SecretStr``."""
         if name in Environment.model_fields:
             environment = self.__dict__.get("environment")
-            return getattr(environment, name) if environment is not None else default_of(name)
+            value = getattr(environment, name) if environment is not None else default_of(name)
+            self.__dict__[name] = value  # read once: later reads are plain attribute reads
+            return value
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def workflow(self, ref: str) -> Workflow | None:
