@@ -99,7 +99,7 @@ def read_variables(env: Mapping[str, str], problems: list[str]) -> tuple[Environ
     left at its default (returned too, so no rule reports it again as missing)."""
     values, source = Environment.read(env)
     try:
-        return Environment(**values), set()
+        return Environment.from_values(values, source), set()
     except ValidationError as exc:
 
         def name_of(loc: tuple[Any, ...]) -> str:
@@ -107,7 +107,8 @@ def read_variables(env: Mapping[str, str], problems: list[str]) -> tuple[Environ
 
         problems.extend(problems_from(exc, Environment, name_of))
         bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
-        return Environment(**{k: v for k, v in values.items() if k not in bad}), bad
+        kept = {k: v for k, v in values.items() if k not in bad}
+        return Environment.from_values(kept, source), bad
 
 
 def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Settings:

@@ -18,7 +18,7 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, SecretStr
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, PrivateAttr, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -386,6 +386,20 @@ class Environment(BaseSettings):
     ] = "info"
     """debug, info, warning, error or critical."""
 
+    #: field → the variable its value came from (``PORT`` or ``BROKER_PORT`` …), set by the loader
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def sources(self) -> dict[str, str]:
+        return self._sources
+
+    @classmethod
+    def from_values(cls, values: dict[str, str], sources: dict[str, str]) -> "Environment":
+        """Validate ``values`` (field → text), remembering which variable each came from."""
+        environment = cls(**values)
+        environment._sources = {name: sources[name] for name in values}
+        return environment
+
     @classmethod
     def settings_customise_sources(
         cls, settings_cls: type[BaseSettings], *sources: PydanticBaseSettingsSource, **kw: Any
@@ -425,7 +439,7 @@ def changed(environment: "Environment") -> list[str]:
         value = getattr(environment, name)
         if value == default_of(name):
             continue
-        variable = Environment.variables(name)[0]
+        variable = environment.sources.get(name) or Environment.variables(name)[0]
         if is_secret(info):
             count = len(value) if isinstance(value, tuple) else 1
             lines.append(f"{variable}=(secret, {count} value{'s' * (count != 1)}, not shown)")

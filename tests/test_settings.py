@@ -101,6 +101,10 @@ def test_a_secret_is_never_in_a_problem_or_the_summary(base_env):
     assert "BROKER_SESSION_SECRET=(secret, 1 value, not shown)" in lines
     assert all(LONG not in line for line in lines)
     assert not any(line.startswith("BROKER_RATE_LIMIT") for line in lines)  # at its default
+    # the variable a value came from is the one named (base_env sets OPENAI_API_KEY, not PORT)
+    s = load_settings(base_env | {"PORT": "9001"})
+    assert "PORT=9001" in changed(s.environment)
+    assert "OPENAI_API_KEY=(secret, 1 value, not shown)" in changed(s.environment)
 
 
 def test_defaults_are_the_declarations(base_env):
