@@ -30,13 +30,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import routes
 from .auth import Verifier
-from .backends import Backend, Backends
-from .backends.gateway.backend import GatewayBackend, GatewaySettings, message_limiter
-from .backends.gateway.metrics import GatewayMetrics
-from .backends.hosted import HostedBackend
+from .backends import KINDS, MOCK, Backend, Backends, BuildContext, specs_for
 from .backends.mock import MOCK_USER
 from .chatkit_endpoint import ChatKitEndpoint
-from .config import ConfigError, Settings, load_settings, read_environment
+from .config import load_settings, read_environment
 from .edge import Edge
 from .errors import BrokerError, from_http_status, render
 from .gate import Gate
@@ -48,12 +45,14 @@ from .ratelimit import ClientAddress, RateLimits
 from .registry import MemoryRegistry, RedisRegistry, SessionRegistry
 from .session_secrets import SessionSecrets
 from .sessions import SessionService
+from .settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     from .backends.hosted import _Client
     from .store import RedisStore
 
 log = logging.getLogger("broker")
+HOSTED = KINDS["hosted"]
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
@@ -130,37 +129,21 @@ def build_broker(
         anonymous_user=MOCK_USER if settings.mock else None,
         trust_unverified=settings.mock,
     )
-    by_kind: dict[str, Backend] = {}
-    every: Backend | None = None
-    if settings.mock:
-        if session_secrets is None:  # pragma: no cover - keys always exist in mock mode
-            raise RuntimeError("mock mode needs session keys")
-        # mock mode runs on the agent engine with a canned model: same store, streaming,
-        # stop and retry as agent workflows, no OpenAI (threads in memory by default)
-        from .backends.mock.backend import MockAgentBackend
-
-        every = MockAgentBackend(settings, session_secrets, gate, limits)
-    else:
-        kinds = {wf.kind for wf in settings.workflows}
-        if "hosted" in kinds or backend is not None:
-            by_kind["hosted"] = (
-                HostedBackend(backend)
-                if backend is not None
-                else HostedBackend.from_settings(settings, http, observe=metrics.observe_upstream)
-            )
-        if "agent" in kinds:
-            assert session_secrets is not None  # config requires BROKER_SESSION_SECRET
-            # imported here: chatkit, the Agents SDK and SQLAlchemy load only when needed
-            from .backends.agent.backend import AgentBackend
-
-            by_kind["agent"] = AgentBackend(settings, session_secrets, gate, limits)
-        if "gateway" in kinds:
-            by_kind["gateway"] = GatewayBackend(
-                GatewaySettings.from_settings(settings),
-                session_secrets,
-                metrics=GatewayMetrics(metrics.registry),
-                limiter=message_limiter(limits),
-            )
+    ctx = BuildContext(
+        settings,
+        http,
+        metrics,
+        limits,
+        gate,
+        session_secrets,
+        overrides={"hosted": backend},
+    )
+    kinds = specs_for(settings.mock, settings.workflows)
+    if backend is not None and not settings.mock and HOSTED not in kinds:
+        kinds.append(HOSTED)  # an injected hosted client serves, whatever the workflows
+    built = {spec.kind: spec.build(ctx) for spec in kinds}
+    every = built.pop(MOCK.kind, None)
+    by_kind: dict[str, Backend] = built
     backends = Backends(by_kind, every=every, broker_sessions=session_secrets)
     readiness = [c.readiness for c in (jwks, store) if c is not None]
     for b in backends:

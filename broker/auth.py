@@ -20,9 +20,9 @@ import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import HMACAlgorithm
 
-from .config import JWTSettings
 from .errors import Unauthenticated
 from .jwks import JWKSCache
+from .settings import JWTSettings
 
 MAX_TOKEN_BYTES = 8 * 1024
 VERIFIED_CACHE_SIZE = 4096

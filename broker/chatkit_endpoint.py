@@ -12,10 +12,11 @@ from starlette.types import Receive, Scope, Send
 
 from .auth import bearer_token
 from .backends import Backends
-from .config import Settings, Workflow
 from .errors import NotFound
 from .gate import Gate
 from .session_secrets import SessionSecrets, is_session_secret
+from .settings import Settings
+from .workflow import Workflow
 
 
 class ChatKitEndpoint:

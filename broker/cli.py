@@ -11,8 +11,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .config import ConfigError, Settings, load_settings, read_dotenv, read_environment
+from .config import load_settings, read_dotenv, read_environment
 from .logs import mask
+from .settings import ConfigError, Settings
 
 
 def _settings_or_exit(env: dict[str, str]) -> Settings:
@@ -71,19 +72,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _database_problem(settings: Settings) -> str | None:
-    """The thread database of agent workflows (and of mock mode, when one is set) must be
-    reachable and not from a newer broker before the server starts."""
-    if not settings.mock and not any(wf.kind == "agent" for wf in settings.workflows):
-        return None
-    import asyncio
+    """What a kind in use says keeps the server from starting (the agent store: its database
+    unreachable or from a newer broker), asked before uvicorn starts."""
+    from .backends import specs_for
 
-    from .backends.agent.options import MEMORY_URL, AgentOptions
-    from .backends.agent.store import check_database
-
-    options = settings.agent or AgentOptions()
-    if options.database_url == MEMORY_URL:
-        return None
-    return asyncio.run(check_database(options.database_url))
+    for spec in specs_for(settings.mock, settings.workflows):
+        problem = spec.preflight(settings) if spec.preflight is not None else None
+        if problem:
+            return problem
+    return None
 
 
 def _run_uvicorn(uvicorn: Any, settings: Settings, args: argparse.Namespace, trusted: str) -> None:
@@ -164,39 +161,20 @@ def describe(s: Settings, from_dotenv: frozenset[str] = frozenset()) -> str:
         lines.append(f"  audience: {j.audience or '-'}; issuer: {j.issuer or '-'}")
         if j.jwks_url:
             lines.append(f"  JWKS URL: {j.jwks_url}")
-    gateways = [wf for wf in s.workflows if wf.kind == "gateway"] if not s.mock else []
-    if gateways:
-        from .assertion import AssertionSigner
+    from .backends import specs_for
 
-        signer = AssertionSigner.from_config(s.assertion_key, s.assertion_previous_keys)
-        key = (
-            f"key {signer.kid} (BROKER_ASSERTION_KEY)"
-            if s.assertion_key
-            else "a key made at start-up (set BROKER_ASSERTION_KEY)"
-        )
-        previous = len(signer.jwks()["keys"]) - 1
-        lines.append(
-            f"gateway assertions: ES256, {key}"
-            + (f", {previous} previous key(s) still published" if previous else "")
-        )
-        base = s.public_url or "http://<this broker>"
-        lines.append(
-            f"  issuer: {s.public_url or 'chatkit-broker'}; keys at {base}/.well-known/jwks.json"
-        )
-        for wf in gateways:
-            lines.append(
-                f"  {wf.name}: audience {wf.audience or wf.name}, {wf.assertion}"
-                + (f", forwards {', '.join(wf.forward_claims)}" if wf.forward_claims else "")
-                + (
-                    f", passes headers {', '.join(wf.forward_headers)}"
-                    if wf.forward_headers
-                    else ""
-                )
-            )
+    for spec in specs_for(s.mock, s.workflows):
+        if spec.describe is not None:
+            lines.extend(spec.describe(s))
     lines.append(f"listen: {s.host}:{s.port}")
     lines.append(f"rate limits: {s.rate_limit} per user, {s.ip_rate_limit} per address")
     lines.append(f"store: {'Redis' if s.redis_url else 'in-process memory'}")
     lines.append(f"upstream: timeout {s.upstream_timeout:g}s, {s.upstream_retries} retries")
+    if s.environment is not None:
+        from .settings import changed
+
+        lines.append("set (all else at its default; docs/reference/configuration.md):")
+        lines.extend(f"  {line}" for line in changed(s.environment))
     for warning in s.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)

@@ -13,10 +13,10 @@ from typing import Any
 
 from .auth import Identity, Verifier, bearer_token
 from .backends.base import Admission
-from .config import Workflow
 from .errors import Unauthenticated, WorkflowNotAllowed
 from .ratelimit import RateLimits
 from .session_secrets import SessionSecrets, is_session_secret
+from .workflow import Workflow
 
 _QUERY_TOKEN = re.compile(r"(?:^|&)(?:access_token|token|jwt|id_token|auth|authorization)=", re.I)
 

@@ -33,8 +33,8 @@ from urllib.parse import quote
 
 from starlette.types import Scope
 
-from .config import Settings, parse_rate
 from .errors import RateLimited, StoreUnavailable
+from .settings import Settings, parse_rate
 
 if TYPE_CHECKING:
     from .metrics import Metrics

@@ -11,9 +11,9 @@ from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.responses import Response
 
 from .auth import Identity
-from .config import Workflow
 from .errors import InvalidRequest, NotReady
 from .openapi import openapi_document, routed_operations
+from .workflow import Workflow
 
 if TYPE_CHECKING:
     from .app import Broker

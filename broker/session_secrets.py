@@ -23,9 +23,9 @@ from itsdangerous import BadSignature, URLSafeSerializer
 
 from .auth import Identity
 from .backends.base import Admission, CreatedSession
-from .config import Workflow
 from .errors import StoreUnavailable, Unauthenticated
 from .registry import SessionRegistry
+from .workflow import Workflow
 
 log = logging.getLogger("broker.sessions")
 

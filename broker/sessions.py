@@ -14,9 +14,9 @@ from typing import Any
 
 from .auth import Identity
 from .backends import Admission, Backends
-from .config import Workflow
 from .errors import NotFound, StoreUnavailable
 from .registry import SessionRegistry, log_unrecorded
+from .workflow import Workflow
 
 log = logging.getLogger("broker.sessions")
 
@@ -46,7 +46,7 @@ class SessionService:
         created = await backend.sessions.create(admission)
         identity = admission.identity
         if created.session_id:
-            if backend.kind == "hosted":
+            if backend.sessions_recorded_later:
                 # OpenAI checks its own secrets: the entry only lets the user cancel early, so
                 # it is written without holding up the answer (registry.add_soon)
                 self._registry.add_soon(created.session_id, identity.user, created.expires_at)

@@ -39,6 +39,32 @@ def test_check_lists_every_problem_and_exits_2(tmp_path):
     assert r.stderr.count("\n  - ") >= 5
 
 
+def test_check_names_one_mistake_per_kind_with_its_table_and_key(tmp_path):
+    """A .env and a workflows file with a mistake in each kind's table and one in a variable:
+    every mistake is printed, each with where it came from, and no secret."""
+    key = "sk-proj-" + "q" * 40
+    (tmp_path / ".env").write_text(
+        f"OPENAI_API_KEY={key}\nBROKER_JWT_SECRET={SECRET}\n"
+        f"BROKER_SESSION_SECRET={SECRET}\nBROKER_WORKFLOWS_FILE=workflows.toml\n"
+        "BROKER_RATE_LIMIT=30 per fortnight\n"
+    )
+    (tmp_path / "workflows.toml").write_text(
+        f'[workflows.legacy]\nid = "{WF_SUPPORT}"\nexpires_after = 6000\n'
+        '[workflows.docs]\nserver = "https://chat.internal/chatkit"\nidle_timout = 30\n'
+        '[workflows.coach]\nagent = "myapp.coach:agent"\nmax_messages_per_minute = "5"\n'
+    )
+    r = run_cli("check", env={}, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout
+    for needle in (
+        "BROKER_RATE_LIMIT must look like '30/minute'",
+        "[workflows.legacy]: expires_after (seconds) must be a whole number 1..600",
+        "[workflows.docs]: unknown option 'idle_timout' (did you mean 'idle_timeout'?)",
+        "[workflows.coach]: max_messages_per_minute must be a whole number >= 1",
+    ):
+        assert needle in r.stderr, needle
+    assert key not in r.stderr + r.stdout and SECRET not in r.stderr + r.stdout
+
+
 def test_check_summary_masks_secrets(tmp_path, base_env):
     (tmp_path / ".env").write_text(f"CHATKIT_OPENAI_API_KEY={API_KEY}\n")
     env = {k: v for k, v in base_env.items() if k != "OPENAI_API_KEY"}

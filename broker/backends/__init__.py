@@ -1,4 +1,7 @@
-"""The backends, side by side: hosted (OpenAI), gateway, agent and mock, behind one seam.
+"""The backends, side by side: hosted (OpenAI), gateway, agent and mock, behind one seam,
+and the one registry of kinds (``KINDS``, ``MOCK``) that the loader, ``app``, doctor and the
+CLI loop over. Adding a kind is its folder (a workflow model, a ``kind.py`` with its ``SPEC``)
+and one line in ``KINDS``.
 
 ``Backends`` answers the two questions the rest of the broker asks: which backend serves a
 workflow, and which one can cancel a session. Nothing outside this package asks which mode
@@ -7,13 +10,48 @@ is running; mock mode simply puts the mock backend in front of every workflow.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
-from ..config import Workflow
 from ..errors import WorkflowNotAllowed
+from ..workflow import Workflow
+from .agent.kind import SPEC as AGENT
 from .base import Admission, Backend, CreatedSession, SessionMaker
+from .gateway.kind import SPEC as GATEWAY
+from .hosted.kind import SPEC as HOSTED
+from .kinds import BuildContext, KindSpec
+from .mock.kind import SPEC as MOCK
 
-__all__ = ["Admission", "Backend", "Backends", "CreatedSession", "SessionMaker"]
+__all__ = [
+    "KINDS",
+    "MOCK",
+    "Admission",
+    "Backend",
+    "Backends",
+    "BuildContext",
+    "CreatedSession",
+    "KindSpec",
+    "SessionMaker",
+    "kind_of",
+    "specs_for",
+]
+
+#: the workflow kinds, in the order a ``BROKER_WORKFLOWS`` value's shape is tried
+KINDS: Mapping[str, KindSpec] = {spec.kind: spec for spec in (HOSTED, GATEWAY, AGENT)}
+
+
+def kind_of(value: str) -> str | None:
+    """The kind a ``BROKER_WORKFLOWS`` value names by its shape: wf_…, http(s)://…, module:attr."""
+    for spec in KINDS.values():
+        if spec.shorthand is not None and spec.shorthand(value):
+            return spec.kind
+    return None
+
+
+def specs_for(mock: bool, workflows: Iterable[Workflow]) -> list[KindSpec]:
+    """The specs a broker runs: mock mode's alone, else each kind in use, in first-use order."""
+    if mock:
+        return [MOCK]
+    return [KINDS[kind] for kind in dict.fromkeys(wf.kind for wf in workflows) if kind in KINDS]
 
 
 class Backends:

@@ -21,9 +21,9 @@ project OpenAI named), both read by check 4 to explain a 404.
 
 **Backend hook.** After the six, the runner runs the checks the configured backends contribute:
 ``checks.backend_checks(settings)`` looks up each workflow kind in use in
-``checks.BACKEND_CHECKS`` (kind → ``(Settings) -> [CheckFn]``, a ``CheckFn`` being
+the registry of kinds (``broker.backends.KINDS``, each spec's ``doctor``) (kind → ``(Settings) -> [CheckFn]``, a ``CheckFn`` being
 ``async (DoctorContext) -> Check``) and runs what it returns, numbered 7, 8 …, in the same
-budget; a failed one fails the run. None is registered yet; ``run``/``run_doctor`` also take an
+budget; a failed one fails the run. ``run``/``run_doctor`` also take an
 explicit ``extra`` list, which replaces the looked-up one.
 
 It reuses the broker's own modules (``load_settings`` and ``api_key_in_effect``, the hosted
@@ -36,7 +36,7 @@ are produced, and the finished report is scrubbed once more (``report.scrub``).
 from __future__ import annotations
 
 from .budget import Budget
-from .checks import BACKEND_CHECKS, CheckFn, backend_checks
+from .checks import CheckFn, backend_checks
 from .checks.key import KeyFacts
 from .checks.openai import KeyWorks
 from .context import DoctorContext
@@ -44,7 +44,6 @@ from .report import SCHEMA, Check, Report, Status, for_stream, render_json, rend
 from .runner import DEFAULT_TIMEOUT, run, run_doctor
 
 __all__ = [
-    "BACKEND_CHECKS",
     "DEFAULT_TIMEOUT",
     "SCHEMA",
     "Budget",

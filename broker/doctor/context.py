@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ..config import API_KEY_VARIABLES, ConfigError, Settings, api_key_in_effect, load_settings
+from ..config import load_settings
 from ..http import HttpPool
+from ..settings import API_KEY_VARIABLES, ConfigError, Settings, api_key_in_effect
 from .budget import Budget
 
 

@@ -26,19 +26,18 @@ from ...assertion import (
     HMACAssertionSigner,
     forwarded_claims,
 )
-from ...config import Settings, Workflow
 from ...edge import abort_response
 from ...errors import BrokerError, InvalidRequest, render
 from ...http import HttpPool
 from ...ratelimit import RateLimits
 from ...session_secrets import SessionSecrets
+from ...settings import Settings
+from ...workflow import Workflow
 from ..base import Admission, Backend
 from ..turns import starts_a_turn
 from .headers import HeaderPolicy
 from .metrics import GatewayMetrics
 from .proxy import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
     GatewayProxy,
     Relay,
     StreamAborted,
@@ -209,8 +208,8 @@ class GatewayBackend(Backend):
         return Upstream(
             workflow.server or "",
             workflow=workflow.name,
-            connect_timeout=workflow.connect_timeout or DEFAULT_CONNECT_TIMEOUT,
-            idle_timeout=workflow.idle_timeout or DEFAULT_IDLE_TIMEOUT,
+            connect_timeout=workflow.connect_timeout,
+            idle_timeout=workflow.idle_timeout,
             identity_hint=hint,
             forward_headers=workflow.forward_headers,
         )

@@ -1,6 +1,6 @@
 """The gateway backend's ``doctor`` check: each gateway workflow must prove isolation.
 
-Registered in ``broker.doctor.checks.BACKEND_CHECKS``; it runs after the six built-in checks,
+Registered by the gateway's ``KindSpec`` (``kind.py``); it runs after the six built-in checks,
 within the same time budget. Per workflow: a signed ``threads.list`` for a brand-new user
 (``checks.probe``: answers, accepts the assertion, shows that user no threads), then five
 forged requests that must be refused (``checks.probe_refusals``). A backend that is down,
@@ -10,12 +10,16 @@ slow or failing is named as such, and is never ✔.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ...assertion import ASSERTION_HEADER
-from ...config import Settings, Workflow
-from ...doctor.checks import CheckFn
-from ...doctor.context import DoctorContext
 from ...doctor.report import Check, Status
+from ...settings import Settings
+from ...workflow import Workflow
+
+if TYPE_CHECKING:  # types only: the doctor's runner imports this module, not the reverse
+    from ...doctor.checks import CheckFn
+    from ...doctor.context import DoctorContext
 from .backend import GatewayBackend, GatewaySettings, audience_of
 from .checks import KIT_FIX, Finding, check_keys, probe, probe_refusals
 

@@ -42,6 +42,7 @@ from ...errors import (
 from ...http import HttpPool
 from ...httpread import read_capped
 from .headers import HeaderPolicy
+from .workflow import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT  # written once
 
 log = logging.getLogger("broker.gateway")
 
@@ -50,8 +51,6 @@ MAX_JSON_BYTES = 8 * 1024 * 1024
 # an SSE event larger than this without a blank line is not ChatKit: abort instead of relaying
 MAX_EVENT_BYTES = 1024 * 1024
 LOGGED_BODY_CHARS = 300
-DEFAULT_CONNECT_TIMEOUT = 5.0
-DEFAULT_IDLE_TIMEOUT = 120.0
 POOL_KEEPALIVE = 2.0  # seconds; below uvicorn's default 5 s keep-alive (stale-socket race)
 CONNECT_RETRY_DELAY = 0.1
 SSE = "text/event-stream"

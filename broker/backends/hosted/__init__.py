@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Protocol
 
-from ...config import Settings
 from ...http import HttpPool
+from ...settings import Settings
 from ..base import Admission, Backend, CreatedSession
 from .client import HostedSessions, UpstreamConfig
 from .wire import build_session_request
@@ -40,6 +40,7 @@ class _HostedMaker:
 class HostedBackend(Backend):
     kind: ClassVar[str] = "hosted"
     serves_chatkit: ClassVar[bool] = False
+    sessions_recorded_later: ClassVar[bool] = True
 
     def __init__(self, client: _Client) -> None:
         self.sessions = _HostedMaker(client)

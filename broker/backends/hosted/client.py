@@ -19,7 +19,6 @@ from typing import Any
 
 import aiohttp
 
-from ...config import Settings
 from ...errors import (
     BrokerError,
     UpstreamAuthFailed,
@@ -30,6 +29,7 @@ from ...errors import (
     UpstreamWorkflowNotFound,
 )
 from ...httpread import read_capped
+from ...settings import Settings
 from ..base import CreatedSession
 
 log = logging.getLogger("broker.upstream")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...auth import Identity
-from ...config import Workflow
+from ...workflow import Workflow
 
 
 def build_session_request(workflow: Workflow, identity: Identity) -> dict[str, Any]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ...config import Settings
 from ...gate import Gate
 from ...ratelimit import RateLimits
+from ...settings import Settings
 from ..agent.backend import AgentBackend
 from ..base import SessionMaker
 from .canned import mock_target

@@ -7,9 +7,8 @@ the key and key-works checks also return what later checks need (``KeyFacts``, `
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from types import MappingProxyType
 
-from ...config import Settings
+from ...settings import Settings
 from ..context import DoctorContext
 from ..report import Check
 
@@ -17,29 +16,21 @@ from ..report import Check
 CheckFn = Callable[[DoctorContext], Awaitable[Check]]
 
 
-def _gateway(settings: Settings) -> Sequence[CheckFn]:
-    from ...backends.gateway import doctor  # imported when a gateway workflow is configured
-
-    return doctor.checks(settings)
-
-
-#: workflow kind -> the checks its backend adds for these settings (the agent backend
-#: registers its own here too)
-BACKEND_CHECKS: Mapping[str, Callable[[Settings], Sequence[CheckFn]]] = MappingProxyType(
-    {"gateway": _gateway}
-)
-
-
 def backend_checks(
     settings: Settings | None,
-    by_kind: Mapping[str, Callable[[Settings], Sequence[CheckFn]]] = BACKEND_CHECKS,
+    by_kind: Mapping[str, Callable[[Settings], Sequence[CheckFn]]] | None = None,
 ) -> list[CheckFn]:
-    """The checks the configured workflows' backends add after the six built-in ones.
+    """The checks the configured workflows' kinds add after the six built-in ones.
 
-    One contribution per kind in use (in the order the kinds first appear), none in mock mode
-    (the mock serves every workflow) or when the configuration is invalid.
+    One contribution per kind in use (in the order the kinds first appear), from the registry
+    of kinds; none in mock mode (the mock serves every workflow) or when the configuration is
+    invalid.
     """
     if settings is None or settings.mock:
         return []
+    if by_kind is None:
+        from ...backends import KINDS
+
+        by_kind = {kind: spec.doctor for kind, spec in KINDS.items() if spec.doctor is not None}
     kinds = dict.fromkeys(wf.kind for wf in settings.workflows)
     return [fn for kind in kinds if kind in by_kind for fn in by_kind[kind](settings)]

@@ -13,11 +13,11 @@ from typing import Any
 import aiohttp
 
 from ...auth import Verifier
-from ...config import Settings
 from ...errors import BrokerError, Unauthenticated
 from ...gate import unmet_requirements
 from ...httpread import read_capped
 from ...jwks import MAX_JWKS_BYTES, JWKSCache, signing_keys
+from ...settings import Settings
 from ..context import DoctorContext
 from ..report import Check, Status
 

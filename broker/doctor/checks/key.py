@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import API_KEY_VARIABLES
+from ...backends import KINDS
 from ...logs import mask
+from ...settings import API_KEY_VARIABLES
 from ..context import DoctorContext
 from ..report import Check, Status
 
 API_KEYS_URL = "https://platform.openai.com/api-keys"
 # kinds whose backend calls OpenAI with the key (a gateway calls the user's own server)
-KEY_USERS = frozenset({"hosted", "agent"})
+KEY_USERS = frozenset(kind for kind, spec in KINDS.items() if spec.calls_openai)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import aiohttp
 
 from ...backends.hosted.client import UpstreamConfig, api_headers, error_message
-from ...config import Settings
 from ...httpread import read_capped
+from ...settings import Settings
 from ..context import DoctorContext
 from ..report import Check, Status
 from .key import API_KEYS_URL, KeyFacts

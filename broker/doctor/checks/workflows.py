@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 
 from ...auth import Identity
 from ...backends.hosted import HostedSessions, UpstreamConfig, build_session_request
-from ...config import Settings, Workflow
 from ...errors import (
     BrokerError,
     UpstreamAuthFailed,
@@ -21,6 +20,8 @@ from ...errors import (
     UpstreamUnavailable,
     UpstreamWorkflowNotFound,
 )
+from ...settings import Settings
+from ...workflow import Workflow
 from ..context import DoctorContext
 from ..report import Check, Status
 from .key import KeyFacts

@@ -1,0 +1,34 @@
+"""An agent workflow's options: the Agents SDK agent the broker hosts as a ChatKit server."""
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, StrictStr
+
+from ...declare import strict_whole
+from ...workflow import Workflow
+
+# package.module:attr, or a file (an Agent Builder export dropped in): path/to/file.py:attr
+AGENT_RE = re.compile(
+    r"([A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*|[^:\s]+\.py):[A-Za-z_][A-Za-z0-9_.]*"
+)
+
+
+def _agent(value: str) -> str:
+    if not AGENT_RE.fullmatch(value):
+        raise ValueError(
+            "must be package.module:attr or path/file.py:attr "
+            f"(an import path or a file, a colon, the attribute), got {value[:80]!r}"
+        )
+    return value
+
+
+class AgentWorkflow(Workflow):
+    """An Agents SDK agent (or an Agent Builder export) the broker runs, threads in its store."""
+
+    target_key = "agent"
+    kind: Literal["agent"] = "agent"
+    agent: Annotated[StrictStr, AfterValidator(_agent)]
+    """The agent: package.module:attr, or path/to/export.py:attr."""
+    max_messages_per_minute: strict_whole(1) | None = None
+    """Messages (streaming ChatKit requests) per user per minute."""
