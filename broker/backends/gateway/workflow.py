@@ -36,9 +36,9 @@ def _claims(value: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _forward_headers(value: tuple[str, ...]) -> tuple[str, ...]:
-    for name in value:
-        if (why := refused_forward_header(name)) is not None:
-            raise ValueError(why)
+    refused = [why for name in value if (why := refused_forward_header(name)) is not None]
+    if refused:  # every refused name at once, like every other problem
+        raise ValueError("; ".join(refused))
     return value
 
 
