@@ -403,6 +403,9 @@ def app_from_environ() -> Starlette:
     Used by ``serve`` so that each of several workers builds its own app from the same config.
     """
     env, _ = read_environment()
+    from .environ import export_environment
+
+    export_environment(env)  # an export's own AsyncOpenAI() reads the process environment
     try:
         settings = load_settings(env)
     except ConfigError as exc:  # serve validated already; this only guards direct uvicorn use

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import ConfigError, Settings, load_settings, read_dotenv, read_environment
+from .environ import export_environment
 from .logs import mask
 
 
@@ -44,6 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[name] = value  # the workers re-read the environment
     env, _ = read_environment()
+    export_environment(env)  # before load_settings imports any agent module
     settings = _settings_or_exit(env)
     if settings.mock and args.workers > 1:
         print(
@@ -122,6 +124,7 @@ def _http_protocol() -> str:
 
 def cmd_check(args: argparse.Namespace) -> int:
     env, from_dotenv = read_environment()
+    export_environment(env)
     settings = _settings_or_exit(env)
     print(describe(settings, from_dotenv))
     return 0
@@ -246,9 +249,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if token is not None and token.strip().lower().startswith("bearer "):
         token = token.strip()[7:]  # pasted from an Authorization header
     env, _ = read_environment()
+    shell = dict(os.environ)  # before .env joins it: the key check says where a key came from
+    export_environment(env)
     code, report = run_doctor(
         env,
-        os.environ,
+        shell,
         read_dotenv(),
         timeout=args.timeout,
         token=token.strip() if token else None,

@@ -108,6 +108,8 @@ class Workflow:
     assertion: str = "es256"
     connect_timeout: float = 5.0
     idle_timeout: float = 60.0
+    # agent workflows: the refusal shown when a guardrail stops a message ({guardrail}: its kind)
+    guardrail_message: str | None = None
 
     @property
     def target(self) -> str:
@@ -793,7 +795,7 @@ _KIND_OPTIONS = {
             "idle_timeout", "max_messages_per_minute",
         }
     ),
-    "agent": frozenset({"agent", "max_messages_per_minute"}),
+    "agent": frozenset({"agent", "max_messages_per_minute", "guardrail_message"}),
 }  # fmt: skip
 
 
@@ -912,6 +914,9 @@ def _workflow_from_toml(name: str, o: Any, problems: list[str]) -> Workflow | No
 
     mpm = bounded(o, "max_messages_per_minute", 1, None, "max_messages_per_minute")
     audience = typed("audience", str, "a string")
+    guardrail_message = typed("guardrail_message", str, "a string")
+    if guardrail_message is not None and not 1 <= len(guardrail_message.strip()) <= 500:
+        problems.append(f"{where}: guardrail_message must be 1-500 characters")
     forward = typed("forward_claims", list, "a list of claim names") or []
     if not all(isinstance(c, str) and c for c in forward):
         problems.append(f"{where}: forward_claims must be a list of claim names")
@@ -937,6 +942,7 @@ def _workflow_from_toml(name: str, o: Any, problems: list[str]) -> Workflow | No
         agent=o.get("agent"),
         max_messages_per_minute=mpm,
         audience=audience,
+        guardrail_message=guardrail_message.strip() if guardrail_message else None,
         forward_claims=tuple(forward),
         assertion=assertion,
         connect_timeout=timeouts["connect_timeout"],

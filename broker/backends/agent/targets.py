@@ -230,6 +230,13 @@ class StreamingRunner(Runner):
 def _install_runner(module: ModuleType) -> None:
     if getattr(module, "Runner", None) is Runner:
         module.Runner = StreamingRunner  # type: ignore[attr-defined]
+    run_guardrails = getattr(module, "run_guardrails", None)
+    if callable(run_guardrails) and getattr(run_guardrails, "__module__", "").startswith(
+        "guardrails"
+    ):  # openai-guardrails, as exports import it: tripwires noted for the refusal
+        from .guardrails import recording
+
+        module.run_guardrails = recording(run_guardrails)  # type: ignore[attr-defined]
 
 
 def with_client(
