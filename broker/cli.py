@@ -263,6 +263,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .migrate import main as migrate
+
+    return migrate(args.export, args.name, smoke_test=not args.no_smoke)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatkit-broker",
@@ -309,6 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", metavar="JWT", help="verify this sign-in token as the service would (- = stdin)"
     )
     doctor.set_defaults(func=cmd_doctor)
+    migrate = sub.add_parser(
+        "migrate",
+        help="make an Agent Builder export (Agents SDK, Python) an agent workflow of this broker",
+    )
+    migrate.add_argument("export", metavar="EXPORT.py", help="the exported file (left unchanged)")
+    migrate.add_argument("--name", help="the workflow's name (default: from the file name)")
+    migrate.add_argument(
+        "--no-smoke", action="store_true", help="skip the one test message through the model"
+    )
+    migrate.set_defaults(func=cmd_migrate)
     return parser
 
 
