@@ -328,7 +328,12 @@ def create_app(
                 'mint at /api/chatkit/session, then api: {url: backend.url, domainKey: "%s"}',
                 settings.chatkit_domain_key,
             )
-        for warning in settings.warnings:
+        from .backends.hosted.retired import retirement_warnings
+
+        for warning in [
+            *settings.warnings,
+            *retirement_warnings(settings.workflows, mock=settings.mock),
+        ]:
             log.warning("config: %s", warning)
         broker.http()
         if broker.jwks is not None:

@@ -195,7 +195,9 @@ def describe(s: Settings, from_dotenv: frozenset[str] = frozenset()) -> str:
     lines.append(f"rate limits: {s.rate_limit} per user, {s.ip_rate_limit} per address")
     lines.append(f"store: {'Redis' if s.redis_url else 'in-process memory'}")
     lines.append(f"upstream: timeout {s.upstream_timeout:g}s, {s.upstream_retries} retries")
-    for warning in s.warnings:
+    from .backends.hosted.retired import retirement_warnings
+
+    for warning in [*s.warnings, *retirement_warnings(s.workflows, mock=s.mock)]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
 
