@@ -127,7 +127,28 @@ def cmd_check(args: argparse.Namespace) -> int:
     export_environment(env)
     settings = _settings_or_exit(env)
     print(describe(settings, from_dotenv))
-    return 0
+    problems = agent_problems(settings)
+    for problem in problems:
+        print(problem)
+    return 1 if problems else 0
+
+
+def agent_problems(s: Settings) -> list[str]:
+    """What makes an agent workflow fail at its first message though it imports (a guardrail's
+    missing package or model), found now, each with its fix."""
+    if s.mock or not any(wf.kind == "agent" for wf in s.workflows):
+        return []
+    from .backends.agent.checks import guardrail_findings
+    from .backends.agent.targets import load_target
+
+    lines = []
+    for wf in s.workflows:
+        if wf.kind == "agent" and wf.agent:
+            for finding in guardrail_findings(load_target(wf.agent)):
+                lines.append(
+                    f"problem: workflow {wf.name!r}: {finding.problem}; fix: {finding.fix}"
+                )
+    return lines
 
 
 def describe(s: Settings, from_dotenv: frozenset[str] = frozenset()) -> str:
@@ -260,6 +281,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         token=token.strip() if token else None,
         as_json=args.json,
+        smoke=args.smoke,
     )
     print(for_stream(report, sys.stdout.encoding, as_json=args.json))
     return code
@@ -315,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument(
         "--token", metavar="JWT", help="verify this sign-in token as the service would (- = stdin)"
+    )
+    doctor.add_argument(
+        "--smoke",
+        action="store_true",
+        help="send one test message through each agent workflow (not stored)",
     )
     doctor.set_defaults(func=cmd_doctor)
     migrate = sub.add_parser(

@@ -372,37 +372,18 @@ def report(run: Migration, *, dotenv_has_file: bool) -> list[str]:
 async def smoke(spec: str, base_dir: Path, env: Mapping[str, str]) -> str:
     """One message through the workflow and the real model path; the thread is not stored.
 
-    Returns the reply's first line; raises ``RuntimeError`` with the failure's message.
+    Returns the reply's first line; raises ``RuntimeError`` with the failure and its cause.
     """
-    from openai import AsyncOpenAI
-
-    from .backends.agent.engine import AgentServer
-    from .backends.agent.options import MEMORY_URL
-    from .backends.agent.runs import run
-    from .backends.agent.store import Caller, SQLStore
+    from .backends.agent.checks import smoke as send_one
     from .backends.agent.targets import load_target
     from .config import DEFAULT_BASE_URL, api_key_in_effect
-    from .errors import BrokerError
 
-    target = load_target(spec, base_dir=base_dir)
-    store = SQLStore(MEMORY_URL)
-    await store.start()
-    client = AsyncOpenAI(
-        api_key=api_key_in_effect(env)[1],
+    return await send_one(
+        load_target(spec, base_dir=base_dir),
+        api_key=api_key_in_effect(env)[1] or "",
         base_url=(env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/"),
-        max_retries=0,
+        timeout=120.0,
     )
-    try:
-        server = AgentServer(store, target, openai_client=client)
-        try:
-            answer = await run(server, Caller("chatkit-broker-migrate", "smoke"), SMOKE_MESSAGE)
-        except BrokerError as exc:
-            raise RuntimeError(exc.message) from None
-        text = answer.output_text or str(answer.as_json())
-        return text.strip().splitlines()[0][:200] if text.strip() else "(an empty reply)"
-    finally:
-        await client.close()
-        await store.close()
 
 
 def main(export: str, name: str | None, *, smoke_test: bool = True) -> int:
@@ -439,6 +420,10 @@ def main(export: str, name: str | None, *, smoke_test: bool = True) -> int:
     if not api_key_in_effect(env)[1]:
         print("no OpenAI key configured: skipped the test message (set OPENAI_API_KEY)")
         return 0
+    import logging
+
+    logging.getLogger("broker").addHandler(logging.NullHandler())  # the line below says it
+    logging.getLogger("broker").propagate = False
     try:
         said = asyncio.run(smoke(spec, cwd, env))
     except Exception as exc:  # the workflow's own failure, reported as the user would see it

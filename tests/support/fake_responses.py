@@ -265,6 +265,12 @@ class FakeResponses:
             )
         return web.json_response(chat_completion(body, self.rules))
 
+    async def models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models``, as doctor's key check reads it (the key's project in headers)."""
+        data = {"object": "list", "data": [{"id": "gpt-4.1-mini", "object": "model"}]}
+        headers = {"openai-organization": "org-fake", "openai-project": "proj_fake"}
+        return web.json_response(data, headers=headers | {"x-request-id": "req_models"})
+
     def release(self) -> None:
         """Let every hanging reply finish."""
         if self._loop is not None and self._release is not None:
@@ -483,6 +489,7 @@ class FakeResponsesServer(ThreadedServer):
         app.router.add_post("/v1/responses", self.fake.handle)
         app.router.add_post("/v1/chat/completions", self.fake.guardrail_api)
         app.router.add_post("/v1/moderations", self.fake.guardrail_api)
+        app.router.add_get("/v1/models", self.fake.models)
         app.router.add_get("/_fake/turns", self.fake.turns_endpoint)
 
     def stop(self) -> None:

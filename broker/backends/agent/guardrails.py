@@ -23,6 +23,7 @@ __all__ = [
     "current_trips",
     "failed_in_output",
     "fix_for",
+    "instantiating",
     "recording",
     "refusal_text",
 ]
@@ -109,6 +110,33 @@ def recording(
 
     run.__chatkit_broker__ = True  # type: ignore[attr-defined]
     return run
+
+
+def instantiating(
+    instantiate: Callable[..., Any],
+) -> Callable[..., Any]:
+    """``instantiate_guardrails`` (or ``load_config_bundle``) whose failure — a missing spaCy
+    model, a bad config — becomes ``GuardrailBroken`` naming the guardrails, not a bare error."""
+    if getattr(instantiate, "__chatkit_broker__", False):
+        return instantiate
+
+    @functools.wraps(instantiate)
+    def build(bundle: Any, *a: Any, **kw: Any) -> Any:
+        try:
+            return instantiate(bundle, *a, **kw)
+        except Exception as exc:
+            raise GuardrailBroken(_bundle_names(bundle), exc) from exc
+
+    build.__chatkit_broker__ = True  # type: ignore[attr-defined]
+    return build
+
+
+def _bundle_names(bundle: Any) -> list[str]:
+    if isinstance(bundle, dict):
+        entries = bundle.get("guardrails") or []
+        return [str(g.get("name")) for g in entries if isinstance(g, dict) and g.get("name")]
+    names = [g.name for g in getattr(bundle, "guardrails", []) if getattr(g, "name", None)]
+    return [str(n) for n in names]
 
 
 def failed_in_output(returned: Any) -> list[str]:

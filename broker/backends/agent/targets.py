@@ -234,9 +234,12 @@ def _install_runner(module: ModuleType) -> None:
     if callable(run_guardrails) and getattr(run_guardrails, "__module__", "").startswith(
         "guardrails"
     ):  # openai-guardrails, as exports import it: tripwires noted for the refusal
-        from .guardrails import recording
+        from .guardrails import instantiating, recording
 
         module.run_guardrails = recording(run_guardrails)  # type: ignore[attr-defined]
+        for name in ("instantiate_guardrails", "load_config_bundle"):
+            if callable(getattr(module, name, None)):
+                setattr(module, name, instantiating(getattr(module, name)))
 
 
 def with_client(

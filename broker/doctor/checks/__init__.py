@@ -23,10 +23,15 @@ def _gateway(settings: Settings) -> Sequence[CheckFn]:
     return doctor.checks(settings)
 
 
-#: workflow kind -> the checks its backend adds for these settings (the agent backend
-#: registers its own here too)
+def _agent(settings: Settings) -> Sequence[CheckFn]:
+    from ...backends.agent import doctor  # imported when an agent workflow is configured
+
+    return doctor.checks(settings)
+
+
+#: workflow kind -> the checks its backend adds for these settings
 BACKEND_CHECKS: Mapping[str, Callable[[Settings], Sequence[CheckFn]]] = MappingProxyType(
-    {"gateway": _gateway}
+    {"gateway": _gateway, "agent": _agent}
 )
 
 
