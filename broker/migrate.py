@@ -226,7 +226,9 @@ def needs(source: str) -> list[str]:
             "approval node: the broker cannot pause a chat for a person's approval; "
             "approval_request() decides alone (it approves everything as exported)"
         )
-    if re.search(r"(?m)^\s+state = \{", source):
+    if re.search(r"(?m)^\s+state = \{\s*\n\s*\"", source) or re.search(
+        r"state\[\s*\"[^\"]+\"\s*\]\s*=", source
+    ):  # a set-state node, or state that starts non-empty (every export has `state = {}`)
         found.append(
             "state: the workflow's `state` starts afresh with every message (the broker keeps "
             "the chat's history, not this dict); keep what must last in your own store"
