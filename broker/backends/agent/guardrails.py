@@ -54,6 +54,8 @@ class GuardrailBroken(Exception):
     """A guardrail could not run: what the operator needs is its name, the cause and a fix."""
 
     def __init__(self, names: list[str], cause: BaseException) -> None:
+        while isinstance(cause, BaseExceptionGroup) and cause.exceptions:  # its TaskGroup's
+            cause = cause.exceptions[0]
         self.names = names
         self.cause = cause
         self.fix = fix_for(cause)
