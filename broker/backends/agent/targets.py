@@ -164,16 +164,16 @@ def _import(spec: str, where: str, base_dir: Path | None) -> ModuleType:
         ) from None
     except Exception as exc:  # anything the module raises at import time
         where = _where_raised(exc, where)
-        raise TargetError(spec, f"importing it raised {type(exc).__name__}{where}: {exc}") from None
+        raise TargetError(spec, f"importing it raised {type(exc).__name__}: {exc}{where}") from None
 
 
 def _where_raised(exc: BaseException, where: str) -> str:
-    """`` (file, line N)`` of the deepest frame in the imported file itself, if any."""
+    """`` (at FILE line N)``: the deepest frame in the imported file itself, if any."""
     name = Path(where).name if where.endswith(".py") else where.rpartition(".")[2] + ".py"
     found = ""
     for frame in traceback.extract_tb(exc.__traceback__):
         if Path(frame.filename).name == name:
-            found = f" at {frame.filename} line {frame.lineno}"
+            found = f" (at {frame.filename} line {frame.lineno})"
     return found
 
 

@@ -21,7 +21,7 @@ EXPORTS = Path(__file__).parent / "exports"
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
     return subprocess.run(
-        [*cli_command(), *args], cwd=home, env=env, capture_output=True, text=True, timeout=180
+        [*cli_command(), *args], cwd=home, env=env, capture_output=True, text=True, timeout=300
     )
 
 
@@ -54,7 +54,7 @@ def test_a_missing_guardrail_model_is_named_by_check_and_doctor_smoke(
         checked.stdout
     )
     assert fix in checked.stdout
-    done = cli(home, "doctor", "--smoke", "--json")
+    done = cli(home, "doctor", "--smoke", "--json", "--timeout", "150")
     agent = agent_check(done)
     assert done.returncode == 1 and agent["status"] == "fail"
     (item,) = agent["data"]["workflows"]
@@ -69,7 +69,7 @@ def test_doctor_smoke_passes_a_ready_workflow_after_calling_every_endpoint_it_us
 
     spacy.blank("en").to_disk(home / "en_core_web_sm")
     assert cli(home, "check").returncode == 0
-    done = cli(home, "doctor", "--smoke", "--json")
+    done = cli(home, "doctor", "--smoke", "--json", "--timeout", "150")
     agent = agent_check(done)
     assert agent["status"] == "pass", agent
     (item,) = agent["data"]["workflows"]
@@ -85,7 +85,7 @@ def test_an_endpoint_that_refuses_the_key_is_named(home: Path, responses: FakeRe
 
     spacy.blank("en").to_disk(home / "en_core_web_sm")
     responses.http_errors["/v1/moderations"] = 401
-    agent = agent_check(cli(home, "doctor", "--json"))
+    agent = agent_check(cli(home, "doctor", "--json", "--timeout", "150"))
     (item,) = agent["data"]["workflows"]
     assert item["summary"] == "POST /moderations: the key was refused (HTTP 401)"
     assert "CHATKIT_OPENAI_API_KEY" in item["fix"]
