@@ -190,3 +190,12 @@ def test_check_warns_that_hosted_workflows_stopped_running(tmp_path) -> None:
     (warning,) = [line for line in done.stdout.splitlines() if "2026-11-30" in line]
     assert warning.startswith("warning: workflow 'support' (wf_")
     assert "chatkit-broker migrate EXPORT.py --name support" in warning
+
+
+def test_serve_warns_at_start_up_that_hosted_workflows_stopped_running(run_broker, base_env):
+    bp = run_broker(base_env)
+    logs = bp.logs()
+    for name in ("support", "sales"):
+        assert f"workflow '{name}' (wf_" in logs
+    assert logs.count("they stopped running on 2026-11-30") == 2
+    assert logs.count("chatkit-broker migrate EXPORT.py --name") == 2
