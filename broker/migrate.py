@@ -424,8 +424,9 @@ def main(export: str, name: str | None, *, smoke_test: bool = True) -> int:
         return 0
     import logging
 
-    logging.getLogger("broker").addHandler(logging.NullHandler())  # the line below says it
-    logging.getLogger("broker").propagate = False
+    for name in ("broker", "openai.agents"):  # the line below says what failed
+        logging.getLogger(name).addHandler(logging.NullHandler())
+        logging.getLogger(name).propagate = False
     try:
         said = asyncio.run(smoke(spec, cwd, env))
     except Exception as exc:  # the workflow's own failure, reported as the user would see it
