@@ -418,6 +418,10 @@ class AgentServer(ChatKitServer[Caller]):
         failed = failed_in_output(returned)
         if failed or (trips and sink.visible == 0):
             # Agent Builder's fail output, or its own end node after a tripwire: a refusal.
+            # An output guardrail trips after the reply streamed: the reply is taken back,
+            # as chatkit does for an Agents SDK tripwire.
+            for item_id in sink.shown:
+                yield ThreadItemRemovedEvent(item_id=item_id)
             for event in self.refuse(thread, context, outcome, failed or trips):
                 yield event
             return
@@ -484,6 +488,7 @@ class _ExportSink:
         self.prior = prior
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.visible = 0
+        self.shown: list[str] = []  # the assistant messages streamed (the model's ids)
 
     def prepare(self, agent: Agent[Any], input: Any, run_config: Any) -> tuple[Any, RunConfig]:
         config = with_client(run_config, self.server.provider, tracing=self.server.tracing)
@@ -508,6 +513,7 @@ class _ExportSink:
                     event.item, AssistantMessageItem
                 ):
                     self.visible += 1
+                    self.shown.append(event.item.id)
                 await self.queue.put(event)
         finally:
             if not result.is_complete:

@@ -4,6 +4,7 @@ the refusal text per workflow, and Agent Builder's fail-output shapes recognised
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -143,3 +144,30 @@ async def test_the_other_guardrail_kinds_run_offline_and_refuse_by_name(
     (checked,) = [r for r in responses.calls("/v1/responses") if r.body.get("tools")]
     assert checked.body["tools"][0]["type"] == "file_search"
     assert len(responses.calls("/v1/chat/completions")) == 6  # NSFW + custom, three messages
+
+
+async def test_an_output_guardrail_that_trips_takes_the_streamed_reply_back(
+    export_env: Path, store, openai_client, responses: FakeResponses
+) -> None:
+    copy = export_env / "output_check.py"
+    copy.write_text((EXPORTS / "other_guardrails.py").read_text())
+    target = load_target(f"{copy}:run_workflow")
+    verdict = {
+        "flagged": True,
+        "confidence": 0.99,
+        "reasoning": "the catalogue lists no such price",
+        "hallucination_type": "factual_error",
+        "hallucinated_statements": ["The Trail 5 costs 9 euros."],
+        "verified_statements": [],
+    }
+    responses.script(text("The Trail 5 costs 9 euros."), text(json.dumps(verdict)))
+    async with (
+        serve(AgentServer(store, target, openai_client=openai_client)) as url,
+        httpx.AsyncClient() as http,
+    ):
+        chat = Chat(http, url, "alice")
+        events = await chat.send("How much is the Trail 5?")
+        assert "thread.item.removed" in [e["type"] for e in events]
+        assert assistant_texts(await chat.items()) == [
+            "Sorry, I can't help with that: the Hallucination Detection check stopped this message."
+        ]
