@@ -10,7 +10,7 @@ NODE_KIT := kits/node/node_modules/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[mock,dev]'
+	$(BIN)/pip install -q -e '.[mock,dev,guardrails]'
 	touch $(STAMP)
 
 ## set up and start the broker in mock mode on http://127.0.0.1:8000 (no OpenAI key needed)

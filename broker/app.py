@@ -304,7 +304,12 @@ def create_app(
                 'mint at /api/chatkit/session, then api: {url: backend.url, domainKey: "%s"}',
                 settings.chatkit_domain_key,
             )
-        for warning in settings.warnings:
+        from .backends.hosted.retired import retirement_warnings
+
+        for warning in [
+            *settings.warnings,
+            *retirement_warnings(settings.workflows, mock=settings.mock),
+        ]:
             log.warning("config: %s", warning)
         broker.http()
         if broker.jwks is not None:
@@ -379,6 +384,9 @@ def app_from_environ() -> Starlette:
     Used by ``serve`` so that each of several workers builds its own app from the same config.
     """
     env, _ = read_environment()
+    from .environ import export_environment
+
+    export_environment(env)  # an export's own AsyncOpenAI() reads the process environment
     try:
         settings = load_settings(env)
     except ConfigError as exc:  # serve validated already; this only guards direct uvicorn use

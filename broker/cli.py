@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import load_settings, read_dotenv, read_environment
+from .environ import export_environment
 from .logs import mask
 from .settings import ConfigError, Settings
 
@@ -45,6 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[name] = value  # the workers re-read the environment
     env, _ = read_environment()
+    export_environment(env)  # before load_settings imports any agent module
     settings = _settings_or_exit(env)
     if settings.mock and args.workers > 1:
         print(
@@ -119,9 +121,31 @@ def _http_protocol() -> str:
 
 def cmd_check(args: argparse.Namespace) -> int:
     env, from_dotenv = read_environment()
+    export_environment(env)
     settings = _settings_or_exit(env)
     print(describe(settings, from_dotenv))
-    return 0
+    problems = agent_problems(settings)
+    for problem in problems:
+        print(problem)
+    return 1 if problems else 0
+
+
+def agent_problems(s: Settings) -> list[str]:
+    """What makes an agent workflow fail at its first message though it imports (a guardrail's
+    missing package or model), found now, each with its fix."""
+    if s.mock or not any(wf.kind == "agent" for wf in s.workflows):
+        return []
+    from .backends.agent.checks import guardrail_findings
+    from .backends.agent.targets import load_target
+
+    lines = []
+    for wf in s.workflows:
+        if wf.kind == "agent" and wf.agent:
+            for finding in guardrail_findings(load_target(wf.agent)):
+                lines.append(
+                    f"problem: workflow {wf.name!r}: {finding.problem}; fix: {finding.fix}"
+                )
+    return lines
 
 
 def describe(s: Settings, from_dotenv: frozenset[str] = frozenset()) -> str:
@@ -175,7 +199,9 @@ def describe(s: Settings, from_dotenv: frozenset[str] = frozenset()) -> str:
 
         lines.append("set (all else at its default; docs/reference/configuration.md):")
         lines.extend(f"  {line}" for line in changed(s.environment))
-    for warning in s.warnings:
+    from .backends.hosted.retired import retirement_warnings
+
+    for warning in [*s.warnings, *retirement_warnings(s.workflows, mock=s.mock)]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
 
@@ -229,16 +255,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if token is not None and token.strip().lower().startswith("bearer "):
         token = token.strip()[7:]  # pasted from an Authorization header
     env, _ = read_environment()
+    shell = dict(os.environ)  # before .env joins it: the key check says where a key came from
+    export_environment(env)
     code, report = run_doctor(
         env,
-        os.environ,
+        shell,
         read_dotenv(),
         timeout=args.timeout,
         token=token.strip() if token else None,
         as_json=args.json,
+        smoke=args.smoke,
     )
     print(for_stream(report, sys.stdout.encoding, as_json=args.json))
     return code
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .migrate import main as migrate
+
+    return migrate(args.export, args.name, smoke_test=not args.no_smoke)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,7 +321,22 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--token", metavar="JWT", help="verify this sign-in token as the service would (- = stdin)"
     )
+    doctor.add_argument(
+        "--smoke",
+        action="store_true",
+        help="send one test message through each agent workflow (not stored)",
+    )
     doctor.set_defaults(func=cmd_doctor)
+    migrate = sub.add_parser(
+        "migrate",
+        help="make an Agent Builder export (Agents SDK, Python) an agent workflow of this broker",
+    )
+    migrate.add_argument("export", metavar="EXPORT.py", help="the exported file (left unchanged)")
+    migrate.add_argument("--name", help="the workflow's name (default: from the file name)")
+    migrate.add_argument(
+        "--no-smoke", action="store_true", help="skip the one test message through the model"
+    )
+    migrate.set_defaults(func=cmd_migrate)
     return parser
 
 

@@ -603,11 +603,24 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                         JSON: {
                             "schema": {
                                 "type": "object",
-                                "required": ["thread_id", "output", "output_text"],
+                                "description": "`output` when the workflow answered; "
+                                "`refusal` instead when a guardrail stopped the message.",
+                                "required": ["thread_id", "output_text"],
                                 "properties": {
                                     "thread_id": {"type": "string"},
                                     "output": {},
                                     "output_text": {"type": "string"},
+                                    "refusal": {
+                                        "type": "object",
+                                        "required": ["guardrails", "message"],
+                                        "properties": {
+                                            "guardrails": {
+                                                "type": "array",
+                                                "items": {"type": "string"},
+                                            },
+                                            "message": {"type": "string"},
+                                        },
+                                    },
                                 },
                             }
                         },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -196,3 +197,31 @@ def test_serve_refuses_to_start_when_the_agent_database_is_down(tmp_path):
     assert r.returncode == 2
     assert "cannot start" in r.stderr and "cannot be reached" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_check_warns_that_hosted_workflows_stopped_running(tmp_path) -> None:
+
+    from tests.support import API_KEY, SECRET, WF_SUPPORT, cli_command
+
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "OPENAI_API_KEY": API_KEY,
+        "BROKER_JWT_SECRET": SECRET,
+        "BROKER_WORKFLOWS": f"support={WF_SUPPORT}",
+    }
+    done = subprocess.run(
+        [*cli_command(), "check"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    (warning,) = [line for line in done.stdout.splitlines() if "2026-11-30" in line]
+    assert warning.startswith("warning: workflow 'support' (wf_")
+    assert "chatkit-broker migrate EXPORT.py --name support" in warning
+
+
+def test_serve_warns_at_start_up_that_hosted_workflows_stopped_running(run_broker, base_env):
+    bp = run_broker(base_env)
+    logs = bp.logs()
+    for name in ("support", "sales"):
+        assert f"workflow '{name}' (wf_" in logs
+    assert logs.count("they stopped running on 2026-11-30") == 2
+    assert logs.count("chatkit-broker migrate EXPORT.py --name") == 2

@@ -381,3 +381,21 @@ def test_token_lifetime_and_jwks_timings_are_configurable(base_env):
         problems_of(base_env | {"BROKER_JWT_MAX_AGE": "5", "BROKER_JWKS_TIMEOUT": "0"})
     )
     assert "BROKER_JWT_MAX_AGE must be between 60" in text and "BROKER_JWKS_TIMEOUT" in text
+
+
+def test_an_agent_workflow_names_its_own_guardrail_refusal(base_env, tmp_path: Path):
+    f = tmp_path / "wf.toml"
+    f.write_text(
+        "[workflows.desk]\n"
+        'agent = "examples.agent.support_agent:agent"\n'
+        'guardrail_message = "  We cannot discuss that ({guardrail}).  "\n'
+        "[workflows.hosted]\n"
+        f'id = "{WF_SALES}"\n'
+        'guardrail_message = "no"\n'
+    )
+    text = "\n".join(problems_of(base_env | {"BROKER_WORKFLOWS_FILE": str(f)}))
+    assert "[workflows.hosted]: 'guardrail_message' is an option of agent workflows" in text
+    f.write_text(f.read_text().split("[workflows.hosted]")[0])
+    env = base_env | {"BROKER_WORKFLOWS_FILE": str(f), "BROKER_SESSION_SECRET": "s" * 32}
+    (desk,) = [wf for wf in load_settings(env).workflows if wf.name == "desk"]
+    assert desk.guardrail_message == "We cannot discuss that ({guardrail})."

@@ -35,6 +35,7 @@ class DoctorContext:
     budget: Budget
     token: str | None = None
     now: Callable[[], float] = time.time  # wall clock: session and token expiry
+    smoke: bool = False  # doctor --smoke: backends send one real message per workflow
 
     @classmethod
     def load(
@@ -47,13 +48,14 @@ class DoctorContext:
         budget: Budget,
         token: str | None = None,
         now: Callable[[], float] = time.time,
+        smoke: bool = False,
     ) -> DoctorContext:
         """Validate ``env`` with the service's own ``load_settings`` and keep either outcome."""
         try:
             settings, problems = load_settings(env), ()
         except ConfigError as exc:
             settings, problems = None, tuple(exc.problems)
-        return cls(env, shell, dotenv, settings, problems, http, budget, token, now)
+        return cls(env, shell, dotenv, settings, problems, http, budget, token, now, smoke)
 
     @property
     def key(self) -> tuple[str | None, str | None]:

@@ -56,6 +56,7 @@ def run_doctor(
     as_json: bool = False,
     width: int | None = None,
     extra: Sequence[CheckFn] | None = None,
+    smoke: bool = False,
 ) -> tuple[int, str]:
     """Run every check; return the exit code and the (scrubbed) report to print.
 
@@ -68,7 +69,13 @@ def run_doctor(
     broker_log.addHandler(silent)
     try:
         ctx = DoctorContext.load(
-            env, shell, dotenv, http=HttpPool(limit=8), budget=Budget(timeout), token=token
+            env,
+            shell,
+            dotenv,
+            http=HttpPool(limit=8),
+            budget=Budget(timeout),
+            token=token,
+            smoke=smoke,
         )
         report = asyncio.run(_run_with_own_pool(ctx, extra))
     finally:

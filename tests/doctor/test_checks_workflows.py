@@ -33,10 +33,13 @@ def test_404_for_one_workflow_of_two(doctor, doctor_env, openai):
     assert "belongs to project proj_marketing" in flat
     assert "(sk-proj-…fXYZ, OPENAI_API_KEY from the shell environment)" in flat
     assert "The same key minted the other workflow(s)" in flat
+    # the fix leads to migration (hosted workflows stopped on 2026-11-30), the old causes after
     assert (
-        f"fix: in Agent Builder open {WF_SALES}: check that it is published and lives in "
-        "project proj_marketing (one broker key serves one project)"
+        "fix: export it from Agent Builder (Code → Agents SDK → Python) and run "
+        "`chatkit-broker migrate EXPORT.py --name sales`"
     ) in flat
+    assert f"if {WF_SALES} should still run, check it is published" in flat
+    assert flat.count("they stopped running on 2026-11-30") == 2  # a warning for each wf_
     assert "✖ 1 check failed (4. Workflows); exit 1." in r.out
     # only the support session was minted, and it was cancelled
     assert len(minted_ids(openai)) == 1
@@ -57,8 +60,8 @@ def test_404_on_every_workflow_names_the_usual_causes(doctor, doctor_env, openai
     assert "OpenAI shut Agent Builder down" in details
     assert "gateway workflow" in details and "agent workflow" in details
     assert "proj_fake" in " ".join(entries[0]["details"])
-    assert entries[0]["fix"].startswith(f"in Agent Builder open {WF_SUPPORT}: publish it")
-    assert "CHATKIT_OPENAI_API_KEY" in entries[0]["fix"]
+    assert entries[0]["fix"].startswith("export it from Agent Builder")
+    assert "chatkit-broker migrate EXPORT.py --name support" in entries[0]["fix"]
     assert openai.cancel_requests() == []
 
 

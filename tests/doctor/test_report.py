@@ -16,7 +16,7 @@ def test_text_report_fits_100_columns_when_piped(doctor, doctor_env, openai):
     narrow = doctor(doctor_env, width=100)  # what render_width() gives a pipe (see test_cli)
     assert wide > 100
     assert max(len(line) for line in narrow.out.splitlines()) <= 100
-    assert " ".join(narrow.out.split()).count("fix: in Agent Builder open") == 1
+    assert " ".join(narrow.out.split()).count("fix: export it from Agent Builder") == 1
 
 
 def test_render_width_follows_columns_within_bounds():

@@ -36,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from .aioserver import ThreadedServer
+from .fake_guardrail_apis import Rules, chat_completion, fill_schema, moderation
 
 __all__ = [
     "FakeResponses",
@@ -220,6 +221,9 @@ class FakeResponses:
         self.echo_tag = False
         self.keep_requests = True
         self.turns: list[dict[str, Any]] = []
+        # what /v1/moderations and /v1/chat/completions flag (fake_guardrail_apis.py)
+        self.rules = Rules()
+        self.http_errors: dict[str, int] = {}  # path -> status to answer instead, for faults
 
     @property
     def base_url(self) -> str:
@@ -236,6 +240,36 @@ class FakeResponses:
         self.turns.clear()
         self.hanging.clear()
         self.disconnected.clear()
+        self.rules = Rules()
+        self.http_errors.clear()
+
+    def calls(self, path: str) -> list[Recorded]:
+        """The recorded requests to one endpoint, e.g. ``"/v1/moderations"``."""
+        return [r for r in self.requests if r.path == path]
+
+    async def guardrail_api(self, request: web.Request) -> web.Response:
+        """``POST /v1/chat/completions`` and ``POST /v1/moderations`` (fake_guardrail_apis)."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response(_error("The body is not JSON."), status=400)
+        self.requests.append(Recorded(request.path, dict(request.headers), body))
+        status = self.http_errors.get(request.path)
+        if status is not None:
+            return web.json_response(_error("The fake was told to fail."), status=status)
+        if request.path.endswith("/moderations"):
+            return web.json_response(moderation(body, self.rules))
+        if body.get("stream"):
+            return web.json_response(
+                _error("This fake answers Chat Completions unstreamed only."), status=400
+            )
+        return web.json_response(chat_completion(body, self.rules))
+
+    async def models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models``, as doctor's key check reads it (the key's project in headers)."""
+        data = {"object": "list", "data": [{"id": "gpt-4.1-mini", "object": "model"}]}
+        headers = {"openai-organization": "org-fake", "openai-project": "proj_fake"}
+        return web.json_response(data, headers=headers | {"x-request-id": "req_models"})
 
     def release(self) -> None:
         """Let every hanging reply finish."""
@@ -272,7 +306,11 @@ class FakeResponses:
     def _echo(self, body: dict[str, Any]) -> Reply:
         texts = Recorded("", {}, body).texts("user")
         tag = f" #{secrets.token_hex(6)}" if self.echo_tag else ""
-        return text(f"echo: {texts[-1] if texts else ''}{tag}", delay=self.echo_delay)
+        said = f"echo: {texts[-1] if texts else ''}{tag}"
+        fmt = (body.get("text") or {}).get("format") or {}
+        if fmt.get("type") == "json_schema":  # an agent with an output_type: valid JSON of it
+            said = json.dumps(fill_schema(fmt.get("schema") or {}, flagged=False, text=said))
+        return text(said, delay=self.echo_delay)
 
     async def turns_endpoint(self, request: web.Request) -> web.Response:
         return web.json_response(self.turns)
@@ -449,6 +487,9 @@ class FakeResponsesServer(ThreadedServer):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/responses", self.fake.handle)
+        app.router.add_post("/v1/chat/completions", self.fake.guardrail_api)
+        app.router.add_post("/v1/moderations", self.fake.guardrail_api)
+        app.router.add_get("/v1/models", self.fake.models)
         app.router.add_get("/_fake/turns", self.fake.turns_endpoint)
 
     def stop(self) -> None:

@@ -111,7 +111,11 @@ class AgentBackend(Backend):
             if target is None:
                 continue
             self._servers[workflow.name] = AgentServer(
-                self.store, target, openai_client=self._client, tracing=self.options.tracing
+                self.store,
+                target,
+                openai_client=self._client,
+                tracing=self.options.tracing,
+                refusal=workflow.guardrail_message,
             )
         try:
             await self._ensure_started()

@@ -38,7 +38,6 @@ from chatkit.types import (
     AssistantMessageContent,
     AssistantMessageItem,
     Attachment,
-    ErrorEvent,
     HiddenContextItem,
     InferenceOptions,
     ThreadItem,
@@ -58,6 +57,8 @@ from openai import AsyncOpenAI
 from openai.types.responses import ResponseInputTextParam
 
 from ...errors import BrokerError
+from .guardrails import GuardrailBroken, current_trips, failed_in_output, refusal_text
+from .outputs import parsed_output, shown_text, title_source
 from .protocol import REQUESTS
 from .store import Caller, SQLStore
 from .targets import AgentTarget, ExportTarget, Target, current_sink, has_output_type, with_client
@@ -83,7 +84,6 @@ class _NoTracebackForBrokerErrors(logging.Filter):
 logging.getLogger("chatkit").addFilter(_NoTracebackForBrokerErrors())
 
 TITLE_LENGTH = 40
-GUARDRAIL_MESSAGE = "A guardrail stopped this reply, so it was not sent."
 
 
 @dataclass
@@ -94,6 +94,8 @@ class RunOutcome:
     output_text: str = ""
     structured: bool = False
     messages: list[str] = field(default_factory=list)
+    #: set when a guardrail stopped the message: {"guardrails": [kinds], "message": text}
+    refusal: dict[str, Any] | None = None
 
 
 #: Set by a caller that wants the outcome of the answer it is about to stream.
@@ -112,7 +114,7 @@ def message_text(item: UserMessageItem) -> str:
 
 
 def make_title(text: str) -> str:
-    words = " ".join(text.split())
+    words = " ".join(title_source(text).split())
     if len(words) <= TITLE_LENGTH:
         return words or "New chat"
     return words[: TITLE_LENGTH - 1].rstrip() + "…"
@@ -121,6 +123,19 @@ def make_title(text: str) -> str:
 def is_tripwire(exc: BaseException) -> bool:
     """Agents SDK guardrails and openai-guardrails (exports) both raise *TripwireTriggered."""
     return type(exc).__name__.endswith("TripwireTriggered")
+
+
+def tripped_names(exc: BaseException) -> list[str]:
+    """The guardrail a tripwire exception names: the Agents SDK's guardrail function, or
+    openai-guardrails' ``guardrail_name``."""
+    result = getattr(exc, "guardrail_result", None)
+    guardrail = getattr(result, "guardrail", None)
+    if guardrail is not None and callable(getattr(guardrail, "get_name", None)):
+        return [str(guardrail.get_name()).replace("_", " ")]
+    info = getattr(result, "info", None)
+    if isinstance(info, dict) and info.get("guardrail_name"):
+        return [str(info["guardrail_name"])]
+    return []
 
 
 class HistoryConverter(ThreadItemConverter):
@@ -190,8 +205,10 @@ class AgentServer(ChatKitServer[Caller]):
         openai_client: AsyncOpenAI | None,
         tracing: bool = False,
         history_limit: int = 100,
+        refusal: str | None = None,
     ) -> None:
         super().__init__(store)
+        self.refusal = refusal  # the workflow's guardrail_message template, or the default
         self.store: SQLStore = store
         self.target = target
         self.tracing = tracing
@@ -250,10 +267,20 @@ class AgentServer(ChatKitServer[Caller]):
                 yield event
         except CustomStreamError:
             raise
+        except GuardrailBroken as exc:
+            log.warning(
+                "agent %s: %s%s", self.target.spec, exc, f" (fix: {exc.fix})" if exc.fix else ""
+            )
+            raise CustomStreamError(
+                "This assistant cannot check messages right now (its "
+                f"{', '.join(exc.names) or 'guardrail'} check failed), so nothing was sent.",
+                allow_retry=exc.fix is None,  # a missing model stays missing: no retry
+            ) from None
         except Exception as exc:
             if is_tripwire(exc):
                 log.info("agent %s: guardrail tripwire %s", self.target.spec, type(exc).__name__)
-                yield ErrorEvent(code="custom", message=GUARDRAIL_MESSAGE, allow_retry=False)
+                for event in self.refuse(thread, context, outcome, tripped_names(exc)):
+                    yield event
                 return
             # Type and message for operators; the browser gets a fixed sentence.
             log.warning("agent %s failed: %s: %s", self.target.spec, type(exc).__name__, exc)
@@ -263,8 +290,23 @@ class AgentServer(ChatKitServer[Caller]):
             ) from None
         if not outcome.output_text and outcome.messages:
             outcome.output_text = outcome.messages[-1]
-        if outcome.output is None:
+        if outcome.output is None and outcome.refusal is None:
             outcome.output = outcome.output_text
+
+    def refuse(
+        self, thread: ThreadMetadata, context: Caller, outcome: RunOutcome, names: list[str]
+    ) -> list[ThreadStreamEvent]:
+        """One short assistant message naming the guardrail (saved, so the thread shows it)."""
+        message = refusal_text(self.refusal, names)
+        outcome.refusal = {"guardrails": list(dict.fromkeys(names)), "message": message}
+        outcome.output, outcome.output_text = None, message
+        item = AssistantMessageItem(
+            id=self.store.generate_item_id("message", thread, context),
+            thread_id=thread.id,
+            created_at=datetime.now(),
+            content=[AssistantMessageContent(text=message)],
+        )
+        return [ThreadItemAddedEvent(item=item), ThreadItemDoneEvent(item=item)]
 
     async def action(
         self,
@@ -357,11 +399,13 @@ class AgentServer(ChatKitServer[Caller]):
             return  # client tool output or structured input: an export has no step for it
         before, _ = await self._history(thread, current, context)
         sink = _ExportSink(self, thread, context, await self.converter.to_agent_input(before))
-        token = current_sink.set(sink)
+        trips: list[str] = []
+        token, trips_token = current_sink.set(sink), current_trips.set(trips)
         try:
             task = asyncio.create_task(target.run(target.make_input(message_text(current))))
         finally:
             current_sink.reset(token)
+            current_trips.reset(trips_token)
         task.add_done_callback(lambda _: sink.queue.put_nowait(_DONE))
         try:
             while (event := await sink.queue.get()) is not _DONE:
@@ -370,14 +414,31 @@ class AgentServer(ChatKitServer[Caller]):
         finally:
             if not task.done():
                 task.cancel()
-        outcome.output = _jsonable(returned) if returned is not None else None
-        if isinstance(returned, dict) and isinstance(returned.get("output_text"), str):
+        returned = _jsonable(returned) if returned is not None else None
+        failed = failed_in_output(returned)
+        if failed or (trips and sink.visible == 0):
+            # Agent Builder's fail output, or its own end node after a tripwire: a refusal.
+            # An output guardrail trips after the reply streamed: the reply is taken back,
+            # as chatkit does for an Agents SDK tripwire.
+            for item_id in sink.shown:
+                yield ThreadItemRemovedEvent(item_id=item_id)
+            for event in self.refuse(thread, context, outcome, failed or trips):
+                yield event
+            return
+        outcome.output = returned
+        structured = parsed_output(returned)
+        if structured is not None:  # {"output_text": "<JSON>", …}: like an output_type
+            outcome.output, outcome.structured = structured, True
+            outcome.output_text = json.dumps(structured, ensure_ascii=False)
+        elif isinstance(returned, dict) and isinstance(returned.get("output_text"), str):
             outcome.output_text = returned["output_text"]
         elif isinstance(returned, str):
             outcome.output_text = returned
         if sink.visible == 0 and returned is not None:
             # Every run was structured (hidden): show what the workflow returned instead.
-            shown = outcome.output_text or json.dumps(outcome.output, default=str)
+            shown = shown_text(returned)
+            if not outcome.output_text:
+                outcome.output_text = shown
             item = AssistantMessageItem(
                 id=self.store.generate_item_id("message", thread, context),
                 thread_id=thread.id,
@@ -427,6 +488,7 @@ class _ExportSink:
         self.prior = prior
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.visible = 0
+        self.shown: list[str] = []  # the assistant messages streamed (the model's ids)
 
     def prepare(self, agent: Agent[Any], input: Any, run_config: Any) -> tuple[Any, RunConfig]:
         config = with_client(run_config, self.server.provider, tracing=self.server.tracing)
@@ -451,6 +513,7 @@ class _ExportSink:
                     event.item, AssistantMessageItem
                 ):
                     self.visible += 1
+                    self.shown.append(event.item.id)
                 await self.queue.put(event)
         finally:
             if not result.is_complete:

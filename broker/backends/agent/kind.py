@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..kinds import BuildContext, KindSpec
 from .workflow import AgentWorkflow
@@ -45,6 +45,12 @@ def check(
             problems.append(f"workflow {wf.name!r}: {exc}")
 
 
+def doctor(settings: Settings) -> Sequence[Any]:
+    from . import doctor as checks  # imported when an agent workflow is configured
+
+    return checks.checks(settings)
+
+
 def preflight(settings: Settings) -> str | None:
     """The thread database must be reachable and not from a newer broker before serving."""
     from ...settings import MEMORY_URL
@@ -66,4 +72,5 @@ SPEC = KindSpec(
     calls_openai=True,
     check=check,
     preflight=preflight,
+    doctor=doctor,
 )

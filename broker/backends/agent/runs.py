@@ -45,8 +45,16 @@ class RunAnswer:
     thread_id: str
     output: Any
     output_text: str
+    #: a guardrail stopped the message: {"guardrails": [kinds], "message": text}, and no output
+    refusal: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
+        if self.refusal is not None:
+            return {
+                "thread_id": self.thread_id,
+                "refusal": self.refusal,
+                "output_text": self.output_text,
+            }
         return {"thread_id": self.thread_id, "output": self.output, "output_text": self.output_text}
 
 
@@ -133,6 +141,8 @@ async def run(
     if error is not None:
         raise BackendError(error.get("message") or "The agent failed while answering.")
     assert thread_id is not None
+    if outcome.refusal is not None:
+        return RunAnswer(thread_id, None, outcome.output_text, outcome.refusal)
     return RunAnswer(thread_id, _output(outcome), outcome.output_text)
 
 

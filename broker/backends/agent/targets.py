@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import traceback
 import typing
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -162,7 +163,18 @@ def _import(spec: str, where: str, base_dir: Path | None) -> ModuleType:
             spec, f"syntax error in {exc.filename} line {exc.lineno}: {exc.msg}"
         ) from None
     except Exception as exc:  # anything the module raises at import time
-        raise TargetError(spec, f"importing it raised {type(exc).__name__}: {exc}") from None
+        where = _where_raised(exc, where)
+        raise TargetError(spec, f"importing it raised {type(exc).__name__}: {exc}{where}") from None
+
+
+def _where_raised(exc: BaseException, where: str) -> str:
+    """`` (at FILE line N)``: the deepest frame in the imported file itself, if any."""
+    name = Path(where).name if where.endswith(".py") else where.rpartition(".")[2] + ".py"
+    found = ""
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if Path(frame.filename).name == name:
+            found = f" (at {frame.filename} line {frame.lineno})"
+    return found
 
 
 def _input_factory(spec: str, fn: Callable[..., Any]) -> Callable[[str], Any]:
@@ -230,6 +242,16 @@ class StreamingRunner(Runner):
 def _install_runner(module: ModuleType) -> None:
     if getattr(module, "Runner", None) is Runner:
         module.Runner = StreamingRunner  # type: ignore[attr-defined]
+    run_guardrails = getattr(module, "run_guardrails", None)
+    if callable(run_guardrails) and getattr(run_guardrails, "__module__", "").startswith(
+        "guardrails"
+    ):  # openai-guardrails, as exports import it: tripwires noted for the refusal
+        from .guardrails import instantiating, recording
+
+        module.run_guardrails = recording(run_guardrails)  # type: ignore[attr-defined]
+        for name in ("instantiate_guardrails", "load_config_bundle"):
+            if callable(getattr(module, name, None)):
+                setattr(module, name, instantiating(getattr(module, name)))
 
 
 def with_client(

@@ -5,13 +5,20 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, StrictStr
 
-from ...declare import strict_whole
+from ...declare import Says, strict_whole
 from ...workflow import Workflow
 
 # package.module:attr, or a file (an Agent Builder export dropped in): path/to/file.py:attr
 AGENT_RE = re.compile(
     r"([A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*|[^:\s]+\.py):[A-Za-z_][A-Za-z0-9_.]*"
 )
+
+
+def _guardrail_message(value: str) -> str:
+    value = value.strip()
+    if not 1 <= len(value) <= 500:
+        raise ValueError("must be 1-500 characters")
+    return value
 
 
 def _agent(value: str) -> str:
@@ -32,3 +39,7 @@ class AgentWorkflow(Workflow):
     """The agent: package.module:attr, or path/to/export.py:attr."""
     max_messages_per_minute: strict_whole(1) | None = None
     """Messages (streaming ChatKit requests) per user per minute."""
+    guardrail_message: (
+        Annotated[StrictStr, AfterValidator(_guardrail_message), Says(" must be a string")] | None
+    ) = None
+    """The refusal the chat shows when a guardrail stops a message ({guardrail}: its kind)."""

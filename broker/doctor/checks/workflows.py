@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 from ...auth import Identity
 from ...backends.hosted import HostedSessions, UpstreamConfig, build_session_request
+from ...backends.hosted.retired import retirement_warning
 from ...errors import (
     BrokerError,
     UpstreamAuthFailed,
@@ -30,6 +31,10 @@ from .openai import KeyWorks
 DOCTOR_USER = "doctor-check"
 CANCEL_GRACE = 5.0  # a minted session is always given this long to be cancelled
 MINTED_KINDS = frozenset({"hosted"})
+_MIGRATE_FIX = (
+    "export it from Agent Builder (Code → Agents SDK → Python) and run "
+    "`chatkit-broker migrate EXPORT.py --name {name}`"
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,8 @@ async def check(ctx: DoctorContext, key: KeyFacts, works: KeyWorks) -> Check:
     for wf, item, fact in rows:
         if fact.http_status == 404:
             _explain_not_found(wf, item, hosted, key, works)
+        if wf.kind in MINTED_KINDS:  # minting or not, it is on borrowed time: say so
+            item.details.append("warning: " + retirement_warning(wf))
         item.data = {
             "name": wf.name,
             "id": wf.id,
@@ -244,16 +251,10 @@ def _explain_not_found(
         )
     if key.stray_variable:
         fix = f"run 'unset {key.stray_variable}' so the .env key is used, and run doctor again"
-    elif others_work:
-        where = f"project {works.project}" if works.project else "the key's project"
-        fix = (
-            f"in Agent Builder open {wf.id}: check that it is published and lives in {where} "
-            "(one broker key serves one project), or correct the id in BROKER_WORKFLOWS"
-        )
     else:
         fix = (
-            f"in Agent Builder open {wf.id}: publish it and note its project; then put an "
-            "API key of that project in CHATKIT_OPENAI_API_KEY (it wins over a shell "
-            "OPENAI_API_KEY), or correct the id in BROKER_WORKFLOWS"
+            _MIGRATE_FIX.format(name=wf.name)
+            + f" (hosted workflows stopped running on 2026-11-30); if {wf.id} should still "
+            "run, check it is published in the key's project and the id is right"
         )
     item.fix = fix

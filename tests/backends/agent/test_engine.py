@@ -26,7 +26,7 @@ from chatkit.agents import AgentContext, ClientToolCall
 from chatkit.types import SDKHiddenContextItem
 from chatkit.widgets import Button, Card
 
-from broker.backends.agent.engine import GUARDRAIL_MESSAGE, AgentServer
+from broker.backends.agent.engine import AgentServer
 from broker.backends.agent.store import Caller, SQLStore
 from broker.backends.agent.targets import AgentTarget, load_target
 
@@ -151,7 +151,7 @@ async def test_an_export_whose_runs_are_all_structured_shows_what_it_returned(
         httpx.AsyncClient() as http,
     ):
         chat = Chat(http, url, "alice")
-        assert done_text(await chat.send("I live in Lyon")) == '{"city": "Lyon"}'
+        assert done_text(await chat.send("I live in Lyon")) == "City: Lyon"  # not JSON
 
 
 async def test_an_agent_that_fails_ends_the_stream_with_an_error_event(
@@ -191,20 +191,22 @@ async def test_an_export_that_raises_says_so_without_its_message(
     assert "RuntimeError" in error["message"] and "hunter2" not in str(events)
 
 
-async def test_a_guardrail_tripwire_says_so(store, openai_client, responses) -> None:
+async def test_a_guardrail_tripwire_shows_one_refusal_naming_it(
+    store, openai_client, responses
+) -> None:
     @input_guardrail
-    async def refuse_everything(ctx, agent, input) -> GuardrailFunctionOutput:
+    async def topic_filter(ctx, agent, input) -> GuardrailFunctionOutput:
         return GuardrailFunctionOutput(output_info="no", tripwire_triggered=True)
 
-    agent = Agent(name="guarded", model="gpt-test", input_guardrails=[refuse_everything])
+    agent = Agent(name="guarded", model="gpt-test", input_guardrails=[topic_filter])
     responses.script(text("this must not be kept", delay=0.05, chunks=5))
     async with serve(agent_server(store, openai_client, agent)) as url, httpx.AsyncClient() as http:
         chat = Chat(http, url, "alice")
         events = await chat.send("something forbidden")
-        assert [e for e in events if e["type"] == "error"] == [
-            {"type": "error", "code": "custom", "message": GUARDRAIL_MESSAGE, "allow_retry": False}
-        ]
-        assert assistant_texts(await chat.items()) == []
+        assert [e for e in events if e["type"] == "error"] == []
+        refusal = "Sorry, I can't help with that: the topic filter check stopped this message."
+        assert assistant_texts(await chat.items()) == [refusal]
+        assert "this must not be kept" not in str(await chat.items())
 
 
 async def test_a_client_that_hangs_up_gets_its_partial_reply_saved(

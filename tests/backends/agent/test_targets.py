@@ -53,9 +53,9 @@ def test_an_export_loads_by_module_or_by_file_and_its_runner_is_rebound() -> Non
             "cannot import 'not_a_real_dependency_xyz' (a dependency",
         ),
         (
-            "raise RuntimeError('no key')\n",
+            "x = 1\nraise RuntimeError('no key')\n",
             "mod.py:agent",
-            "importing it raised RuntimeError: no key",
+            "importing it raised RuntimeError: no key (at ",
         ),
         ("def f(:\n", "mod.py:f", "syntax error in"),
         (
@@ -87,6 +87,8 @@ def test_a_bad_spec_is_a_target_error_naming_the_problem(
         load_target(spec, base_dir=tmp_path)
     assert problem in str(info.value)
     assert str(info.value).startswith(f"agent {spec!r}: ")
+    if "no key" in problem:  # the line it raised at, in the file itself
+        assert str(info.value).endswith(f"{tmp_path / 'mod.py'} line 2)")
 
 
 def test_an_export_taking_a_plain_string_gets_the_text(tmp_path: Path) -> None:
