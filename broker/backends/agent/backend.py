@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from ...api import RunAnswer, RunRequest
 from ...config import ConfigError, Settings, Workflow
 from ...errors import BrokerError, InvalidRequest, NotFound, StoreUnavailable
 from ...gate import Gate
@@ -218,18 +219,8 @@ class AgentBackend(Backend):
         workflow = self._agent_workflow(request.path_params["name"])
         admission = await self.gate.admit_chatkit(request.headers.get("authorization"), workflow)
         request.state.user = admission.identity.user
-        body = await _json_object(request)
-        unknown = sorted(set(body) - {"input", "thread_id"})
-        if unknown:
-            raise InvalidRequest(
-                f"Unknown field(s) {', '.join(unknown)}; send input and thread_id."
-            )
-        if "input" not in body:
-            raise InvalidRequest('Send the message as {"input": "text"} (or a JSON object).')
-        text = runs.input_text(body["input"])
-        thread_id = body.get("thread_id")
-        if thread_id is not None and not (isinstance(thread_id, str) and thread_id):
-            raise InvalidRequest('"thread_id" must be a thread id string.')
+        body = RunRequest.parse(await _json(request))
+        text, thread_id = runs.input_text(body.input), body.thread_id
         counted = await self._count_message(admission)
         try:
             await self._ensure_started()
@@ -244,7 +235,14 @@ class AgentBackend(Backend):
             await self._refund_if_refused(counted, admission, exc)
             raise
         return Response(
-            json.dumps(result.as_json(), ensure_ascii=False),
+            json.dumps(
+                RunAnswer(
+                    thread_id=result.thread_id,
+                    output=result.output,
+                    output_text=result.output_text,
+                ),
+                ensure_ascii=False,
+            ),
             media_type="application/json",
             headers=NO_STORE,
         )
@@ -278,17 +276,14 @@ class AgentBackend(Backend):
         return Response(page, media_type="application/json", headers=NO_STORE)
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+async def _json(request: Request) -> Any:
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type != "application/json":
         raise InvalidRequest("Send the body as JSON with 'Content-Type: application/json'.")
     try:
-        data = json.loads(await request.body())
+        return json.loads(await request.body())
     except (ValueError, RecursionError):
         raise InvalidRequest("The request body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return data
 
 
 class MockAgentBackend(AgentBackend):
