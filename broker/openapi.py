@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from functools import cache
 from typing import Any, get_args
 
 from . import __version__, api
@@ -56,6 +57,12 @@ _HEADERS: dict[str, Any] = {
         "schema": {"type": "string", "const": "mock"},
     },
 }
+
+
+@cache
+def _schemas() -> dict[str, Any]:
+    """The bodies' schemas (pydantic takes ~50 ms to build them; every document shares them)."""
+    return api.schemas()
 
 
 def _ref(body: type) -> dict[str, str]:
@@ -630,7 +637,7 @@ def openapi_document(
                     }
             ops["options"] = op
 
-    schemas = api.schemas()
+    schemas = copy.deepcopy(_schemas())
     mode = {"const": mock}
     schemas["Session"]["properties"]["mock"] = {"type": "boolean", **mode}
     schemas["Workflows"]["properties"]["mock"] = {"type": "boolean", **mode}

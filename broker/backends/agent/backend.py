@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from ...api import RunAnswer, RunRequest
+from ...api import RunRequest
 from ...config import ConfigError, Settings, Workflow
 from ...errors import BrokerError, InvalidRequest, NotFound, StoreUnavailable
 from ...gate import Gate
@@ -235,14 +235,7 @@ class AgentBackend(Backend):
             await self._refund_if_refused(counted, admission, exc)
             raise
         return Response(
-            json.dumps(
-                RunAnswer(
-                    thread_id=result.thread_id,
-                    output=result.output,
-                    output_text=result.output_text,
-                ),
-                ensure_ascii=False,
-            ),
+            json.dumps(result.as_json(), ensure_ascii=False),
             media_type="application/json",
             headers=NO_STORE,
         )

@@ -17,6 +17,7 @@ from typing import Any
 
 from chatkit.server import NonStreamingResult, StreamingResult
 
+from ... import api
 from ...errors import BackendError, InvalidRequest, PayloadTooLarge, RunTimeout
 from .engine import AgentServer, RunOutcome, current_outcome
 from .protocol import process
@@ -45,8 +46,10 @@ class RunAnswer:
     output: Any
     output_text: str
 
-    def as_json(self) -> dict[str, Any]:
-        return {"thread_id": self.thread_id, "output": self.output, "output_text": self.output_text}
+    def as_json(self) -> api.RunAnswer:
+        return api.RunAnswer(
+            thread_id=self.thread_id, output=self.output, output_text=self.output_text
+        )
 
 
 def input_text(value: Any) -> str:
