@@ -4,10 +4,11 @@ cannot say something the code does not enforce.
 
 What comes in is a pydantic model (strict: JSON types only, no coercion of ``"yes"`` to
 ``true``), parsed with ``parse`` into the broker's ``InvalidRequest`` and the sentence the
-model's ``refusals`` give for the first thing wrong. What goes out is a closed ``TypedDict``:
-built as a plain dict (a model would cost the mint ~3.5 µs per answer for values the broker
-made itself) and held to its schema by the contract tests, which check every answer against
-the document generated from these declarations.
+model's ``refusals`` give for the first thing wrong. What goes out is a closed ``TypedDict``,
+written as a dict literal annotated with it (a model would cost the mint ~3.5 µs per answer,
+and even calling the TypedDict ~2 µs, for values the broker made itself): a type checker holds
+the literal to it, and the contract tests hold every real answer to the document generated
+from these declarations.
 """
 
 from __future__ import annotations

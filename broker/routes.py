@@ -88,21 +88,20 @@ async def create_session(request: Request) -> Response:
     admission = broker.gate.admit(identity, body.ref)
     request.state.workflow = admission.workflow.name
     minted = await broker.sessions.mint(admission, body.previous_session_id or None)
-    return JSONResponse(
-        api.Session(
-            client_secret=minted.client_secret,
-            expires_at=minted.expires_at,
-            session_id=minted.session_id,
-            workflow=_workflow_json(admission.workflow, minted.kind),
-            backend=minted.backend,
-            mock=broker.mock,
-        )
-    )
+    answer: api.Session = {
+        "client_secret": minted.client_secret,
+        "expires_at": minted.expires_at,
+        "session_id": minted.session_id,
+        "workflow": _workflow_json(admission.workflow, minted.kind),
+        "backend": minted.backend,  # type: ignore[typeddict-item]
+        "mock": broker.mock,
+    }
+    return JSONResponse(answer)
 
 
 def _workflow_json(workflow: Workflow, kind: str) -> api.WorkflowRef:
     """A workflow as answers show it: ``id`` only where OpenAI hosts it."""
-    shown = api.WorkflowRef(name=workflow.name, kind=kind)  # type: ignore[typeddict-item]
+    shown: api.WorkflowRef = {"name": workflow.name, "kind": kind}  # type: ignore[typeddict-item]
     if kind == "hosted" and workflow.id is not None:
         shown["id"] = workflow.id
     return shown
@@ -113,7 +112,8 @@ async def cancel_session(request: Request) -> Response:
     identity = await authenticate(request, broker)
     body = api.CancelRequest.parse(await json_body(request))
     cancelled = await broker.sessions.cancel(identity, body.session_id, all_=body.all)
-    return JSONResponse(api.Cancelled(cancelled=cancelled))
+    answer: api.Cancelled = {"cancelled": cancelled}
+    return JSONResponse(answer)
 
 
 async def list_workflows(request: Request) -> Response:
@@ -122,10 +122,11 @@ async def list_workflows(request: Request) -> Response:
     shown = []
     for wf in broker.gate.allowed(identity):
         backend = broker.backends.for_workflow(wf)
-        entry = api.WorkflowEntry(label=wf.label, **_workflow_json(wf, backend.kind))  # type: ignore[typeddict-item]
+        entry: api.WorkflowEntry = {"label": wf.label, **_workflow_json(wf, backend.kind)}  # type: ignore[typeddict-item]
         entry["backend"] = backend.endpoint(wf, broker.settings.chatkit_domain_key)
         shown.append(entry)
-    return JSONResponse(api.Workflows(workflows=shown, mock=broker.mock))
+    answer: api.Workflows = {"workflows": shown, "mock": broker.mock}
+    return JSONResponse(answer)
 
 
 async def client_config(request: Request) -> Response:
@@ -134,28 +135,29 @@ async def client_config(request: Request) -> Response:
     s = broker.settings
     kinds = sorted({broker.backends.for_workflow(wf).kind for wf in s.workflows})
     custom = any(kind != "hosted" for kind in kinds)
-    return JSONResponse(
-        api.ClientConfig(
-            mode="mock" if broker.mock else "live",
-            auth_required=not broker.mock,
-            chatkit_js_url=s.chatkit_js_url,
-            kinds=kinds,  # type: ignore[typeddict-item]
-            chatkit_url="/chatkit/{name}" if custom else None,
-            mock_backend_url="/mock/chatkit" if broker.mock else None,
-            domain_key=s.chatkit_domain_key if custom else None,
-        )
-    )
+    answer: api.ClientConfig = {
+        "mode": "mock" if broker.mock else "live",
+        "auth_required": not broker.mock,
+        "chatkit_js_url": s.chatkit_js_url,
+        "kinds": kinds,  # type: ignore[typeddict-item]
+        "chatkit_url": "/chatkit/{name}" if custom else None,
+        "mock_backend_url": "/mock/chatkit" if broker.mock else None,
+        "domain_key": s.chatkit_domain_key if custom else None,
+    }
+    return JSONResponse(answer)
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse(api.Status(status="ok"))
+    answer: api.Status = {"status": "ok"}
+    return JSONResponse(answer)
 
 
 async def readyz(request: Request) -> Response:
     missing = await _broker(request).not_ready()
     if missing:
         raise NotReady(missing)
-    return JSONResponse(api.Status(status="ready"))
+    answer: api.Status = {"status": "ready"}
+    return JSONResponse(answer)
 
 
 async def openapi_json(request: Request) -> Response:

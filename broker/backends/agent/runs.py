@@ -47,9 +47,12 @@ class RunAnswer:
     output_text: str
 
     def as_json(self) -> api.RunAnswer:
-        return api.RunAnswer(
-            thread_id=self.thread_id, output=self.output, output_text=self.output_text
-        )
+        answer: api.RunAnswer = {
+            "thread_id": self.thread_id,
+            "output": self.output,
+            "output_text": self.output_text,
+        }
+        return answer
 
 
 def input_text(value: Any) -> str:
