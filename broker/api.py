@@ -51,6 +51,7 @@ __all__ = [
     "WorkflowEntry",
     "WorkflowRef",
     "Workflows",
+    "mint_request",
     "schemas",
 ]
 
@@ -180,6 +181,29 @@ class SessionRequest(Body):
         if isinstance(self.workflow, WorkflowObject):
             return self.workflow.id
         return self.workflow if self.workflow is not None else self.workflowId or ""
+
+
+def mint_request(data: Any) -> tuple[str, str | None]:
+    """The workflow and the previous session a mint body names.
+
+    The mint is the hot path: the shape nearly every mint sends (a non-empty ``workflow``
+    string, perhaps a ``previous_session_id``) is accepted here without pydantic, which costs
+    about 12 k more instructions (~3 µs) a mint. The shortcut only ever accepts, and only what
+    the model accepts with the same meaning (a hypothesis property in tests/test_api.py); every
+    other body, every refusal included, is the model's call.
+    """
+    if type(data) is dict:
+        workflow, previous = data.get("workflow"), data.get("previous_session_id")
+        workflow_id = data.get("workflowId")
+        if (
+            type(workflow) is str
+            and workflow
+            and (previous is None or type(previous) is str)
+            and (workflow_id is None or type(workflow_id) is str)
+        ):
+            return workflow, previous
+    body = SessionRequest.parse(data)
+    return body.ref, body.previous_session_id
 
 
 class CancelRequest(Body):

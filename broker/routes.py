@@ -84,10 +84,10 @@ async def create_session(request: Request) -> Response:
     broker = _broker(request)
     # every authenticated mint counts against the user's limit, whatever its outcome
     identity = await authenticate(request, broker, count_mint=True)
-    body = api.SessionRequest.parse(await json_body(request))
-    admission = broker.gate.admit(identity, body.ref)
+    ref, previous = api.mint_request(await json_body(request))
+    admission = broker.gate.admit(identity, ref)
     request.state.workflow = admission.workflow.name
-    minted = await broker.sessions.mint(admission, body.previous_session_id or None)
+    minted = await broker.sessions.mint(admission, previous or None)
     answer: api.Session = {
         "client_secret": minted.client_secret,
         "expires_at": minted.expires_at,

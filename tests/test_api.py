@@ -138,6 +138,34 @@ def test_the_mint_body_model_agrees_with_the_hand_check(body):
 
 
 @CASES
+@given(
+    bodies(
+        {
+            "workflow": st.one_of(st.text(max_size=4), workflow_values),
+            "workflowId": values,
+            "previous_session_id": values,
+        }
+    )
+)
+def test_the_mint_shortcut_accepts_only_what_the_model_accepts_meaning_the_same(body):
+    # the route's parser (api.mint_request) and the model alone: same workflow, same previous
+    # session, or the same refusal (the shortcut never refuses: it hands those to the model)
+    assert outcome(api.mint_request, body) == outcome(model_session, body)
+
+
+def test_the_mint_shortcut_takes_the_common_shapes(monkeypatch):
+    # the shortcut is taken (no pydantic) for what front ends send, not only proved harmless
+    def refuse(data: Any) -> Any:
+        raise AssertionError("the model was used")
+
+    monkeypatch.setattr(api.SessionRequest, "parse", refuse)
+    for body in ({"workflow": "support"}, {"workflow": "s", "previous_session_id": "bsess_1"}):
+        assert api.mint_request(body) == (body["workflow"], body.get("previous_session_id"))
+    with pytest.raises(AssertionError, match="the model was used"):
+        api.mint_request({"workflow": {"id": "wf_1"}})
+
+
+@CASES
 @given(bodies({"session_id": values, "all": values}))
 def test_the_cancel_body_model_agrees_with_the_hand_check(body):
     assert outcome(model_cancel, body) == outcome(hand_cancel, body)
