@@ -16,7 +16,6 @@ from starlette.responses import Response
 
 from .errors import InvalidRequest, render
 from .logs import request_id_var
-from .openapi import _error
 
 ALLOW_METHODS = ("GET", "POST")
 ALLOW_HEADERS = ("Authorization", "Content-Type", "X-Request-ID")
@@ -45,56 +44,6 @@ class CORS(CORSMiddleware):
         answer = Response(rendered.body, status_code=rendered.status)
         answer.raw_headers = rendered.headers
         return answer
-
-
-def preflight_operation(path: str, origins: tuple[str, ...]) -> dict[str, Any]:
-    """The OpenAPI ``options`` operation of ``path`` when CORS is on, so a client generator (and
-    the fuzzer) knows a browser's preflight is answered and how."""
-    vary = {"Vary": {"schema": {"type": "string"}}}
-    return {
-        "operationId": "preflight" + "".join(c for c in path.title() if c.isalnum()),
-        "summary": f"CORS preflight for {path}",
-        "description": "Answered by the CORS layer for the origins in BROKER_ALLOWED_ORIGINS ("
-        + ", ".join(origins)
-        + "), methods GET and POST, headers Authorization, Content-Type and X-Request-ID. "
-        "Without both Origin and Access-Control-Request-Method it is not a preflight: 405.",
-        "security": [],
-        "parameters": [
-            {
-                "name": "Origin",
-                "in": "header",
-                "required": True,
-                "schema": {"type": "string", "examples": list(origins)},
-            },
-            {
-                "name": "Access-Control-Request-Method",
-                "in": "header",
-                "required": True,
-                "schema": {"type": "string", "examples": list(ALLOW_METHODS)},
-            },
-            {
-                "name": "Access-Control-Request-Headers",
-                "in": "header",
-                "required": False,
-                "schema": {"type": "string", "examples": ["authorization, content-type"]},
-            },
-        ],
-        "responses": {
-            "200": {
-                "description": "Allowed: the Access-Control-Allow-* headers say what.",
-                "headers": {
-                    "Access-Control-Allow-Origin": {"schema": {"enum": list(origins)}},
-                    "Access-Control-Allow-Methods": {"schema": {"type": "string"}},
-                    **vary,
-                },
-            },
-            "400": _error(
-                "Not allowed: the message names the origin, method or header refused.",
-                "invalid_request",
-            ),
-            "405": {"$ref": "#/components/responses/MethodNotAllowed"},
-        },
-    }
 
 
 def cors_options(origins: tuple[str, ...]) -> dict[str, Any]:

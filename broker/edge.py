@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .api import REQUEST_ID_PATTERN
 from .cors import CORS, cors_options
 from .errors import (
     BrokerError,
@@ -46,7 +47,7 @@ BODY_TIMEOUT = 10.0
 BODY_EXTENSION = "chatkit_broker.body"
 # set by ``server.GuardedHttpToolsProtocol``: drops the connection of a started response
 ABORT_EXTENSION = "chatkit_broker.abort"
-_REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+_REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN.encode())
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _MOCK_ONLY = "Mock mode answers only requests from this machine to localhost, 127.0.0.1 or [::1]."
 

@@ -1,27 +1,32 @@
 """The OpenAPI 3.1 description of the broker's public HTTP API, served at ``GET /openapi.json``.
 
-Written by hand from SPEC §2 rather than generated from the code, so that it is a contract
-the code can be checked against: ``tests/test_openapi.py`` compares its operations with the
-app's routes and validates real responses against it, and ``tests/test_fuzz.py`` drives
-schemathesis with it. ``OPERATIONS`` lists every operation the broker can have; the served
-document keeps only those the running app routes (``/mock/chatkit`` exists only in mock
-mode, for instance) and states what differs in mock mode.
+The bodies' schemas are generated from ``broker/api.py``, the models the routes validate and
+build with; the error codes from the error tree (``broker/errors.py``); the limits from the
+constants that enforce them. What is written here is what only a document says: the
+operations, their statuses and why each happens. ``OPERATIONS`` lists every operation the
+broker can have; the served document keeps only those the running app routes (``/mock/chatkit``
+exists only in mock mode, for instance) and states what differs in mock mode.
+``tests/test_openapi.py`` compares it with the app's routes and validates real answers
+against it, and ``tests/test_fuzz*.py`` drive schemathesis with it.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import Any
+from functools import cache
+from typing import Any, get_args
 
-from . import __version__
-from .errors import error_classes
+from . import __version__, api
+from . import errors as E  # the error classes read as E.NotFound in the table
+from .cors import ALLOW_HEADERS, ALLOW_METHODS
+from .edge import BODY_TIMEOUT, MAX_BODY_BYTES, MAX_CHATKIT_BODY_BYTES
+from .server import HEAD_TIMEOUT, MAX_HEAD_BYTES
 
 JSON = "application/json"
-REQUEST_ID_PATTERN = "^[A-Za-z0-9._-]{1,128}$"
-
-# Every error code the API can answer with, from the error tree (broker/errors.py).
-ERROR_CODES = tuple(dict.fromkeys(cls.code for cls in error_classes()))
+REQUEST_ID_PATTERN = api.REQUEST_ID_PATTERN
+#: every error code the API can answer with, from the error tree
+ERROR_CODES: tuple[str, ...] = get_args(api.ErrorCode)
 
 _HEADERS: dict[str, Any] = {
     "X-Request-ID": {
@@ -53,211 +58,30 @@ _HEADERS: dict[str, Any] = {
     },
 }
 
-_SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "description": "The one error shape of the API (SPEC §2).",
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message", "request_id"],
-                "additionalProperties": False,
-                "properties": {
-                    "code": {"type": "string", "enum": list(ERROR_CODES)},
-                    "message": {
-                        "type": "string",
-                        "minLength": 1,
-                        "description": "A sentence a person can act on.",
-                    },
-                    "request_id": {"type": "string", "pattern": REQUEST_ID_PATTERN},
-                },
-            }
-        },
-    },
-    "NotReady": {
-        "description": "An error body that also lists what keeps the broker from serving.",
-        "allOf": [{"$ref": "#/components/schemas/Error"}],
-        "type": "object",
-        "required": ["error", "missing"],
-        "properties": {
-            "missing": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-        },
-    },
-    "SessionRequest": {
-        "description": "Which workflow to mint a session for: a configured name or an "
-        'allowlisted `wf_…` id. `{"workflow": {"id": …}}` and `{"workflowId": …}` are '
-        "accepted for front ends written for the OpenAI starter app (`workflow` wins when both "
-        "are sent). Unknown fields are ignored; the user always comes from the token.",
-        "type": "object",
-        "properties": {
-            "workflow": {
-                "anyOf": [
-                    {"type": "string", "minLength": 1},
-                    {
-                        "type": "object",
-                        "required": ["id"],
-                        "properties": {"id": {"type": "string", "minLength": 1}},
-                    },
-                    {"type": "null"},
-                ],
-            },
-            "workflowId": {"anyOf": [{"type": "string", "minLength": 1}, {"type": "null"}]},
-            "previous_session_id": {
-                "description": "On a refresh, the session this one replaces: the broker "
-                "cancels it when the caller owns it (a failed cancel never fails the mint).",
-                "type": ["string", "null"],
-            },
-        },
-        "anyOf": [
-            {"required": ["workflow"], "properties": {"workflow": {"not": {"type": "null"}}}},
-            {
-                "required": ["workflowId"],
-                "properties": {"workflowId": {"type": "string"}},
-            },
-        ],
-        "examples": [{"workflow": "support"}],
-    },
-    "Session": {
-        "type": "object",
-        "required": ["client_secret", "expires_at", "session_id", "workflow", "backend", "mock"],
-        "additionalProperties": False,
-        "properties": {
-            "client_secret": {
-                "type": "string",
-                "minLength": 1,
-                "description": "OpenAI's client secret (`ek_…`) for a hosted workflow; the "
-                "broker's own session secret (`cks_…`) for every other kind.",
-            },
-            "expires_at": {"type": "integer", "description": "Unix time (s) of expiry."},
-            "session_id": {
-                "type": "string",
-                "description": "`cksess_…` (hosted) or `bsess_…` (the broker's own)",
-            },
-            "workflow": {"$ref": "#/components/schemas/WorkflowRef"},
-            "backend": {"$ref": "#/components/schemas/BackendEndpoint"},
-            "mock": {"type": "boolean"},
-        },
-    },
-    "WorkflowRef": {
-        "type": "object",
-        "required": ["name", "kind"],
-        "additionalProperties": False,
-        "properties": {
-            "name": {"type": "string"},
-            "kind": {"enum": ["hosted", "gateway", "agent", "mock"]},
-            "id": {"type": "string", "description": "The `wf_` id; hosted workflows only."},
-        },
-    },
-    "BackendEndpoint": {
-        "description": "Where ChatKit sends its requests (`api: {url, domainKey, fetch}`, with "
-        "`Authorization: Bearer <client_secret>`); null for hosted workflows.",
-        "oneOf": [
-            {"type": "null"},
-            {
-                "type": "object",
-                "required": ["url", "domain_key"],
-                "additionalProperties": False,
-                "properties": {
-                    "url": {"type": "string", "pattern": "^/chatkit/"},
-                    "domain_key": {"type": "string"},
-                },
-            },
-        ],
-    },
-    "CancelRequest": {
-        "type": "object",
-        "properties": {
-            "session_id": {"type": ["string", "null"]},
-            "all": {"type": "boolean"},
-        },
-        "anyOf": [
-            {
-                "required": ["session_id"],
-                "properties": {"session_id": {"type": "string", "minLength": 1}},
-            },
-            {"required": ["all"], "properties": {"all": {"const": True}}},
-        ],
-        "examples": [{"session_id": "cksess_123"}, {"all": True}],
-    },
-    "Cancelled": {
-        "type": "object",
-        "required": ["cancelled"],
-        "additionalProperties": False,
-        "properties": {"cancelled": {"type": "array", "items": {"type": "string"}}},
-    },
-    "Workflows": {
-        "type": "object",
-        "required": ["workflows", "mock"],
-        "additionalProperties": False,
-        "properties": {
-            "workflows": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name", "label", "kind", "backend"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "name": {"type": "string"},
-                        "label": {"type": "string"},
-                        "kind": {"enum": ["hosted", "gateway", "agent", "mock"]},
-                        "id": {"type": "string"},
-                        "backend": {"$ref": "#/components/schemas/BackendEndpoint"},
-                    },
-                },
-            },
-            "mock": {"type": "boolean"},
-        },
-    },
-    "ClientConfig": {
-        "type": "object",
-        "required": [
-            "mode",
-            "auth_required",
-            "chatkit_js_url",
-            "kinds",
-            "chatkit_url",
-            "mock_backend_url",
-            "domain_key",
-        ],
-        "additionalProperties": False,
-        "properties": {
-            "mode": {"enum": ["live", "mock"]},
-            "auth_required": {"type": "boolean"},
-            "chatkit_js_url": {"type": "string"},
-            "kinds": {
-                "type": "array",
-                "items": {"enum": ["hosted", "gateway", "agent", "mock"]},
-                "description": "The kinds of backend this broker's workflows use.",
-            },
-            "chatkit_url": {
-                "type": ["string", "null"],
-                "description": "`/chatkit/{name}` when some workflow is not hosted, else null.",
-            },
-            "mock_backend_url": {"type": ["string", "null"]},
-            "domain_key": {"type": ["string", "null"]},
-        },
-    },
-    "Status": {
-        "type": "object",
-        "required": ["status"],
-        "additionalProperties": False,
-        "properties": {"status": {"enum": ["ok", "ready"]}},
-    },
-}
+
+@cache
+def _schemas() -> dict[str, Any]:
+    """The bodies' schemas (pydantic takes ~50 ms to build them; every document shares them)."""
+    return api.schemas()
 
 
-def _error(description: str, *codes: str, headers: Iterable[str] = ()) -> dict[str, Any]:
-    """An error response whose body is the SPEC error shape with one of ``codes``."""
+def _ref(body: type) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{body.__name__}"}
+
+
+def _error(
+    description: str, *errors: type[E.BrokerError], headers: Iterable[str] = ()
+) -> dict[str, Any]:
+    """An error response: the one error shape, its code one of these errors'."""
     return {
         "description": description,
         "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in headers},
         "content": {
             JSON: {
                 "schema": {
-                    "allOf": [{"$ref": "#/components/schemas/Error"}],
+                    "allOf": [_ref(api.Error)],
                     "properties": {
-                        "error": {"properties": {"code": {"enum": list(codes)}}},
+                        "error": {"properties": {"code": {"enum": [e.code for e in errors]}}},
                     },
                 }
             }
@@ -265,55 +89,55 @@ def _error(description: str, *codes: str, headers: Iterable[str] = ()) -> dict[s
     }
 
 
-def _ok(description: str, schema: str, *headers: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in headers},
-        "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-    }
+def _ok(description: str, body: type) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": _ref(body)}}}
 
 
-def _body(schema: str) -> dict[str, Any]:
+def _body(body: type, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
     return {
         "required": True,
-        "description": "JSON, at most 16 KiB (413 above).",
-        "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        "description": f"JSON, at most {limit // 1024} KiB (413 above).",
+        "content": {JSON: {"schema": _ref(body)}},
     }
+
+
+def _too_large(limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    return _error(f"The request body is over {limit // 1024} KiB.", E.PayloadTooLarge)
 
 
 _BAD_REQUEST = _error(
-    "Malformed JSON, not an object, or a known field of the wrong type.", "invalid_request"
+    "Malformed JSON, not an object, or a known field of the wrong type.", E.InvalidRequest
 )
 _UNAUTHENTICATED = _error(
     "No token, or one that is refused (signature, expiry, audience, issuer, user claim); the "
     "message says which, without echoing the token.",
-    "unauthenticated",
+    E.Unauthenticated,
     headers=["WWW-Authenticate"],
 )
-_TIMEOUT = _error("The request body did not arrive in time.", "request_timeout")
-_TOO_LARGE = _error("The request body is over 16 KiB.", "payload_too_large")
+_TIMEOUT = _error("The request body did not arrive in time.", E.RequestTimeout)
+_TOO_LARGE = _too_large()
 _RATE_LIMITED = _error(
-    "The per-user or per-address limit was hit.", "rate_limited", headers=["Retry-After"]
+    "The per-user or per-address limit was hit.", E.RateLimited, headers=["Retry-After"]
 )
-_INTERNAL = _error("A bug in the broker; the traceback is in its log.", "internal_error")
+_INTERNAL = _error("A bug in the broker; the traceback is in its log.", E.InternalError)
 _AUTH_UNAVAILABLE = _error(
-    "JWKS mode and no key set could ever be fetched; not the caller's fault.", "auth_unavailable"
+    "JWKS mode and no key set could ever be fetched; not the caller's fault.", E.AuthUnavailable
 )
 _UPSTREAM = {
     "502": _error(
         "OpenAI refused the API key, does not know the workflow, or answered with an error "
         "or an unusable body.",
-        "upstream_auth_failed",
-        "upstream_workflow_not_found",
-        "upstream_error",
+        E.UpstreamAuthFailed,
+        E.UpstreamWorkflowNotFound,
+        E.UpstreamError,
     ),
     "503": _error(
         "OpenAI could not be reached or is overloaded (after retries), or the JWKS has never "
         "been fetched.",
-        "upstream_unavailable",
-        "auth_unavailable",
+        E.UpstreamUnavailable,
+        E.AuthUnavailable,
     ),
-    "504": _error("OpenAI did not answer within the deadline.", "upstream_timeout"),
+    "504": _error("OpenAI did not answer within the deadline.", E.UpstreamTimeout),
 }
 _BEARER = [{"bearerAuth": []}]
 
@@ -357,15 +181,15 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "operationId": "createSession",
             "summary": "Mint a ChatKit client secret for the signed-in user",
             "security": _BEARER,
-            "requestBody": _body("SessionRequest"),
+            "requestBody": _body(api.SessionRequest),
             "responses": {
-                "200": _ok("The new session's client secret.", "Session", "Cache-Control"),
+                "200": _ok("The new session's client secret.", api.Session),
                 "400": _BAD_REQUEST,
                 "401": _UNAUTHENTICATED,
                 "403": _error(
                     "The workflow is not on the allowlist, or the caller's claims do not meet "
                     "its `require`.",
-                    "workflow_not_allowed",
+                    E.WorkflowNotAllowed,
                 ),
                 "408": _TIMEOUT,
                 "413": _TOO_LARGE,
@@ -380,15 +204,15 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "operationId": "cancelSession",
             "summary": "Cancel one of the caller's sessions, or all of them",
             "security": _BEARER,
-            "requestBody": _body("CancelRequest"),
+            "requestBody": _body(api.CancelRequest),
             "responses": {
-                "200": _ok("What was cancelled.", "Cancelled", "Cache-Control"),
+                "200": _ok("What was cancelled.", api.Cancelled),
                 "400": _BAD_REQUEST,
                 "401": _UNAUTHENTICATED,
                 "404": _error(
                     "No session with that id was issued to this caller (or it expired); "
                     "nothing was sent upstream.",
-                    "not_found",
+                    E.NotFound,
                 ),
                 "408": _TIMEOUT,
                 "413": _TOO_LARGE,
@@ -399,9 +223,9 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                     "OpenAI could not be reached or is overloaded (after retries), the JWKS has "
                     "never been fetched, or Redis is unreachable so ownership cannot be checked "
                     "(nothing was sent upstream).",
-                    "upstream_unavailable",
-                    "auth_unavailable",
-                    "store_unavailable",
+                    E.UpstreamUnavailable,
+                    E.AuthUnavailable,
+                    E.StoreUnavailable,
                 ),
             },
         }
@@ -412,7 +236,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "summary": "The workflows this caller's claims allow",
             "security": _BEARER,
             "responses": {
-                "200": _ok("The allowed workflows.", "Workflows", "Cache-Control"),
+                "200": _ok("The allowed workflows.", api.Workflows),
                 "401": _UNAUTHENTICATED,
                 "429": _RATE_LIMITED,
                 "500": _INTERNAL,
@@ -426,7 +250,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "summary": "What the test page needs to know (no auth)",
             "security": [],
             "responses": {
-                "200": _ok("Mode and ChatKit script location.", "ClientConfig", "Cache-Control"),
+                "200": _ok("Mode and ChatKit script location.", api.ClientConfig),
                 "429": _RATE_LIMITED,
                 "500": _INTERNAL,
             },
@@ -437,7 +261,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "operationId": "healthz",
             "summary": "Liveness: 200 while the process serves",
             "security": [],
-            "responses": {"200": _ok("Serving.", "Status")},
+            "responses": {"200": _ok("Serving.", api.Status)},
         }
     },
     "/readyz": {
@@ -446,10 +270,10 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "summary": "Readiness: config valid, JWKS and Redis reached at least once",
             "security": [],
             "responses": {
-                "200": _ok("Ready.", "Status"),
+                "200": _ok("Ready.", api.Status),
                 "503": {
                     "description": "Not ready; `missing` names what is missing.",
-                    "content": {JSON: {"schema": {"$ref": "#/components/schemas/NotReady"}}},
+                    "content": {JSON: {"schema": _ref(api.NotReady)}},
                 },
             },
         }
@@ -539,13 +363,13 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             },
             "responses": {
                 "200": _CHATKIT_ANSWER,
-                "400": _error("Not a valid ChatKit request.", "invalid_request"),
+                "400": _error("Not a valid ChatKit request.", E.InvalidRequest),
                 "401": _UNAUTHENTICATED,
-                "403": _error("The caller may not use this workflow.", "workflow_not_allowed"),
+                "403": _error("The caller may not use this workflow.", E.WorkflowNotAllowed),
                 "404": _error(
                     "No such workflow here, a hosted one, or a thread or item this user does "
                     "not own.",
-                    "not_found",
+                    E.NotFound,
                 ),
                 "408": _TIMEOUT,
                 "413": _TOO_LARGE,
@@ -554,15 +378,15 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "502": _error(
                     "A gateway workflow's server failed, answered something not ChatKit, or "
                     "refused the broker's signed identity (before any byte was relayed).",
-                    "backend_error",
-                    "backend_rejected_identity",
+                    E.BackendError,
+                    E.BackendRejectedIdentity,
                 ),
                 "503": _error(
-                    "A gateway workflow's server cannot be reached.", "backend_unavailable"
+                    "A gateway workflow's server cannot be reached.", E.BackendUnavailable
                 ),
                 "504": _error(
                     "A gateway workflow's server did not connect or answer in time.",
-                    "backend_timeout",
+                    E.BackendTimeout,
                 ),
             },
         }
@@ -579,67 +403,28 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
                 {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["1"]}},
             ],
-            "requestBody": {
-                "required": True,
-                "description": "JSON, at most 256 KiB (413 above).",
-                "content": {
-                    JSON: {
-                        "schema": {
-                            "type": "object",
-                            "required": ["input"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "input": {"oneOf": [{"type": "string"}, {"type": "object"}]},
-                                "thread_id": {"type": "string"},
-                            },
-                        }
-                    }
-                },
-            },
+            "requestBody": _body(api.RunRequest, MAX_CHATKIT_BODY_BYTES),
             "responses": {
                 "200": {
                     "description": "The answer (or, with `stream=1`, the ChatKit event stream).",
                     "content": {
-                        JSON: {
-                            "schema": {
-                                "type": "object",
-                                "description": "`output` when the workflow answered; "
-                                "`refusal` instead when a guardrail stopped the message.",
-                                "required": ["thread_id", "output_text"],
-                                "properties": {
-                                    "thread_id": {"type": "string"},
-                                    "output": {},
-                                    "output_text": {"type": "string"},
-                                    "refusal": {
-                                        "type": "object",
-                                        "required": ["guardrails", "message"],
-                                        "properties": {
-                                            "guardrails": {
-                                                "type": "array",
-                                                "items": {"type": "string"},
-                                            },
-                                            "message": {"type": "string"},
-                                        },
-                                    },
-                                },
-                            }
-                        },
+                        JSON: {"schema": _ref(api.RunAnswer)},
                         "text/event-stream": _SSE_EVENTS,
                     },
                 },
                 "400": _BAD_REQUEST,
                 "401": _UNAUTHENTICATED,
-                "403": _error("The caller may not use this workflow.", "workflow_not_allowed"),
+                "403": _error("The caller may not use this workflow.", E.WorkflowNotAllowed),
                 "404": _error(
-                    "No such agent workflow, or a thread this user does not own.", "not_found"
+                    "No such agent workflow, or a thread this user does not own.", E.NotFound
                 ),
                 "408": _TIMEOUT,
-                "413": _error("The body is over 256 KiB.", "payload_too_large"),
+                "413": _too_large(MAX_CHATKIT_BODY_BYTES),
                 "429": _RATE_LIMITED,
                 "500": _INTERNAL,
-                "502": _error("The agent failed while answering.", "backend_error"),
-                "503": _error("The thread database cannot be reached.", "store_unavailable"),
-                "504": _error("The run took longer than BROKER_RUN_TIMEOUT.", "run_timeout"),
+                "502": _error("The agent failed while answering.", E.BackendError),
+                "503": _error("The thread database cannot be reached.", E.StoreUnavailable),
+                "504": _error("The run took longer than BROKER_RUN_TIMEOUT.", E.RunTimeout),
             },
         }
     },
@@ -653,24 +438,22 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 {
                     "name": "limit",
                     "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    "schema": {"type": "integer", "minimum": 1, "maximum": api.MAX_PAGE_SIZE},
                 },
                 {"name": "after", "in": "query", "schema": {"type": "string"}},
             ],
             "responses": {
                 "200": {
                     "description": "A ChatKit page of threads: `{data, has_more, after}`.",
-                    "content": {
-                        JSON: {"schema": {"type": "object", "required": ["data", "has_more"]}}
-                    },
+                    "content": {JSON: {"schema": _ref(api.Page)}},
                 },
                 "400": _BAD_REQUEST,
                 "401": _UNAUTHENTICATED,
-                "403": _error("The caller may not use this workflow.", "workflow_not_allowed"),
-                "404": _error("No such agent workflow.", "not_found"),
+                "403": _error("The caller may not use this workflow.", E.WorkflowNotAllowed),
+                "404": _error("No such agent workflow.", E.NotFound),
                 "429": _RATE_LIMITED,
                 "500": _INTERNAL,
-                "503": _error("The thread database cannot be reached.", "store_unavailable"),
+                "503": _error("The thread database cannot be reached.", E.StoreUnavailable),
             },
         }
     },
@@ -684,7 +467,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 {
                     "name": "limit",
                     "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    "schema": {"type": "integer", "minimum": 1, "maximum": api.MAX_PAGE_SIZE},
                 },
                 {"name": "after", "in": "query", "schema": {"type": "string"}},
                 {
@@ -696,19 +479,17 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "responses": {
                 "200": {
                     "description": "A ChatKit page of thread items: `{data, has_more, after}`.",
-                    "content": {
-                        JSON: {"schema": {"type": "object", "required": ["data", "has_more"]}}
-                    },
+                    "content": {JSON: {"schema": _ref(api.Page)}},
                 },
                 "400": _BAD_REQUEST,
                 "401": _UNAUTHENTICATED,
                 "403": _error(
-                    "The caller may not use this thread's workflow.", "workflow_not_allowed"
+                    "The caller may not use this thread's workflow.", E.WorkflowNotAllowed
                 ),
-                "404": _error("No thread of this user with that id.", "not_found"),
+                "404": _error("No thread of this user with that id.", E.NotFound),
                 "429": _RATE_LIMITED,
                 "500": _INTERNAL,
-                "503": _error("The thread database cannot be reached.", "store_unavailable"),
+                "503": _error("The thread database cannot be reached.", E.StoreUnavailable),
             },
         }
     },
@@ -731,13 +512,13 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "400": _error(
                     "Not a ChatKit request, or one the mock does not fake (files, audio, "
                     "client tools).",
-                    "invalid_request",
+                    E.InvalidRequest,
                 ),
                 "401": _UNAUTHENTICATED,
                 "404": _error(
                     "A thread or item this user does not own, or the backend is off "
                     "(openai-chatkit not installed).",
-                    "not_found",
+                    E.NotFound,
                 ),
                 "408": _TIMEOUT,
                 "413": _TOO_LARGE,
@@ -747,6 +528,56 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         }
     },
 }
+
+
+def preflight_operation(path: str, origins: tuple[str, ...]) -> dict[str, Any]:
+    """The OpenAPI ``options`` operation of ``path`` when CORS is on, so a client generator (and
+    the fuzzer) knows a browser's preflight is answered and how."""
+    vary = {"Vary": {"schema": {"type": "string"}}}
+    return {
+        "operationId": "preflight" + "".join(c for c in path.title() if c.isalnum()),
+        "summary": f"CORS preflight for {path}",
+        "description": "Answered by the CORS layer for the origins in BROKER_ALLOWED_ORIGINS ("
+        + ", ".join(origins)
+        + f"), methods {' and '.join(ALLOW_METHODS)}, headers {', '.join(ALLOW_HEADERS)}. "
+        "Without both Origin and Access-Control-Request-Method it is not a preflight: 405.",
+        "security": [],
+        "parameters": [
+            {
+                "name": "Origin",
+                "in": "header",
+                "required": True,
+                "schema": {"type": "string", "examples": list(origins)},
+            },
+            {
+                "name": "Access-Control-Request-Method",
+                "in": "header",
+                "required": True,
+                "schema": {"type": "string", "examples": list(ALLOW_METHODS)},
+            },
+            {
+                "name": "Access-Control-Request-Headers",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "examples": ["authorization, content-type"]},
+            },
+        ],
+        "responses": {
+            "200": {
+                "description": "Allowed: the Access-Control-Allow-* headers say what.",
+                "headers": {
+                    "Access-Control-Allow-Origin": {"schema": {"enum": list(origins)}},
+                    "Access-Control-Allow-Methods": {"schema": {"type": "string"}},
+                    **vary,
+                },
+            },
+            "400": _error(
+                "Not allowed: the message names the origin, method or header refused.",
+                E.InvalidRequest,
+            ),
+            "405": {"$ref": "#/components/responses/MethodNotAllowed"},
+        },
+    }
 
 
 def documented_operations() -> set[tuple[str, str]]:
@@ -779,11 +610,8 @@ def openapi_document(
                     "Mock mode answers only loopback peers that name localhost, 127.0.0.1 or "
                     "[::1] in Host"
                     + ("; or the workflow is not allowed." if "403" in responses else "."),
-                    *(
-                        ["mock_local_only", "workflow_not_allowed"]
-                        if "403" in responses
-                        else ["mock_local_only"]
-                    ),
+                    E.MockLocalOnly,
+                    *([E.WorkflowNotAllowed] if "403" in responses else []),
                 )
             for response in responses.values():
                 headers = response.setdefault("headers", {})
@@ -796,10 +624,12 @@ def openapi_document(
                     headers["Cache-Control"] = {"$ref": "#/components/headers/Cache-Control"}
             paths.setdefault(path, {})[method] = op
     if cors_origins:
-        from .cors import preflight_operation
-
         for path, ops in paths.items():
             op = preflight_operation(path, cors_origins)
+            # a templated path's parameters, which every operation on it must declare
+            op["parameters"] = [
+                p for p in next(iter(ops.values())).get("parameters", ()) if p["in"] == "path"
+            ] + op["parameters"]
             for response in op["responses"].values():
                 if "$ref" not in response:
                     response.setdefault("headers", {})["X-Request-ID"] = {
@@ -807,7 +637,7 @@ def openapi_document(
                     }
             ops["options"] = op
 
-    schemas = copy.deepcopy(_SCHEMAS)
+    schemas = copy.deepcopy(_schemas())
     mode = {"const": mock}
     schemas["Session"]["properties"]["mock"] = {"type": "boolean", **mode}
     schemas["Workflows"]["properties"]["mock"] = {"type": "boolean", **mode}
@@ -828,9 +658,9 @@ def openapi_document(
             )
             + ' Every error body is `{"error": {"code", "message", "request_id"}}`; '
             "an unknown route is 404 `not_found`, a wrong method 405 `method_not_allowed` "
-            "with `Allow`. Before any route: malformed HTTP is 400 `invalid_request`, a head "
-            "over 64 KiB 431 `headers_too_large`, a head or body not complete within 10 s "
-            "408 `request_timeout`.",
+            f"with `Allow`. Before any route: malformed HTTP is 400 `invalid_request`, a head "
+            f"over {MAX_HEAD_BYTES // 1024} KiB 431 `headers_too_large`, a head or body not "
+            f"complete within {HEAD_TIMEOUT:g} s 408 `request_timeout`.",
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "paths": paths,
@@ -847,17 +677,20 @@ def openapi_document(
             "headers": copy.deepcopy(_HEADERS),
             "responses": {
                 # any request, before routing (broker/server.py): these close the connection
-                "BadRequest": _error("Not valid HTTP/1.1.", "invalid_request"),
+                "BadRequest": _error("Not valid HTTP/1.1.", E.InvalidRequest),
                 "RequestTimeout": _error(
-                    "The request head (or body) did not arrive within 10 s.", "request_timeout"
+                    f"The request head did not arrive within {HEAD_TIMEOUT:g} s, or the "
+                    f"body within {BODY_TIMEOUT:g} s.",
+                    E.RequestTimeout,
                 ),
                 "HeadersTooLarge": _error(
-                    "The request line and headers are over 64 KiB.", "headers_too_large"
+                    f"The request line and headers are over {MAX_HEAD_BYTES // 1024} KiB.",
+                    E.HeadersTooLarge,
                 ),
-                "NotFound": _error("Unknown route.", "not_found"),
+                "NotFound": _error("Unknown route.", E.NotFound),
                 "MethodNotAllowed": _error(
                     "Known route, wrong method; `Allow` lists the right ones.",
-                    "method_not_allowed",
+                    E.MethodNotAllowed,
                 ),
             },
         },

@@ -10,6 +10,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.responses import Response
 
+from . import api
 from .auth import Identity
 from .errors import InvalidRequest, NotReady
 from .openapi import openapi_document, routed_operations
@@ -66,70 +67,41 @@ async def read_body(request: Request) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def json_body(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+async def json_body(request: Request) -> Any:
+    """The request body as parsed JSON, or a 400 that says what is wrong with it (whether it
+    is the right JSON is the body model's question, ``api.Body.parse``)."""
     content_type = (header(request, b"content-type") or "").split(";", 1)[0].strip().lower()
     if content_type != "application/json":
         raise InvalidRequest("Send the body as JSON with 'Content-Type: application/json'.")
     raw = await read_body(request)
     try:
-        data = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, RecursionError):
         raise InvalidRequest("The request body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return data
-
-
-def _workflow_ref(body: dict[str, Any]) -> str:
-    """The workflow a mint names: ``workflow`` (string or ``{id}``) wins over ``workflowId``.
-
-    Both fields are type-checked when present, even the one that loses.
-    """
-    workflow, workflow_id = body.get("workflow"), body.get("workflowId")
-    if workflow_id is not None and not isinstance(workflow_id, str):
-        raise InvalidRequest("'workflowId' must be a string.")
-    if isinstance(workflow, dict):
-        workflow = workflow.get("id")
-        if not isinstance(workflow, str):
-            raise InvalidRequest("'workflow.id' must be a string.")
-    elif workflow is not None and not isinstance(workflow, str):
-        raise InvalidRequest("'workflow' must be a workflow name, or an object with an 'id'.")
-    ref = workflow if workflow is not None else workflow_id
-    if ref is None:
-        raise InvalidRequest('Name the workflow: {"workflow": "<name>"}.')
-    if not ref:
-        raise InvalidRequest("The workflow name is empty.")
-    return ref
 
 
 async def create_session(request: Request) -> Response:
     broker = _broker(request)
     # every authenticated mint counts against the user's limit, whatever its outcome
     identity = await authenticate(request, broker, count_mint=True)
-    body = await json_body(request)
-    ref = _workflow_ref(body)
-    previous = body.get("previous_session_id")
-    if previous is not None and not isinstance(previous, str):
-        raise InvalidRequest("'previous_session_id' must be a string.")
+    ref, previous = api.mint_request(await json_body(request))
     admission = broker.gate.admit(identity, ref)
     request.state.workflow = admission.workflow.name
     minted = await broker.sessions.mint(admission, previous or None)
-    return JSONResponse(
-        {
-            "client_secret": minted.client_secret,
-            "expires_at": minted.expires_at,
-            "session_id": minted.session_id,
-            "workflow": _workflow_json(admission.workflow, minted.kind),
-            "backend": minted.backend,
-            "mock": broker.mock,
-        }
-    )
+    answer: api.Session = {
+        "client_secret": minted.client_secret,
+        "expires_at": minted.expires_at,
+        "session_id": minted.session_id,
+        "workflow": _workflow_json(admission.workflow, minted.kind),
+        "backend": minted.backend,  # type: ignore[typeddict-item]
+        "mock": broker.mock,
+    }
+    return JSONResponse(answer)
 
 
-def _workflow_json(workflow: Workflow, kind: str) -> dict[str, str]:
+def _workflow_json(workflow: Workflow, kind: str) -> api.WorkflowRef:
     """A workflow as answers show it: ``id`` only where OpenAI hosts it."""
-    shown = {"name": workflow.name, "kind": kind}
+    shown: api.WorkflowRef = {"name": workflow.name, "kind": kind}  # type: ignore[typeddict-item]
     if kind == "hosted" and workflow.id is not None:
         shown["id"] = workflow.id
     return shown
@@ -138,15 +110,10 @@ def _workflow_json(workflow: Workflow, kind: str) -> dict[str, str]:
 async def cancel_session(request: Request) -> Response:
     broker = _broker(request)
     identity = await authenticate(request, broker)
-    body = await json_body(request)
-    all_ = body.get("all", False)
-    session_id = body.get("session_id")
-    if not isinstance(all_, bool) or (session_id is not None and not isinstance(session_id, str)):
-        raise InvalidRequest('Send {"session_id": "cksess_…"} or {"all": true}.')
-    if not all_ and not session_id:
-        raise InvalidRequest('Send {"session_id": "cksess_…"} or {"all": true}.')
-    cancelled = await broker.sessions.cancel(identity, session_id, all_=all_)
-    return JSONResponse({"cancelled": cancelled})
+    body = api.CancelRequest.parse(await json_body(request))
+    cancelled = await broker.sessions.cancel(identity, body.session_id, all_=body.all)
+    answer: api.Cancelled = {"cancelled": cancelled}
+    return JSONResponse(answer)
 
 
 async def list_workflows(request: Request) -> Response:
@@ -155,10 +122,11 @@ async def list_workflows(request: Request) -> Response:
     shown = []
     for wf in broker.gate.allowed(identity):
         backend = broker.backends.for_workflow(wf)
-        entry = {"label": wf.label} | _workflow_json(wf, backend.kind)
+        entry: api.WorkflowEntry = {"label": wf.label, **_workflow_json(wf, backend.kind)}  # type: ignore[typeddict-item]
         entry["backend"] = backend.endpoint(wf, broker.settings.chatkit_domain_key)
         shown.append(entry)
-    return JSONResponse({"workflows": shown, "mock": broker.mock})
+    answer: api.Workflows = {"workflows": shown, "mock": broker.mock}
+    return JSONResponse(answer)
 
 
 async def client_config(request: Request) -> Response:
@@ -167,28 +135,29 @@ async def client_config(request: Request) -> Response:
     s = broker.settings
     kinds = sorted({broker.backends.for_workflow(wf).kind for wf in s.workflows})
     custom = any(kind != "hosted" for kind in kinds)
-    return JSONResponse(
-        {
-            "mode": "mock" if broker.mock else "live",
-            "auth_required": not broker.mock,
-            "chatkit_js_url": s.chatkit_js_url,
-            "kinds": kinds,
-            "chatkit_url": "/chatkit/{name}" if custom else None,
-            "mock_backend_url": "/mock/chatkit" if broker.mock else None,
-            "domain_key": s.chatkit_domain_key if custom else None,
-        }
-    )
+    answer: api.ClientConfig = {
+        "mode": "mock" if broker.mock else "live",
+        "auth_required": not broker.mock,
+        "chatkit_js_url": s.chatkit_js_url,
+        "kinds": kinds,  # type: ignore[typeddict-item]
+        "chatkit_url": "/chatkit/{name}" if custom else None,
+        "mock_backend_url": "/mock/chatkit" if broker.mock else None,
+        "domain_key": s.chatkit_domain_key if custom else None,
+    }
+    return JSONResponse(answer)
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    answer: api.Status = {"status": "ok"}
+    return JSONResponse(answer)
 
 
 async def readyz(request: Request) -> Response:
     missing = await _broker(request).not_ready()
     if missing:
         raise NotReady(missing)
-    return JSONResponse({"status": "ready"})
+    answer: api.Status = {"status": "ready"}
+    return JSONResponse(answer)
 
 
 async def openapi_json(request: Request) -> Response:

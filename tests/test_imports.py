@@ -88,15 +88,10 @@ def test_the_detector_finds_a_circle():
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-# cors <-> openapi (through openapi's private _error) is removed on branch apimodels, which
-# owns both modules; drop this entry when it is merged.
-KNOWN = [["broker.cors", "broker.openapi"]]
-
-
 def test_broker_has_no_import_circles():
     graph = import_graph()
     assert "broker.config" in graph and "broker.backends" in graph["broker.config"]
-    assert [c for c in cycles(graph) if c not in KNOWN] == []
+    assert cycles(graph) == []
 
 
 def test_config_and_settings_import_no_backend_kind():

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from ...api import RunRequest
 from ...errors import BrokerError, InvalidRequest, NotFound, StoreUnavailable
 from ...gate import Gate
 from ...ratelimit import RateLimits
@@ -223,16 +224,8 @@ class AgentBackend(Backend):
         workflow = self._agent_workflow(request.path_params["name"])
         admission = await self.gate.admit_chatkit(request.headers.get("authorization"), workflow)
         request.state.user = admission.identity.user
-        body = await _json_object(request)
-        unknown = sorted(set(body) - {"input", "thread_id"})
-        if unknown:
-            raise InvalidRequest(
-                f"Unknown field(s) {', '.join(unknown)}; send input and thread_id."
-            )
-        if "input" not in body:
-            raise InvalidRequest('Send the message as {"input": "text"} (or a JSON object).')
-        text = runs.input_text(body["input"])
-        thread_id = runs.thread_ref(body.get("thread_id"))
+        body = RunRequest.parse(await _json(request))
+        text, thread_id = runs.input_text(body.input), runs.thread_ref(body.thread_id)
         counted = await self._count_message(admission)
         try:
             await self._ensure_started()
@@ -296,14 +289,11 @@ class AgentBackend(Backend):
         return Response(page, media_type="application/json", headers=NO_STORE)
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+async def _json(request: Request) -> Any:
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type != "application/json":
         raise InvalidRequest("Send the body as JSON with 'Content-Type: application/json'.")
     try:
-        data = json.loads(await request.body())
+        return json.loads(await request.body())
     except (ValueError, RecursionError):
         raise InvalidRequest("The request body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return data

@@ -17,6 +17,7 @@ from typing import Any
 
 from chatkit.server import NonStreamingResult, StreamingResult
 
+from ... import api
 from ...errors import BackendError, InvalidRequest, PayloadTooLarge, RunTimeout
 from .engine import AgentServer, RunOutcome, current_outcome
 from .protocol import process
@@ -48,14 +49,13 @@ class RunAnswer:
     #: a guardrail stopped the message: {"guardrails": [kinds], "message": text}, and no output
     refusal: dict[str, Any] | None = None
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> api.RunAnswer:
+        answer: api.RunAnswer = {"thread_id": self.thread_id, "output_text": self.output_text}
         if self.refusal is not None:
-            return {
-                "thread_id": self.thread_id,
-                "refusal": self.refusal,
-                "output_text": self.output_text,
-            }
-        return {"thread_id": self.thread_id, "output": self.output, "output_text": self.output_text}
+            answer["refusal"] = self.refusal  # type: ignore[typeddict-item]
+        else:
+            answer["output"] = self.output
+        return answer
 
 
 def input_text(value: Any) -> str:

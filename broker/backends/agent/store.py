@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from ...api import MAX_PAGE_SIZE
 from ...errors import StoreUnavailable
 from .options import DEFAULT_DATABASE_URL, MEMORY_URL, DatabaseURLError, resolve_database_url
 
@@ -50,7 +51,6 @@ log = logging.getLogger("broker.agent.store")
 
 #: Bump when the tables change, and add the step from the previous version to ``_MIGRATIONS``.
 SCHEMA_VERSION = 1
-MAX_PAGE_SIZE = 100
 HIDDEN_TYPES = frozenset({"hidden_context_item", "sdk_hidden_context"})
 # 128 random bits, where chatkit's default ids carry 32 (uuid4().hex[:8]).
 ID_BYTES = 16
