@@ -1,16 +1,20 @@
-# Two commands on a fresh machine: `make dev` (mock mode) and `make test`.
+# Two commands on a fresh machine: `make dev` (mock mode) and `make test`; `make setup` only installs.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev serve test lint format clean
+.PHONY: setup dev serve test lint format clean docs docs-build
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[mock,dev]'
+	$(BIN)/pip install -q -e '.[mock,dev,docs]'
 	touch $(STAMP)
+
+## set up .venv (the broker, its tests' and the docs' tools) without starting anything
+setup: $(STAMP)
+	@echo "set up: .venv/bin/chatkit-broker init (a starter project), make dev (mock mode), make test"
 
 ## set up and start the broker in mock mode on http://127.0.0.1:8000 (no OpenAI key needed)
 dev: $(STAMP)
@@ -22,6 +26,14 @@ test: $(STAMP)
 	$(BIN)/ruff format --check broker tests benchmarks
 	$(BIN)/python -m pytest -q
 
+## serve the docs site on http://127.0.0.1:8001 (reloads on edits)
+docs: $(STAMP)
+	$(BIN)/mkdocs serve -a 127.0.0.1:8001
+
+## the docs site's strict build (a broken link or a page missing from the nav fails it), as CI runs it
+docs-build: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
 lint: $(STAMP)
 	$(BIN)/ruff check broker tests benchmarks
 
@@ -29,4 +41,4 @@ format: $(STAMP)
 	$(BIN)/ruff format broker tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info site

@@ -1,4 +1,4 @@
-"""``chatkit-broker``: serve, check, token (and doctor). Exit codes: 0 ok, 1 check failed, 2 usage/config."""
+"""``chatkit-broker``: serve, check, token, doctor and init. Exit codes: 0 ok, 1 check failed, 2 usage/config."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import ConfigError, Settings, load_settings, read_dotenv, read_environment
+from .init import HELP as init_help
+from .init import cmd_init
 from .logs import mask
 
 
@@ -52,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    problem = _database_problem(settings)
+    problem = _port_problem(settings.host, settings.port) or _database_problem(settings)
     if problem:
         print(f"chatkit-broker serve: cannot start: {problem}", file=sys.stderr)
         return 2
@@ -84,6 +86,29 @@ def _database_problem(settings: Settings) -> str | None:
     if options.database_url == MEMORY_URL:
         return None
     return asyncio.run(check_database(options.database_url))
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """A busy port, said in words (uvicorn would log ``[Errno 98]`` and stop), with the two ways
+    to pick another. Binding the way uvicorn will is the only honest test of "free"."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is already in use (another broker, or another "
+                    f"program); pick another with --port {port + 1} or BROKER_PORT={port + 1}"
+                )
+            if exc.errno == errno.EACCES:
+                return f"port {port} on {host} needs privileges; use a port above 1023 (--port)"
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def _run_uvicorn(uvicorn: Any, settings: Settings, args: argparse.Namespace, trusted: str) -> None:
@@ -304,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", metavar="JWT", help="verify this sign-in token as the service would (- = stdin)"
     )
     doctor.set_defaults(func=cmd_doctor)
+    sub.add_parser("init", help=init_help).set_defaults(func=cmd_init)
     return parser
 
 
