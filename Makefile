@@ -28,11 +28,11 @@ test: $(STAMP)
 
 ## serve the docs site on http://127.0.0.1:8001 (reloads on edits)
 docs: $(STAMP)
-	$(BIN)/mkdocs serve -a 127.0.0.1:8001
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8001
 
 ## the docs site's strict build (a broken link or a page missing from the nav fails it), as CI runs it
 docs-build: $(STAMP)
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 lint: $(STAMP)
 	$(BIN)/ruff check broker tests benchmarks
