@@ -329,6 +329,11 @@ def test_protocol_console_chats_with_the_mock_backend_when_chatkit_is_blocked(ta
         " const v = getComputedStyle(e).color; e.remove(); return v; }",
         amber.strip(),
     )
+    detail = page.locator("#status-detail").evaluate("e => getComputedStyle(e).backgroundColor")
+    assert detail != page.evaluate(  # no red box either
+        "() => { const e = document.createElement('i'); e.style.color = 'var(--err-soft)';"
+        " document.body.append(e); const v = getComputedStyle(e).color; e.remove(); return v; }"
+    )
     expect(page.locator("#retry")).to_be_enabled()
     console = page.locator("#console")
     expect(console).to_be_visible()

@@ -433,7 +433,6 @@ async function mount(workflow) {
         "backend work; ChatKit's own UI (widgets, attachments) is not shown. Retry loads ChatKit again.",
       detail: err instanceof Error ? err.message : String(err),
     });
-    log("page", `ChatKit unavailable: ${err instanceof Error ? err.message : err}`, { level: "warn" });
     openConsole(api);
     return;
   }
