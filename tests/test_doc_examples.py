@@ -1,6 +1,6 @@
 """Every code example in the README and the docs site is exercised, so none can rot.
 
-Each fenced block is checked by its language: ``json`` must parse, ``toml`` must parse, ``sh``
+Each fenced block is checked by its language: ``json``, ``toml`` and ``yaml`` must parse, ``sh``
 and ``bash`` must be valid shell (``bash -n``), ``python`` must compile, ``js`` must be valid
 JavaScript (``node --check``, when node is installed). A block can ask for more with an HTML
 comment on the line before it (invisible on GitHub and in the docs site):
@@ -91,6 +91,12 @@ def test_json_examples_parse(example: Example):
 @pytest.mark.parametrize("example", of("toml"), ids=str)
 def test_toml_examples_parse(example: Example):
     tomllib.loads(example.body)
+
+
+@pytest.mark.parametrize("example", of("yaml"), ids=str)
+def test_yaml_examples_parse(example: Example):
+    yaml = pytest.importorskip("yaml")  # PyYAML comes with mkdocs (the docs extra)
+    assert yaml.safe_load(example.body)
 
 
 @pytest.mark.parametrize("example", of("sh", "bash"), ids=str)
