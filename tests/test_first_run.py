@@ -150,3 +150,20 @@ def test_serve_on_a_busy_port_says_which_and_how_to_pick_another(tmp_path: Path)
     assert f"port {port} on 127.0.0.1 is already in use" in r.stderr
     assert f"--port {port + 1}" in r.stderr and f"BROKER_PORT={port + 1}" in r.stderr
     assert "Errno" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_starter_assertion_key_signs_for_a_gateway_once_one_is_added(project: Path):
+    """The commented gateway in the starter workflows file works as soon as it is uncommented:
+    the assertion key init wrote is the one the broker signs with (not a throw-away)."""
+    put_key(project)
+    workflows = project / "workflows.toml"
+    text = workflows.read_text()
+    assert "# [workflows.helpdesk]\n# server = " in text
+    workflows.write_text(
+        text.replace("# [workflows.helpdesk]\n# server = ", "[workflows.helpdesk]\nserver = ")
+    )
+    r = run_cli("check", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert "helpdesk: gateway http://127.0.0.1:8001/chatkit" in r.stdout
+    assert "gateway assertions: ES256, key " in r.stdout and "(BROKER_ASSERTION_KEY)" in r.stdout
+    assert "made at start-up" not in r.stdout
