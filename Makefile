@@ -41,4 +41,4 @@ format: $(STAMP)
 	$(BIN)/ruff format broker tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info site
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

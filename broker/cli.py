@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import ConfigError, Settings, load_settings, read_dotenv, read_environment
-from .init import HELP as init_help
-from .init import cmd_init
 from .logs import mask
 
 
@@ -329,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", metavar="JWT", help="verify this sign-in token as the service would (- = stdin)"
     )
     doctor.set_defaults(func=cmd_doctor)
-    sub.add_parser("init", help=init_help).set_defaults(func=cmd_init)
+    from .init import HELP, cmd_init
+
+    sub.add_parser("init", help=HELP).set_defaults(func=cmd_init)
     return parser
 
 
