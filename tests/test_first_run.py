@@ -131,6 +131,33 @@ def test_init_then_check_then_serve_answers_a_message(project: Path):
             )
             assert run.status_code == 200, run.text
             assert "hello from a first run" in run.json()["output_text"]  # the fake echoes
+
+            # the session secret a browser gets: good for its own workflow's endpoints only
+            # (docs/security.md says which)
+            minted = httpx.post(
+                f"{bp.url}/api/chatkit/session",
+                headers=headers,
+                json={"workflow": "assistant"},
+                timeout=10,
+            )
+            assert minted.status_code == 200, minted.text
+            secret = {"Authorization": f"Bearer {minted.json()['client_secret']}"}
+            assert secret["Authorization"].startswith("Bearer cks_")
+            threads = httpx.get(
+                f"{bp.url}/api/threads?workflow=assistant", headers=secret, timeout=10
+            )
+            assert threads.status_code == 200, threads.text
+            assert [t["id"] for t in threads.json()["data"]] == [run.json()["thread_id"]]
+            again = httpx.post(
+                f"{bp.url}/api/workflows/assistant/runs",
+                headers=secret,
+                json={"input": "and with the session secret"},
+                timeout=30,
+            )
+            assert again.status_code == 200, again.text
+            listing = httpx.get(f"{bp.url}/api/chatkit/workflows", headers=secret, timeout=10)
+            assert listing.status_code == 401
+            assert "only good at its workflow" in listing.json()["error"]["message"]
         finally:
             bp.stop()
     finally:
