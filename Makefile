@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[mock,dev,docs]'
+	$(BIN)/pip install -q -e '.[mock,dev]'
 	touch $(STAMP)
 
 ## set up .venv (the broker, its tests' and the docs' tools) without starting anything

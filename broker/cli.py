@@ -287,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mints OpenAI ChatKit client secrets for signed-in users.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from .init import HELP, cmd_init  # the first command a new user runs, listed first
+
+    sub.add_parser("init", help=HELP).set_defaults(func=cmd_init)
     serve = sub.add_parser("serve", help="run the HTTP service")
     serve.add_argument(
         "--mock", action="store_true", help="mock mode: no OpenAI key, loopback only"
@@ -327,9 +330,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", metavar="JWT", help="verify this sign-in token as the service would (- = stdin)"
     )
     doctor.set_defaults(func=cmd_doctor)
-    from .init import HELP, cmd_init
-
-    sub.add_parser("init", help=HELP).set_defaults(func=cmd_init)
     return parser
 
 
