@@ -65,7 +65,10 @@ def cli_page() -> str:
         for action in command._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
-            flags = ", ".join(f"`{f}`" for f in action.option_strings) or f"`{action.dest}`"
+            flags = (
+                ", ".join(f"`{f}`" for f in action.option_strings)
+                or f"`{action.metavar or action.dest}`"
+            )
             if action.metavar and action.option_strings:
                 flags += f" `{action.metavar}`"
             default = (
