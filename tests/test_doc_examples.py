@@ -143,7 +143,7 @@ def test_workflow_file_examples_pass_check(example: Example, tmp_path: Path):
             (tmp_path / target.split(":")[0]).write_text(
                 AGENT_PY.replace("agent = Agent(", f"{target.split(':')[1]} = Agent(")
             )
-    _check({**BASE_ENV, "BROKER_WORKFLOWS_FILE": str(tmp_path / "workflows.toml")}, ROOT)
+    _check({**BASE_ENV, "BROKER_WORKFLOWS_FILE": str(tmp_path / "workflows.toml")}, tmp_path)
 
 
 @pytest.mark.parametrize("example", of("sh", mark="check"), ids=str)
