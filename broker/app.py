@@ -208,7 +208,7 @@ def _settle_heap() -> None:
     collector's sight (``gc.freeze``) and the young generation is collected less often.
 
     With CPython's defaults, garbage collection cost more CPU than the broker's own code —
-    about 150-300 µs per mint under load, measured (README "Performance"): every full
+    about 150-300 µs per mint under load, measured (docs/performance.md): every full
     collection walked the tens of thousands of objects the imports and the app had made, which
     live as long as the process anyway.
     """

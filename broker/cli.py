@@ -1,4 +1,4 @@
-"""``chatkit-broker``: serve, check, token (and doctor). Exit codes: 0 ok, 1 check failed, 2 usage/config."""
+"""``chatkit-broker``: serve, check, token, doctor and init. Exit codes: 0 ok, 1 check failed, 2 usage/config."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    problem = _database_problem(settings)
+    problem = _port_problem(settings.host, settings.port) or _database_problem(settings)
     if problem:
         print(f"chatkit-broker serve: cannot start: {problem}", file=sys.stderr)
         return 2
@@ -82,6 +82,29 @@ def _database_problem(settings: Settings) -> str | None:
         problem = spec.preflight(settings) if spec.preflight is not None else None
         if problem:
             return problem
+    return None
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """A busy port, said in words (uvicorn would log ``[Errno 98]`` and stop), with the two ways
+    to pick another. Binding the way uvicorn will is the only honest test of "free"."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is already in use (another broker, or another "
+                    f"program); pick another with --port {port + 1} or BROKER_PORT={port + 1}"
+                )
+            if exc.errno == errno.EACCES:
+                return f"port {port} on {host} needs privileges; use a port above 1023 (--port)"
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
     return None
 
 
@@ -282,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mints OpenAI ChatKit client secrets for signed-in users.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from .init import HELP, cmd_init  # the first command a new user runs, listed first
+
+    sub.add_parser("init", help=HELP).set_defaults(func=cmd_init)
     serve = sub.add_parser("serve", help="run the HTTP service")
     serve.add_argument(
         "--mock", action="store_true", help="mock mode: no OpenAI key, loopback only"

@@ -101,6 +101,8 @@ class Unavailable(BrokerError):
 
 
 class InvalidRequest(ClientError):
+    """400: malformed JSON, not an object, a missing workflow, a field of the wrong type, not ``application/json``, or not valid HTTP/1.1."""
+
     status, code = 400, "invalid_request"
 
 
@@ -115,18 +117,26 @@ class Unauthenticated(ClientError):
 
 
 class WorkflowNotAllowed(ClientError):
+    """403: the workflow is not on the allowlist, or the caller's claims do not meet its ``require``."""
+
     status, code = 403, "workflow_not_allowed"
 
 
 class MockLocalOnly(ClientError):
+    """403: mock mode reached from a non-loopback peer or with a non-local ``Host``."""
+
     status, code = 403, "mock_local_only"
 
 
 class NotFound(ClientError):
+    """404: an unknown route, or a session, thread or item this caller does not own."""
+
     status, code = 404, "not_found"
 
 
 class MethodNotAllowed(ClientError):
+    """405: a known route with the wrong method (``Allow`` lists the right ones)."""
+
     status, code = 405, "method_not_allowed"
 
 
@@ -137,10 +147,14 @@ class RequestTimeout(ClientError):
 
 
 class PayloadTooLarge(ClientError):
+    """413: the request body is over 16 KiB."""
+
     status, code = 413, "payload_too_large"
 
 
 class RateLimited(ClientError):
+    """429: the per-user or per-address limit; ``Retry-After`` and ``RateLimit-*`` say when to come back."""
+
     status, code = 429, "rate_limited"
 
 
@@ -151,18 +165,26 @@ class HeadersTooLarge(ClientError):
 
 
 class UpstreamAuthFailed(UpstreamFailure):
+    """502: OpenAI answered 401/403: the API key is wrong or lacks access."""
+
     status, code = 502, "upstream_auth_failed"
 
 
 class UpstreamWorkflowNotFound(UpstreamFailure):
+    """502: OpenAI answered 404: usually a key of another project, or an unpublished workflow."""
+
     status, code = 502, "upstream_workflow_not_found"
 
 
 class UpstreamError(UpstreamFailure):
+    """502: any other OpenAI error, a body that is not JSON, or one without a ``client_secret``."""
+
     status, code = 502, "upstream_error"
 
 
 class UpstreamTimeout(UpstreamFailure):
+    """504: OpenAI did not answer within ``BROKER_UPSTREAM_TIMEOUT``."""
+
     status, code = 504, "upstream_timeout"
 
 
@@ -191,10 +213,14 @@ class RunTimeout(UpstreamFailure):
 
 
 class UpstreamUnavailable(Unavailable):
+    """503: OpenAI refused or reset the connection, or stayed at 429/503 after the retries."""
+
     status, code = 503, "upstream_unavailable"
 
 
 class AuthUnavailable(Unavailable):
+    """503: JWKS mode, and no key set could ever be fetched (not the caller's fault)."""
+
     status, code = 503, "auth_unavailable"
 
 

@@ -40,7 +40,7 @@ UPSTREAM_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
-    """The broker's metrics. Names and labels are documented in the README ("Deploying")."""
+    """The broker's metrics. Names and labels are documented in docs/operating/metrics.md."""
 
     def __init__(self) -> None:
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))

@@ -1,5 +1,5 @@
 """The composition root's process-wide tuning: under ``serve`` the garbage collector is set up
-once startup is done (README "Performance"); an app built inside another program leaves it be."""
+once startup is done (docs/performance.md); an app built inside another program leaves it be."""
 
 from __future__ import annotations
 

@@ -316,8 +316,25 @@ def test_protocol_console_chats_with_the_mock_backend_when_chatkit_is_blocked(ta
     assert backend_url == "/chatkit/post-writer"
     assert answer["client_secret"].startswith("cks_")
 
-    expect(status(page)).to_have_attribute("data-state", "error")
-    expect(page.locator("#status-reason")).to_have_text(CANT_LOAD)
+    # a working state, explained: amber, not the red "error" (the backend answers below)
+    expect(status(page)).to_have_attribute("data-state", "console")
+    expect(page.locator("#status-text")).to_have_text("working — through the protocol console")
+    expect(page.locator("#status-reason")).to_contain_text("ChatKit's script could not load")
+    expect(page.locator("#status-reason")).to_contain_text("the broker and the backend work")
+    expect(page.locator("#status-detail")).to_have_text(CANT_LOAD)
+    amber = page.evaluate("getComputedStyle(document.documentElement).getPropertyValue('--warn')")
+    dot = page.locator("#status .dot").evaluate("e => getComputedStyle(e).backgroundColor")
+    assert dot == page.evaluate(
+        "c => { const e = document.createElement('i'); e.style.color = c; document.body.append(e);"
+        " const v = getComputedStyle(e).color; e.remove(); return v; }",
+        amber.strip(),
+    )
+    detail = page.locator("#status-detail").evaluate("e => getComputedStyle(e).backgroundColor")
+    assert detail != page.evaluate(  # no red box either
+        "() => { const e = document.createElement('i'); e.style.color = 'var(--err-soft)';"
+        " document.body.append(e); const v = getComputedStyle(e).color; e.remove(); return v; }"
+    )
+    expect(page.locator("#retry")).to_be_enabled()
     console = page.locator("#console")
     expect(console).to_be_visible()
     expect(console.locator("h2")).to_have_text("Protocol console diagnostic view")
@@ -374,6 +391,22 @@ def test_protocol_console_chats_with_the_mock_backend_when_chatkit_is_blocked(ta
     log_text = page.locator("#log").inner_text()
     assert answer["client_secret"] not in log_text
     assert not any(answer["client_secret"] in line for line in tab.console)
+
+
+def test_retry_from_the_console_state_mounts_chatkit_once_its_script_loads(tab: Tab, mock):
+    page = open_mock(tab, mock)
+    page.route(CHATKIT_JS, lambda route: route.abort())
+    page.click("button[data-workflow=post-writer]")
+    expect(status(page)).to_have_attribute("data-state", "console")
+    expect(page.locator("#console")).to_be_visible()
+    tab.shot("console-state")
+
+    page.unroute(CHATKIT_JS)
+    page.route(CHATKIT_JS, serve_stand_in)
+    page.click("#retry")
+    expect(status(page)).to_have_attribute("data-state", "ready")
+    expect(page.locator("#console")).to_be_hidden()
+    expect(page.locator("#chat openai-chatkit")).to_have_count(1)
 
 
 def test_protocol_console_reports_a_stream_cut_mid_reply_and_retry_recovers(tab: Tab, mock):

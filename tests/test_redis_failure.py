@@ -1,4 +1,4 @@
-"""Redis failure policy (README, "Deploying"): a dead, unreachable or silent Redis never hangs a
+"""Redis failure policy (docs/operating/redis-failure-policy.md): a dead, unreachable or silent Redis never hangs a
 request; mints still succeed, rate limits fall back to per-process counts, cancels answer 503,
 and ``/readyz`` waits for the first contact only."""
 

@@ -27,6 +27,9 @@ const STATUS_TEXT = {
   fetching: "fetching secret…",
   loading: "loading ChatKit…",
   ready: "ready",
+  // ChatKit's script could not load, but a custom backend still answers through the console:
+  // a working state with a limit (amber, explained), not an error
+  console: "working — through the protocol console",
   error: "error",
 };
 
@@ -419,8 +422,18 @@ async function mount(workflow) {
     await loadChatKitScript(config.chatkit_js_url);
   } catch (err) {
     if (!current()) return;
-    fail(err);
-    if ("url" in api) openConsole(api);
+    if (!("url" in api)) {
+      fail(err); // a hosted workflow has nothing else to talk to
+      return;
+    }
+    setStatus("console", {
+      reason:
+        "ChatKit's script could not load (offline, or blocked by a proxy or an extension), so this " +
+        "page talks to the backend itself through the protocol console below: the broker and the " +
+        "backend work; ChatKit's own UI (widgets, attachments) is not shown. Retry loads ChatKit again.",
+      detail: err instanceof Error ? err.message : String(err),
+    });
+    openConsole(api);
     return;
   }
   if (!current()) return;
@@ -722,7 +735,7 @@ function render() {
     $("status-text").textContent = STATUS_TEXT[status.name];
     showText($("status-reason"), status.reason);
     showText($("status-detail"), status.detail);
-    /** @type {HTMLButtonElement} */ ($("retry")).disabled = !(status.name === "error" && state.retry);
+    /** @type {HTMLButtonElement} */ ($("retry")).disabled = !((status.name === "error" || status.name === "console") && state.retry);
     /** @type {HTMLButtonElement} */ ($("sign-out")).disabled = !state.backend;
   });
 
