@@ -19,6 +19,7 @@ setup: $(STAMP)
 
 ## set up and start the broker in mock mode on http://127.0.0.1:8000 (no OpenAI key needed)
 dev: $(STAMP)
+	@echo "mock mode: canned replies, no key. For a real agent workflow: $(CURDIR)/$(BIN)/chatkit-broker init in an empty folder (docs/tutorial/agent.md)"
 	$(BIN)/chatkit-broker serve --mock
 
 # the Node verifier's dependencies (jose), from its lockfile

@@ -175,7 +175,7 @@ async def _broker_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     messages = {
-        404: f"There is no {request.url.path} here; see the README for the API.",
+        404: f"There is no {request.url.path} here; see /openapi.json for the API.",
         405: f"{request.method} is not allowed on {request.url.path}.",
     }
     error = from_http_status(

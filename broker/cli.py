@@ -109,7 +109,7 @@ def _port_problem(host: str, port: int) -> str | None:
 
 
 def _run_uvicorn(uvicorn: Any, settings: Settings, args: argparse.Namespace, trusted: str) -> None:
-    # Limits against slow and abusive clients (README "Reliability and security"):
+    # Limits against slow and abusive clients (docs/reliability.md):
     # request heads are capped at 64 KiB and must arrive within 10 s (broker/server.py; plain
     # uvicorn has neither with httptools), bodies at 16 KiB within 10 s (edge.Edge),
     # idle keep-alive connections close after 10 s. No limit_concurrency: its 503s would turn

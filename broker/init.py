@@ -24,7 +24,7 @@ ENV_FILE = ".env"
 HELP = "write a starter project here: workflows file, example agent, .env with fresh secrets"
 
 WORKFLOWS_TOML = f"""\
-# The broker's workflows: each [workflows.<name>] names one backend (README, "Workflow file").
+# The broker's workflows: each [workflows.<name>] names one backend (docs/configuration.md).
 # The browser asks for a workflow by its name; only the names listed here can be used.
 
 [workflows.assistant]

@@ -3,7 +3,7 @@
 Rate limits and the session registry share one connection pool. Every call is bounded (connect
 and read timeouts, plus a hard deadline around the whole call), and after a failure Redis is
 left alone for a short cooldown: calls fail at once instead of each request paying a timeout.
-What a failure *means* is decided by the callers (see the README's Redis failure policy):
+What a failure *means* is decided by the callers (docs/operating/redis-failure-policy.md):
 rate limits fall back to per-process counts, ownership checks answer 503.
 """
 
@@ -143,7 +143,7 @@ class RedisStore:
         """For ``/readyz``: a problem while Redis was never reached (SPEC §2), else None.
 
         Once reached, a later outage does not make the broker unready: it keeps serving in
-        the degraded mode the README describes, and taking every instance out of the load
+        the degraded mode the docs describe, and taking every instance out of the load
         balancer would turn a Redis outage into a full one.
         """
         if self.reached or await self.ping():

@@ -28,7 +28,7 @@ OTHER_BODY = json.dumps({"type": "threads.list", "params": {"limit": 2}}).encode
 KIT_FIX = (
     "verify the {header} header on every request — broker.backend_kit.AssertionMiddleware("
     "jwks_url=..., audience=..., issuer=...) checks the signature, audience, expiry, the body "
-    "hash and replays (README: Gateway workflows, the backend kit)"
+    "hash and replays (docs/gateway.md, the backend kit)"
 )
 
 
@@ -145,7 +145,7 @@ async def probe(
             f"{url}: this backend shows other users' threads to a new user (a brand-new probe "
             f"user's threads.list listed {len(shown)}{'+' if page.get('has_more') else ''})",
             "scope the store by the verified user: wrap it in broker.backend_kit."
-            "UserScopedStore (README: Gateway workflows, the backend kit)",
+            "UserScopedStore (docs/gateway.md, the backend kit)",
             answered=True,
         )
     return Finding("ok", f"{url} answers and accepts the broker's signed identity.", answered=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-# what a ChatKit request needs, and W3C trace context; the README lists exactly these
+# what a ChatKit request needs, and W3C trace context; docs/gateway.md lists exactly these
 FORWARDED = (
     "content-type",
     "accept",

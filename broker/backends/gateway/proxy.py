@@ -256,7 +256,7 @@ class GatewayProxy:
         # frame holding the task: ``work.result()`` here made a cycle (error → traceback →
         # this frame → task → error) that kept the failed exchange's frames, with a JSON
         # answer of up to 8 MiB in them, alive until a full collection, which ``serve``'s
-        # collector settings make rare (README "Reliability").
+        # collector settings make rare (docs/reliability.md).
         error = work.exception()
         del work, watch, done
         if error is not None:

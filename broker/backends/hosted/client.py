@@ -274,7 +274,7 @@ class HostedSessions:
             raise UpstreamWorkflowNotFound(
                 f"OpenAI says the workflow for {what} was not found. Since 2026-11-30 OpenAI no "
                 "longer runs Agent Builder workflows: serve it as a gateway or agent workflow "
-                "(README, 'Migrating from Agent Builder'). Otherwise the API key belongs to "
+                "('chatkit-broker migrate', docs/migrating.md). Otherwise the API key belongs to "
                 "another project than the workflow (check CHATKIT_OPENAI_API_KEY, or a stray shell "
                 "OPENAI_API_KEY), or the workflow is not published. Run 'chatkit-broker doctor'.",
                 upstream=upstream,

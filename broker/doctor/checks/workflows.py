@@ -245,7 +245,7 @@ def _explain_not_found(
             "wf_ workflows no longer run. Move it to a gateway workflow (server = "
             '"https://…", your own ChatKit server) or an agent workflow (agent = '
             '"package.module:attr", e.g. the Agents SDK code Agent Builder exported) — see '
-            "the README, 'Migrating from Agent Builder'. Older causes: the key belongs to "
+            "'chatkit-broker migrate' (docs/migrating.md). Older causes: the key belongs to "
             "another project than the workflow (often a stray shell OPENAI_API_KEY), or the "
             "workflow is not published."
         )
