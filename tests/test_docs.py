@@ -137,3 +137,30 @@ def test_readme_links_to_files_that_exist():
     assert any(t.startswith("docs/") for t in targets)
     missing = [t for t in targets if not (DOCS.parent / t).exists()]
     assert missing == []
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The ids the docs site (and GitHub, for these plain headings) gives a page's headings."""
+    from markdown.extensions.toc import slugify
+
+    text = re.sub(r"^```.*?^```", "", markdown, flags=re.M | re.S)  # no headings in code
+    return {slugify(h.replace("`", ""), "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+def test_readme_anchors_exist():
+    """A section that moved into docs/ leaves no link to its old anchor behind, in the README or
+    into a page (``docs/x.md#part``)."""
+    root = DOCS.parent
+    readme = (root / "README.md").read_text()
+    links = re.findall(r"\]\((?!https?://|mailto:)([^)#\s]*)#([^)\s]+)\)", readme)
+    dead = [
+        f"{page}#{anchor}"
+        for page, anchor in links
+        if anchor not in _anchors((root / page).read_text() if page else readme)
+    ]
+    assert dead == []
+
+
+def test_a_dead_anchor_would_be_caught():
+    assert "gateway-workflows" in _anchors((DOCS / "gateway.md").read_text())
+    assert "metrics" not in _anchors((DOCS / "gateway.md").read_text())
