@@ -9,7 +9,7 @@
   over raw sockets: always an answer within seconds, a 4xx in the SPEC shape unless the
   request was in fact valid (200), never a 5xx.
 Example counts are modest so the module runs in well under two minutes; the figures are
-printed (``-s``) and quoted in the README.
+printed (``-s``) and quoted in docs/reliability.md.
 """
 
 from __future__ import annotations

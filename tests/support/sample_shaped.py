@@ -6,7 +6,7 @@ store beside it, and one endpoint that hands the body to ``server.process(body,
 {"request": request})``. It calls no model: ``respond`` streams a canned reply.
 
 ``create_app(kit=None)`` is the sample unchanged; ``kit=KitOptions(...)`` adds the backend
-kit's lines — the same ones the README's diff adds to the real sample: the middleware on
+kit's lines — the same ones docs/gateway.md's diff adds to the real sample: the middleware on
 the app, the user-scoped wrappers around both stores.
 """
 
@@ -160,7 +160,7 @@ class KitOptions:
 def create_app(kit: KitOptions | None = None) -> Starlette:
     store: Any = SampleMemoryStore()
     attachments: Any = SampleAttachmentStore()
-    if kit is not None:  # the kit's lines, as in the README's diff for the sample
+    if kit is not None:  # the kit's lines, as in docs/gateway.md's diff for the sample
         from broker.backend_kit import UserScopedAttachmentStore, UserScopedStore
 
         store = UserScopedStore(store)

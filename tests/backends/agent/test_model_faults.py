@@ -118,7 +118,7 @@ def no_traceback(caplog: pytest.LogCaptureFixture):
     logged = logged_text(caplog, logging.INFO)
     # (a stream ended by the database leaves chatkit-python 1.6.5's _merge_generators with a
     # pending task, which asyncio reports as "Task was destroyed but it is pending!" with no
-    # traceback: upstream, listed in the README)
+    # traceback: upstream, listed in docs/reliability.md)
     assert "Traceback" not in logged, logged[-3000:]
 
 

@@ -1,7 +1,7 @@
 """The whole broker in front of the real example ChatKit server, through real HTTP.
 
 browser (httpx) → uvicorn → broker (gate, session secret, message limit, relay) → uvicorn →
-examples/chatkit_server (verifies the assertion against the broker's JWKS) — as the README's
+examples/chatkit_server (verifies the assertion against the broker's JWKS) — as docs/gateway.md's
 "Gateway workflows" walkthrough runs them.
 """
 

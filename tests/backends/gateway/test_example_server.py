@@ -39,7 +39,7 @@ def create(text: str) -> dict[str, Any]:
 
 @pytest.fixture
 async def stack() -> AsyncIterator[tuple[GatewayTestApp, str, str]]:
-    """(the gateway app, its URL, the example server's URL), wired as in the README."""
+    """(the gateway app, its URL, the example server's URL), wired as in docs/gateway.md."""
     pool = gateway_pool()
     gateway = GatewayTestApp(GatewayProxy(pool), AssertionSigner(), Upstream("http://unset"))
     async with run_asgi(gateway) as gateway_url:

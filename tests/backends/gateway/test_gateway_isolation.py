@@ -102,7 +102,7 @@ async def test_bob_never_reaches_alices_thread_through_the_gateway(
 async def test_messages_the_backend_refused_do_not_use_up_the_message_limit(stack: Stack) -> None:
     """bob's messages to alice's thread are the example server's 404s: they start no turn,
     so they leave his ``max_messages_per_minute`` (3 here) whole — his own 3 turns are
-    answered, the 4th is the broker's 429 (README "Reliability and security")."""
+    answered, the 4th is the broker's 429 (docs/reliability.md)."""
     async with httpx.AsyncClient(base_url=stack.broker, timeout=10) as browser:
         alice = {"Authorization": f"Bearer {token('alice')}"}
         await browser.post("/chatkit/example", json=create("mine"), headers=alice)
