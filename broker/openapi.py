@@ -654,7 +654,9 @@ def openapi_document(
             "description": (
                 "MOCK MODE: no OpenAI calls; per-process session secrets; loopback clients only."
                 if mock
-                else "Live mode: mints hosted ChatKit sessions with the broker's OpenAI key."
+                else "Live mode: sessions for the allowlisted workflows: agent workflows the "
+                "broker serves, gateway workflows it relays to their own ChatKit servers, and "
+                "hosted ones (retired 2026-11-30) minted with the broker's OpenAI key."
             )
             + ' Every error body is `{"error": {"code", "message", "request_id"}}`; '
             "an unknown route is 404 `not_found`, a wrong method 405 `method_not_allowed` "
