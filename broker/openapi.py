@@ -400,8 +400,19 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "up in the user's ChatKit history. `?stream=1` answers the ChatKit events as SSE.",
             "security": _BEARER,
             "parameters": [
-                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-                {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["1"]}},
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "The agent workflow's name on the allowlist.",
+                },
+                {
+                    "name": "stream",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": ["1"]},
+                    "description": "1: answer the ChatKit events as SSE instead of the whole answer.",
+                },
             ],
             "requestBody": _body(api.RunRequest, MAX_CHATKIT_BODY_BYTES),
             "responses": {
@@ -434,13 +445,25 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "summary": "The caller's threads of one agent workflow, newest first (ChatKit JSON)",
             "security": _BEARER,
             "parameters": [
-                {"name": "workflow", "in": "query", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "workflow",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "The agent workflow whose threads to list.",
+                },
                 {
                     "name": "limit",
                     "in": "query",
                     "schema": {"type": "integer", "minimum": 1, "maximum": api.MAX_PAGE_SIZE},
+                    "description": "Page size.",
                 },
-                {"name": "after", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "after",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "The previous page's `after`, to page on.",
+                },
             ],
             "responses": {
                 "200": {
@@ -463,17 +486,30 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "summary": "The visible items of one of the caller's threads (ChatKit JSON)",
             "security": _BEARER,
             "parameters": [
-                {"name": "thread_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "thread_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "One of the caller's threads (another user's is a 404).",
+                },
                 {
                     "name": "limit",
                     "in": "query",
                     "schema": {"type": "integer", "minimum": 1, "maximum": api.MAX_PAGE_SIZE},
+                    "description": "Page size.",
                 },
-                {"name": "after", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "after",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "The previous page's `after`, to page on.",
+                },
                 {
                     "name": "order",
                     "in": "query",
                     "schema": {"type": "string", "enum": ["asc", "desc"]},
+                    "description": "Oldest first (asc, the default) or newest first.",
                 },
             ],
             "responses": {
