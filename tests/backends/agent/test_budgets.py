@@ -1,0 +1,177 @@
+"""Usage and budgets through the broker's HTTP interface, against the fake Responses API
+(which reports usage like the real one and counts what it served), on SQLite and PostgreSQL,
+with and without a shared Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from broker.backends.agent.workflow import AgentWorkflow
+from broker.config import load_settings
+
+from ...support import WF_SUPPORT, app_client, auth
+from ...support.fake_responses import FakeResponses, text
+from .harness import sse
+
+SESSION_SECRET = "session-secret-that-is-at-least-32-bytes!"
+AGENT = "examples.agent.support_agent:agent"
+
+
+def settings_for(env: dict[str, str], tmp_path: Path, budget: str) -> Any:
+    wf_file = tmp_path / f"workflows-{secrets.token_hex(3)}.toml"
+    wf_file.write_text(
+        f'[workflows.coach]\nagent = "{AGENT}"\n\n[workflows.coach.budget]\n{budget}'
+    )
+    return load_settings({**env, "BROKER_WORKFLOWS_FILE": str(wf_file), "BROKER_WORKFLOWS": ""})
+
+
+@pytest.fixture
+def agent_env(base_env: dict[str, str], responses: FakeResponses, db_url: str) -> dict[str, str]:
+    return {
+        **base_env,
+        "OPENAI_BASE_URL": responses.base_url,
+        "BROKER_WORKFLOWS": f"hosted={WF_SUPPORT}",
+        "BROKER_SESSION_SECRET": SESSION_SECRET,
+        "BROKER_DATABASE_URL": db_url,
+    }
+
+
+async def run(client: httpx.AsyncClient, credential: str, said: str = "hi") -> httpx.Response:
+    return await client.post(
+        "/api/workflows/coach/runs", json={"input": said}, headers=auth(credential)
+    )
+
+
+async def test_a_daily_budget_holds_per_user_and_usage_agrees_with_the_fake(
+    agent_env, tmp_path, token: Callable[..., str], responses: FakeResponses
+) -> None:
+    alice, bob = f"alice-{secrets.token_hex(3)}", f"bob-{secrets.token_hex(3)}"
+    settings = settings_for(
+        agent_env, tmp_path, "tokens_per_user_per_day = 300\nreserve_tokens = 50\n"
+    )
+    async with app_client(settings) as client:
+        codes = []
+        for _ in range(20):
+            r = await run(client, token(alice), "tell me more " * 5)
+            codes.append(r.status_code)
+            if r.status_code != 200:
+                break
+        assert codes[-1] == 429 and len(codes) > 2, codes
+        spent = responses.tokens_served()
+        assert 300 <= spent < 300 + max(u["total_tokens"] for _, u in responses.served)
+        body = r.json()
+        assert body["error"]["code"] == "budget_exceeded"
+        assert "resets at" in body["error"]["message"] and "UTC" in body["error"]["message"]
+        assert body["budget"]["name"] == "tokens_per_user_per_day"
+        assert body["budget"]["remaining"] == 0 and body["budget"]["resets_at"].endswith("Z")
+        assert int(r.headers["retry-after"]) > 0
+        # in the chat: a ChatKit error event saying the same
+        r = await client.post(
+            "/chatkit/coach",
+            json={
+                "type": "threads.create",
+                "params": {
+                    "input": {
+                        "content": [{"type": "input_text", "text": "more?"}],
+                        "attachments": [],
+                        "inference_options": {},
+                    }
+                },
+            },
+            headers=auth(token(alice)),
+        )
+        errors = [e for e in sse(r.text) if e["type"] == "error"]
+        assert errors and "resets at" in errors[0]["message"]
+        assert responses.tokens_served() == spent  # the refused message reached no model
+        # what alice can read about herself agrees with the fake's count
+        mine = (await client.get("/api/usage", headers=auth(token(alice)))).json()
+        coach = mine["workflows"][0]
+        assert coach["today"]["total_tokens"] == spent == coach["this_month"]["total_tokens"]
+        assert coach["today"]["calls"] == len(responses.served)
+        assert coach["budgets"][0]["used"] == spent and coach["budgets"][0]["remaining"] == 0
+        # bob goes on
+        r = await run(client, token(bob))
+        assert r.status_code == 200, r.text
+        theirs = (await client.get("/api/usage", headers=auth(token(bob)))).json()
+        assert theirs["workflows"][0]["today"]["total_tokens"] == responses.tokens_served() - spent
+        metrics = (await client.get("/metrics")).text
+        counted = [
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("broker_agent_tokens_total{") and 'workflow="coach"' in line
+        ]
+        assert sum(counted) == responses.tokens_served()
+
+
+async def test_a_model_reporting_no_usage_is_recorded_as_unknown(
+    agent_env, tmp_path, token, responses: FakeResponses, caplog
+) -> None:
+    user = f"carol-{secrets.token_hex(3)}"
+    settings = settings_for(agent_env, tmp_path, "tokens_per_user_per_day = 100000\n")
+    responses.script(text("No count for this one.", usage=False))
+    async with app_client(settings) as client:
+        r = await run(client, token(user))
+        assert r.status_code == 200, r.text
+        mine = (await client.get("/api/usage", headers=auth(token(user)))).json()
+    today = mine["workflows"][0]["today"]
+    assert today["calls"] == 1 and today["unknown_calls"] == 1 and today["total_tokens"] == 0
+    assert "reported no usage" in caplog.text
+
+
+async def test_a_budget_of_zero_closes_the_workflow(agent_env, tmp_path, token, responses) -> None:
+    settings = settings_for(agent_env, tmp_path, "tokens_per_day = 0\n")
+    async with app_client(settings) as client:
+        r = await run(client, token("dave"))
+    assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"
+    assert "closed" in r.json()["error"]["message"] and not responses.requests
+
+
+async def test_tiers_by_claim(agent_env, tmp_path, token, responses) -> None:
+    settings = settings_for(
+        agent_env,
+        tmp_path,
+        "tokens_per_user_per_day = 0\n[workflows.coach.budget.tiers.pro]\n"
+        'require = { plan = "pro" }\ntokens_per_user_per_day = 100000\n',
+    )
+    async with app_client(settings) as client:
+        free = await run(client, token("erin"))
+        pro = await run(client, token("erin", plan="pro"))
+    assert free.status_code == 429 and pro.status_code == 200, pro.text
+
+
+def test_bad_price_tables_and_budgets_are_configuration_errors() -> None:
+    from pydantic import ValidationError
+
+    for budget, word in (
+        ({"prices": {"gpt-9000": {"input": 1, "output": 1}}}, "gpt-9000"),
+        ({"prices": {"gpt-4.1": {"input": -1, "output": 1}}}, "greater than or equal"),
+        ({"tokens_per_user_per_day": -5}, "tokens_per_user_per_day"),
+    ):
+        with pytest.raises(ValidationError, match=word):
+            AgentWorkflow.model_validate({"name": "c", "agent": "a.b:c", "budget": budget})
+
+
+async def test_two_brokers_on_one_redis_share_the_budget_and_parallel_runs_overspend_at_most_one_hold(
+    agent_env, redis_env, tmp_path, token, responses: FakeResponses
+) -> None:
+    user = f"frank-{secrets.token_hex(3)}"
+    env = {**agent_env, **redis_env}
+    settings = settings_for(env, tmp_path, "tokens_per_user_per_day = 400\nreserve_tokens = 200\n")
+    async with app_client(settings) as one, app_client(settings) as two:
+        results = await asyncio.gather(*(run(c, token(user), "x" * 40) for c in (one, two) * 6))
+        codes = [r.status_code for r in results]
+        assert 429 in codes and 200 in codes, codes
+        biggest = max(u["total_tokens"] for _, u in responses.served)
+        assert responses.tokens_served() <= 400 + max(biggest, 200)
+        # both brokers now refuse, and agree on what was used
+        for c in (one, two):
+            assert (await run(c, token(user))).status_code == 429
+            budget = (await c.get("/api/usage", headers=auth(token(user)))).json()
+            assert budget["workflows"][0]["budgets"][0]["used"] == responses.tokens_served()
