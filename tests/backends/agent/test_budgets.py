@@ -5,7 +5,13 @@ with and without a shared Redis."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+import json
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,10 +30,10 @@ SESSION_SECRET = "session-secret-that-is-at-least-32-bytes!"
 AGENT = "examples.agent.support_agent:agent"
 
 
-def settings_for(env: dict[str, str], tmp_path: Path, budget: str) -> Any:
+def settings_for(env: dict[str, str], tmp_path: Path, budget: str, name: str = "coach") -> Any:
     wf_file = tmp_path / f"workflows-{secrets.token_hex(3)}.toml"
     wf_file.write_text(
-        f'[workflows.coach]\nagent = "{AGENT}"\n\n[workflows.coach.budget]\n{budget}'
+        f'[workflows.{name}]\nagent = "{AGENT}"\n\n[workflows.{name}.budget]\n{budget}'
     )
     return load_settings({**env, "BROKER_WORKFLOWS_FILE": str(wf_file), "BROKER_WORKFLOWS": ""})
 
@@ -43,9 +49,11 @@ def agent_env(base_env: dict[str, str], responses: FakeResponses, db_url: str) -
     }
 
 
-async def run(client: httpx.AsyncClient, credential: str, said: str = "hi") -> httpx.Response:
+async def run(
+    client: httpx.AsyncClient, credential: str, said: str = "hi", name: str = "coach"
+) -> httpx.Response:
     return await client.post(
-        "/api/workflows/coach/runs", json={"input": said}, headers=auth(credential)
+        f"/api/workflows/{name}/runs", json={"input": said}, headers=auth(credential)
     )
 
 
@@ -175,3 +183,35 @@ async def test_two_brokers_on_one_redis_share_the_budget_and_parallel_runs_overs
             assert (await run(c, token(user))).status_code == 429
             budget = (await c.get("/api/usage", headers=auth(token(user)))).json()
             assert budget["workflows"][0]["budgets"][0]["used"] == responses.tokens_served()
+
+
+async def test_the_usage_command_agrees_with_the_fake(
+    agent_env, db_url, tmp_path, token, responses: FakeResponses
+) -> None:
+    name = f"coach{secrets.token_hex(3)}"  # its own rows, on the session's shared PostgreSQL
+    settings = settings_for(agent_env, tmp_path, "tokens_per_user_per_month = 1000000\n", name)
+    async with app_client(settings) as client:
+        for user, said in (("gina", "hello"), ("gina", "more please"), ("hank", "hi")):
+            assert (await run(client, token(user), said, name)).status_code == 200
+
+    def usage_command(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "broker.cli", "usage", "--database-url", db_url, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[3])},
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    data = json.loads(usage_command("--json", "--workflow", name))
+    assert data["total"]["total_tokens"] == responses.tokens_served() > 0
+    assert data["total"]["calls"] == len(responses.served) == 3
+    assert [u["user"] for u in data["top_users"]] == ["gina", "hank"]
+    assert {r["model"] for r in data["rows"]} == {m for m, _ in responses.served}
+    rows = list(csv.DictReader(io.StringIO(usage_command("--csv", "--workflow", name))))
+    assert sum(int(r["total_tokens"]) for r in rows) == responses.tokens_served()
+    shown = usage_command("--workflow", name)
+    assert f"{responses.tokens_served()} tokens in 3 model calls" in shown and "gina" in shown
