@@ -23,7 +23,7 @@ from broker.backends.agent.workflow import AgentWorkflow
 from broker.config import load_settings
 
 from ...support import WF_SUPPORT, app_client, auth
-from ...support.fake_responses import FakeResponses, text
+from ...support.fake_responses import FakeResponses, Reply, text, tool_call
 from .harness import sse
 
 SESSION_SECRET = "session-secret-that-is-at-least-32-bytes!"
@@ -215,3 +215,57 @@ async def test_the_usage_command_agrees_with_the_fake(
     assert sum(int(r["total_tokens"]) for r in rows) == responses.tokens_served()
     shown = usage_command("--workflow", name)
     assert f"{responses.tokens_served()} tokens in 3 model calls" in shown and "gina" in shown
+
+
+async def test_a_model_call_past_the_budget_does_not_start_and_the_partial_reply_is_kept(
+    agent_env, tmp_path, token, responses: FakeResponses
+) -> None:
+    """The agent keeps calling a tool; once the run's own use reaches the budget, its next
+    model call is refused: the stream ends with an error event saying so, and the thread
+    keeps what the run did until then."""
+    user = f"ivy-{secrets.token_hex(3)}"
+    settings = settings_for(
+        agent_env, tmp_path, "tokens_per_user_per_day = 250\nreserve_tokens = 1\n"
+    )
+    responses.script(
+        *(
+            Reply(
+                outputs=[
+                    ("message", f"Checking day {n}."),
+                    *tool_call("opening_hours", {"day": "monday"}).outputs,
+                ]
+            )
+            for n in range(10)
+        )
+    )
+    async with app_client(settings) as client:
+        r = await client.post(
+            "/chatkit/coach",
+            json={
+                "type": "threads.create",
+                "params": {
+                    "input": {
+                        "content": [{"type": "input_text", "text": "hours?"}],
+                        "attachments": [],
+                        "inference_options": {},
+                    }
+                },
+            },
+            headers=auth(token(user)),
+        )
+        events = sse(r.text)
+        errors = [e for e in events if e["type"] == "error"]
+        assert errors and "tokens_per_user_per_day" in errors[0]["message"]
+        assert "so far is kept" in errors[0]["message"]
+        calls = len(responses.served)
+        assert 1 < calls < 10  # stopped part-way, not at the first call
+        per_call = [u["total_tokens"] for _, u in responses.served]
+        assert sum(per_call[:-1]) < 250 <= sum(per_call)  # the last call was the one over
+        thread_id = events[0]["thread"]["id"]
+        items = (
+            await client.get(f"/api/threads/{thread_id}/items", headers=auth(token(user)))
+        ).json()
+        said = [i["content"][0]["text"] for i in items["data"] if i["type"] == "assistant_message"]
+        assert said == [f"Checking day {n}." for n in range(calls)]  # all kept
+        mine = (await client.get("/api/usage", headers=auth(token(user)))).json()
+        assert mine["workflows"][0]["today"]["total_tokens"] == responses.tokens_served()
