@@ -269,3 +269,38 @@ async def test_a_model_call_past_the_budget_does_not_start_and_the_partial_reply
         assert said == [f"Checking day {n}." for n in range(calls)]  # all kept
         mine = (await client.get("/api/usage", headers=auth(token(user)))).json()
         assert mine["workflows"][0]["today"]["total_tokens"] == responses.tokens_served()
+
+
+async def test_an_emptied_redis_is_rebuilt_from_the_database_and_a_dead_one_counts_locally(
+    agent_env, tmp_path, token, responses: FakeResponses, own_redis
+) -> None:
+    import redis.asyncio as aioredis
+
+    user = f"jo-{secrets.token_hex(3)}"
+    env = {**agent_env, "BROKER_REDIS_URL": own_redis.url, "BROKER_REDIS_PREFIX": "t27:"}
+    settings = settings_for(env, tmp_path, "tokens_per_user_per_day = 200\nreserve_tokens = 1\n")
+    async with app_client(settings) as client:
+        while (await run(client, token(user), "spend")).status_code == 200:
+            pass
+        spent = responses.tokens_served()
+        # Redis loses everything: the counter comes back from the usage table
+        r = aioredis.Redis.from_url(own_redis.url)
+        await r.flushall()
+        await r.aclose()
+        refused = await run(client, token(user))
+        assert refused.status_code == 429 and refused.json()["budget"]["used"] == spent
+        # Redis dies: counted per process (seeded from the database), still refused, quickly
+        own_redis.kill()
+        started = asyncio.get_running_loop().time()
+        refused = await run(client, token(user))
+        assert refused.status_code == 429 and refused.json()["budget"]["used"] == spent
+        assert asyncio.get_running_loop().time() - started < 5
+        other = await run(client, token(f"kim-{secrets.token_hex(3)}"))
+        assert other.status_code == 200, other.text
+        metrics = (await client.get("/metrics")).text
+        fallbacks = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("broker_budget_fallbacks_total")
+        ]
+        assert fallbacks and float(fallbacks[0].split()[-1]) > 0
