@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -115,23 +116,51 @@ class Applied:
         }
 
 
+_plans: dict[tuple[int, int], tuple[Any, Any, list[tuple[str, str, str, str, int]]]] = {}
+_windows: tuple[int, dict[str, tuple[str, datetime, datetime]]] = (-1, {})
+
+
+def _plan(limits: Any, tier: Any) -> list[tuple[str, str, str, str, int]]:
+    """The set budgets of a (frozen) budget table and tier, worked out once per pair."""
+    cached = _plans.get((id(limits), id(tier)))
+    if cached is not None and cached[0] is limits and cached[1] is tier:
+        return cached[2]
+    plan = []
+    for (unit, scope, window), name in _NAMES.items():
+        value = getattr(tier, name, None) if tier is not None else None
+        if value is None:
+            value = getattr(limits, name, None)
+        if value is not None:
+            amount = int(value) if unit == "tokens" else round(value * MICRO)
+            plan.append((name, unit, scope, window, amount))
+    _plans[(id(limits), id(tier))] = (limits, tier, plan)
+    return plan
+
+
+def _bounds_now() -> dict[str, tuple[str, datetime, datetime]]:
+    """Today's and this month's windows, worked out once per UTC day."""
+    global _windows
+    day = int(time.time() // 86400)
+    if _windows[0] != day:
+        now = datetime.now(UTC)
+        _windows = (day, {w: window_bounds(w, now) for w in ("day", "month")})
+    return _windows[1]
+
+
 def applicable(
     limits: Any, workflow: str, user: str, tier: Any = None, *, now: datetime | None = None
 ) -> list[Applied]:
     """The budgets of a workflow's ``Budget`` (with the tier's values over it) for one user."""
     if limits is None:
         return []
-    now = now or datetime.now(UTC)
+    plan = _plan(limits, tier)
+    if not plan:
+        return []
+    bounds = _bounds_now() if now is None else {w: window_bounds(w, now) for w in ("day", "month")}
+    who = {"user": f"u:{workflow}:{user}", "user_all": f"a:{user}", "workflow": f"w:{workflow}"}
     out = []
-    for (unit, scope, window), name in _NAMES.items():
-        value = getattr(tier, name, None) if tier is not None else None
-        if value is None:
-            value = getattr(limits, name, None)
-        if value is None:
-            continue
-        label, start, end = window_bounds(window, now)
-        who = {"user": f"u:{workflow}:{user}", "user_all": f"a:{user}", "workflow": f"w:{workflow}"}
-        amount = int(value) if unit == "tokens" else round(value * MICRO)
+    for name, unit, scope, window, amount in plan:
+        label, start, end = bounds[window]
         key = f"{unit}:{who[scope]}:{label}"
         out.append(Applied(name, unit, scope, window, amount, key, workflow, user, start, end))
     return out
@@ -182,7 +211,7 @@ class BudgetBook:
         self.metrics = metrics
         self.store = store
         self.local = LocalCounters()
-        self._day = ""
+        self._day = -1
         if store is not None:
             self._prefix = store.key("budget") + ":"
             self._reserve = store.client.register_script(RESERVE_SCRIPT)
@@ -191,10 +220,10 @@ class BudgetBook:
     # --- counters ------------------------------------------------------------------------
 
     async def _seed_local(self, applied: Sequence[Applied]) -> None:
-        now = datetime.now(UTC)
-        if self._day != now.strftime("%Y-%m-%d"):
-            self._day = now.strftime("%Y-%m-%d")
-            self.local.sweep(now)
+        day = int(time.time() // 86400)
+        if self._day != day:
+            self._day = day
+            self.local.sweep(datetime.now(UTC))
         for a in self.local.missing(applied):
             value = await self.seed(a)
             self.local.counts.setdefault(a.key, value)
