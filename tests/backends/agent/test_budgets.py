@@ -151,7 +151,29 @@ async def test_tiers_by_claim(agent_env, tmp_path, token, responses) -> None:
     async with app_client(settings) as client:
         free = await run(client, token("erin"))
         pro = await run(client, token("erin", plan="pro"))
-    assert free.status_code == 429 and pro.status_code == 200, pro.text
+        assert free.status_code == 429 and pro.status_code == 200, pro.text
+        # a session secret minted for a pro user keeps the tier in the chat
+        minted = await client.post(
+            "/api/chatkit/session",
+            json={"workflow": "coach"},
+            headers=auth(token("erin", plan="pro")),
+        )
+        secret = minted.json()["client_secret"]
+        r = await client.post(
+            "/chatkit/coach",
+            json={
+                "type": "threads.create",
+                "params": {
+                    "input": {
+                        "content": [{"type": "input_text", "text": "hi"}],
+                        "attachments": [],
+                        "inference_options": {},
+                    }
+                },
+            },
+            headers=auth(secret),
+        )
+        assert not [e for e in sse(r.text) if e["type"] == "error"]
 
 
 def test_bad_price_tables_and_budgets_are_configuration_errors() -> None:
