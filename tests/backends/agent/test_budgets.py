@@ -30,10 +30,12 @@ SESSION_SECRET = "session-secret-that-is-at-least-32-bytes!"
 AGENT = "examples.agent.support_agent:agent"
 
 
-def settings_for(env: dict[str, str], tmp_path: Path, budget: str, name: str = "coach") -> Any:
+def settings_for(
+    env: dict[str, str], tmp_path: Path, budget: str, name: str = "coach", agent: str = AGENT
+) -> Any:
     wf_file = tmp_path / f"workflows-{secrets.token_hex(3)}.toml"
     wf_file.write_text(
-        f'[workflows.{name}]\nagent = "{AGENT}"\n\n[workflows.{name}.budget]\n{budget}'
+        f'[workflows.{name}]\nagent = "{agent}"\n\n[workflows.{name}.budget]\n{budget}'
     )
     return load_settings({**env, "BROKER_WORKFLOWS_FILE": str(wf_file), "BROKER_WORKFLOWS": ""})
 
@@ -326,3 +328,23 @@ async def test_an_emptied_redis_is_rebuilt_from_the_database_and_a_dead_one_coun
             if line.startswith("broker_budget_fallbacks_total")
         ]
         assert fallbacks and float(fallbacks[0].split()[-1]) > 0
+
+
+async def test_an_export_with_several_agents_counts_each_model_call(
+    agent_env, tmp_path, token, responses: FakeResponses
+) -> None:
+    user = f"lee-{secrets.token_hex(3)}"
+    settings = settings_for(
+        agent_env,
+        tmp_path,
+        "tokens_per_user_per_day = 100000\n",
+        agent="examples/agent/builder_export.py:run_workflow",
+    )
+    responses.script(text('{"topic":"billing"}'), text("Refund sent."))
+    async with app_client(settings) as client:
+        r = await run(client, token(user), "refund?")
+        assert r.status_code == 200, r.text
+        mine = (await client.get("/api/usage", headers=auth(token(user)))).json()
+    today = mine["workflows"][0]["today"]
+    assert len(responses.served) == 2 == today["calls"]  # the classifier and the answer
+    assert today["total_tokens"] == responses.tokens_served()
