@@ -348,3 +348,29 @@ async def test_an_export_with_several_agents_counts_each_model_call(
     today = mine["workflows"][0]["today"]
     assert len(responses.served) == 2 == today["calls"]  # the classifier and the answer
     assert today["total_tokens"] == responses.tokens_served()
+
+
+async def test_a_run_that_crosses_midnight_settles_on_the_day_it_reserved_in() -> None:
+    """The clock turning mid-run: the hold is given back to the window it was taken from, so
+    the new day starts clean and the old one ends with exactly the run's use."""
+    from datetime import datetime
+
+    from broker.backends.agent.workflow import Budget
+    from broker.budgets import BudgetBook, applicable
+
+    async def nothing_recorded(_: Any) -> int:
+        return 0
+
+    book = BudgetBook(nothing_recorded)
+    budget = Budget(tokens_per_user_per_day=1000, tokens_per_user_per_month=5000)
+    before = applicable(budget, "coach", "max", now=datetime(2026, 12, 31, 23, 59, 59))
+    after = applicable(budget, "coach", "max", now=datetime(2027, 1, 1, 0, 0, 1))
+    assert {a.key for a in before}.isdisjoint(a.key for a in after)
+    assert before[0].end == datetime(2027, 1, 1) and before[1].end == datetime(2027, 1, 1)
+    hold = await book.begin(before, 400, 0.0)
+    await hold.before_call()
+    await hold.after_call(150, 0.0)
+    await hold.settle()  # after midnight
+    assert await book.values(before) == [150, 150]
+    assert await book.values(after) == [0, 0]
+    assert (await book.begin(after, 400, 0.0)).charged == [400, 400]
