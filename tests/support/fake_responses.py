@@ -344,6 +344,10 @@ class FakeResponses:
     async def turns_endpoint(self, request: web.Request) -> web.Response:
         return web.json_response(self.turns)
 
+    async def usage_endpoint(self, request: web.Request) -> web.Response:
+        """``GET /_fake/usage``: what the fake reported, for a broker's usage to be checked."""
+        return web.json_response({"calls": len(self.served), "total_tokens": self.tokens_served()})
+
     def _final(self, reply: Reply, model: str, body: dict[str, Any]) -> dict[str, Any]:
         output = []
         for kind, value in reply.outputs:
@@ -525,6 +529,7 @@ class FakeResponsesServer(ThreadedServer):
         app.router.add_post("/v1/moderations", self.fake.guardrail_api)
         app.router.add_get("/v1/models", self.fake.models)
         app.router.add_get("/_fake/turns", self.fake.turns_endpoint)
+        app.router.add_get("/_fake/usage", self.fake.usage_endpoint)
 
     def stop(self) -> None:
         self.fake.release()
