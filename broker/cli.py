@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .backends.agent.usage_report import add_parser as add_usage_parser
 from .config import load_settings, read_dotenv, read_environment
 from .environ import export_environment
 from .logs import mask
@@ -363,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-smoke", action="store_true", help="skip the one test message through the model"
     )
     migrate.set_defaults(func=cmd_migrate)
+    add_usage_parser(sub)  # chatkit-broker usage (backends/agent/usage_report.py)
     return parser
 
 

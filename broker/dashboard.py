@@ -288,6 +288,45 @@ def build() -> dict[str, Any]:
                 ),
             )
         )
+        .with_row(dashboard.Row("Agent usage and budgets"))
+        .with_panel(
+            _series(
+                "Tokens by workflow and model",
+                "Tokens the agent workflows' model calls used, by kind (input, cached input, "
+                "output, reasoning).",
+                "short",
+                (
+                    f"sum by (workflow, model, kind) "
+                    f"(rate({_m('broker_agent_tokens_total')}{RATE}))",
+                    "{{workflow}} {{model}} {{kind}}",
+                ),
+            )
+        )
+        .with_panel(
+            _series(
+                "Cost by workflow and model",
+                "USD per second from the price table (tokens x price per model).",
+                "currencyUSD",
+                (
+                    f"sum by (workflow, model) (rate({_m('broker_agent_cost_usd_total')}{RATE}))",
+                    "{{workflow}} {{model}}",
+                ),
+            )
+        )
+        .with_panel(
+            _series(
+                "Budget refusals, calls without usage, local counting",
+                "Messages refused for a spent budget; model calls that reported no usage; "
+                "budget checks counted in-process because Redis was down.",
+                "ops",
+                (f"sum(rate({_m('broker_budget_refusals_total')}{RATE}))", "refused"),
+                (
+                    f"sum(rate({_m('broker_agent_calls_without_usage_total')}{RATE}))",
+                    "no usage",
+                ),
+                (f"sum(rate({_m('broker_budget_fallbacks_total')}{RATE}))", "Redis down"),
+            )
+        )
     )
     return json.loads(json.dumps(board.build(), cls=JSONEncoder))
 

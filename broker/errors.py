@@ -158,6 +158,23 @@ class RateLimited(ClientError):
     status, code = 429, "rate_limited"
 
 
+class BudgetExceeded(ClientError):
+    """429: a usage budget of the workflow is spent (or 0: the workflow is closed).
+
+    The body says which budget, what is left and when it resets (``budget``), so an app can
+    show it; ``Retry-After`` is the time to the reset."""
+
+    status, code = 429, "budget_exceeded"
+
+    def __init__(self, message: str, budget: dict[str, Any], retry_after: int | None) -> None:
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        super().__init__(message, headers=headers)
+        self.budget = budget
+
+    def extra(self) -> dict[str, Any]:
+        return {"budget": self.budget}
+
+
 class HeadersTooLarge(ClientError):
     """431: the request line and headers are larger than the broker reads (broker/server.py)."""
 

@@ -95,6 +95,37 @@ class Metrics:
             "first); they can no longer be cancelled early and simply expire.",
             registry=r,
         )
+        self.tokens = Counter(
+            "broker_agent_tokens",
+            "Tokens agent workflows used, by workflow, model and kind: input, cached_input, "
+            "output, reasoning (from each model call's usage).",
+            ["workflow", "model", "kind"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "broker_agent_cost_usd",
+            "What agent workflows' model calls cost in US dollars (price table), by workflow "
+            "and model.",
+            ["workflow", "model"],
+            registry=r,
+        )
+        self.unknown_usage = Counter(
+            "broker_agent_calls_without_usage",
+            "Model calls that reported no usage (recorded as unknown), by workflow and model.",
+            ["workflow", "model"],
+            registry=r,
+        )
+        self.budget_refusals = Counter(
+            "broker_budget_refusals",
+            "Runs or model calls refused because a budget was spent, by budget name.",
+            ["budget"],
+            registry=r,
+        )
+        self.budget_fallbacks = Counter(
+            "broker_budget_fallbacks",
+            "Budget checks counted per process because Redis was unavailable.",
+            registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
         self._request_children: dict[tuple[str, str, int], Any] = {}
 
@@ -131,6 +162,22 @@ class Metrics:
 
     def redis_error(self, op: str) -> None:
         self._child(self.redis_errors, op).inc()
+
+    def usage(self, workflow: str, model: str, tokens: dict[str, int], cost: float) -> None:
+        for kind, count in tokens.items():
+            if count:
+                self._child(self.tokens, workflow, model, kind).inc(count)
+        if cost:
+            self._child(self.cost, workflow, model).inc(cost)
+
+    def usage_unknown(self, workflow: str, model: str) -> None:
+        self._child(self.unknown_usage, workflow, model).inc()
+
+    def budget_refused(self, budget: str) -> None:
+        self._child(self.budget_refusals, budget).inc()
+
+    def budget_fallback(self) -> None:
+        self.budget_fallbacks.inc()
 
     def registry_eviction(self) -> None:
         self.registry_evictions.inc()

@@ -439,6 +439,28 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             },
         }
     },
+    "/api/usage": {
+        "get": {
+            "operationId": "getUsage",
+            "summary": "The caller's usage of agent workflows and what each budget leaves",
+            "security": _BEARER,
+            "parameters": [
+                {"name": "workflow", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "`{user, workflows: [{workflow, tier, today, this_month, "
+                    "budgets: [{name, unit, limit, used, remaining, resets_at}]}]}`.",
+                    "content": {JSON: {"schema": {"type": "object", "required": ["user"]}}},
+                },
+                "401": _UNAUTHENTICATED,
+                "404": _error("No such agent workflow for this caller.", E.NotFound),
+                "429": _RATE_LIMITED,
+                "500": _INTERNAL,
+                "503": _error("The thread database cannot be reached.", E.StoreUnavailable),
+            },
+        }
+    },
     "/api/threads": {
         "get": {
             "operationId": "listAgentThreads",

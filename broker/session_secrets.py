@@ -65,7 +65,10 @@ class SessionSecrets:
         workflow, identity = admission.workflow, admission.identity
         expires_at = int(self._clock()) + (workflow.expires_after or DEFAULT_TTL)
         session_id = SESSION_PREFIX + secrets.token_hex(12)
-        claims = {c: identity.claims[c] for c in workflow.forward_claims if c in identity.claims}
+        # forwarded claims, and those that choose an agent workflow's budget tier
+        tiers = workflow.budget.tiers.values() if workflow.budget is not None else ()
+        keep = [*workflow.forward_claims, *(c for tier in tiers for c, _ in tier.require)]
+        claims = {c: identity.claims[c] for c in keep if c in identity.claims}
         payload: dict[str, Any] = {
             "s": session_id,
             "u": identity.user,

@@ -72,6 +72,7 @@ class Reply:
     item_id: str | None = None  # a fixed message id, e.g. "__fake_id__" as Chat Completions gives
     reset_after: int | None = None  # tear the connection down after that many deltas
     garbage: bytes | None = None  # answer 200 text/event-stream with these bytes instead
+    usage: bool = True  # False: the completed response carries "usage": null
 
 
 def text(
@@ -81,6 +82,7 @@ def text(
     delay: float = 0.0,
     hang_after: int | None = None,
     item_id: str | None = None,
+    usage: bool = True,
 ) -> Reply:
     return Reply(
         outputs=[("message", value)],
@@ -88,6 +90,7 @@ def text(
         delay=delay,
         hang_after=hang_after,
         item_id=item_id,
+        usage=usage,
     )
 
 
@@ -150,18 +153,30 @@ def _split(value: str, pieces: int) -> list[str]:
     return [value[i : i + size] for i in range(0, len(value), size)] or [""]
 
 
-def _usage() -> dict[str, Any]:
+def count_tokens(value: Any) -> int:
+    """The fake's tokenizer: one token per 4 characters of the JSON, as a rough real one."""
+    return len(json.dumps(value, ensure_ascii=False)) // 4 + 1
+
+
+def _usage(body: dict[str, Any], output: list[dict[str, Any]]) -> dict[str, Any]:
+    """Usage as the real API reports it: tokens of the request's input and of the output."""
+    input_tokens = count_tokens([body.get("instructions"), body.get("input"), body.get("tools")])
+    output_tokens = count_tokens(output)
     return {
-        "input_tokens": 10,
+        "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-        "output_tokens": 5,
+        "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": 15,
+        "total_tokens": input_tokens + output_tokens,
     }
 
 
 def response_object(
-    resp_id: str, model: str, output: list[dict[str, Any]], status: str
+    resp_id: str,
+    model: str,
+    output: list[dict[str, Any]],
+    status: str,
+    usage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": resp_id,
@@ -173,7 +188,7 @@ def response_object(
         "parallel_tool_calls": True,
         "tool_choice": "auto",
         "tools": [],
-        "usage": _usage() if status == "completed" else None,
+        "usage": usage,
     }
 
 
@@ -224,6 +239,8 @@ class FakeResponses:
         # what /v1/moderations and /v1/chat/completions flag (fake_guardrail_apis.py)
         self.rules = Rules()
         self.http_errors: dict[str, int] = {}  # path -> status to answer instead, for faults
+        #: the usage of every response served with one (model, usage), for tests to sum
+        self.served: list[tuple[str, dict[str, Any]]] = []
 
     @property
     def base_url(self) -> str:
@@ -242,6 +259,18 @@ class FakeResponses:
         self.disconnected.clear()
         self.rules = Rules()
         self.http_errors.clear()
+        self.served.clear()
+
+    def tokens_served(self) -> int:
+        """Total tokens of every usage the fake reported (what the broker should have counted)."""
+        return sum(u["total_tokens"] for _, u in self.served)
+
+    def _report(self, reply: Reply, body: dict[str, Any], model: str, output: list[Any]) -> Any:
+        if not reply.usage:
+            return None
+        usage = _usage(body, output)
+        self.served.append((model, usage))
+        return usage
 
     def calls(self, path: str) -> list[Recorded]:
         """The recorded requests to one endpoint, e.g. ``"/v1/moderations"``."""
@@ -300,8 +329,8 @@ class FakeResponses:
             return web.json_response(_error(reply.message), status=reply.status)
         model = str(body.get("model") or "gpt-fake")
         if body.get("stream"):
-            return await self._stream(request, reply, model)
-        return web.json_response(self._final(reply, model))
+            return await self._stream(request, reply, model, body)
+        return web.json_response(self._final(reply, model, body))
 
     def _echo(self, body: dict[str, Any]) -> Reply:
         texts = Recorded("", {}, body).texts("user")
@@ -315,7 +344,11 @@ class FakeResponses:
     async def turns_endpoint(self, request: web.Request) -> web.Response:
         return web.json_response(self.turns)
 
-    def _final(self, reply: Reply, model: str) -> dict[str, Any]:
+    async def usage_endpoint(self, request: web.Request) -> web.Response:
+        """``GET /_fake/usage``: what the fake reported, for a broker's usage to be checked."""
+        return web.json_response({"calls": len(self.served), "total_tokens": self.tokens_served()})
+
+    def _final(self, reply: Reply, model: str, body: dict[str, Any]) -> dict[str, Any]:
         output = []
         for kind, value in reply.outputs:
             if kind == "message":
@@ -327,9 +360,12 @@ class FakeResponses:
                         "fc_" + secrets.token_hex(12), name, arguments, call_id, "completed"
                     )
                 )
-        return response_object("resp_" + secrets.token_hex(12), model, output, "completed")
+        usage = self._report(reply, body, model, output)
+        return response_object("resp_" + secrets.token_hex(12), model, output, "completed", usage)
 
-    async def _stream(self, request: web.Request, reply: Reply, model: str) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, reply: Reply, model: str, body: dict[str, Any]
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -455,7 +491,9 @@ class FakeResponses:
             await send(
                 {
                     "type": "response.completed",
-                    "response": response_object(resp_id, model, done, "completed"),
+                    "response": response_object(
+                        resp_id, model, done, "completed", self._report(reply, body, model, done)
+                    ),
                 }
             )
             await resp.write_eof()
@@ -491,6 +529,7 @@ class FakeResponsesServer(ThreadedServer):
         app.router.add_post("/v1/moderations", self.fake.guardrail_api)
         app.router.add_get("/v1/models", self.fake.models)
         app.router.add_get("/_fake/turns", self.fake.turns_endpoint)
+        app.router.add_get("/_fake/usage", self.fake.usage_endpoint)
 
     def stop(self) -> None:
         self.fake.release()

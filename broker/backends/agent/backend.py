@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from ...api import RunRequest
+from ...budgets import BudgetBook
 from ...errors import BrokerError, InvalidRequest, NotFound, StoreUnavailable
 from ...gate import Gate
 from ...ratelimit import RateLimits
@@ -31,12 +32,13 @@ from ...settings import ConfigError, Settings
 from ...workflow import Workflow
 from ..base import Admission, Backend, Check, SessionMaker
 from ..turns import starts_a_turn
-from . import runs
+from . import runs, usage_api
 from .engine import AgentServer
 from .options import AgentOptions
 from .protocol import answer, parse_request
 from .store import Caller, SchemaTooNew, SQLStore
 from .targets import Target, TargetError, load_target
+from .usage import Metering, seed_from, tier_of
 
 __all__ = ["AgentBackend", "load_targets"]
 
@@ -94,6 +96,12 @@ class AgentBackend(Backend):
         self._client = openai_client
         self._own_client = openai_client is None
         self._servers: dict[str, AgentServer] = {}
+        # budgets: counters shared through the rate limits' Redis, when there is one
+        self.metrics = getattr(limits, "_metrics", None)
+        self.book = BudgetBook(
+            seed_from(self.store), metrics=self.metrics, store=getattr(limits, "_store", None)
+        )
+        self.metering: dict[str, Metering] = {}
         self._started = False
         self._start_lock = asyncio.Lock()
 
@@ -111,12 +119,16 @@ class AgentBackend(Backend):
             target = self.mock_agent or self.targets.get(workflow.name)
             if target is None:
                 continue
+            self.metering[workflow.name] = Metering(
+                workflow.name, workflow.budget, self.store, self.book, self.metrics
+            )
             self._servers[workflow.name] = AgentServer(
                 self.store,
                 target,
                 openai_client=self._client,
                 tracing=self.options.tracing,
                 refusal=workflow.guardrail_message,
+                metering=self.metering[workflow.name],
             )
         try:
             await self._ensure_started()
@@ -167,11 +179,17 @@ class AgentBackend(Backend):
         counted = starts_a_turn(parse_request(body).type) and await self._count_message(admission)
         try:
             await self._ensure_started()
-            response = await answer(server, body, Caller(admission.identity.user, workflow.name))
+            response = await answer(server, body, self.caller(admission))
         except BrokerError as exc:
             await self._refund_if_refused(counted, admission, exc)
             raise
         await response(scope, receive, send)
+
+    def caller(self, admission: Admission) -> Caller:
+        """The request context, with the budget tier the caller's claims choose."""
+        workflow = admission.workflow
+        tier = tier_of(workflow.budget, admission.identity.claims)
+        return Caller(admission.identity.user, workflow.name, tier)
 
     def _message_limit(self, admission: Admission) -> tuple[str, str, int, str] | None:
         limit = admission.workflow.max_messages_per_minute
@@ -208,7 +226,12 @@ class AgentBackend(Backend):
             Route("/api/workflows/{name}/runs", self.run_endpoint, methods=["POST"]),
             Route("/api/threads", self.threads_endpoint, methods=["GET"]),
             Route("/api/threads/{thread_id}/items", self.items_endpoint, methods=["GET"]),
+            Route("/api/usage", self.usage_endpoint, methods=["GET"]),
         ]
+
+    async def usage_endpoint(self, request: Request) -> Response:
+        """``GET /api/usage``: the caller's usage and budgets (usage_api.py)."""
+        return await usage_api.usage_endpoint(self, request)
 
     def _agent_workflow(self, name: str) -> Workflow:
         workflow = self.settings.workflow_named(name)
@@ -230,7 +253,8 @@ class AgentBackend(Backend):
         try:
             await self._ensure_started()
             server = self.server(workflow)
-            caller = Caller(admission.identity.user, workflow.name)
+            caller = self.caller(admission)
+            await self.metering[workflow.name].check(caller.user, caller.tier)
             if request.query_params.get("stream") in ("1", "true"):
                 return await answer(server, runs.chatkit_body(text, thread_id), caller)
             result = await runs.run(
@@ -254,7 +278,7 @@ class AgentBackend(Backend):
         admission = await self.gate.admit_chatkit(request.headers.get("authorization"), workflow)
         request.state.user = admission.identity.user
         await self._ensure_started()
-        caller = Caller(admission.identity.user, workflow.name)
+        caller = self.caller(admission)
         page = await runs.list_threads(self.server(workflow), caller, request.query_params)
         return Response(page, media_type="application/json", headers=NO_STORE)
 

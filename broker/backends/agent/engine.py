@@ -56,12 +56,13 @@ from chatkit.types import (
 from openai import AsyncOpenAI
 from openai.types.responses import ResponseInputTextParam
 
-from ...errors import BrokerError
+from ...errors import BrokerError, BudgetExceeded
 from .guardrails import GuardrailBroken, current_trips, failed_in_output, refusal_text
 from .outputs import parsed_output, shown_text, title_source
 from .protocol import REQUESTS
 from .store import Caller, SQLStore
 from .targets import AgentTarget, ExportTarget, Target, current_sink, has_output_type, with_client
+from .usage import Meter, MeteredProvider, Metering, current_meter
 
 __all__ = ["AgentServer", "RunOutcome", "current_outcome", "message_text"]
 
@@ -96,6 +97,8 @@ class RunOutcome:
     messages: list[str] = field(default_factory=list)
     #: set when a guardrail stopped the message: {"guardrails": [kinds], "message": text}
     refusal: dict[str, Any] | None = None
+    #: set when a budget stopped the answer (before or during the run)
+    budget: BudgetExceeded | None = None
 
 
 #: Set by a caller that wants the outcome of the answer it is about to stream.
@@ -206,14 +209,16 @@ class AgentServer(ChatKitServer[Caller]):
         tracing: bool = False,
         history_limit: int = 100,
         refusal: str | None = None,
+        metering: Metering | None = None,
     ) -> None:
         super().__init__(store)
+        self.metering = metering  # usage recorded and budgets held per answer (usage.py)
         self.refusal = refusal  # the workflow's guardrail_message template, or the default
         self.store: SQLStore = store
         self.target = target
         self.tracing = tracing
         self.history_limit = history_limit
-        self.provider = MultiProvider(openai_client=openai_client)
+        self.provider = MeteredProvider(MultiProvider(openai_client=openai_client))
         self.converter = HistoryConverter()
         self._background: set[asyncio.Task[Any]] = set()
         # Per-run RunConfig switches cover Runner calls; an export's own `with trace(...)`
@@ -250,6 +255,37 @@ class AgentServer(ChatKitServer[Caller]):
     ) -> AsyncIterator[ThreadStreamEvent]:
         """Run the target for one turn, with the failure handling every turn shares."""
         outcome = current_outcome.get() or RunOutcome()
+        meter = None
+        if self.metering is not None:
+            try:
+                meter = await self.metering.begin(
+                    getattr(context, "user", context), getattr(context, "tier", ""), thread.id
+                )
+            except BudgetExceeded as exc:
+                outcome.budget = exc
+                raise CustomStreamError(exc.message, allow_retry=False) from None
+            current_meter.set(meter)
+        try:
+            async for event in self._answer_metered(thread, input_user_message, context, outcome):
+                yield event
+        finally:
+            if meter is not None:
+                self._settle(meter)
+
+    def _settle(self, meter: Meter) -> None:
+        """Settle the budget hold in a task of its own, which a hang-up cannot cut off."""
+        current_meter.set(None)
+        task = asyncio.ensure_future(meter.finish())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _answer_metered(
+        self,
+        thread: ThreadMetadata,
+        input_user_message: UserMessageItem | None,
+        context: Caller,
+        outcome: RunOutcome,
+    ) -> AsyncIterator[ThreadStreamEvent]:
         remap = _IdRemap(lambda: self.store.generate_item_id("message", thread, context))
         if isinstance(self.target, AgentTarget):
             events = self._run_agent(
@@ -267,6 +303,14 @@ class AgentServer(ChatKitServer[Caller]):
                 yield event
         except CustomStreamError:
             raise
+        except BudgetExceeded as exc:
+            # a model call that would have started past the budget: what streamed is kept
+            log.info("agent %s: budget %s spent mid-run", self.target.spec, exc.budget["name"])
+            outcome.budget = exc
+            raise CustomStreamError(
+                f"{exc.message} The reply stops here; what it said so far is kept.",
+                allow_retry=False,
+            ) from None
         except GuardrailBroken as exc:
             log.warning(
                 "agent %s: %s%s", self.target.spec, exc, f" (fix: {exc.fix})" if exc.fix else ""

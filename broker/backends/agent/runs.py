@@ -138,6 +138,8 @@ async def run(
         ) from None
     finally:
         current_outcome.reset(token)
+    if outcome.budget is not None:
+        raise outcome.budget
     if error is not None:
         raise BackendError(error.get("message") or "The agent failed while answering.")
     assert thread_id is not None

@@ -92,6 +92,8 @@ class Caller:
 
     user: str
     workflow: str = ""
+    #: the budget tier the user's claims chose (backends/agent/usage.py), "" for none
+    tier: str = ""
 
 
 def _scope(context: Caller | str) -> tuple[str, str]:
@@ -156,6 +158,30 @@ attachments = sa.Table(
     sa.Column("id", sa.String(200), nullable=False, unique=True),
     sa.Column("user_id", sa.Text, nullable=False),
     sa.Column("data", sa.Text, nullable=False),
+)
+
+# One row per model call of an agent workflow (backends/agent/usage.py writes and reads it).
+# A new table needs no schema version step: create_all adds it to an older database, and an
+# older broker ignores it.
+usage = sa.Table(
+    "ckb_usage",
+    metadata,
+    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime, nullable=False),  # naive UTC
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("workflow", sa.String(200), nullable=False),
+    sa.Column("thread_id", sa.String(80), nullable=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("known", sa.Boolean, nullable=False),  # False: the call reported no usage
+    sa.Column("input_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cached_tokens", sa.BigInteger, nullable=False),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False),
+    sa.Column("reasoning_tokens", sa.BigInteger, nullable=False),
+    sa.Column("total_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cost_usd", sa.Float, nullable=False),
+    sa.Index("ckb_usage_user_at", "user_id", "at"),
+    sa.Index("ckb_usage_workflow_at", "workflow", "at"),
+    sa.Index("ckb_usage_at", "at"),
 )
 
 # version → the coroutine that upgrades a database at that version by one step.

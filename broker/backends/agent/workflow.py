@@ -3,10 +3,10 @@
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 
 from ...declare import Says, strict_whole
-from ...workflow import Workflow
+from ...workflow import Require, Workflow
 
 # package.module:attr, or a file (an Agent Builder export dropped in): path/to/file.py:attr
 AGENT_RE = re.compile(
@@ -43,3 +43,84 @@ class AgentWorkflow(Workflow):
         Annotated[StrictStr, AfterValidator(_guardrail_message), Says(" must be a string")] | None
     ) = None
     """The refusal the chat shows when a guardrail stops a message ({guardrail}: its kind)."""
+    budget: "Budget | None" = None
+    """[workflows.<name>.budget]: token and money budgets (see README, Usage and budgets)."""
+
+
+class PriceEntry(BaseModel):
+    """One model's price override, US dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    input: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    """Dollars per million input tokens."""
+    cached_input: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    """Dollars per million cached input tokens (default: the input price)."""
+    output: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    """Dollars per million output tokens (reasoning tokens included)."""
+
+
+Tokens = Annotated[int, Field(ge=0, strict=True), Says(" must be a whole number >= 0")]
+Dollars = Annotated[float, Field(ge=0, allow_inf_nan=False), Says(" must be a number >= 0")]
+
+
+class Limits(BaseModel):
+    """The budgets a workflow (or one of its tiers) sets; unset means unlimited, 0 closed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    tokens_per_user_per_day: Tokens | None = None
+    """Tokens one user may spend on this workflow per UTC day."""
+    tokens_per_user_per_month: Tokens | None = None
+    """Tokens one user may spend on this workflow per calendar month (UTC)."""
+    tokens_per_user_per_day_all_workflows: Tokens | None = None
+    """Tokens one user may spend per UTC day on all agent workflows together."""
+    tokens_per_user_per_month_all_workflows: Tokens | None = None
+    """Tokens one user may spend per month on all agent workflows together."""
+    tokens_per_day: Tokens | None = None
+    """Tokens all users together may spend on this workflow per UTC day."""
+    tokens_per_month: Tokens | None = None
+    """Tokens all users together may spend on this workflow per month."""
+    usd_per_user_per_day: Dollars | None = None
+    """US dollars one user may spend on this workflow per UTC day (from the price table)."""
+    usd_per_user_per_month: Dollars | None = None
+    """US dollars one user may spend on this workflow per month."""
+    usd_per_day: Dollars | None = None
+    """US dollars all users together may spend on this workflow per UTC day."""
+    usd_per_month: Dollars | None = None
+    """US dollars all users together may spend on this workflow per month."""
+
+
+class Tier(Limits):
+    """Larger (or smaller) budgets for users whose token carries the ``require`` claims."""
+
+    require: Require = ()
+    """Claims that select this tier: claim = value, or a list of accepted values."""
+
+
+def _prices(value: dict[str, PriceEntry]) -> dict[str, PriceEntry]:
+    from ...prices import price_for
+
+    unknown = sorted(name for name in value if price_for(name) is None)
+    if unknown:
+        raise ValueError(
+            f"names unknown model(s) {', '.join(unknown)}; price only models of the shipped "
+            "table (chatkit-broker usage --prices lists them) or their dated snapshots"
+        )
+    return value
+
+
+class Budget(Limits):
+    """``[workflows.<name>.budget]``: token and money budgets, tiers and price overrides."""
+
+    reserve_tokens: Annotated[int, Field(ge=1, strict=True)] = 4000
+    """Tokens held for a run while it runs, so parallel runs cannot overspend by more."""
+    reserve_usd: Dollars = 0.01
+    """Dollars held for a run while it runs (for the usd_* budgets)."""
+    tiers: dict[str, Tier] = {}
+    """[...budget.tiers.<name>]: budgets for users with given claims; the first match applies."""
+    prices: Annotated[dict[str, PriceEntry], AfterValidator(_prices)] = {}
+    """Price overrides per model, dollars per million tokens (input, cached_input, output)."""
+
+
+AgentWorkflow.model_rebuild()
