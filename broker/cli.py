@@ -337,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-smoke", action="store_true", help="skip the one test message through the model"
     )
     migrate.set_defaults(func=cmd_migrate)
+    from .keys_cli import add_parsers
+
+    add_parsers(sub)  # keys, webhooks (back ends as callers)
     return parser
 
 

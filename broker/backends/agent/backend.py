@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from openai import AsyncOpenAI
 from starlette.requests import Request
@@ -26,11 +26,14 @@ from starlette.types import Receive, Scope, Send
 from ...errors import BrokerError, InvalidRequest, NotFound, StoreUnavailable
 from ...gate import Gate
 from ...ratelimit import RateLimits
+from ...service_keys import ServiceKeys
 from ...settings import ConfigError, Settings
+from ...webhooks import Webhooks
 from ...workflow import Workflow
 from ..base import Admission, Backend, Check, SessionMaker
 from ..turns import starts_a_turn
-from . import runs
+from . import backend_api, runs
+from .background import BackgroundRuns
 from .engine import AgentServer
 from .options import AgentOptions
 from .protocol import answer, parse_request
@@ -95,6 +98,17 @@ class AgentBackend(Backend):
         self._servers: dict[str, AgentServer] = {}
         self._started = False
         self._start_lock = asyncio.Lock()
+        # back ends as callers (issue 28): keys in this database, background runs, webhooks
+        self.service_keys = ServiceKeys(self.store)
+        gate.service_keys = self.service_keys
+        self.webhooks = Webhooks(self.store, backend_api.webhook_targets(settings.workflows))
+        environment = getattr(settings, "environment", None)
+        self.background = BackgroundRuns(
+            self.store,
+            self._background_run,
+            lease=getattr(environment, "run_lease", 30.0),
+            finished=self.webhooks.record,
+        )
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -124,8 +138,12 @@ class AgentBackend(Backend):
         except SchemaTooNew as exc:
             log.error("agent threads: %s", exc)
             raise
+        self.background.start()
+        self.webhooks.start()
 
     async def shutdown(self) -> None:
+        await self.background.stop()
+        await self.webhooks.stop()
         for server in self._servers.values():
             await server.drain()
         await self.store.close()
@@ -207,7 +225,18 @@ class AgentBackend(Backend):
             Route("/api/workflows/{name}/runs", self.run_endpoint, methods=["POST"]),
             Route("/api/threads", self.threads_endpoint, methods=["GET"]),
             Route("/api/threads/{thread_id}/items", self.items_endpoint, methods=["GET"]),
+            *backend_api.routes(self),
         ]
+
+    async def _background_run(
+        self, name: str, caller: Caller, text: str, thread_id: str, timeout: float
+    ) -> runs.RunAnswer:
+        """One background run's agent turn, as a synchronous run does it."""
+        await self._ensure_started()
+        workflow = self._agent_workflow(name)
+        return await runs.run(
+            self.server(workflow), caller, text, thread_id=thread_id, timeout=timeout
+        )
 
     def _agent_workflow(self, name: str) -> Workflow:
         workflow = self.settings.workflow_named(name)
@@ -220,20 +249,32 @@ class AgentBackend(Backend):
 
     async def run_endpoint(self, request: Request) -> Response:
         """``POST /api/workflows/{name}/runs`` ``{"input", "thread_id"?}``: one message, answered."""
+        await backend_api.refuse_background_elsewhere(self, request)
         workflow = self._agent_workflow(request.path_params["name"])
-        admission = await self.gate.admit_chatkit(request.headers.get("authorization"), workflow)
+        admission, body, key = await backend_api.admit_run(self, request, workflow)
         request.state.user = admission.identity.user
-        body = await _json_object(request)
-        unknown = sorted(set(body) - {"input", "thread_id"})
+        fields = {"input", "thread_id", "background"} | ({"user"} if key is not None else set())
+        unknown = sorted(set(body) - fields)
         if unknown:
             raise InvalidRequest(
-                f"Unknown field(s) {', '.join(unknown)}; send input and thread_id."
+                f"Unknown field(s) {', '.join(unknown)}; send {', '.join(sorted(fields))}."
             )
         if "input" not in body:
             raise InvalidRequest('Send the message as {"input": "text"} (or a JSON object).')
         text = runs.input_text(body["input"])
         thread_id = runs.thread_ref(body.get("thread_id"))
+        background = body.get("background", False)
+        if not isinstance(background, bool):
+            raise InvalidRequest('"background" must be true or false.')
         counted = await self._count_message(admission)
+        if background:
+            try:
+                return await backend_api.start_background(
+                    self, request, admission, key, text, thread_id
+                )
+            except BrokerError as exc:
+                await self._refund_if_refused(counted, admission, exc)
+                raise
         try:
             await self._ensure_started()
             server = self.server(workflow)
@@ -258,7 +299,7 @@ class AgentBackend(Backend):
         if not name:
             raise InvalidRequest("Name the workflow: GET /api/threads?workflow=<name>.")
         workflow = self._agent_workflow(name)
-        admission = await self.gate.admit_chatkit(request.headers.get("authorization"), workflow)
+        admission = await backend_api.admit_read(self, request, workflow)
         request.state.user = admission.identity.user
         await self._ensure_started()
         caller = Caller(admission.identity.user, workflow.name)
@@ -273,7 +314,10 @@ class AgentBackend(Backend):
         authorization = request.headers.get("authorization")
         thread_id = request.path_params["thread_id"]
         own = self.gate.secret_workflow(authorization)
-        if own is not None and own in self._servers:
+        if self.gate.service_key_token(authorization) is not None:
+            admission = await backend_api.admit_thread_read(self, request, thread_id)
+            workflow = admission.workflow
+        elif own is not None and own in self._servers:
             admission = await self.gate.admit_chatkit(authorization, self._agent_workflow(own))
             request.state.user = admission.identity.user
             await self._ensure_started()
@@ -294,16 +338,3 @@ class AgentBackend(Backend):
         caller = Caller(admission.identity.user, workflow.name)
         page = await runs.list_items(self.server(workflow), caller, thread_id, request.query_params)
         return Response(page, media_type="application/json", headers=NO_STORE)
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if content_type != "application/json":
-        raise InvalidRequest("Send the body as JSON with 'Content-Type: application/json'.")
-    try:
-        data = json.loads(await request.body())
-    except (ValueError, RecursionError):
-        raise InvalidRequest("The request body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return data
