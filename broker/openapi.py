@@ -351,6 +351,44 @@ _CHATKIT_ANSWER: dict[str, Any] = {
 }
 
 
+_RUN: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "status", "workflow", "thread_id"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["run"]},
+        "status": {
+            "type": "string",
+            "enum": ["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"],
+        },
+        "workflow": {"type": "string"},
+        "thread_id": {"type": "string"},
+        "user": {"type": "string"},
+        "created_at": {"type": "integer"},
+        "attempts": {"type": "integer"},
+        "output": {},
+        "output_text": {"type": "string"},
+        "refusal": {"type": "object"},
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
+_RUN_ID: dict[str, Any] = {
+    "name": "run_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_IDEMPOTENCY_KEY: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "description": "A background run: the same key again answers the same run.",
+    "schema": {"type": "string", "maxLength": 200},
+}
+
 OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "/api/chatkit/session": {
         "post": {
@@ -578,6 +616,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "parameters": [
                 {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
                 {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["1"]}},
+                _IDEMPOTENCY_KEY,
             ],
             "requestBody": {
                 "required": True,
@@ -591,6 +630,16 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                             "properties": {
                                 "input": {"oneOf": [{"type": "string"}, {"type": "object"}]},
                                 "thread_id": {"type": "string"},
+                                "background": {
+                                    "type": "boolean",
+                                    "description": "true: answer 202 and the queued run at "
+                                    "once; read it at GET /api/runs/{run_id}.",
+                                },
+                                "user": {
+                                    "type": "string",
+                                    "description": "Service keys made with --act-for-users "
+                                    "only: the user the run is for.",
+                                },
                             },
                         }
                     }
@@ -626,6 +675,10 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                         },
                         "text/event-stream": _SSE_EVENTS,
                     },
+                },
+                "202": {
+                    "description": "A background run, queued (`background: true`).",
+                    "content": {JSON: {"schema": _RUN}},
                 },
                 "400": _BAD_REQUEST,
                 "401": _UNAUTHENTICATED,
@@ -706,6 +759,39 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                     "The caller may not use this thread's workflow.", "workflow_not_allowed"
                 ),
                 "404": _error("No thread of this user with that id.", "not_found"),
+                "429": _RATE_LIMITED,
+                "500": _INTERNAL,
+                "503": _error("The thread database cannot be reached.", "store_unavailable"),
+            },
+        }
+    },
+    # background runs (broker/backends/agent/background.py)
+    "/api/runs/{run_id}": {
+        "get": {
+            "operationId": "getBackgroundRun",
+            "summary": "A background run: its status, its output when done, its error if not",
+            "security": _BEARER,
+            "parameters": [_RUN_ID],
+            "responses": {
+                "200": {"description": "The run.", "content": {JSON: {"schema": _RUN}}},
+                "401": _UNAUTHENTICATED,
+                "404": _error("No run of this caller with that id.", "not_found"),
+                "429": _RATE_LIMITED,
+                "500": _INTERNAL,
+                "503": _error("The thread database cannot be reached.", "store_unavailable"),
+            },
+        }
+    },
+    "/api/runs/{run_id}/cancel": {
+        "post": {
+            "operationId": "cancelBackgroundRun",
+            "summary": "Cancel a queued or running background run (a finished one is unchanged)",
+            "security": _BEARER,
+            "parameters": [_RUN_ID],
+            "responses": {
+                "200": {"description": "The run.", "content": {JSON: {"schema": _RUN}}},
+                "401": _UNAUTHENTICATED,
+                "404": _error("No run of this caller with that id.", "not_found"),
                 "429": _RATE_LIMITED,
                 "500": _INTERNAL,
                 "503": _error("The thread database cannot be reached.", "store_unavailable"),
