@@ -33,20 +33,23 @@ USER = "1764168881795908"
 class Receiver:
     """A webhook receiver on loopback: records every POST; answers 500 ``fail_first`` times."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self) -> None:
         self.deliveries: list[tuple[dict[str, str], bytes, int]] = []
-        self.fail_first = fail_first
+        self.statuses: list[int] = []  # answers for the first POSTs, then 204
+        self.paths: list[str] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                status = 500 if receiver.fail_first > 0 else 204
-                receiver.fail_first -= 1
+                status = receiver.statuses.pop(0) if receiver.statuses else 204
+                receiver.paths.append(self.path)
                 receiver.deliveries.append(
                     ({k.lower(): v for k, v in self.headers.items()}, body, status)
                 )
                 self.send_response(status)
+                if status in (301, 302, 307, 308):
+                    self.send_header("location", "/elsewhere")
                 self.send_header("content-length", "0")
                 self.end_headers()
 
@@ -275,3 +278,51 @@ def test_bad_keys_and_what_a_key_may_not_do(
     assert r.status_code == 400
     assert httpx.get(f"{broker.url}/api/runs/run_nope", headers=bearer(plain)).status_code == 404
     assert plain_name in broker.logs() and plain not in broker.logs()
+
+
+def test_cancel_on_another_instance_and_a_webhook_retried_past_500_and_a_redirect(
+    run_broker: Callable[..., BrokerProcess],
+    responses: FakeResponses,
+    db_url: str,
+    tmp_path: Path,
+    receiver: Receiver,
+) -> None:
+    env, secret = setup(tmp_path, responses, db_url, receiver)
+    receiver.statuses = [500, 307]  # then 204: retried after 5 s and 10 s, never redirected
+    _, key = create_key(env, tmp_path)
+    first, second = run_broker(env), run_broker(env)
+    responses.script(text("never finished", chunks=4, hang_after=1))
+    r = httpx.post(
+        f"{first.url}/api/workflows/support/runs",
+        json={"input": "long", "background": True},
+        headers=bearer(key),
+    )
+    assert r.status_code == 202, r.text
+    run_id = r.json()["id"]
+    assert responses.hanging.wait(15)
+    cancelled = httpx.post(f"{second.url}/api/runs/{run_id}/cancel", headers=bearer(key))
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    # the instance running it stops it at its next lease renewal (BROKER_RUN_LEASE/3 = 1 s):
+    # the model stream, released after that, finds its reader gone
+    time.sleep(2.5)
+    responses.release()
+    assert responses.disconnected.wait(10)
+    got = httpx.get(f"{first.url}/api/runs/{run_id}", headers=bearer(key)).json()
+    assert got["status"] == "cancelled" and got["error"]["code"] == "cancelled"
+    # cancelling a finished run changes nothing
+    again = httpx.post(f"{first.url}/api/runs/{run_id}/cancel", headers=bearer(key))
+    assert again.json()["status"] == "cancelled"
+    wait_for(receiver.accepted, 40, "the run.cancelled webhook, third attempt")
+    assert [status for _, _, status in receiver.deliveries] == [500, 307, 204]
+    assert receiver.paths == ["/hooks/runs"] * 3  # the redirect was not followed
+    ids = {headers["webhook-id"] for headers, _, _ in receiver.deliveries}
+    assert len(ids) == 1  # one message, retried: receivers dedupe on webhook-id
+    headers_seen, raw, _ = receiver.deliveries[-1]
+    assert Webhook(secret).verify(raw, headers_seen)["type"] == "run.cancelled"
+    listed = cli(env, tmp_path, "webhooks", "list", "--run", run_id).stdout
+    assert "delivered" in listed and "attempts=3" in listed
+    # redeliver: sent once more, same id
+    delivery = listed.split("\t", 1)[0]
+    assert cli(env, tmp_path, "webhooks", "redeliver", delivery).returncode == 0
+    wait_for(lambda: len(receiver.deliveries) == 4, 15, "the redelivery")
+    assert receiver.deliveries[-1][0]["webhook-id"] == delivery
