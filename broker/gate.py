@@ -15,7 +15,7 @@ from .auth import Identity, Verifier, bearer_token
 from .backends.base import Admission
 from .errors import Unauthenticated, WorkflowNotAllowed
 from .ratelimit import RateLimits
-from .service_keys import ServiceKey, ServiceKeys, acting_user, is_service_key
+from .service_keys import KEY_USER_PREFIX, ServiceKey, ServiceKeys, acting_user, is_service_key
 from .session_secrets import SessionSecrets, is_session_secret
 from .workflow import Workflow
 
@@ -103,6 +103,9 @@ class Gate:
             identity = self._verifier.read_unverified(token)
         else:
             identity = await self._verifier.verify(token)
+        if identity.user.startswith(KEY_USER_PREFIX):
+            # the history of a service key running as itself (service_keys.py): no token's
+            raise Unauthenticated("This user id is reserved for service keys.")
         if count_mint:
             await self._limits.hit_user(identity.user)
         return identity

@@ -31,6 +31,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _RATE_RE = re.compile(r"([1-9][0-9]{0,5})/(second|minute|hour)")
 _PER_MINUTE = {"second": 60.0, "minute": 1.0, "hour": 1 / 60}
 USER_MAX = 200
+KEY_USER_PREFIX = "key:"  # whom a key without --act-for-users runs as: key:<name>
 
 log = logging.getLogger("broker.service_keys")
 
@@ -72,7 +73,7 @@ class ServiceKey:
     @property
     def caller(self) -> str:
         """Who a key without ``act_for_users`` runs as (its own history, its own limits)."""
-        return f"key:{self.name}"
+        return f"{KEY_USER_PREFIX}{self.name}"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -203,6 +204,6 @@ def acting_user(key: ServiceKey, workflow: str, user: Any) -> str:
         )
     if not isinstance(user, str) or not user or len(user) > USER_MAX or "\x00" in user:
         raise InvalidRequest(f'"user" must be a user id string of 1-{USER_MAX} characters.')
-    if user.startswith("key:"):
-        raise InvalidRequest('"user" must not start with "key:".')
+    if user.startswith(KEY_USER_PREFIX):
+        raise InvalidRequest(f'"user" must not start with "{KEY_USER_PREFIX}".')
     return user

@@ -197,3 +197,20 @@ def test_webhook_keys_in_the_workflows_file_are_checked(
     text_ = "\n".join(caught.value.problems)
     assert says in text_ and "webhook" in text_
     assert secret[6:] not in text_ or not secret.startswith("whsec_")
+
+
+async def test_no_sign_in_token_passes_for_a_keys_own_history(
+    client: httpx.AsyncClient, db_url: str, token: Callable[..., str], responses: FakeResponses
+) -> None:
+    """A key without --act-for-users runs as key:<name>; a JWT whose sub says that is refused,
+    so no token reads a key's threads."""
+    key = await make_key(db_url, ["support"])
+    responses.script(text("Key's own."))
+    r = await client.post("/api/workflows/support/runs", json={"input": "x"}, headers=auth(key))
+    assert r.status_code == 200
+    listed = await client.get("/api/threads?workflow=support", headers=auth(key))
+    name = listed.json()["data"][0]["id"]
+    for user in [f"key:{n}" for n in ("whatever", "k")]:
+        got = await client.get("/api/threads?workflow=support", headers=auth(token(user)))
+        assert got.status_code == 401, got.text
+    assert name == r.json()["thread_id"]
