@@ -65,6 +65,16 @@ def _with_store(work: Callable[[Any], Awaitable[int]]) -> int:
         print("chatkit-broker: no agent workflows, so no thread database", file=sys.stderr)
         return 2
 
+    from .backends.agent.options import MEMORY_URL
+
+    if settings.agent.database_url == MEMORY_URL:
+        print(
+            "chatkit-broker: the thread database is in memory (BROKER_DATABASE_URL=memory, or "
+            "mock mode without one): keys and deliveries would vanish; set BROKER_DATABASE_URL",
+            file=sys.stderr,
+        )
+        return 2
+
     async def main() -> int:
         store = SQLStore(settings.agent.database_url)
         try:

@@ -179,21 +179,27 @@ async def _reader(backend: AgentBackend, request: Request) -> Callable[[Any], bo
     return may_see
 
 
+def _log_fields(request: Request, record: dict[str, Any]) -> None:
+    """The access line's run, workflow and (for a key's run) user: one line per use."""
+    request.state.run = record["id"]
+    request.state.workflow = record["workflow"]
+    if "user" in record:
+        request.state.user = record["user"]
+
+
 def routes(backend: AgentBackend) -> list[BaseRoute]:
     async def get_run(request: Request) -> Response:
         """``GET /api/runs/<id>``: a background run's status, output or error."""
         may_see = await _reader(backend, request)
         record = await backend.background.get(request.path_params["run_id"], may_see)
-        request.state.run = record["id"]
-        request.state.workflow = record["workflow"]
+        _log_fields(request, record)
         return _json(record)
 
     async def cancel_run(request: Request) -> Response:
         """``POST /api/runs/<id>/cancel``: stop a queued or running background run."""
         may_see = await _reader(backend, request)
         record = await backend.background.cancel(request.path_params["run_id"], may_see)
-        request.state.run = record["id"]
-        request.state.workflow = record["workflow"]
+        _log_fields(request, record)
         return _json(record)
 
     return [
