@@ -238,13 +238,22 @@ class RunRequest(Body):
         description="The user's message; a JSON object (or array) is sent as its JSON text."
     )
     thread_id: Name | None = Field(None, description="Continue this thread; a new one if absent.")
+    background: StrictBool = Field(
+        False,
+        description="true: answer 202 and the queued run at once; read it at GET /api/runs/{id}.",
+    )
+    user: Name | None = Field(
+        None, description="Service keys made with --act-for-users only: the user the run is for."
+    )
 
     refusals = (
-        ("", frozenset({"extra_forbidden"}), "Unknown field(s) {fields}; send input and thread_id."),
+        ("", frozenset({"extra_forbidden"}), "Unknown field(s) {fields}; send input, thread_id, background (and user, with a service key)."),
         ("input", frozenset({"missing"}), 'Send the message as {"input": "text"} (or a JSON object).'),
         ("input", _REFUSED, '"input" must not be empty.'),
         ("input", None, '"input" must be a string or a JSON object.'),
         ("thread_id", None, '"thread_id" must be a thread id string.'),
+        ("background", None, '"background" must be true or false.'),
+        ("user", None, '"user" must be a user id string.'),
     )  # fmt: skip
 
     @field_validator("input")
@@ -392,10 +401,24 @@ class ErrorDetail(TypedDict):
     request_id: Annotated[str, Field(pattern=REQUEST_ID_PATTERN)]
 
 
+class BudgetState(TypedDict):
+    """A spent budget (``budget_exceeded``): which, how much, and when it resets."""
+
+    name: str
+    unit: Annotated[str, Field(description="tokens or usd")]
+    limit: float
+    used: float
+    remaining: float
+    resets_at: Annotated[str, Field(description="ISO 8601, UTC")]
+
+
 class Error(TypedDict):
     """The one error shape of the API, written by ``errors.render``."""
 
     error: ErrorDetail
+    budget: NotRequired[
+        Annotated[BudgetState, Field(description="Only with budget_exceeded: the spent budget.")]
+    ]
 
 
 class NotReady(Error):

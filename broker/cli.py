@@ -365,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.set_defaults(func=cmd_migrate)
     add_usage_parser(sub)  # chatkit-broker usage (backends/agent/usage_report.py)
+    from .keys_cli import add_parsers
+
+    add_parsers(sub)  # keys, webhooks (back ends as callers)
     return parser
 
 

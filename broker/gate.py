@@ -15,6 +15,7 @@ from .auth import Identity, Verifier, bearer_token
 from .backends.base import Admission
 from .errors import Unauthenticated, WorkflowNotAllowed
 from .ratelimit import RateLimits
+from .service_keys import KEY_USER_PREFIX, ServiceKey, ServiceKeys, acting_user, is_service_key
 from .session_secrets import SessionSecrets, is_session_secret
 from .workflow import Workflow
 
@@ -60,6 +61,8 @@ class Gate:
         self._secrets = secrets
         self._anonymous = anonymous_user
         self._trust_unverified = trust_unverified
+        #: set by the agent backend, whose database holds them (service_keys.py)
+        self.service_keys: ServiceKeys | None = None
 
     async def identify(
         self, authorization: str | None, *, count_mint: bool = False, query: str = ""
@@ -85,6 +88,11 @@ class Gate:
                     invalid_token=False,
                 )
             identity = Identity(user=self._anonymous, claims={})
+        elif is_service_key(token):
+            raise Unauthenticated(
+                "A service key (ckb_sk_…) is only good at /api/workflows/<name>/runs, "
+                "/api/runs/… and the read-back routes of the workflows it names."
+            )
         elif is_session_secret(token):
             raise Unauthenticated(
                 "A session secret (cks_…) is only good at its own workflow's ChatKit endpoint "
@@ -95,6 +103,9 @@ class Gate:
             identity = self._verifier.read_unverified(token)
         else:
             identity = await self._verifier.verify(token)
+        if identity.user.startswith(KEY_USER_PREFIX):
+            # the history of a service key running as itself (service_keys.py): no token's
+            raise Unauthenticated("This user id is reserved for service keys.")
         if count_mint:
             await self._limits.hit_user(identity.user)
         return identity
@@ -152,3 +163,34 @@ class Gate:
                 what=f"requests to workflow {workflow.name!r}",
             )
         return admission
+
+    def service_key_token(self, authorization: str | None) -> str | None:
+        """The ``ckb_sk_`` key in ``authorization``, if that is what it holds."""
+        token = bearer_token(authorization)
+        return token if token is not None and is_service_key(token) else None
+
+    async def service_key(self, authorization: str | None) -> ServiceKey:
+        """The third kind of caller: a back end's service key (401 if not a live one)."""
+        token = self.service_key_token(authorization)
+        if token is None or self.service_keys is None:
+            raise Unauthenticated("The service key is not valid.")
+        return await self.service_keys.authenticate(token)
+
+    async def admit_service_key(
+        self, key: ServiceKey, workflow: Workflow, user: Any = None
+    ) -> Admission:
+        """Admit ``key`` to ``workflow`` as ``user`` (acting for users) or as itself; its
+        ``--rate`` and the workflow's per-user limit both count, the latter for that user."""
+        acting = acting_user(key, workflow.name, user)
+        if key.rate_per_minute is not None:
+            await self._limits.hit_per_minute(
+                "service_key", key.name, key.rate_per_minute, what=f"service key {key.name!r}"
+            )
+        if workflow.max_requests_per_minute is not None:
+            await self._limits.hit_per_minute(
+                "workflow_requests",
+                f"{workflow.name}:{acting}",
+                workflow.max_requests_per_minute,
+                what=f"requests to workflow {workflow.name!r}",
+            )
+        return Admission(Identity(user=acting, claims={}), workflow)

@@ -20,6 +20,7 @@ _SECRET_RE = re.compile(
     r"sk-[A-Za-z0-9_-]{8,}"  # OpenAI API keys
     r"|eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*"  # JWTs
     r"|\bek_[A-Za-z0-9_-]{4,}|\bmock_[A-Za-z0-9_.-]{16,}"  # ChatKit client secrets
+    r"|\bckb_sk_[A-Za-z0-9_-]{4,}"  # service keys (broker/service_keys.py)
     r"|Bearer\s+\S+",
 )
 ACCESS_FIELDS = (
@@ -33,6 +34,8 @@ ACCESS_FIELDS = (
     "chatkit_type",
     "relayed_bytes",
     "ttfb_ms",
+    "service_key",  # the name of the service key that called (never the key)
+    "run",  # a background run's id
 )
 
 

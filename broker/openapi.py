@@ -175,6 +175,44 @@ _CHATKIT_ANSWER: dict[str, Any] = {
 }
 
 
+_RUN: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "status", "workflow", "thread_id"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["run"]},
+        "status": {
+            "type": "string",
+            "enum": ["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"],
+        },
+        "workflow": {"type": "string"},
+        "thread_id": {"type": "string"},
+        "user": {"type": "string"},
+        "created_at": {"type": "integer"},
+        "attempts": {"type": "integer"},
+        "output": {},
+        "output_text": {"type": "string"},
+        "refusal": {"type": "object"},
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
+_RUN_ID: dict[str, Any] = {
+    "name": "run_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_IDEMPOTENCY_KEY: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "description": "A background run: the same key again answers the same run.",
+    "schema": {"type": "string", "maxLength": 200},
+}
+
 OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "/api/chatkit/session": {
         "post": {
@@ -413,6 +451,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                     "schema": {"type": "string", "enum": ["1"]},
                     "description": "1: answer the ChatKit events as SSE instead of the whole answer.",
                 },
+                _IDEMPOTENCY_KEY,
             ],
             "requestBody": _body(api.RunRequest, MAX_CHATKIT_BODY_BYTES),
             "responses": {
@@ -422,6 +461,10 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                         JSON: {"schema": _ref(api.RunAnswer)},
                         "text/event-stream": _SSE_EVENTS,
                     },
+                },
+                "202": {
+                    "description": "A background run, queued (`background: true`).",
+                    "content": {JSON: {"schema": _RUN}},
                 },
                 "400": _BAD_REQUEST,
                 "401": _UNAUTHENTICATED,
@@ -545,6 +588,39 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                     "The caller may not use this thread's workflow.", E.WorkflowNotAllowed
                 ),
                 "404": _error("No thread of this user with that id.", E.NotFound),
+                "429": _RATE_LIMITED,
+                "500": _INTERNAL,
+                "503": _error("The thread database cannot be reached.", E.StoreUnavailable),
+            },
+        }
+    },
+    # background runs (broker/backends/agent/background.py)
+    "/api/runs/{run_id}": {
+        "get": {
+            "operationId": "getBackgroundRun",
+            "summary": "A background run: its status, its output when done, its error if not",
+            "security": _BEARER,
+            "parameters": [_RUN_ID],
+            "responses": {
+                "200": {"description": "The run.", "content": {JSON: {"schema": _RUN}}},
+                "401": _UNAUTHENTICATED,
+                "404": _error("No run of this caller with that id.", E.NotFound),
+                "429": _RATE_LIMITED,
+                "500": _INTERNAL,
+                "503": _error("The thread database cannot be reached.", E.StoreUnavailable),
+            },
+        }
+    },
+    "/api/runs/{run_id}/cancel": {
+        "post": {
+            "operationId": "cancelBackgroundRun",
+            "summary": "Cancel a queued or running background run (a finished one is unchanged)",
+            "security": _BEARER,
+            "parameters": [_RUN_ID],
+            "responses": {
+                "200": {"description": "The run.", "content": {JSON: {"schema": _RUN}}},
+                "401": _UNAUTHENTICATED,
+                "404": _error("No run of this caller with that id.", E.NotFound),
                 "429": _RATE_LIMITED,
                 "500": _INTERNAL,
                 "503": _error("The thread database cannot be reached.", E.StoreUnavailable),

@@ -333,6 +333,9 @@ class Environment(BaseSettings):
     machines)."""
     run_timeout: seconds(1, 3600) = 120.0
     """Seconds a server-side run of an agent workflow may take before a 504 run_timeout."""
+    run_lease: seconds(3, 3600) = 30.0
+    """Seconds within which a background run whose broker instance died is marked failed
+    (the instance renews its runs' lease every third of this)."""
 
     # --- gateway workflows ---
     assertion_key: Annotated[SecretStr | None, AfterValidator(_signing_key)] = Field(

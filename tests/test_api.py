@@ -60,19 +60,28 @@ def hand_cancel(body: Any) -> tuple[str | None, bool]:
     return session_id, all_
 
 
-def hand_run(body: Any) -> tuple[str, str | None]:
+def hand_run(body: Any) -> tuple[str, str | None, bool, str | None]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    unknown = sorted(set(body) - {"input", "thread_id"})
+    unknown = sorted(set(body) - {"input", "thread_id", "background", "user"})
     if unknown:
-        raise InvalidRequest(f"Unknown field(s) {', '.join(unknown)}; send input and thread_id.")
+        raise InvalidRequest(
+            f"Unknown field(s) {', '.join(unknown)}; send input, thread_id, background "
+            "(and user, with a service key)."
+        )
     if "input" not in body:
         raise InvalidRequest('Send the message as {"input": "text"} (or a JSON object).')
     text = input_text(body["input"])
     thread_id = body.get("thread_id")
     if thread_id is not None and not (isinstance(thread_id, str) and thread_id):
         raise InvalidRequest('"thread_id" must be a thread id string.')
-    return text, thread_id
+    background = body.get("background", False)
+    if not isinstance(background, bool):
+        raise InvalidRequest('"background" must be true or false.')
+    user = body.get("user")
+    if user is not None and not (isinstance(user, str) and user):
+        raise InvalidRequest('"user" must be a user id string.')
+    return text, thread_id, background, user
 
 
 def model_session(body: Any) -> tuple[str, str | None]:
@@ -85,9 +94,9 @@ def model_cancel(body: Any) -> tuple[str | None, bool]:
     return parsed.session_id, parsed.all
 
 
-def model_run(body: Any) -> tuple[str, str | None]:
+def model_run(body: Any) -> tuple[str, str | None, bool, str | None]:
     parsed = api.RunRequest.parse(body)
-    return input_text(parsed.input), parsed.thread_id
+    return input_text(parsed.input), parsed.thread_id, parsed.background, parsed.user
 
 
 # --- bodies ------------------------------------------------------------------------------------
@@ -172,7 +181,7 @@ def test_the_cancel_body_model_agrees_with_the_hand_check(body):
 
 
 @CASES
-@given(bodies({"input": values, "thread_id": values}))
+@given(bodies({"input": values, "thread_id": values, "background": values, "user": values}))
 def test_the_run_body_model_agrees_with_the_hand_check(body):
     assert outcome(model_run, body) == outcome(hand_run, body)
 
@@ -234,7 +243,14 @@ def test_every_cancel_body_the_model_accepts_fits_its_schema(body):
 
 def test_every_error_the_renderer_writes_fits_the_error_schema():
     for cls in error_classes():
-        error = cls(["a"]) if cls.__name__ == "NotReady" else cls("Something went wrong.")
+        if cls.__name__ == "NotReady":
+            error = cls(["a"])
+        elif cls.__name__ == "BudgetExceeded":  # its body carries the spent budget
+            budget = {"name": "tokens_per_user_per_day", "unit": "tokens", "limit": 600}
+            budget |= {"used": 645, "remaining": 0, "resets_at": "2026-12-07T00:00:00Z"}
+            error = cls("Your daily budget is spent.", budget, 3600)
+        else:
+            error = cls("Something went wrong.")
         body = json.loads(render(error, "req-1").body)
         name = "NotReady" if cls.__name__ == "NotReady" else "Error"
         assert not list(_validator(name).iter_errors(body)), (cls, body)

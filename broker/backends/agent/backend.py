@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from openai import AsyncOpenAI
 from starlette.requests import Request
@@ -28,11 +28,14 @@ from ...budgets import BudgetBook
 from ...errors import BrokerError, InvalidRequest, NotFound, StoreUnavailable
 from ...gate import Gate
 from ...ratelimit import RateLimits
+from ...service_keys import ServiceKeys
 from ...settings import ConfigError, Settings
+from ...webhooks import Webhooks
 from ...workflow import Workflow
 from ..base import Admission, Backend, Check, SessionMaker
 from ..turns import starts_a_turn
-from . import runs, usage_api
+from . import backend_api, runs, usage_api
+from .background import BackgroundRuns
 from .engine import AgentServer
 from .options import AgentOptions
 from .protocol import answer, parse_request
@@ -104,6 +107,17 @@ class AgentBackend(Backend):
         self.metering: dict[str, Metering] = {}
         self._started = False
         self._start_lock = asyncio.Lock()
+        # back ends as callers (issue 28): keys in this database, background runs, webhooks
+        self.service_keys = ServiceKeys(self.store)
+        gate.service_keys = self.service_keys
+        self.webhooks = Webhooks(self.store, backend_api.webhook_targets(settings.workflows))
+        environment = getattr(settings, "environment", None)
+        self.background = BackgroundRuns(
+            self.store,
+            self._background_run,
+            lease=getattr(environment, "run_lease", 30.0),
+            finished=self.webhooks.record,
+        )
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -137,8 +151,12 @@ class AgentBackend(Backend):
         except SchemaTooNew as exc:
             log.error("agent threads: %s", exc)
             raise
+        self.background.start()
+        self.webhooks.start()
 
     async def shutdown(self) -> None:
+        await self.background.stop()
+        await self.webhooks.stop()
         for server in self._servers.values():
             await server.drain()
         await self.store.close()
@@ -227,11 +245,22 @@ class AgentBackend(Backend):
             Route("/api/threads", self.threads_endpoint, methods=["GET"]),
             Route("/api/threads/{thread_id}/items", self.items_endpoint, methods=["GET"]),
             Route("/api/usage", self.usage_endpoint, methods=["GET"]),
+            *backend_api.routes(self),
         ]
 
     async def usage_endpoint(self, request: Request) -> Response:
         """``GET /api/usage``: the caller's usage and budgets (usage_api.py)."""
         return await usage_api.usage_endpoint(self, request)
+
+    async def _background_run(
+        self, name: str, caller: Caller, text: str, thread_id: str, timeout: float
+    ) -> runs.RunAnswer:
+        """One background run's agent turn, as a synchronous run does it."""
+        await self._ensure_started()
+        workflow = self._agent_workflow(name)
+        return await runs.run(
+            self.server(workflow), caller, text, thread_id=thread_id, timeout=timeout
+        )
 
     def _agent_workflow(self, name: str) -> Workflow:
         workflow = self.settings.workflow_named(name)
@@ -244,12 +273,27 @@ class AgentBackend(Backend):
 
     async def run_endpoint(self, request: Request) -> Response:
         """``POST /api/workflows/{name}/runs`` ``{"input", "thread_id"?}``: one message, answered."""
+        await backend_api.refuse_background_elsewhere(self, request)
         workflow = self._agent_workflow(request.path_params["name"])
-        admission = await self.gate.admit_chatkit(request.headers.get("authorization"), workflow)
+        admission, body, key = await backend_api.admit_run(self, request, workflow)
         request.state.user = admission.identity.user
-        body = RunRequest.parse(await _json(request))
-        text, thread_id = runs.input_text(body.input), runs.thread_ref(body.thread_id)
+        parsed = RunRequest.parse(body)
+        if parsed.user is not None and key is None:
+            raise InvalidRequest(
+                '"user" is for service keys made with --act-for-users; a signed-in caller '
+                "runs as themselves."
+            )
+        text, thread_id = runs.input_text(parsed.input), runs.thread_ref(parsed.thread_id)
+        background = parsed.background
         counted = await self._count_message(admission)
+        if background:
+            try:
+                return await backend_api.start_background(
+                    self, request, admission, key, text, thread_id
+                )
+            except BrokerError as exc:
+                await self._refund_if_refused(counted, admission, exc)
+                raise
         try:
             await self._ensure_started()
             server = self.server(workflow)
@@ -275,7 +319,7 @@ class AgentBackend(Backend):
         if not name:
             raise InvalidRequest("Name the workflow: GET /api/threads?workflow=<name>.")
         workflow = self._agent_workflow(name)
-        admission = await self.gate.admit_chatkit(request.headers.get("authorization"), workflow)
+        admission = await backend_api.admit_read(self, request, workflow)
         request.state.user = admission.identity.user
         await self._ensure_started()
         caller = self.caller(admission)
@@ -290,7 +334,10 @@ class AgentBackend(Backend):
         authorization = request.headers.get("authorization")
         thread_id = request.path_params["thread_id"]
         own = self.gate.secret_workflow(authorization)
-        if own is not None and own in self._servers:
+        if self.gate.service_key_token(authorization) is not None:
+            admission = await backend_api.admit_thread_read(self, request, thread_id)
+            workflow = admission.workflow
+        elif own is not None and own in self._servers:
             admission = await self.gate.admit_chatkit(authorization, self._agent_workflow(own))
             request.state.user = admission.identity.user
             await self._ensure_started()
@@ -311,13 +358,3 @@ class AgentBackend(Backend):
         caller = Caller(admission.identity.user, workflow.name)
         page = await runs.list_items(self.server(workflow), caller, thread_id, request.query_params)
         return Response(page, media_type="application/json", headers=NO_STORE)
-
-
-async def _json(request: Request) -> Any:
-    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if content_type != "application/json":
-        raise InvalidRequest("Send the body as JSON with 'Content-Type: application/json'.")
-    try:
-        return json.loads(await request.body())
-    except (ValueError, RecursionError):
-        raise InvalidRequest("The request body is not valid JSON.") from None

@@ -183,6 +183,58 @@ usage = sa.Table(
     sa.Index("ckb_usage_workflow_at", "workflow", "at"),
     sa.Index("ckb_usage_at", "at"),
 )
+# Back ends as callers (broker/service_keys.py, background.py, broker/webhooks.py). New tables
+# only, which create_all adds to an existing database, so the schema version stays: an older
+# broker on this database ignores them.
+service_keys = sa.Table(
+    "ckb_service_keys",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("workflows", sa.Text, nullable=False),  # a JSON list of names
+    sa.Column("act_for_users", sa.Boolean, nullable=False),
+    sa.Column("rate_per_minute", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_used_at", sa.Float, nullable=True),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+background_runs = sa.Table(
+    "ckb_runs",
+    metadata,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("workflow", sa.String(200), nullable=False),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("caller", sa.Text, nullable=False),  # "key:<name>" or "user:<id>": idempotency scope
+    sa.Column("key_name", sa.String(100), nullable=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("thread_id", sa.String(80), nullable=False),
+    sa.Column("input", sa.Text, nullable=False),
+    sa.Column("result", sa.Text, nullable=True),  # JSON: output / error
+    sa.Column("idempotency_key", sa.String(200), nullable=True),
+    sa.Column("owner", sa.String(80), nullable=True),
+    sa.Column("lease_until", sa.Float, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("caller", "idempotency_key", name="ckb_runs_idempotency"),
+    sa.Index("ckb_runs_status_lease", "status", "lease_until"),
+)
+webhook_deliveries = sa.Table(
+    "ckb_webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(80), primary_key=True),  # the webhook-id header: msg_…
+    sa.Column("run_id", sa.String(80), nullable=False),
+    sa.Column("workflow", sa.String(200), nullable=False),
+    sa.Column("event", sa.String(40), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("last_result", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("delivered_at", sa.Float, nullable=True),
+    sa.Index("ckb_webhooks_due", "status", "next_attempt_at"),
+)
 
 # version → the coroutine that upgrades a database at that version by one step.
 _MIGRATIONS: dict[int, Callable[[AsyncConnection], Awaitable[None]]] = {}
@@ -279,6 +331,14 @@ class SQLStore(Store[Caller | str]):
                     f"The thread store {self.where} dropped the connection; try again shortly."
                 ) from None
             raise
+
+    def transaction(self) -> Any:
+        """One transaction for the back-end tables (service keys, runs, webhooks)."""
+        return self._connect()
+
+    async def write(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
+        """One shielded write transaction, queued as the store's own writes are."""
+        return await self._write(work)
 
     async def _write(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
         """Run one write transaction in its own task, shielded from the caller's cancellation."""

@@ -3,7 +3,7 @@
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from ...declare import Says, strict_whole
 from ...workflow import Require, Workflow
@@ -19,6 +19,18 @@ def _guardrail_message(value: str) -> str:
     if not 1 <= len(value) <= 500:
         raise ValueError("must be 1-500 characters")
     return value
+
+
+def _webhook_url(value: str) -> str:
+    from ...webhooks import check_url
+
+    return check_url(value)
+
+
+def _webhook_secret(value: str) -> str:
+    from ...webhooks import check_secret
+
+    return check_secret(value)
 
 
 def _agent(value: str) -> str:
@@ -44,7 +56,20 @@ class AgentWorkflow(Workflow):
     ) = None
     """The refusal the chat shows when a guardrail stops a message ({guardrail}: its kind)."""
     budget: "Budget | None" = None
-    """[workflows.<name>.budget]: token and money budgets (see README, Usage and budgets)."""
+    """[workflows.<name>.budget]: token and money budgets (docs/usage.md)."""
+    webhook_url: Annotated[StrictStr, AfterValidator(_webhook_url)] | None = None
+    """Where background runs' run.completed/failed/cancelled events are POSTed (https; http
+    only to a loopback address), signed per Standard Webhooks with webhook_secret."""
+    webhook_secret: Annotated[StrictStr, AfterValidator(_webhook_secret)] | None = Field(
+        None, repr=False
+    )
+    """The whsec_… secret that signs this workflow's webhooks (required with webhook_url)."""
+
+    @model_validator(mode="after")
+    def _webhook_pair(self) -> "AgentWorkflow":
+        if (self.webhook_url is None) != (self.webhook_secret is None):
+            raise ValueError("webhook_url and webhook_secret go together")
+        return self
 
 
 class PriceEntry(BaseModel):
