@@ -109,7 +109,14 @@ def es(kid: str | None = "ec-1", **overrides: Any) -> Callable[[], str]:
 
 
 def forged(header: dict[str, Any] | bytes, payload: Any = None, **kw: Any) -> Callable[[], str]:
-    return lambda: forge(header, claims() if payload is None else payload, **kw)
+    """A token forged when the test runs; a callable ``payload`` is built then too, so its
+    ``exp`` is not hours old on a slow run (claims made at import expired mid-suite)."""
+
+    def make() -> str:
+        body = claims() if payload is None else payload() if callable(payload) else payload
+        return forge(header, body, **kw)
+
+    return make
 
 
 def lone_surrogate_sub() -> Callable[[], str]:
@@ -246,7 +253,11 @@ REJECT: dict[str, tuple[str, Callable[[], str], str]] = {
     "r11-iss-partial": ("supabase-legacy", supa_hs(iss=SUPA_ISS[: -len("/v1")]), "issuer"),
     "r11-iss-trailing-slash": ("supabase-legacy", supa_hs(iss=SUPA_ISS + "/"), "issuer"),
     "r11-iss-missing": ("supabase-legacy", supa_hs(iss=None), "'iss'"),
-    "r11-iss-list": ("supabase-legacy", forged({"alg": "HS256"}, supa(iss=[SUPA_ISS])), "issuer"),
+    "r11-iss-list": (
+        "supabase-legacy",
+        forged({"alg": "HS256"}, lambda: supa(iss=[SUPA_ISS])),
+        "issuer",
+    ),
     "r11-auth0-iss-without-slash": (
         "auth0",
         rs(iss=AUTH0_ISS.rstrip("/"), aud=AUTH0_AUD),
