@@ -28,8 +28,8 @@ from ...support.adversarial import SecretWatch, broker_process, live_env, make_t
 from ...support.chatkit_requests import valid_requests
 from ...support.contract import assert_spec_error
 from ...support.fake_responses import FakeResponses
+from ...support.postgres import empty_store
 from ...support.rawhttp import RawResponse, exchange, request_bytes
-from .conftest import _empty
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,7 @@ def broker(
         db = request.getfixturevalue("pg_url")
         import asyncio
 
-        asyncio.run(_empty(db))
+        asyncio.run(empty_store(db))
     env = live_env(
         responses_server.base_url,
         BROKER_WORKFLOWS=AGENTS,

@@ -22,9 +22,9 @@ import aiohttp
 import httpx
 import pytest
 
-from .support import ROOT
-from .support.adversarial import SecretWatch, live_env, make_token, raise_fd_limit
-from .support.load import User, chat, percentile, rss_second_half, sample_rss, spawn
+from tests.support import ROOT
+from tests.support.adversarial import SecretWatch, live_env, make_token, raise_fd_limit
+from tests.support.load import User, chat, percentile, rss_second_half, sample_rss, spawn
 
 CLIENTS = int(os.environ.get("LOAD_CLIENTS", "300"))
 SECONDS = float(os.environ.get("LOAD_SECONDS", "60"))

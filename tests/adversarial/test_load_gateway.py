@@ -23,10 +23,9 @@ import httpx
 import pytest
 
 from broker.assertion import generate_private_key_pem
-
-from .support import free_port
-from .support.adversarial import SecretWatch, live_env, make_token, raise_fd_limit
-from .support.load import User, chat, percentile, rss_second_half, sample_rss, spawn
+from tests.support import free_port
+from tests.support.adversarial import SecretWatch, live_env, make_token, raise_fd_limit
+from tests.support.load import User, chat, percentile, rss_second_half, sample_rss, spawn
 
 CLIENTS = int(os.environ.get("LOAD_CLIENTS", "300"))
 SECONDS = float(os.environ.get("LOAD_SECONDS", "60"))
