@@ -17,6 +17,7 @@ from broker.config import load_settings
 from broker.openapi import ERROR_CODES, documented_operations, openapi_document, routed_operations
 
 from .support import WF_SUPPORT, app_client, auth
+from .support.chatkit_bodies import create
 from .support.contract import assert_spec_error, check_response
 
 
@@ -194,16 +195,7 @@ async def test_mock_answers_match_the_document(make_settings, token):
             "POST",
             "/mock/chatkit",
             mock=True,
-            json={
-                "type": "threads.create",
-                "params": {
-                    "input": {
-                        "content": [{"type": "input_text", "text": "hi"}],
-                        "attachments": [],
-                        "inference_options": {},
-                    }
-                },
-            },
+            json=create("hi"),
         )
         assert created.status_code == 200
         assert created.headers["content-type"].startswith("text/event-stream")

@@ -23,6 +23,7 @@ from broker.backends.gateway.metrics import GatewayMetrics
 from broker.errors import RateLimited
 from tests.support import free_port
 from tests.support.asgi_server import run_asgi
+from tests.support.chatkit_bodies import create
 from tests.support.fake_backend import FakeBackend, fake_backend
 
 SECRET = "shared-assertion-secret-that-is-32-bytes+"
@@ -58,19 +59,6 @@ class App:
         scope.setdefault("state", {})["request_id"] = "req-1"
         self.states.append(scope["state"])
         await self.backend.serve(self.admission, scope, receive, send)
-
-
-def create(text: str) -> dict[str, Any]:
-    return {
-        "type": "threads.create",
-        "params": {
-            "input": {
-                "content": [{"type": "input_text", "text": text}],
-                "attachments": [],
-                "inference_options": {},
-            }
-        },
-    }
 
 
 @pytest.fixture
