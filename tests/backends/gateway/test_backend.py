@@ -177,7 +177,7 @@ async def test_a_message_the_backend_refused_or_never_got_is_not_counted(
 
 
 async def test_a_backends_own_4xx_error_gets_the_brokers_request_id(fake: FakeBackend) -> None:
-    """Found by schemathesis (tests/test_fuzz_kinds.py): the example server's 400/404 bodies
+    """Found by schemathesis (tests/adversarial/test_fuzz_kinds.py): the example server's 400/404 bodies
     have no ``request_id``, so the browser got an error outside the SPEC shape. Its status,
     code, message and headers pass through; the id is the one in ``X-Request-ID``."""
     backend = GatewayBackend(GatewaySettings())
