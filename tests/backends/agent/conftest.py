@@ -4,8 +4,9 @@ PostgreSQL (a throwaway database per test session, dropped afterwards)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,26 @@ from broker.backends.agent.store import SQLStore, attachments, items, resolve_da
 
 from ...support import need
 from ...support.fake_responses import FakeResponses, FakeResponsesServer
-from ...support.postgres import PG_ADMIN_URL, empty_store, pg_admin, pg_reachable
+
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=3)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def pg_reachable() -> bool:
+    try:
+        asyncio.run(_pg_admin("SELECT 1"))
+    except Exception:  # any failure (refused, auth, timeout) means "not here"
+        return False
+    return True
 
 
 @pytest.fixture(scope="session")
@@ -23,10 +43,10 @@ def pg_url() -> Iterator[str]:
     """The URL of a fresh PostgreSQL database for this test session (``postgresql://…``)."""
     need(pg_reachable(), f"no PostgreSQL at {PG_ADMIN_URL}")
     name = f"ckb_test_{secrets.token_hex(4)}"
-    asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     yield f"{base}/{name}"
-    asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -35,8 +55,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'threads.sqlite3'}"
     url = request.getfixturevalue("pg_url")
-    asyncio.run(empty_store(url))  # one database per session: each test starts with no threads
+    asyncio.run(_empty(url))  # one database per session: each test starts with no threads
     return url
+
+
+async def _empty(url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url, timeout=3)
+    try:
+        await conn.execute(
+            "DO $$ BEGIN IF to_regclass('ckb_items') IS NOT NULL THEN "
+            "TRUNCATE ckb_threads, ckb_items, ckb_attachments; END IF; END $$"
+        )
+    finally:
+        await conn.close()
 
 
 @pytest.fixture
@@ -50,6 +83,14 @@ async def store(db_url: str) -> AsyncIterator[SQLStore]:
         await conn.execute(threads.delete())
     yield s
     await s.close()
+
+
+@pytest.fixture(scope="session")
+def empty_database() -> Callable[[str], None]:
+    """``empty_database(url)`` truncates the store's tables in the PostgreSQL at ``url``: for
+    module-scoped fixtures, which share the session's database but cannot use ``db_url``
+    (tests import nothing from a conftest)."""
+    return lambda url: asyncio.run(_empty(url))
 
 
 @pytest.fixture(scope="session")

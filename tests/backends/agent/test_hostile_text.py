@@ -28,7 +28,6 @@ from ...support.adversarial import SecretWatch, broker_process, live_env, make_t
 from ...support.chatkit_requests import valid_requests
 from ...support.contract import assert_spec_error
 from ...support.fake_responses import FakeResponses
-from ...support.postgres import empty_store
 from ...support.rawhttp import RawResponse, exchange, request_bytes
 
 pytestmark = pytest.mark.slow
@@ -74,9 +73,7 @@ def broker(
         db = f"sqlite:///{tmp / 'threads.sqlite3'}"
     else:
         db = request.getfixturevalue("pg_url")
-        import asyncio
-
-        asyncio.run(empty_store(db))
+        request.getfixturevalue("empty_database")(db)
     env = live_env(
         responses_server.base_url,
         BROKER_WORKFLOWS=AGENTS,
