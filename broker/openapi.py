@@ -7,7 +7,7 @@ operations, their statuses and why each happens. ``OPERATIONS`` lists every oper
 broker can have; the served document keeps only those the running app routes (``/mock/chatkit``
 exists only in mock mode, for instance) and states what differs in mock mode.
 ``tests/test_openapi.py`` compares it with the app's routes and validates real answers
-against it, and ``tests/test_fuzz*.py`` drive schemathesis with it.
+against it, and ``tests/adversarial/test_fuzz*.py`` drive schemathesis with it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-// Stand-in for OpenAI's chatkit.js, served by tests/test_page.py through request interception
+// Stand-in for OpenAI's chatkit.js, served by tests/static/test_page.py through request interception
 // (the real script comes from cdn.platform.openai.com, which the tests cannot reach).
 // It defines <openai-chatkit>, records what the page hands it on window.__chatkitStandIn, and
 // behaves like the real component where the page depends on it: in hosted mode it calls

@@ -4,36 +4,29 @@ fixtures live in ``tests/support/``."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import pytest
 
 from broker.config import Settings, load_settings
 
 from .support import (
-    API_KEY,
     REDIS_URL,
-    SECRET,
-    WF_SALES,
-    WF_SUPPORT,
     BrokerProcess,
     RedisServer,
     app_client,
-    cli_command,
-    free_port,
+    jwt_kit,
     need,
     redis_reachable,
     wait_until_serving,
 )
+from .support.env import hosted_env, overridden
 from .support.fake_openai import FakeOpenAI, FakeOpenAIServer
+from .support.processes import start_broker
 
 # every log line of the session (in-process records, subprocess log files) scanned for
 # secrets when it ends; a leak fails the run (tests/support/log_audit.py)
@@ -58,14 +51,7 @@ def openai(fake_server: FakeOpenAI) -> FakeOpenAI:
 @pytest.fixture
 def base_env(openai: FakeOpenAI) -> dict[str, str]:
     """A valid live configuration pointing at the fake OpenAI."""
-    return {
-        "OPENAI_API_KEY": API_KEY,
-        "OPENAI_BASE_URL": openai.base_url,
-        "BROKER_WORKFLOWS": f"support={WF_SUPPORT},sales={WF_SALES}",
-        "BROKER_JWT_SECRET": SECRET,
-        "BROKER_UPSTREAM_TIMEOUT": "3",
-        "BROKER_LOG_FORMAT": "json",
-    }
+    return hosted_env(openai.base_url)
 
 
 @pytest.fixture
@@ -73,13 +59,7 @@ def make_settings(base_env: dict[str, str]) -> Callable[..., Settings]:
     """``make_settings(BROKER_X="…", OPENAI_API_KEY=None)``: base env with overrides (None deletes)."""
 
     def make(**overrides: str | None) -> Settings:
-        env = dict(base_env)
-        for key, value in overrides.items():
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = value
-        return load_settings(env)
+        return load_settings(overridden(base_env, **overrides))
 
     return make
 
@@ -93,28 +73,9 @@ async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.
 
 @pytest.fixture
 def token() -> Callable[..., str]:
-    """``token(sub="alice", exp=…, aud=…, headers={…}, key=…, algorithm=…)``; None deletes a claim."""
-
-    def make(
-        sub: str | None = "alice",
-        *,
-        key: Any = SECRET,
-        algorithm: str = "HS256",
-        headers: dict[str, Any] | None = None,
-        ttl: int = 300,
-        **claims: Any,
-    ) -> str:
-        now = int(time.time())
-        payload: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + ttl}
-        payload.update(claims)
-        payload = {k: v for k, v in payload.items() if v is not None}
-        signed = jwt.encode(payload, key, algorithm=algorithm, headers=headers)
-        from .support import log_audit  # (imported late: pytest loads it as a plugin first)
-
-        log_audit.add_secret(signed)
-        return signed
-
-    return make
+    """``token(sub="alice", exp=…, aud=…, headers={…}, key=…, algorithm=…)``; None deletes a claim
+    (``tests.support.jwt_kit.token``)."""
+    return jwt_kit.token
 
 
 @pytest.fixture
@@ -125,24 +86,7 @@ def run_broker(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
     def start(
         env: dict[str, str], *args: str, port: int | None = None, ready: bool = True
     ) -> BrokerProcess:
-        port = port or free_port()
-        log_path = tmp_path / f"broker-{port}.log"
-        full_env = {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": os.environ.get("HOME", "/tmp"),
-            **env,
-        }
-        from .support import log_audit
-
-        log_audit.add_env(full_env)
-        proc = subprocess.Popen(
-            [*cli_command(), "serve", "--port", str(port), *args],
-            env=full_env,
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=log_path.open("wb"),
-        )
-        bp = BrokerProcess(f"http://127.0.0.1:{port}", proc, log_path)
+        bp = start_broker(env, tmp_path, *args, port=port)
         started.append(bp)
         if ready:
             wait_until_serving(bp)

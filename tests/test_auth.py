@@ -2,7 +2,8 @@
 
 Every refused request must: answer 401 ``unauthenticated`` (403 ``workflow_not_allowed`` for
 claim policies), carry the RFC 6750 challenge, say which problem it found without echoing the
-token, and send nothing upstream. Rows 19-24 (the JWKS cache) live in ``test_jwks.py``.
+token, and send nothing upstream. Rows 19-24 (the JWKS cache) live in ``test_jwks.py``. Last,
+the verified-token cache: a token that just verified is not verified again, within bounds.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from aiohttp import web
 
-from broker.config import Settings
+from broker.auth import Verifier
+from broker.config import JWTSettings, Settings
+from broker.errors import Unauthenticated
 
 from .support import SECRET, WF_SALES, WF_SUPPORT, app_client, auth
 from .support.jwt_kit import (
@@ -35,6 +39,7 @@ from .support.jwt_kit import (
     public_pem,
     sign,
 )
+from .support.mint import MINT, SUPPORT
 
 INVALID = 'Bearer error="invalid_token"'
 SUPA_REF = "qwertyuiopasdfghjklz"
@@ -43,7 +48,6 @@ AUTH0_ISS = "https://example-tenant.eu.auth0.com/"
 AUTH0_AUD = "https://api.example.com"
 OTHER_SECRET = "another-secret-that-is-also-32-bytes-long!!"
 LONG_SECRET = "a-64-byte-secret-enables-hs384-and-hs512-by-default-0123456789ab"
-MINT = {"workflow": "support"}
 
 # ---------------------------------------------------------------------------------------------
 # Key-source configurations. Each is a set of env overrides on the default live config.
@@ -419,7 +423,7 @@ async def test_must_reject(case, configured, openai, caplog):
     caplog.set_level(logging.DEBUG)
     tok = make_token()
     async with app_client(configured(config)) as c:
-        r = await c.post("/api/chatkit/session", json=MINT, headers=bearer(tok))
+        r = await c.post(MINT, json=SUPPORT, headers=bearer(tok))
     assert_refused(r, tok, fragment=fragment)
     assert openai.requests == []
     assert tok not in broker_log(caplog)
@@ -474,7 +478,7 @@ ACCEPT: dict[str, tuple[str, Callable[[], str], str]] = {
 async def test_accepts_well_formed_tokens(case, configured, openai):
     config, make_token, user = case
     async with app_client(configured(config)) as c:
-        r = await c.post("/api/chatkit/session", json=MINT, headers=auth(make_token()))
+        r = await c.post(MINT, json=SUPPORT, headers=auth(make_token()))
     assert r.status_code == 200, r.text
     [req] = openai.session_requests()
     assert req.body["user"] == user
@@ -532,7 +536,7 @@ async def test_public_key_as_hmac_secret_is_refused(case, configured, openai):
     jwks_hits_before = openai.jwks_hits
     async with app_client(configured(config)) as c:
         hits_after_start = openai.jwks_hits
-        r = await c.post("/api/chatkit/session", json=MINT, headers=auth(tok))
+        r = await c.post(MINT, json=SUPPORT, headers=auth(tok))
     assert_refused(r, tok, fragment=fragment)
     assert openai.requests == []
     # an HS token is never looked up in the JWKS
@@ -564,7 +568,7 @@ async def test_fixed_header_advisory_vectors(tok, fragment, configured, openai):
         forge({"alg": "hs256", "typ": "JWT"}, fixed_claims(), hmac_key=SECRET) == WRONG_CASE_TOKEN
     )
     async with app_client(configured("hs")) as c:
-        r = await c.post("/api/chatkit/session", json=MINT, headers=auth(tok))
+        r = await c.post(MINT, json=SUPPORT, headers=auth(tok))
     assert_refused(r, tok, fragment=fragment)
     assert openai.requests == []
 
@@ -577,13 +581,13 @@ async def test_migration_hs_token_never_touches_the_jwks(configured, openai):
     async with app_client(configured("supabase-migration")) as c:
         hits = openai.jwks_hits
         ok = await c.post(
-            "/api/chatkit/session",
-            json=MINT,
+            MINT,
+            json=SUPPORT,
             headers=auth(sign(supa(), headers={"kid": "random-kid-123"})),
         )
         bad = await c.post(
-            "/api/chatkit/session",
-            json=MINT,
+            MINT,
+            json=SUPPORT,
             headers=auth(sign(supa(), OTHER_SECRET, headers={"kid": "another-random-kid"})),
         )
     assert ok.status_code == 200, ok.text
@@ -596,7 +600,7 @@ async def test_migration_asymmetric_token_is_checked_with_jwks_only(configured, 
     # An RS256 token whose signature is really an HMAC with the legacy secret must fail.
     tok = forge({"alg": "RS256", "kid": "rsa-1"}, supa(), hmac_key=SECRET)
     async with app_client(configured("supabase-migration")) as c:
-        r = await c.post("/api/chatkit/session", json=MINT, headers=auth(tok))
+        r = await c.post(MINT, json=SUPPORT, headers=auth(tok))
     assert_refused(r, tok, fragment="signature")
     assert openai.requests == []
 
@@ -623,10 +627,10 @@ async def test_jku_x5u_and_embedded_jwk_are_ignored(config, configured, openai):
     try:
         async with app_client(configured(config)) as c:
             forged_tok = sign(claims(), attacker, "RS256", {"kid": "attacker", **pointers})
-            refused = await c.post("/api/chatkit/session", json=MINT, headers=auth(forged_tok))
+            refused = await c.post(MINT, json=SUPPORT, headers=auth(forged_tok))
             # a genuine token carrying the same pointers still verifies, with the configured key
             genuine = sign(claims(), RSA_KEY, "RS256", {"kid": "rsa-1", **pointers})
-            accepted = await c.post("/api/chatkit/session", json=MINT, headers=auth(genuine))
+            accepted = await c.post(MINT, json=SUPPORT, headers=auth(genuine))
     finally:
         await elsewhere.stop()
     assert_refused(refused, forged_tok)
@@ -674,12 +678,10 @@ def supabase_policy(configured, tmp_path, make_settings, openai):
 async def test_claims_policy_is_403(overrides, supabase_policy, openai):
     tok = sign(supa(**overrides))
     async with app_client(supabase_policy) as c:
-        mint = await c.post("/api/chatkit/session", json={"workflow": "members"}, headers=auth(tok))
+        mint = await c.post(MINT, json={"workflow": "members"}, headers=auth(tok))
         listed = await c.get("/api/chatkit/workflows", headers=auth(tok))
         # the same caller may still use an unrestricted workflow: it is authenticated
-        plain = await c.post(
-            "/api/chatkit/session", json={"workflow": "support"}, headers=auth(tok)
-        )
+        plain = await c.post(MINT, json={"workflow": "support"}, headers=auth(tok))
     assert_refused(
         mint, tok, status=403, code="workflow_not_allowed", fragment="members", challenge=None
     )
@@ -691,7 +693,7 @@ async def test_claims_policy_is_403(overrides, supabase_policy, openai):
 async def test_claims_policy_admits_a_signed_in_member(supabase_policy, openai):
     tok = sign(supa())
     async with app_client(supabase_policy) as c:
-        r = await c.post("/api/chatkit/session", json={"workflow": "members"}, headers=auth(tok))
+        r = await c.post(MINT, json={"workflow": "members"}, headers=auth(tok))
     assert r.status_code == 200, r.text
     assert openai.session_requests()[0].body["workflow"]["id"] == WF_SALES
 
@@ -714,9 +716,7 @@ async def test_claims_policy_admits_a_signed_in_member(supabase_policy, openai):
 async def test_bearer_variants_accepted(template, configured, openai):
     tok = sign(claims())
     async with app_client(configured("hs")) as c:
-        r = await c.post(
-            "/api/chatkit/session", json=MINT, headers={"Authorization": template.format(t=tok)}
-        )
+        r = await c.post(MINT, json=SUPPORT, headers={"Authorization": template.format(t=tok)})
     assert r.status_code == 200, r.text
 
 
@@ -744,7 +744,9 @@ async def test_bearer_variants_refused(case, route, configured, openai, caplog):
     headers = {} if template is None else {"Authorization": template.format(t=tok)}
     method, path = route.split()
     async with app_client(configured("hs")) as c:
-        r = await c.request(method, path, json=MINT if method == "POST" else None, headers=headers)
+        r = await c.request(
+            method, path, json=SUPPORT if method == "POST" else None, headers=headers
+        )
     assert_refused(r, tok, fragment=fragment, challenge=challenge)
     assert openai.requests == []
     assert tok not in broker_log(caplog)
@@ -755,7 +757,7 @@ async def test_token_in_query_string_is_not_accepted(param, configured, openai, 
     caplog.set_level(logging.DEBUG)
     tok = sign(claims())
     async with app_client(configured("hs")) as c:
-        mint = await c.post(f"/api/chatkit/session?{param}={tok}", json=MINT)
+        mint = await c.post(f"/api/chatkit/session?{param}={tok}", json=SUPPORT)
         listed = await c.get(f"/api/chatkit/workflows?{param}={tok}")
     for r in (mint, listed):
         # still refused, but told where the token belongs
@@ -784,10 +786,10 @@ async def test_oversized_token_refused_before_any_key_lookup(configured, openai,
     assert len(big) > 8 * 1024
     async with app_client(configured("jwks")) as c:
         hits = openai.jwks_hits
-        r = await c.post("/api/chatkit/session", json=MINT, headers=auth(big))
+        r = await c.post(MINT, json=SUPPORT, headers=auth(big))
         small = await c.post(
-            "/api/chatkit/session",
-            json=MINT,
+            MINT,
+            json=SUPPORT,
             headers=auth(sign(claims(), RSA_KEY, "RS256", {"kid": "rsa-1"})),
         )
     assert_refused(r, big, fragment="8 KiB")
@@ -807,7 +809,7 @@ async def test_no_token_in_logs_or_bodies_across_a_full_run(configured, openai, 
     seen: list[str] = []
     async with app_client(configured("hs")) as c:
         for tok in [*tokens, good]:
-            r = await c.post("/api/chatkit/session", json=MINT, headers=bearer(tok))
+            r = await c.post(MINT, json=SUPPORT, headers=bearer(tok))
             seen.append(r.text)
     secret = json.loads(seen[-1])["client_secret"]
     logged = broker_log(caplog)
@@ -840,3 +842,99 @@ async def test_the_prepared_secret_is_the_brokers_own(configured):
     forged = sign(claims(sub="mallory"), "another-secret-that-is-32-bytes-long!!", "HS256")
     with pytest.raises(Unauthenticated):
         await verifier.verify(forged)
+
+
+# --- the verified-token cache: a token that just verified is not verified again, within bounds
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list[str]:
+    """Every token that reached PyJWT's decode."""
+    seen: list[str] = []
+    real = jwt.PyJWT.decode
+
+    def counting(self, token, *args, **kwargs):
+        seen.append(token)
+        return real(self, token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt.PyJWT, "decode", counting)
+    return seen
+
+
+def verifier(clock: Clock, **kw) -> Verifier:
+    return Verifier(
+        JWTSettings(secret=SECRET, hmac_algorithms=("HS256",), leeway=30), clock=clock, **kw
+    )
+
+
+async def test_workflow_list_and_mint_verify_the_token_once(make_settings, openai, token, decodes):
+    tok = token("alice")
+    async with app_client(make_settings()) as c:
+        assert (await c.get("/api/chatkit/workflows", headers=auth(tok))).status_code == 200
+        assert (await c.post(MINT, json=SUPPORT, headers=auth(tok))).status_code == 200
+        assert (
+            await c.post(MINT, json={"workflow": "sales"}, headers=auth(tok))
+        ).status_code == 200
+    assert decodes == [tok]
+    assert [r.body["user"] for r in openai.session_requests()] == ["alice", "alice"]
+
+
+async def test_cache_never_outlives_exp_plus_leeway(token, decodes):
+    clock = Clock()
+    v = verifier(clock)
+    tok = token("bob", ttl=-10)  # expired 10 s ago, inside the 30 s leeway: still valid
+    assert (await v.verify(tok)).user == "bob"
+    clock.now += 19
+    await v.verify(tok)
+    assert len(decodes) == 1  # served from the cache
+    clock.now += 2  # past exp + leeway: the cache must not answer
+    await v.verify(tok)
+    assert len(decodes) == 2
+
+
+async def test_cache_entries_last_at_most_cache_seconds(token, decodes):
+    clock = Clock()
+    v = verifier(clock, cache_seconds=60)
+    tok = token("carol", ttl=3600)
+    await v.verify(tok)
+    clock.now += 59
+    await v.verify(tok)
+    assert len(decodes) == 1
+    clock.now += 2
+    await v.verify(tok)
+    assert len(decodes) == 2
+
+
+async def test_refused_tokens_are_never_cached(token, decodes):
+    v = verifier(Clock())
+    bad = token("dave", key="z" * 40)
+    for _ in range(2):
+        with pytest.raises(Unauthenticated):
+            await v.verify(bad)
+    assert decodes == [bad, bad]
+
+
+async def test_cache_is_bounded(token, decodes):
+    v = verifier(Clock(), cache_size=2)
+    a, b, c = token("a"), token("b"), token("c")
+    for t in (a, b, c, c, b):
+        await v.verify(t)
+    assert decodes == [a, b, c]  # c and b were cached
+    await v.verify(a)  # a was evicted when c arrived
+    assert decodes == [a, b, c, a]
+
+
+async def test_cache_can_be_switched_off(token, decodes):
+    v = verifier(Clock(), cache_size=0)
+    tok = token("erin")
+    await v.verify(tok)
+    await v.verify(tok)
+    assert decodes == [tok, tok]

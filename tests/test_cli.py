@@ -10,6 +10,7 @@ import httpx
 import jwt
 
 from .support import API_KEY, ROOT, SECRET, WF_SUPPORT, cli_command, free_port
+from .support.mint import mint_sync
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -141,13 +142,7 @@ def test_logs_of_every_failure_path_hold_no_secret(run_broker, base_env, openai,
     secrets_seen = []
 
     def mint(tok: str | None, workflow: str = "support") -> httpx.Response:
-        headers = {"Authorization": f"Bearer {tok}"} if tok else {}
-        r = httpx.post(
-            bp.url + "/api/chatkit/session",
-            json={"workflow": workflow},
-            headers=headers,
-            timeout=10,
-        )
+        r = mint_sync(bp.url, tok, workflow)
         if r.status_code == 200:
             secrets_seen.append(r.json()["client_secret"])
         return r

@@ -27,10 +27,9 @@ from broker.config import Settings
 from broker.http import HttpPool
 from broker.jwks import JWKSCache
 
-from .support import auth
 from .support.jwt_kit import EC_KEY, RSA_KEY, TinyServer, b64url, claims, jwk, sign
+from .support.mint import mint
 
-MINT = {"workflow": "support"}
 COOLDOWN = 60.0
 COLD_COOLDOWN = 5.0
 MAX_AGE = 600.0
@@ -89,10 +88,6 @@ def jwks_settings(openai, make_settings) -> Settings:
 
 def rs(kid: Any, key: Any = RSA_KEY, algorithm: str = "RS256") -> str:
     return sign(claims(), key, algorithm, {"kid": kid})
-
-
-async def mint(c: httpx.AsyncClient, tok: str) -> httpx.Response:
-    return await c.post("/api/chatkit/session", json=MINT, headers=auth(tok))
 
 
 # --- 22: rotation; cache hits cost nothing -----------------------------------------------------

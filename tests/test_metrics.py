@@ -16,9 +16,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from .support import app_client, auth
-
-MINT = "/api/chatkit/session"
-SUPPORT = {"workflow": "support"}
+from .support.mint import MINT, SUPPORT
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -13,9 +13,7 @@ from broker.config import ConfigError, load_settings
 from broker.ratelimit import ClientAddress, Limit, LocalCounters, bucket
 
 from .support import app_client, auth
-
-MINT = "/api/chatkit/session"
-SUPPORT = {"workflow": "support"}
+from .support.mint import MINT, SUPPORT, mint_sync
 
 
 def assert_429(r: httpx.Response, *, limit: int, window: int) -> None:
@@ -192,20 +190,15 @@ async def test_user_limit_shared_by_two_apps_on_redis(make_settings, redis_env, 
 def test_user_limit_across_two_broker_processes(base_env, redis_env, run_broker, token):
     env = {**base_env, **redis_env, "BROKER_RATE_LIMIT": "4/hour"}
     first, second = run_broker(env), run_broker(env)
-    alice = auth(token("alice"))
+    alice = token("alice")
 
-    def mint(bp) -> httpx.Response:
-        return httpx.post(bp.url + MINT, json=SUPPORT, headers=alice, timeout=10)
-
-    assert [mint(first).status_code for _ in range(3)] == [200, 200, 200]
-    assert mint(second).status_code == 200  # the second process sees the first one's three
-    r = mint(second)
-    assert_429(r, limit=4, window=3600)
-    assert mint(first).status_code == 429
+    assert [mint_sync(first.url, alice).status_code for _ in range(3)] == [200, 200, 200]
+    # the second process sees the first one's three
+    assert mint_sync(second.url, alice).status_code == 200
+    assert_429(mint_sync(second.url, alice), limit=4, window=3600)
+    assert mint_sync(first.url, alice).status_code == 429
     # bob has his own count in both
-    assert (
-        httpx.post(second.url + MINT, json=SUPPORT, headers=auth(token("bob"))).status_code == 200
-    )
+    assert mint_sync(second.url, token("bob")).status_code == 200
 
 
 def test_forwarded_for_through_real_uvicorn(base_env, run_broker):

@@ -14,10 +14,7 @@ from broker.registry import MemoryRegistry, RedisRegistry
 from broker.store import RedisStore
 
 from .support import app_client, auth
-
-MINT = "/api/chatkit/session"
-CANCEL = "/api/chatkit/session/cancel"
-SUPPORT = {"workflow": "support"}
+from .support.mint import CANCEL, MINT, SUPPORT, mint_id
 
 
 @pytest.fixture
@@ -85,17 +82,11 @@ def store_env(request) -> dict[str, str]:
     return request.getfixturevalue("redis_env")
 
 
-async def mint(c, tok: str, **extra) -> str:
-    r = await c.post(MINT, json={**SUPPORT, **extra}, headers=auth(tok))
-    assert r.status_code == 200, r.text
-    return r.json()["session_id"]
-
-
 async def test_cancel_own_all_and_someone_elses(make_settings, store_env, openai, token):
     alice, bob = token("alice"), token("bob")
     async with app_client(make_settings(**store_env)) as c:
-        a1, a2, a3 = [await mint(c, alice) for _ in range(3)]
-        b1 = await mint(c, bob)
+        a1, a2, a3 = [await mint_id(c, alice) for _ in range(3)]
+        b1 = await mint_id(c, bob)
 
         # someone else's session: 404 and nothing upstream
         r = await c.post(CANCEL, json={"session_id": b1}, headers=auth(alice))
@@ -134,10 +125,10 @@ async def test_previous_session_id_is_cancelled_only_when_owned(
 ):
     alice, bob = token("alice"), token("bob")
     async with app_client(make_settings(**store_env)) as c:
-        old = await mint(c, alice)
-        bobs = await mint(c, bob)
+        old = await mint_id(c, alice)
+        bobs = await mint_id(c, bob)
 
-        new = await mint(c, alice, previous_session_id=old)
+        new = await mint_id(c, alice, previous_session_id=old)
         assert new != old
         assert [q.path for q in openai.cancel_requests()] == [f"/v1/chatkit/sessions/{old}/cancel"]
         assert openai.sessions[old]["status"] == "cancelled"
@@ -145,7 +136,7 @@ async def test_previous_session_id_is_cancelled_only_when_owned(
         assert r.status_code == 404  # gone from the registry
 
         # naming bob's session as one's previous does nothing to it
-        await mint(c, alice, previous_session_id=bobs)
+        await mint_id(c, alice, previous_session_id=bobs)
         assert len(openai.cancel_requests()) == 1
         assert openai.sessions[bobs]["status"] == "active"
 
@@ -162,14 +153,14 @@ async def test_sessions_minted_by_one_instance_are_cancelled_by_another(
     settings = make_settings(**redis_env)
     alice = token("alice")
     async with app_client(settings) as a, app_client(settings) as b:
-        s1 = await mint(a, alice)
-        s2 = await mint(b, alice)
+        s1 = await mint_id(a, alice)
+        s2 = await mint_id(b, alice)
         r = await b.post(CANCEL, json={"session_id": s1}, headers=auth(alice))
         assert r.json() == {"cancelled": [s1]}
         r = await a.post(CANCEL, json={"all": True}, headers=auth(alice))
         assert r.json() == {"cancelled": [s2]}
         # and someone else's stays 404 from either instance
-        s3 = await mint(a, token("bob"))
+        s3 = await mint_id(a, token("bob"))
         r = await b.post(CANCEL, json={"session_id": s3}, headers=auth(alice))
         assert r.status_code == 404
     assert len(openai.cancel_requests()) == 2
@@ -177,7 +168,7 @@ async def test_sessions_minted_by_one_instance_are_cancelled_by_another(
 
 async def test_redis_keys_carry_the_prefix(make_settings, redis_env, openai, token):
     async with app_client(make_settings(**redis_env)) as c:
-        await mint(c, token("alice"))
+        await mint_id(c, token("alice"))
     client = aioredis.Redis.from_url(redis_env["BROKER_REDIS_URL"])
     try:
         keys = [k.decode() async for k in client.scan_iter(match="*", count=1000)]

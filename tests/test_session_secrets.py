@@ -13,6 +13,7 @@ from broker.registry import MemoryRegistry
 from broker.session_secrets import SessionSecrets
 
 from .support import app_client, auth
+from .support.chatkit_bodies import create
 
 MOCK = {"BROKER_MOCK": "1", "BROKER_LOG_FORMAT": "json"}
 LIST = {"type": "threads.list", "params": {"limit": 5}}
@@ -163,17 +164,7 @@ async def test_a_secret_in_the_query_string_is_ignored(token):
             )
         ).json()
         url, secret = minted["backend"]["url"], minted["client_secret"]
-        create = {
-            "type": "threads.create",
-            "params": {
-                "input": {
-                    "content": [{"type": "input_text", "text": "hi"}],
-                    "attachments": [],
-                    "inference_options": {},
-                }
-            },
-        }
-        made = await c.post(url, json=create, headers=auth(secret))
+        made = await c.post(url, json=create("hi"), headers=auth(secret))
         carols = await c.post(url, json=LIST, headers=auth(secret))
         # no header: mock mode's anonymous user, whatever the query string carries
         queried = await c.post(f"{url}?access_token={secret}", json=LIST)

@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import resource
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import (
-    API_KEY,
-    SECRET,
-    WF_SALES,
-    WF_SUPPORT,
-    BrokerProcess,
-    cli_command,
-    free_port,
-    wait_until_serving,
-)
+from . import API_KEY, SECRET, BrokerProcess, wait_until_serving
+from .env import hosted_env
+from .jwt_kit import token
+from .processes import start_broker
 
 # Patterns of the secrets the tests create: the fake mints ``ek_`` + 48 hex, the broker's own
 # session secrets are ``cks_`` + an itsdangerous token, JWTs are two base64url JSON objects and
@@ -48,24 +39,13 @@ _WORD = re.compile(r"[A-Za-z0-9_.~+/=-]{8,}")
 def live_env(base_url: str, **overrides: str | None) -> dict[str, str]:
     """A live configuration against the fake OpenAI at ``base_url`` (its ``/v1``), with
     rate limits out of the way (these tests measure other things)."""
-    env = {
-        "OPENAI_API_KEY": API_KEY,
-        "OPENAI_BASE_URL": base_url,
-        "BROKER_WORKFLOWS": f"support={WF_SUPPORT},sales={WF_SALES}",
-        "BROKER_JWT_SECRET": SECRET,
-        "BROKER_UPSTREAM_TIMEOUT": "3",
-        "BROKER_LOG_FORMAT": "json",
+    quiet: dict[str, str | None] = {
         "BROKER_LOG_LEVEL": "info",
         "BROKER_RATE_LIMIT": "1000000/minute",
         "BROKER_IP_RATE_LIMIT": "10000000/minute",
         "BROKER_TEST_PAGE": "0",
     }
-    for key, value in overrides.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
+    return hosted_env(base_url, **{**quiet, **overrides})
 
 
 def mock_env(**overrides: str | None) -> dict[str, str]:
@@ -129,21 +109,7 @@ def broker_process(
     start_timeout: float = 20,
 ) -> Iterator[BrokerProcess]:
     """A real ``chatkit-broker serve`` for a whole module (``run_broker`` is per test)."""
-    port = port or free_port()
-    log_path = log_dir / f"broker-{port}.log"
-    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
-    from . import log_audit
-
-    log_audit.add_env(full_env)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*cli_command(), "serve", "--port", str(port), *args],
-            env=full_env,
-            cwd=log_dir,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    bp = BrokerProcess(f"http://127.0.0.1:{port}", proc, log_path)
+    bp = start_broker(env, log_dir, *args, port=port)
     try:
         wait_until_serving(bp, start_timeout)
         yield bp
@@ -153,11 +119,8 @@ def broker_process(
 
 def make_token(user: str, ttl: int = 3600) -> str:
     """A valid HS256 sign-in token for ``user`` (for module-scoped fixtures, which cannot use
-    the function-scoped ``token`` fixture)."""
-    import jwt
-
-    now = int(time.time())
-    return jwt.encode({"sub": user, "iat": now, "exp": now + ttl}, SECRET, algorithm="HS256")
+    the function-scoped ``token`` fixture): ``jwt_kit.token`` with an hour to live."""
+    return token(user, ttl=ttl)
 
 
 def logged_text(caplog: Any, level: int = logging.NOTSET) -> str:

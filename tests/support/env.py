@@ -24,6 +24,31 @@ def need(condition: bool, reason: str) -> None:
         pytest.skip(reason)
 
 
+def overridden(env: dict[str, str], **overrides: str | None) -> dict[str, str]:
+    """A copy of ``env`` with ``overrides`` applied; an override of None deletes the variable."""
+    out = dict(env)
+    for key, value in overrides.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+def hosted_env(base_url: str, **overrides: str | None) -> dict[str, str]:
+    """A valid hosted configuration against the fake OpenAI at ``base_url`` (its ``/v1``), as
+    an explicit mapping: the one env builder behind ``base_env`` and ``adversarial.live_env``."""
+    env = {
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_BASE_URL": base_url,
+        "BROKER_WORKFLOWS": f"support={WF_SUPPORT},sales={WF_SALES}",
+        "BROKER_JWT_SECRET": SECRET,
+        "BROKER_UPSTREAM_TIMEOUT": "3",
+        "BROKER_LOG_FORMAT": "json",
+    }
+    return overridden(env, **overrides)
+
+
 def auth(tok: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {tok}"}
 

@@ -162,6 +162,28 @@ def sign(
     return jwt.encode(payload, key, algorithm=algorithm, headers=headers)
 
 
+def token(
+    sub: str | None = "alice",
+    *,
+    key: Any = SECRET,
+    algorithm: str = "HS256",
+    headers: dict[str, Any] | None = None,
+    ttl: int = 300,
+    **overrides: Any,
+) -> str:
+    """A sign-in token: ``claims`` for ``sub`` living ``ttl`` seconds, signed; an override of
+    None deletes a claim. The one token minter behind the ``token`` fixture and
+    ``adversarial.make_token``; every token is handed to the log audit, which fails the run if
+    one reaches a log."""
+    from . import log_audit  # (imported late: pytest loads it as a plugin first)
+
+    now = int(time.time())
+    payload = claims(**{"sub": sub, "iat": now, "exp": now + ttl, **overrides})
+    signed = sign(payload, key, algorithm, headers)
+    log_audit.add_secret(signed)
+    return signed
+
+
 @dataclass
 class TinyServer:
     """A loopback aiohttp server in the test's own loop that counts hits per path and answers

@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,8 +25,10 @@ from typing import Any
 
 import aiohttp
 
-from .adversarial import rss_mib
-from .env import ROOT
+from .adversarial import SecretWatch, make_token, rss_mib
+from .chatkit_bodies import create, user_input
+from .env import ROOT, auth
+from .mint import MINT
 
 TURNS_PER_THREAD = 5  # then a new thread: both request types, histories stay short
 
@@ -44,14 +47,6 @@ class User:
     turns: list[Turn] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
-
-
-def message(text: str) -> dict[str, Any]:
-    return {
-        "content": [{"type": "input_text", "text": text}],
-        "attachments": [],
-        "inference_options": {},
-    }
 
 
 async def read_stream(resp: aiohttp.ClientResponse) -> tuple[str | None, str, list[str]]:
@@ -88,12 +83,12 @@ async def chat(session: aiohttp.ClientSession, url: str, user: User, stop_at: fl
         n += 1
         nonce = f"{user.name} says {n} {secrets.token_hex(6)}"
         if thread_id is None or in_thread >= TURNS_PER_THREAD:
-            body = {"type": "threads.create", "params": {"input": message(nonce)}}
+            body = create(nonce)
             thread_id, in_thread = None, 0
         else:
             body = {
                 "type": "threads.add_user_message",
-                "params": {"thread_id": thread_id, "input": message(nonce)},
+                "params": {"thread_id": thread_id, "input": user_input(nonce)},
             }
         started = time.monotonic()
         try:
@@ -129,10 +124,72 @@ async def sample_rss(pid: int, samples: list[tuple[float, float]], stop_at: floa
 
 
 def rss_second_half(samples: Sequence[tuple[float, float]], seconds: float) -> tuple[float, float]:
-    """Mean RSS of the first and last five samples of the second half (as tests/test_load.py);
+    """Mean RSS of the first and last five samples of the second half (as tests/adversarial/test_load.py);
     the caller asserts the growth is under max(8 MiB, 10 %)."""
     second_half = [mib for t, mib in samples if t >= seconds / 2]
     return statistics.mean(second_half[:5]), statistics.mean(second_half[-5:])
+
+
+async def sign_in(
+    session: aiohttp.ClientSession,
+    broker_url: str,
+    workflow: str,
+    names: Sequence[str],
+    watch: SecretWatch,
+) -> list[tuple[User, dict[str, Any]]]:
+    """Each of ``names`` signs in and mints a session for ``workflow`` (which must succeed);
+    each user, holding the secret it got, with the mint's answer. Both secrets are watched."""
+    signed_in = []
+    for name in names:
+        jwt = make_token(name)
+        async with session.post(
+            broker_url + MINT, json={"workflow": workflow}, headers=auth(jwt)
+        ) as r:
+            minted = await r.json()
+            assert r.status == 200, minted
+        watch.add(jwt, minted["client_secret"])
+        signed_in.append((User(name, minted["client_secret"]), minted))
+    return signed_in
+
+
+async def chat_for(
+    session: aiohttp.ClientSession, pid: int, url: str, users: Sequence[User], seconds: float
+) -> tuple[list[tuple[float, float]], float]:
+    """Every user chats at ``url`` for ``seconds`` while process ``pid``'s memory is sampled;
+    the samples and the seconds it took."""
+    rss: list[tuple[float, float]] = []
+    started = time.monotonic()
+    stop_at = started + seconds
+    await asyncio.gather(
+        sample_rss(pid, rss, stop_at), *(chat(session, url, u, stop_at) for u in users)
+    )
+    return rss, time.monotonic() - started
+
+
+def assert_every_turn_answered(users: Sequence[User]) -> None:
+    failures = Counter(f for u in users for f in u.failures)
+    assert not failures, f"{sum(failures.values())} failed turns: {failures.most_common(5)}"
+    assert all(u.turns for u in users), "a user never got a reply"
+
+
+def assert_flat_memory(rss: Sequence[tuple[float, float]], seconds: float) -> tuple[float, float]:
+    """The broker's memory over the second half grew by less than max(8 MiB, 10 %)."""
+    early, late = rss_second_half(rss, seconds)
+    assert late - early < max(8.0, 0.1 * early), f"RSS grew {early:.1f} → {late:.1f} MiB: {rss}"
+    return early, late
+
+
+def summary(
+    users: Sequence[User], rss: Sequence[tuple[float, float]], early: float, late: float
+) -> str:
+    """Turn latencies and the broker's memory, as the load tests print them."""
+    latencies = [x for u in users for x in u.latencies]
+    return (
+        f"turn p50 {percentile(latencies, 0.5) * 1000:.0f} ms "
+        f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms; broker RSS {rss[0][1]:.0f} → "
+        f"peak {max(m for _, m in rss):.0f} → end {rss[-1][1]:.0f} MiB (second half "
+        f"{early:.1f} → {late:.1f})"
+    )
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -48,6 +48,29 @@ def cli_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "broker.cli"]
 
 
+def start_broker(
+    env: dict[str, str], cwd: Path, *args: str, port: int | None = None
+) -> BrokerProcess:
+    """Spawn ``chatkit-broker serve`` on a free port with exactly ``env`` (plus PATH and HOME),
+    its stderr in a log file in ``cwd``; the one starter behind ``run_broker`` (per test) and
+    ``adversarial.broker_process`` (per module). The environment's secrets go to the log audit."""
+    from . import log_audit
+
+    port = port or free_port()
+    log_path = cwd / f"broker-{port}.log"
+    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
+    log_audit.add_env(full_env)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*cli_command(), "serve", "--port", str(port), *args],
+            env=full_env,
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    return BrokerProcess(f"http://127.0.0.1:{port}", proc, log_path)
+
+
 def wait_until_serving(bp: BrokerProcess, timeout: float = 20) -> None:
     """Poll /healthz until the process answers (or fail with its log)."""
     deadline = time.monotonic() + timeout

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -83,6 +83,14 @@ async def store(db_url: str) -> AsyncIterator[SQLStore]:
         await conn.execute(threads.delete())
     yield s
     await s.close()
+
+
+@pytest.fixture(scope="session")
+def empty_database() -> Callable[[str], None]:
+    """``empty_database(url)`` truncates the store's tables in the PostgreSQL at ``url``: for
+    module-scoped fixtures, which share the session's database but cannot use ``db_url``
+    (tests import nothing from a conftest)."""
+    return lambda url: asyncio.run(_empty(url))
 
 
 @pytest.fixture(scope="session")

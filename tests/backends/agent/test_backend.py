@@ -333,7 +333,7 @@ async def test_agent_messages_refused_before_a_run_do_not_use_up_the_limit(
 
 
 async def test_the_agent_routes_say_no_store_once(settings_factory, token, responses) -> None:
-    """Found by schemathesis (tests/test_fuzz_kinds.py): the runs and threads routes set
+    """Found by schemathesis (tests/adversarial/test_fuzz_kinds.py): the runs and threads routes set
     ``Cache-Control: no-store`` and the middleware added it again to every /api/ answer."""
     async with app_client(settings_factory()) as client:
         alice = auth(token("alice"))

@@ -13,15 +13,22 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import jwt
 import pytest
 
-from ...support import API_KEY, SECRET, BrokerProcess, cli_command, need, wait_until_serving
+from ...support import (
+    API_KEY,
+    SECRET,
+    BrokerProcess,
+    auth,
+    cli_command,
+    jwt_kit,
+    need,
+    wait_until_serving,
+)
 from ...support.fake_responses import FakeResponses, text
 
 EXPORTS = Path(__file__).parent / "exports"
@@ -29,9 +36,7 @@ SESSION_SECRET = "session-secret-that-is-at-least-32-bytes!"
 
 
 def token(sub: str) -> dict[str, str]:
-    now = int(time.time())
-    signed = jwt.encode({"sub": sub, "iat": now, "exp": now + 300}, SECRET, algorithm="HS256")
-    return {"Authorization": f"Bearer {signed}"}
+    return auth(jwt_kit.token(sub))
 
 
 def bare_env() -> dict[str, str]:

@@ -29,7 +29,6 @@ from ...support.chatkit_requests import valid_requests
 from ...support.contract import assert_spec_error
 from ...support.fake_responses import FakeResponses
 from ...support.rawhttp import RawResponse, exchange, request_bytes
-from .conftest import _empty
 
 pytestmark = pytest.mark.slow
 
@@ -74,9 +73,7 @@ def broker(
         db = f"sqlite:///{tmp / 'threads.sqlite3'}"
     else:
         db = request.getfixturevalue("pg_url")
-        import asyncio
-
-        asyncio.run(_empty(db))
+        request.getfixturevalue("empty_database")(db)
     env = live_env(
         responses_server.base_url,
         BROKER_WORKFLOWS=AGENTS,

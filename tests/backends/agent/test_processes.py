@@ -9,9 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import jwt
 
-from ...support import API_KEY, SECRET, BrokerProcess
+from ...support import API_KEY, SECRET, BrokerProcess, auth, jwt_kit
 from ...support.fake_responses import FakeResponses, text
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -19,9 +18,7 @@ SESSION_SECRET = "session-secret-that-is-at-least-32-bytes!"
 
 
 def token(sub: str) -> dict[str, str]:
-    now = int(time.time())
-    signed = jwt.encode({"sub": sub, "iat": now, "exp": now + 300}, SECRET, algorithm="HS256")
-    return {"Authorization": f"Bearer {signed}"}
+    return auth(jwt_kit.token(sub))
 
 
 def env_for(responses: FakeResponses, database_url: str) -> dict[str, str]:

@@ -443,7 +443,7 @@ async def test_a_threads_workflow_is_found_for_its_owner_only(store: SQLStore) -
 
 
 async def test_hundreds_of_concurrent_writers_on_one_sqlite_file_all_land(tmp_path) -> None:
-    """Found by the agent load test (tests/test_load_agent.py): under 300 users a SQLite write
+    """Found by the agent load test (tests/adversarial/test_load_agent.py): under 300 users a SQLite write
     failed "unreachable" (SQLITE_BUSY: a transaction that read before writing is refused at
     once, and a long queue outlasts the busy timeout), so one user's reply ended in an error.
     The store now queues its own writes; every one lands, none waits on SQLite's lock."""

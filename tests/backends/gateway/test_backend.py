@@ -23,6 +23,7 @@ from broker.backends.gateway.metrics import GatewayMetrics
 from broker.errors import RateLimited
 from tests.support import free_port
 from tests.support.asgi_server import run_asgi
+from tests.support.chatkit_bodies import create
 from tests.support.fake_backend import FakeBackend, fake_backend
 
 SECRET = "shared-assertion-secret-that-is-32-bytes+"
@@ -58,19 +59,6 @@ class App:
         scope.setdefault("state", {})["request_id"] = "req-1"
         self.states.append(scope["state"])
         await self.backend.serve(self.admission, scope, receive, send)
-
-
-def create(text: str) -> dict[str, Any]:
-    return {
-        "type": "threads.create",
-        "params": {
-            "input": {
-                "content": [{"type": "input_text", "text": text}],
-                "attachments": [],
-                "inference_options": {},
-            }
-        },
-    }
 
 
 @pytest.fixture
@@ -189,7 +177,7 @@ async def test_a_message_the_backend_refused_or_never_got_is_not_counted(
 
 
 async def test_a_backends_own_4xx_error_gets_the_brokers_request_id(fake: FakeBackend) -> None:
-    """Found by schemathesis (tests/test_fuzz_kinds.py): the example server's 400/404 bodies
+    """Found by schemathesis (tests/adversarial/test_fuzz_kinds.py): the example server's 400/404 bodies
     have no ``request_id``, so the browser got an error outside the SPEC shape. Its status,
     code, message and headers pass through; the id is the one in ``X-Request-ID``."""
     backend = GatewayBackend(GatewaySettings())

@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import pytest
 from pydantic import TypeAdapter
 
 from broker.app import create_app
 from broker.assertion import generate_private_key_pem
 from broker.config import load_settings
+from tests.support import jwt_kit
 from tests.support.asgi_server import bound_socket, run_asgi
+from tests.support.chatkit_bodies import create
 from tests.support.fake_backend import sse_events
 
 chatkit_types = pytest.importorskip("chatkit.types")
@@ -36,21 +37,7 @@ EVENTS: TypeAdapter[Any] = TypeAdapter(chatkit_types.ThreadStreamEvent)
 
 
 def token(sub: str = "alice", **claims: Any) -> str:
-    now = int(time.time())
-    return jwt.encode({"sub": sub, "iat": now, "exp": now + 300, **claims}, JWT_SECRET)
-
-
-def create(text: str) -> dict[str, Any]:
-    return {
-        "type": "threads.create",
-        "params": {
-            "input": {
-                "content": [{"type": "input_text", "text": text}],
-                "attachments": [],
-                "inference_options": {},
-            }
-        },
-    }
+    return jwt_kit.token(sub, key=JWT_SECRET, **claims)
 
 
 def reply_text(raw: bytes) -> str:

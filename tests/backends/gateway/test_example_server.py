@@ -15,6 +15,7 @@ from pydantic import TypeAdapter
 from broker.assertion import ASSERTION_HEADER, AssertionSigner
 from broker.backends.gateway.proxy import GatewayProxy, Upstream, gateway_pool
 from tests.support.asgi_server import run_asgi
+from tests.support.chatkit_bodies import create
 from tests.support.fake_backend import sse_events
 from tests.support.gateway_app import GatewayTestApp
 
@@ -22,19 +23,6 @@ chatkit_types = pytest.importorskip("chatkit.types")
 from examples.chatkit_server.app import Options, create_app  # noqa: E402
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(chatkit_types.ThreadStreamEvent)
-
-
-def create(text: str) -> dict[str, Any]:
-    return {
-        "type": "threads.create",
-        "params": {
-            "input": {
-                "content": [{"type": "input_text", "text": text}],
-                "attachments": [],
-                "inference_options": {},
-            }
-        },
-    }
 
 
 @pytest.fixture

@@ -12,10 +12,7 @@ log nor the backend's may hold a secret.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
-from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -23,10 +20,16 @@ import httpx
 import pytest
 
 from broker.assertion import generate_private_key_pem
-
-from .support import free_port
-from .support.adversarial import SecretWatch, live_env, make_token, raise_fd_limit
-from .support.load import User, chat, percentile, rss_second_half, sample_rss, spawn
+from tests.support import free_port
+from tests.support.adversarial import SecretWatch, live_env, raise_fd_limit
+from tests.support.load import (
+    assert_every_turn_answered,
+    assert_flat_memory,
+    chat_for,
+    sign_in,
+    spawn,
+    summary,
+)
 
 CLIENTS = int(os.environ.get("LOAD_CLIENTS", "300"))
 SECONDS = float(os.environ.get("LOAD_SECONDS", "60"))
@@ -62,40 +65,23 @@ async def test_300_users_chat_through_a_gateway_for_60s_and_each_gets_only_their
         bp = run_broker(env, port=broker_port)
         watch = SecretWatch()
         watch.add(SESSION_SECRET)
-        sessions: dict[str, str] = {}  # user → session id
 
         connector = aiohttp.TCPConnector(limit=0)
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            users = []
-            for i in range(CLIENTS):
-                name = f"gateway-user-{i}"
-                jwt = make_token(name)
-                async with session.post(
-                    bp.url + "/api/chatkit/session",
-                    json={"workflow": "example"},
-                    headers={"Authorization": f"Bearer {jwt}"},
-                ) as r:
-                    minted = await r.json()
-                    assert r.status == 200, minted
-                assert minted["workflow"]["kind"] == "gateway"
-                users.append(User(name, minted["client_secret"]))
-                sessions[name] = minted["session_id"]
-                watch.add(jwt, minted["client_secret"])
-            rss: list[tuple[float, float]] = []
-            started = time.monotonic()
-            stop_at = started + SECONDS
-            await asyncio.gather(
-                sample_rss(bp.proc.pid, rss, stop_at),
-                *(chat(session, bp.url + "/chatkit/example", u, stop_at) for u in users),
+            signed_in = await sign_in(
+                session, bp.url, "example", [f"gateway-user-{i}" for i in range(CLIENTS)], watch
             )
-            elapsed = time.monotonic() - started
+            assert {minted["workflow"]["kind"] for _, minted in signed_in} == {"gateway"}
+            users = [user for user, _ in signed_in]
+            sessions = {user.name: minted["session_id"] for user, minted in signed_in}
+            rss, elapsed = await chat_for(
+                session, bp.proc.pid, bp.url + "/chatkit/example", users, SECONDS
+            )
         turns = httpx.get(backend_url + "/_fake/turns", timeout=60).json()
         backend_log = backend.logs()
 
-    failures = Counter(f for u in users for f in u.failures)
-    assert not failures, f"{sum(failures.values())} failed turns: {failures.most_common(5)}"
-    assert all(u.turns for u in users), "a user never got a reply"
+    assert_every_turn_answered(users)
 
     by_nonce = {t["said"]: t for t in turns}
     sent = sum(len(u.turns) for u in users)
@@ -118,18 +104,14 @@ async def test_300_users_chat_through_a_gateway_for_60s_and_each_gets_only_their
             threads.add(turn.thread_id)
     assert misdelivered == 0, f"{misdelivered} replies were not the one streamed for the message"
 
-    early, late = rss_second_half(rss, SECONDS)
-    assert late - early < max(8.0, 0.1 * early), f"RSS grew {early:.1f} → {late:.1f} MiB: {rss}"
+    early, late = assert_flat_memory(rss, SECONDS)
     log = bp.logs()
     lines = watch.check(log)
     watch.check(backend_log)
     assert "Traceback" not in log and "Traceback" not in backend_log
-    latencies = [x for u in users for x in u.latencies]
     print(
         f"\ngateway load: {CLIENTS} users, {elapsed:.0f} s, {sent} turns streamed "
         f"({sent / elapsed:.0f}/s) in {len(threads)} threads, backend turns {len(turns)}, "
-        f"0 errors, 0 misdelivered; turn p50 {percentile(latencies, 0.5) * 1000:.0f} ms "
-        f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms; broker RSS {rss[0][1]:.0f} → "
-        f"peak {max(m for _, m in rss):.0f} → end {rss[-1][1]:.0f} MiB (second half "
-        f"{early:.1f} → {late:.1f}); log lines checked {lines}"
+        f"0 errors, 0 misdelivered; {summary(users, rss, early, late)}; "
+        f"log lines checked {lines}"
     )

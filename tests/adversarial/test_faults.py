@@ -12,10 +12,10 @@ from email.utils import formatdate
 import httpx
 import pytest
 
-from .support import WF_SUPPORT, app_client, auth
-from .support.adversarial import SecretWatch, broker_process, live_env
-from .support.contract import assert_spec_error, check_response
-from .support.fake_openai import FakeOpenAI
+from tests.support import WF_SUPPORT, app_client, auth
+from tests.support.adversarial import SecretWatch, broker_process, live_env
+from tests.support.contract import assert_spec_error, check_response
+from tests.support.fake_openai import FakeOpenAI
 
 DEADLINE = 2.0  # BROKER_UPSTREAM_TIMEOUT of the broker under test
 RETRIES = 2

@@ -11,11 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from .support import RedisServer, app_client, auth, free_port
-
-MINT = "/api/chatkit/session"
-CANCEL = "/api/chatkit/session/cancel"
-SUPPORT = {"workflow": "support"}
+from tests.support import RedisServer, app_client, auth, free_port
+from tests.support.mint import CANCEL, MINT, SUPPORT
 
 
 def metric(text: str, line_start: str) -> float:

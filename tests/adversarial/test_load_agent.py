@@ -12,19 +12,23 @@ memory must be flat over the second half; and no secret may be in its log.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
-from collections import Counter
 from pathlib import Path
 
 import aiohttp
 import httpx
 import pytest
 
-from .support import ROOT
-from .support.adversarial import SecretWatch, live_env, make_token, raise_fd_limit
-from .support.load import User, chat, percentile, rss_second_half, sample_rss, spawn
+from tests.support import ROOT
+from tests.support.adversarial import SecretWatch, live_env, raise_fd_limit
+from tests.support.load import (
+    assert_every_turn_answered,
+    assert_flat_memory,
+    chat_for,
+    sign_in,
+    spawn,
+    summary,
+)
 
 CLIENTS = int(os.environ.get("LOAD_CLIENTS", "300"))
 SECONDS = float(os.environ.get("LOAD_SECONDS", "60"))
@@ -68,31 +72,16 @@ async def test_300_users_chat_with_an_agent_for_60s_and_each_gets_only_their_rep
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        users = []
-        for i in range(CLIENTS):  # each signs in, then chats with the session secret it got
-            jwt = make_token(f"agent-user-{i}")
-            async with session.post(
-                bp.url + "/api/chatkit/session",
-                json={"workflow": "load"},
-                headers={"Authorization": f"Bearer {jwt}"},
-            ) as r:
-                minted = await r.json()
-                assert r.status == 200, minted
-            assert minted["backend"]["url"] == "/chatkit/load"
-            users.append(User(f"agent-user-{i}", minted["client_secret"]))
-            watch.add(jwt, minted["client_secret"])
-        rss: list[tuple[float, float]] = []
-        started = time.monotonic()
-        stop_at = started + SECONDS
-        await asyncio.gather(
-            sample_rss(bp.proc.pid, rss, stop_at),
-            *(chat(session, bp.url + "/chatkit/load", u, stop_at) for u in users),
+        signed_in = await sign_in(
+            session, bp.url, "load", [f"agent-user-{i}" for i in range(CLIENTS)], watch
         )
-        elapsed = time.monotonic() - started
+        assert {minted["backend"]["url"] for _, minted in signed_in} == {"/chatkit/load"}
+        users = [user for user, _ in signed_in]
+        rss, elapsed = await chat_for(
+            session, bp.proc.pid, bp.url + "/chatkit/load", users, SECONDS
+        )
 
-    failures = Counter(f for u in users for f in u.failures)
-    assert not failures, f"{sum(failures.values())} failed turns: {failures.most_common(5)}"
-    assert all(u.turns for u in users), "a user never got a reply"
+    assert_every_turn_answered(users)
 
     # what the model saw, turn by turn: each nonce once, from its user's thread, and the
     # reply generated for it is the one that user received
@@ -114,17 +103,13 @@ async def test_300_users_chat_with_an_agent_for_60s_and_each_gets_only_their_rep
             threads.add(turn.thread_id)
     assert misdelivered == 0, f"{misdelivered} replies were not the one generated for the message"
 
-    early, late = rss_second_half(rss, SECONDS)
-    assert late - early < max(8.0, 0.1 * early), f"RSS grew {early:.1f} → {late:.1f} MiB: {rss}"
+    early, late = assert_flat_memory(rss, SECONDS)
     log = bp.logs()
     lines = watch.check(log)
     assert "Traceback" not in log
-    latencies = [x for u in users for x in u.latencies]
     print(
         f"\nagent load: {CLIENTS} users, {elapsed:.0f} s, {sent} turns streamed "
         f"({sent / elapsed:.0f}/s) in {len(threads)} threads, model calls {len(turns)}, "
-        f"0 errors, 0 misdelivered; turn p50 {percentile(latencies, 0.5) * 1000:.0f} ms "
-        f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms; broker RSS {rss[0][1]:.0f} → "
-        f"peak {max(m for _, m in rss):.0f} → end {rss[-1][1]:.0f} MiB (second half "
-        f"{early:.1f} → {late:.1f}); log lines checked {lines}"
+        f"0 errors, 0 misdelivered; {summary(users, rss, early, late)}; "
+        f"log lines checked {lines}"
     )

@@ -22,11 +22,11 @@ from aiohttp import web
 
 from broker.assertion import generate_private_key_pem
 from broker.backends.gateway.proxy import MAX_JSON_BYTES
-
-from .support.adversarial import live_env, make_token, rss_mib
-from .support.aioserver import serve
-from .support.fake_openai import Behaviour, FakeOpenAI
-from .support.fake_responses import FakeResponsesServer, http_error
+from tests.support import ROOT
+from tests.support.adversarial import live_env, make_token, rss_mib
+from tests.support.aioserver import serve
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.fake_responses import FakeResponsesServer, http_error
 
 pytestmark = pytest.mark.slow
 
@@ -163,7 +163,6 @@ async def test_rss_returns_to_baseline_after_300_failed_agent_runs(
 ) -> None:
     """A run with a 200 KiB input whose model call fails (HTTP 400, not retried): the input
     sits in the frames of the run, the engine and chatkit's stream when the error is raised."""
-    root = Path(__file__).resolve().parents[1]
     server = FakeResponsesServer()
     responses = server.start()
     try:
@@ -171,7 +170,7 @@ async def test_rss_returns_to_baseline_after_300_failed_agent_runs(
         bp = run_broker(
             live_env(
                 responses.base_url,
-                BROKER_WORKFLOWS=f"support={root}/examples/agent/support_agent.py:agent",
+                BROKER_WORKFLOWS=f"support={ROOT}/examples/agent/support_agent.py:agent",
                 BROKER_DATABASE_URL=f"sqlite:///{tmp_path / 'threads.sqlite3'}",
                 BROKER_SESSION_SECRET=SESSION_SECRET,
                 BROKER_LOG_LEVEL="warning",

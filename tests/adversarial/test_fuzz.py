@@ -18,7 +18,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,43 +25,22 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
-from .support import SECRET
-from .support.adversarial import SecretWatch, broker_process, live_env, mock_env
-from .support.contract import assert_spec_error, check_response
-from .support.fake_openai import FakeOpenAI
-from .support.rawhttp import exchange, request_bytes
+from tests.support import SECRET
+from tests.support.adversarial import SecretWatch, broker_process, live_env, mock_env
+from tests.support.contract import assert_spec_error
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.fuzz import ANSWER_WITHIN, check_answer, examples, sign_in
+from tests.support.rawhttp import exchange, request_bytes
 
 # Examples per schemathesis run and per property: about a minute for the module on a 2-core
-# machine. Raise them locally for a deeper search (FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py).
-SCHEMA_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
-PROPERTY_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
-ANSWER_WITHIN = 5.0  # seconds: anything slower counts as a hang
-
-_COMMON = {
-    "deadline": None,
-    "database": None,
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
-}
-FUZZ = settings(max_examples=SCHEMA_EXAMPLES, **_COMMON)
-PROPERTY = settings(max_examples=PROPERTY_EXAMPLES, **_COMMON)
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-]
+# machine. Raise them locally for a deeper search
+# (FUZZ_EXAMPLES=5000 pytest tests/adversarial/test_fuzz.py).
+FUZZ = examples(300)
+PROPERTY = examples(1000)
 
 watch = SecretWatch()
 FIGURES: Counter[str] = Counter()
@@ -119,27 +97,10 @@ def _run_schemathesis(bp, *, mock: bool, mode: GenerationMode) -> None:
     @FUZZ
     @given(case=strategy, auth=st.sampled_from(["valid", "generated", "none"]))
     def run(case, auth):
-        if auth == "valid":
-            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {_token()}"}
-        elif auth == "none" and case.headers:
-            case.headers.pop("Authorization", None)
+        sign_in(case, auth, _token)
         response = case.call(base_url=bp.url, timeout=ANSWER_WITHIN)
         statuses[response.status_code] += 1
-        assert response.status_code < 500, (response.status_code, response.text[:300])
-        if mode is GenerationMode.POSITIVE:
-            case.validate_response(response, checks=CHECKS)
-        check_response(
-            case.method,
-            case.path,
-            response.status_code,
-            dict(response.headers),
-            response.content,
-            mock=mock,
-        )
-        if response.status_code >= 400:
-            assert_spec_error(response.status_code, response.content, response.headers)
-        elif case.path == "/api/chatkit/session":
-            watch.add(response.json().get("client_secret"))
+        check_answer(case, response, mode, watch, mock=mock)
 
     try:
         run()

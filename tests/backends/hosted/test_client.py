@@ -24,12 +24,10 @@ from aiohttp import web
 from broker.backends.hosted import HostedSessions, UpstreamConfig
 from broker.config import Settings
 from broker.http import HttpPool
-
-from .support import API_KEY, WF_SUPPORT, app_client, auth, free_port
-from .support.fake_openai import chat_session, error_json
-from .support.jwt_kit import TinyServer, claims, sign
-
-MINT = {"workflow": "support"}
+from tests.support import API_KEY, WF_SUPPORT, app_client, free_port
+from tests.support.fake_openai import chat_session, error_json
+from tests.support.jwt_kit import TinyServer, claims, sign
+from tests.support.mint import mint
 
 
 class FakeTime:
@@ -61,10 +59,6 @@ async def client_on(
     backend = HostedSessions(upstream_config(settings), pool, **extra, **kw)
     async with app_client(settings, http=pool, backend=backend) as c:
         yield c
-
-
-async def mint(c: httpx.AsyncClient) -> httpx.Response:
-    return await c.post("/api/chatkit/session", json=MINT, headers=auth(sign(claims())))
 
 
 def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -101,7 +95,7 @@ async def test_retried_failures_then_success(failure, make_settings, openai, fak
     kind, kw = failure
     openai.then(kind, **kw).then(kind, **kw)  # two failures, then the default: ok
     async with client_on(make_settings(), fake_time) as c:
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
     assert r.status_code == 200, r.text
     requests = openai.session_requests()
     assert len(requests) == 3
@@ -134,7 +128,7 @@ async def test_failures_that_are_never_retried(failure, make_settings, openai, f
     kind, kw, status, code = failure
     openai.for_workflow(WF_SUPPORT, kind, **kw)
     async with client_on(make_settings(), fake_time) as c:
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
     assert_error(r, status, code)
     assert len(openai.session_requests()) == 1
     assert fake_time.sleeps == []
@@ -159,7 +153,7 @@ async def test_retries_stop_at_the_configured_budget(
     openai.for_workflow(WF_SUPPORT, kind, **kw)
     settings = make_settings(BROKER_UPSTREAM_RETRIES=str(retries))
     async with client_on(settings, fake_time) as c:
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
     assert_error(r, status, code)
     assert len(openai.session_requests()) == 1 + retries
     assert len(fake_time.sleeps) == retries
@@ -168,7 +162,7 @@ async def test_retries_stop_at_the_configured_budget(
 async def test_connection_refused_is_503_after_retries(make_settings, openai, fake_time):
     settings = make_settings(OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1")
     async with client_on(settings, fake_time) as c:
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
     err = assert_error(r, 503, "upstream_unavailable")
     assert "reach OpenAI" in err["message"]
     assert len(fake_time.sleeps) == 2
@@ -191,7 +185,7 @@ async def test_connection_refused_is_503_after_retries(make_settings, openai, fa
 async def test_retry_after_is_honoured(kind, kw, slept, make_settings, openai, fake_time):
     openai.then(kind, **kw)
     async with client_on(make_settings(BROKER_UPSTREAM_TIMEOUT="10"), fake_time) as c:
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
     assert r.status_code == 200, r.text
     assert fake_time.sleeps == [slept]
     assert len(openai.session_requests()) == 2
@@ -200,7 +194,7 @@ async def test_retry_after_is_honoured(kind, kw, slept, make_settings, openai, f
 async def test_retry_after_as_http_date_is_honoured(make_settings, openai, fake_time):
     openai.then("rate_limited", retry_after=formatdate(time.time() + 3, usegmt=True))
     async with client_on(make_settings(BROKER_UPSTREAM_TIMEOUT="10"), fake_time) as c:
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
     assert r.status_code == 200, r.text
     [slept] = fake_time.sleeps
     assert 1.5 <= slept <= 3.5  # whole seconds on the wire, measured against the wall clock
@@ -228,7 +222,7 @@ async def test_retry_after_past_the_deadline_ends_at_once(
 ):
     openai.then(kind, **kw)
     async with client_on(make_settings(BROKER_UPSTREAM_TIMEOUT="3"), fake_time) as c:
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
     assert_error(r, status, code)
     assert fake_time.sleeps == []
     assert len(openai.session_requests()) == 1
@@ -238,7 +232,7 @@ async def test_retry_after_past_the_deadline_answers_without_waiting(make_settin
     openai.for_workflow(WF_SUPPORT, "rate_limited", retry_after="5")
     async with app_client(make_settings(BROKER_UPSTREAM_TIMEOUT="1")) as c:
         started = time.monotonic()
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
         took = time.monotonic() - started
     assert_error(r, 503, "upstream_unavailable")
     assert took < 0.5
@@ -250,7 +244,7 @@ async def test_later_retry_after_that_would_pass_the_deadline_stops_there(
 ):
     openai.for_workflow(WF_SUPPORT, "status", status=503, retry_after="0.6")
     async with client_on(make_settings(BROKER_UPSTREAM_TIMEOUT="1"), fake_time) as c:
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
     assert_error(r, 503, "upstream_unavailable")
     assert fake_time.sleeps == [0.6]  # 0.6 + 0.6 would pass the 1 s deadline
     assert len(openai.session_requests()) == 2
@@ -263,7 +257,7 @@ async def test_hanging_upstream_is_504_at_the_deadline(make_settings, openai):
     openai.for_workflow(WF_SUPPORT, "hang")
     async with app_client(make_settings(BROKER_UPSTREAM_TIMEOUT="0.5")) as c:
         started = time.monotonic()
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
         took = time.monotonic() - started
     err = assert_error(r, 504, "upstream_timeout")
     assert "BROKER_UPSTREAM_TIMEOUT" in err["message"]
@@ -277,7 +271,7 @@ async def test_deadline_counts_back_off_and_earlier_attempts(make_settings, open
     openai.then("status", status=503, retry_after="0.2", delay=0.2).then("hang")
     async with app_client(make_settings(BROKER_UPSTREAM_TIMEOUT="0.6")) as c:
         started = time.monotonic()
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
         took = time.monotonic() - started
     assert_error(r, 504, "upstream_timeout")
     assert 0.55 <= took < 1.0
@@ -287,7 +281,7 @@ async def test_deadline_counts_back_off_and_earlier_attempts(make_settings, open
 async def test_slow_answer_past_the_deadline_is_504(make_settings, openai):
     openai.then("ok", delay=1.0)
     async with app_client(make_settings(BROKER_UPSTREAM_TIMEOUT="0.3")) as c:
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
     assert_error(r, 504, "upstream_timeout")
 
 
@@ -322,7 +316,7 @@ async def test_body_over_1_mib_with_content_length_is_refused(make_settings, ope
     big = json.dumps({"client_secret": "ek_x", "pad": "x" * (1024 * 1024)}).encode()
     openai.then("raw", status=200, body=big)
     async with app_client(make_settings()) as c:
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
     err = assert_error(r, 502, "upstream_error")
     assert "large" in err["message"]
     assert len(openai.session_requests()) == 1
@@ -338,7 +332,7 @@ async def test_chunked_body_over_1_mib_is_refused(make_settings, upstream):
 
     upstream.handler = answer
     async with app_client(make_settings(OPENAI_BASE_URL=upstream.url + "/v1")) as c:
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
     err = assert_error(r, 502, "upstream_error")
     assert "large" in err["message"]
 
@@ -351,7 +345,7 @@ async def test_chunked_session_is_read_whole(make_settings, upstream):
 
     upstream.handler = answer
     async with app_client(make_settings(OPENAI_BASE_URL=upstream.url + "/v1")) as c:
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
     assert r.status_code == 200, r.text
     assert r.json()["client_secret"].startswith("ek_")
 
@@ -367,7 +361,7 @@ async def test_malformed_http_answer_is_502_not_500(make_settings):
     port = server.sockets[0].getsockname()[1]
     try:
         async with app_client(make_settings(OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1")) as c:
-            r = await mint(c)
+            r = await mint(c, sign(claims()))
     finally:
         server.close()
         await server.wait_closed()
@@ -384,7 +378,7 @@ async def test_redirects_are_not_followed(make_settings, upstream):
     elsewhere.handler = redirect
     try:
         async with app_client(make_settings(OPENAI_BASE_URL=upstream.url + "/v1")) as c:
-            r = await mint(c)
+            r = await mint(c, sign(claims()))
     finally:
         await elsewhere.stop()
     err = assert_error(r, 502, "upstream_error")
@@ -420,7 +414,7 @@ async def test_upstream_error_body_and_request_id_go_to_the_log_only(
     upstream.handler = answer
     settings = make_settings(OPENAI_BASE_URL=upstream.url + "/v1", BROKER_UPSTREAM_RETRIES="0")
     async with app_client(settings) as c:
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
     assert_error(r, status, code)
     assert "7Qx" not in r.text and "req_upstream" not in r.text and "sk-proj" not in r.text
     logged = broker_log(caplog)
@@ -449,9 +443,9 @@ async def test_no_api_key_or_client_secret_in_logs_across_every_path(make_settin
     ) as c:
         for kind, kw in kinds:
             openai.then(kind, **kw)
-            bodies.append((await mint(c)).text)
+            bodies.append((await mint(c, sign(claims()))).text)
         openai.then("hang")
-        bodies.append((await mint(c)).text)
+        bodies.append((await mint(c, sign(claims()))).text)
     secrets = [s for s in (json.loads(b).get("client_secret") for b in bodies) if s]
     assert len(secrets) == 2
     logged = "\n".join(
@@ -474,7 +468,7 @@ async def test_latency_observations_exclude_back_off(make_settings, openai, fake
         fake_time,
         observe=lambda op, s: observed.append((op, s)),
     ) as c:
-        r = await mint(c)
+        r = await mint(c, sign(claims()))
     assert r.status_code == 200, r.text
     assert fake_time.sleeps == [2.0, 3.0]
     # the fake clock moves only while sleeping, so every attempt took 0 s on it

@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import pytest
 
-from .support import ROOT, WF_SALES, BrokerProcess
-from .support.browser import CHATKIT_JS, Tab, serve_stand_in
+from tests.support import ROOT, WF_SALES, BrokerProcess
+from tests.support.browser import CHATKIT_JS, Tab, serve_stand_in
 
 with contextlib.suppress(ImportError):  # without playwright the `browser` fixture skips (CI: fails)
     from playwright.sync_api import Page, Route, expect

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from .support import ROOT, SECRET
+from tests.support import ROOT, SECRET
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 

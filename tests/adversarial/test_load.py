@@ -23,8 +23,8 @@ import aiohttp
 import httpx
 import pytest
 
-from .support import ROOT, WF_SUPPORT
-from .support.adversarial import SecretWatch, live_env, raise_fd_limit, rss_mib
+from tests.support import ROOT, WF_SUPPORT
+from tests.support.adversarial import SecretWatch, live_env, raise_fd_limit, rss_mib
 
 CLIENTS = int(os.environ.get("LOAD_CLIENTS", "512"))
 SECONDS = float(os.environ.get("LOAD_SECONDS", "60"))

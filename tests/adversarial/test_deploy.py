@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .support import (
+from tests.support import (
     ROOT,
     WF_SUPPORT,
     BrokerProcess,
@@ -26,9 +26,7 @@ from .support import (
     free_port,
     wait_until_serving,
 )
-
-MINT = "/api/chatkit/session"
-SUPPORT = {"workflow": "support"}
+from tests.support.mint import MINT, SUPPORT, mint
 
 
 def test_procfile_serves_on_the_platforms_port(base_env, tmp_path):
@@ -70,11 +68,11 @@ async def test_sigterm_lets_inflight_mints_finish_and_refuses_new_ones(
     bp = run_broker({**base_env, "BROKER_UPSTREAM_TIMEOUT": "10"}, "--workers", str(workers))
     tok = token("alice")
 
-    async def mint() -> httpx.Response:
+    async def slow_mint() -> httpx.Response:
         async with httpx.AsyncClient(base_url=bp.url, timeout=20) as c:
-            return await c.post(MINT, json=SUPPORT, headers=auth(tok))
+            return await mint(c, tok)
 
-    inflight = [asyncio.create_task(mint()) for _ in range(4)]
+    inflight = [asyncio.create_task(slow_mint()) for _ in range(4)]
     deadline = time.monotonic() + 10
     while len(openai.session_requests()) < 4:  # all four are waiting on the upstream
         assert time.monotonic() < deadline

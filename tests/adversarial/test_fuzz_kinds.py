@@ -4,7 +4,7 @@ assertion against the broker's JWKS) and an agent workflow (SQLite, the fake Res
 its own process), so ``/.well-known/jwks.json``, ``/chatkit/{name}`` of both kinds, the runs
 and the threads routes are generated from the document this broker serves.
 
-As tests/test_fuzz.py: valid and deliberately invalid requests, with a valid token, a
+As tests/adversarial/test_fuzz.py: valid and deliberately invalid requests, with a valid token, a
 generated header or none; never a 5xx, every answer one the document allows, every error in
 the SPEC shape; and no secret in either process's log. ``{name}`` is the gateway's, the
 agent's or whatever schemathesis made up, so both kinds get most of the cases.
@@ -12,7 +12,6 @@ agent's or whatever schemathesis made up, so both kinds get most of the cases.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,25 +20,17 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from broker.assertion import generate_private_key_pem
+from tests.support import ROOT, BrokerProcess, free_port
+from tests.support.adversarial import SecretWatch, broker_process, live_env, make_token
+from tests.support.fuzz import ANSWER_WITHIN, check_answer, examples, sign_in
+from tests.support.load import spawn
 
-from .support import ROOT, BrokerProcess, free_port
-from .support.adversarial import SecretWatch, broker_process, live_env, make_token
-from .support.contract import assert_spec_error, check_response
-from .support.load import spawn
-from .test_fuzz import ANSWER_WITHIN, CHECKS
-
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "250"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = examples(250)
 SESSION_SECRET = "fuzz-kinds-session-secret-at-least-32-bytes"
 WORKFLOWS = ("example", "support")  # the gateway's and the agent's
 
@@ -109,10 +100,7 @@ def test_schemathesis_over_the_gateway_and_agent_kinds(kinds: Kinds, mode) -> No
         workflow=st.sampled_from([*WORKFLOWS, None]),
     )
     def run(case, auth, workflow):
-        if auth == "valid":
-            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {_token()}"}
-        elif auth == "none" and case.headers:
-            case.headers.pop("Authorization", None)
+        sign_in(case, auth, _token)
         if workflow and case.path_parameters and "name" in case.path_parameters:
             case.path_parameters = {**case.path_parameters, "name": workflow}
         response = case.call(base_url=bp.url, timeout=ANSWER_WITHIN)
@@ -124,20 +112,7 @@ def test_schemathesis_over_the_gateway_and_agent_kinds(kinds: Kinds, mode) -> No
                 response.status_code,
             )
         ] += 1
-        assert response.status_code < 500, (response.status_code, response.text[:300])
-        if mode is GenerationMode.POSITIVE:
-            case.validate_response(response, checks=CHECKS)
-        check_response(
-            case.method,
-            case.path,
-            response.status_code,
-            dict(response.headers),
-            response.content,
-        )
-        if response.status_code >= 400:
-            assert_spec_error(response.status_code, response.content, response.headers)
-        elif case.path == "/api/chatkit/session":
-            watch.add(response.json().get("client_secret"))
+        check_answer(case, response, mode, watch)
 
     run()
     FIGURES[mode.value] += sum(statuses.values())

@@ -14,8 +14,7 @@ import pytest
 
 from broker.edge import BODY_TIMEOUT
 from broker.server import HEAD_TIMEOUT, MAX_HEAD_BYTES
-
-from .support.adversarial import (
+from tests.support.adversarial import (
     SecretWatch,
     broker_process,
     live_env,
@@ -23,8 +22,8 @@ from .support.adversarial import (
     raise_fd_limit,
     rss_mib,
 )
-from .support.contract import assert_spec_error
-from .support.rawhttp import NoAnswer, address, exchange, read_response, request_bytes
+from tests.support.contract import assert_spec_error
+from tests.support.rawhttp import NoAnswer, address, exchange, read_response, request_bytes
 
 watch = SecretWatch()
 

@@ -20,10 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .support.adversarial import SecretWatch, broker_process, live_env, make_token, mock_env
-from .support.chatkit_requests import is_valid, valid_requests
-from .support.contract import assert_spec_error
-from .support.fake_responses import FakeResponses, FakeResponsesServer
+from tests.support import ROOT
+from tests.support.adversarial import SecretWatch, broker_process, live_env, make_token, mock_env
+from tests.support.chatkit_requests import is_valid, valid_requests
+from tests.support.contract import assert_spec_error
+from tests.support.fake_responses import FakeResponses, FakeResponsesServer
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 SESSION_SECRET = "session-secret-that-is-at-least-32-bytes!"
@@ -139,7 +140,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory, responses: FakeResponses):
         BROKER_WORKFLOWS="support=examples.agent.support_agent:agent",
         BROKER_SESSION_SECRET=SESSION_SECRET,
         BROKER_DATABASE_URL=f"sqlite:///{where / 'threads.sqlite3'}",
-        PYTHONPATH=str(Path(__file__).resolve().parents[1]),  # the broker runs in a temp dir
+        PYTHONPATH=str(ROOT),  # the broker runs in a temp dir
     )
     with broker_process(env, where) as bp:
         yield bp
