@@ -106,7 +106,7 @@ def broker_process(
     log_dir: Path,
     *args: str,
     port: int | None = None,
-    start_timeout: float = 20,
+    start_timeout: float = 60,
 ) -> Iterator[BrokerProcess]:
     """A real ``chatkit-broker serve`` for a whole module (``run_broker`` is per test)."""
     bp = start_broker(env, log_dir, *args, port=port)

@@ -71,7 +71,7 @@ def start_broker(
     return BrokerProcess(f"http://127.0.0.1:{port}", proc, log_path)
 
 
-def wait_until_serving(bp: BrokerProcess, timeout: float = 20) -> None:
+def wait_until_serving(bp: BrokerProcess, timeout: float = 60) -> None:
     """Poll /healthz until the process answers (or fail with its log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
