@@ -161,6 +161,24 @@ _SCHEMAS: dict[str, Any] = {
                 "properties": {
                     "url": {"type": "string", "pattern": "^/chatkit/"},
                     "domain_key": {"type": "string"},
+                    "upload_strategy": {
+                        "description": "ChatKit's `api.uploadStrategy` (agent workflows).",
+                        "type": "object",
+                        "properties": {"type": {"enum": ["two_phase", "direct"]}},
+                    },
+                    "attachments": {
+                        "description": "The composer's attachments options, from the "
+                        "workflow's `files` policy: enabled, max_size (bytes), max_count, "
+                        "accept (MIME type → extensions).",
+                        "type": "object",
+                        "required": ["enabled"],
+                        "properties": {
+                            "enabled": {"type": "boolean"},
+                            "max_size": {"type": "integer"},
+                            "max_count": {"type": "integer"},
+                            "accept": {"type": "object"},
+                        },
+                    },
                 },
             },
         ],
@@ -709,6 +727,58 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "429": _RATE_LIMITED,
                 "500": _INTERNAL,
                 "503": _error("The thread database cannot be reached.", "store_unavailable"),
+            },
+        }
+    },
+    "/api/files/{attachment_id}/upload": {
+        method: {
+            "operationId": f"uploadAttachment{method.title()}",
+            "summary": "The bytes of an attachment (ChatKit two-phase upload), once",
+            "description": "The URL comes signed from `attachments.create` (`?t=`, ten "
+            "minutes, this user and file only). Multipart with a `file` part, or the raw bytes.",
+            "security": [{}],
+            "parameters": [
+                {
+                    "name": "attachment_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+                {"name": "t", "in": "query", "required": True, "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {"description": "Stored: `{id, size, mime_type}` (type by content)."},
+                "400": _BAD_REQUEST,
+                "403": _error("Expired, used, or for another file or verb.", "forbidden"),
+                "404": _error("No such attachment.", "not_found"),
+                "413": _TOO_LARGE,
+                "415": _error("Content not accepted by the workflow.", "unsupported_media_type"),
+                "500": _INTERNAL,
+                "503": _error("File storage down.", "file_storage_unavailable"),
+            },
+        }
+        for method in ("post", "put")
+    },
+    "/api/files/{attachment_id}/preview": {
+        "get": {
+            "operationId": "previewAttachment",
+            "summary": "An uploaded attachment's bytes, for `<img src>` (signed URL, one hour)",
+            "security": [{}],
+            "parameters": [
+                {
+                    "name": "attachment_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+                {"name": "t", "in": "query", "required": True, "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {"description": "The file, with its type by content."},
+                "403": _error("Expired, or for another file or verb.", "forbidden"),
+                "404": _error("No such uploaded attachment.", "not_found"),
+                "500": _INTERNAL,
+                "503": _error("File storage down.", "file_storage_unavailable"),
             },
         }
     },

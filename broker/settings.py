@@ -149,6 +149,19 @@ def _public_url(value: str | None) -> str | None:
     return value.rstrip("/")
 
 
+def _files_storage(value: str | None) -> str | None:
+    if value is None or value == "memory":
+        return value
+    scheme = urlsplit(value).scheme
+    if scheme == "s3":
+        if not urlsplit(value).netloc:
+            raise ValueError("must name the bucket: s3://bucket or s3://bucket/prefix")
+        return value
+    if len(scheme) > 1:  # a one-letter scheme is a Windows drive
+        raise ValueError("must be a directory, s3://bucket/prefix or memory")
+    return value
+
+
 def _header_names(values: tuple[str, ...]) -> tuple[str, ...]:
     bad = [
         f"{n!r} is not a header name (or Prefix-*)"
@@ -333,6 +346,12 @@ class Environment(BaseSettings):
     machines)."""
     run_timeout: seconds(1, 3600) = 120.0
     """Seconds a server-side run of an agent workflow may take before a 504 run_timeout."""
+    files_storage: Annotated[str | None, AfterValidator(_files_storage)] = Field(
+        None, examples=["s3://bucket/chatkit-files"]
+    )
+    """Where attachments' bytes live: a directory, s3://bucket/prefix (AWS_* variables,
+    AWS_ENDPOINT_URL for MinIO and the like; shared by several brokers) or memory. Unset:
+    ./chatkit-broker-files, in memory in mock mode."""
 
     # --- gateway workflows ---
     assertion_key: Annotated[SecretStr | None, AfterValidator(_signing_key)] = Field(

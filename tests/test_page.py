@@ -257,7 +257,8 @@ def test_mock_mode_mounts_chatkit_against_the_backend_with_the_session_secret(
     assert answer["client_secret"].startswith("cks_")
     assert answer["workflow"]["kind"] == "mock"
     backend = answer["backend"]
-    assert backend == {"url": "/chatkit/topic-generation", "domain_key": "local-dev"}
+    assert backend["url"] == "/chatkit/topic-generation" and backend["domain_key"] == "local-dev"
+    assert backend["attachments"]["enabled"] is True
     expect(status(page)).to_have_attribute("data-state", "ready")
 
     rec = tab.stand_in()

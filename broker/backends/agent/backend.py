@@ -31,10 +31,11 @@ from ...workflow import Workflow
 from ..base import Admission, Backend, Check, SessionMaker
 from ..turns import starts_a_turn
 from . import runs
+from .attachments import Files, FilesConverter, FilesStore, base_url, current_base
 from .engine import AgentServer
 from .options import AgentOptions
 from .protocol import answer, parse_request
-from .store import Caller, SchemaTooNew, SQLStore
+from .store import Caller, SchemaTooNew
 from .targets import Target, TargetError, load_target
 
 __all__ = ["AgentBackend", "load_targets"]
@@ -89,7 +90,8 @@ class AgentBackend(Backend):
             if targets is not None
             else ({} if mock_agent is not None else load_targets(settings.workflows))
         )
-        self.store = SQLStore(self.options.database_url)
+        self.store = FilesStore(self.options.database_url)
+        self.files = _make_files(settings, self.store)
         self._client = openai_client
         self._own_client = openai_client is None
         self._servers: dict[str, AgentServer] = {}
@@ -110,13 +112,16 @@ class AgentBackend(Backend):
             target = self.mock_agent or self.targets.get(workflow.name)
             if target is None:
                 continue
-            self._servers[workflow.name] = AgentServer(
+            self._servers[workflow.name] = server = AgentServer(
                 self.store,
                 target,
                 openai_client=self._client,
                 tracing=self.options.tracing,
                 refusal=workflow.guardrail_message,
             )
+            server.attachment_store = self.files
+            server.converter = FilesConverter(self.files.storage)
+        self.files.start_sweeper()
         try:
             await self._ensure_started()
         except StoreUnavailable as exc:
@@ -128,6 +133,7 @@ class AgentBackend(Backend):
     async def shutdown(self) -> None:
         for server in self._servers.values():
             await server.drain()
+        await self.files.close()
         await self.store.close()
         if self._own_client and self._client is not None:
             await self._client.close()
@@ -163,10 +169,14 @@ class AgentBackend(Backend):
         workflow = admission.workflow
         server = self.server(workflow)
         body = await Request(scope, receive).body()
-        counted = starts_a_turn(parse_request(body).type) and await self._count_message(admission)
+        request = parse_request(body)
+        counted = starts_a_turn(request.type) and await self._count_message(admission)
+        current_base.set(base_url(scope, self.settings.public_url))
+        caller = Caller(admission.identity.user, workflow.name)
         try:
             await self._ensure_started()
-            response = await answer(server, body, Caller(admission.identity.user, workflow.name))
+            await self.files.check(request, caller)
+            response = await answer(server, body, caller, uploads=True)
         except BrokerError as exc:
             await self._refund_if_refused(counted, admission, exc)
             raise
@@ -207,7 +217,12 @@ class AgentBackend(Backend):
             Route("/api/workflows/{name}/runs", self.run_endpoint, methods=["POST"]),
             Route("/api/threads", self.threads_endpoint, methods=["GET"]),
             Route("/api/threads/{thread_id}/items", self.items_endpoint, methods=["GET"]),
+            *self.files.routes(),
         ]
+
+    def endpoint(self, workflow: Workflow, domain_key: str) -> Mapping[str, Any] | None:
+        found = super().endpoint(workflow, domain_key)
+        return None if found is None else {**found, **self.files.kit_options(workflow)}
 
     def _agent_workflow(self, name: str) -> Workflow:
         workflow = self.settings.workflow_named(name)
@@ -307,3 +322,21 @@ async def _json_object(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return data
+
+
+def _make_files(settings: Settings, store: FilesStore) -> Files:
+    """The attachment store: signed with the session-secret keys (a per-process key in mock
+    mode, whose sessions are per-process too), bytes where ``BROKER_FILES_STORAGE`` says."""
+    import secrets
+
+    from ...files.storage import open_storage
+    from ...files.tokens import FileTokens
+
+    keys = list(settings.session_secrets) or [secrets.token_urlsafe(32)]
+    return Files(
+        store,
+        open_storage(settings.files_storage, mock=settings.mock),
+        FileTokens(keys),
+        {wf.name: wf for wf in settings.workflows},
+        public_url=settings.public_url,
+    )

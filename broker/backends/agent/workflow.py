@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, StrictStr
 
 from ...declare import Says, strict_whole
+from ...files.policy import FilesPolicy
 from ...workflow import Workflow
 
 # package.module:attr, or a file (an Agent Builder export dropped in): path/to/file.py:attr
@@ -43,3 +44,6 @@ class AgentWorkflow(Workflow):
         Annotated[StrictStr, AfterValidator(_guardrail_message), Says(" must be a string")] | None
     ) = None
     """The refusal the chat shows when a guardrail stops a message ({guardrail}: its kind)."""
+    files: FilesPolicy = FilesPolicy()
+    """Attachments ([workflows.<name>.files]): enabled, max_size, accept, max_per_message,
+    max_pending, pending_ttl; on by default (images and PDFs, 20 MB)."""
