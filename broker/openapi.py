@@ -609,6 +609,12 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                             "properties": {
                                 "input": {"oneOf": [{"type": "string"}, {"type": "object"}]},
                                 "thread_id": {"type": "string"},
+                                "attachments": {
+                                    "type": "array",
+                                    "items": {"type": "string"},
+                                    "description": "Uploaded attachment ids "
+                                    "(attachments.create, then the upload URL).",
+                                },
                             },
                         }
                     }

@@ -55,7 +55,14 @@ from ...workflow import Workflow
 from .engine import HistoryConverter
 from .store import Caller, SQLStore, new_id
 
-__all__ = ["Files", "FilesConverter", "FilesStore", "current_base", "policy_of"]
+__all__ = [
+    "Files",
+    "FilesConverter",
+    "FilesStore",
+    "attachment_ids",
+    "current_base",
+    "policy_of",
+]
 
 log = logging.getLogger("broker.files")
 
@@ -81,6 +88,15 @@ files_table = sa.Table(
     sa.Index("ckb_files_owner", "user_id", "workflow", "thread_id"),
     sa.Index("ckb_files_thread", "thread_id"),
 )
+
+
+def attachment_ids(value: Any) -> list[str]:
+    """The runs API's ``"attachments"``: a list of attachment ids (from attachments.create)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest('"attachments" must be a list of attachment ids (strings).')
+    return value
 
 
 def policy_of(workflow: Workflow) -> FilesPolicy:
@@ -355,7 +371,10 @@ class Files(AttachmentStore[Caller]):
         if isinstance(request, AttachmentsCreateReq) and not self.policy(caller.workflow).enabled:
             raise InvalidRequest("This workflow does not accept file uploads (attachments.create).")
         input_ = getattr(request.params, "input", None)
-        ids = list(getattr(input_, "attachments", None) or [])
+        await self.check_ids(list(getattr(input_, "attachments", None) or []), caller)
+
+    async def check_ids(self, ids: list[str], caller: Caller) -> None:
+        """The attachments of one message: the caller's own, of this workflow, uploaded."""
         if not ids:
             return
         policy = self.policy(caller.workflow)

@@ -31,7 +31,14 @@ from ...workflow import Workflow
 from ..base import Admission, Backend, Check, SessionMaker
 from ..turns import starts_a_turn
 from . import runs
-from .attachments import Files, FilesConverter, FilesStore, base_url, current_base
+from .attachments import (
+    Files,
+    FilesConverter,
+    FilesStore,
+    attachment_ids,
+    base_url,
+    current_base,
+)
 from .engine import AgentServer
 from .options import AgentOptions
 from .protocol import answer, parse_request
@@ -239,24 +246,33 @@ class AgentBackend(Backend):
         admission = await self.gate.admit_chatkit(request.headers.get("authorization"), workflow)
         request.state.user = admission.identity.user
         body = await _json_object(request)
-        unknown = sorted(set(body) - {"input", "thread_id"})
+        current_base.set(base_url(request.scope, self.settings.public_url))
+        unknown = sorted(set(body) - {"input", "thread_id", "attachments"})
         if unknown:
             raise InvalidRequest(
-                f"Unknown field(s) {', '.join(unknown)}; send input and thread_id."
+                f"Unknown field(s) {', '.join(unknown)}; send input, thread_id and attachments."
             )
         if "input" not in body:
             raise InvalidRequest('Send the message as {"input": "text"} (or a JSON object).')
         text = runs.input_text(body["input"])
         thread_id = runs.thread_ref(body.get("thread_id"))
+        attachments = attachment_ids(body.get("attachments"))
         counted = await self._count_message(admission)
         try:
             await self._ensure_started()
             server = self.server(workflow)
             caller = Caller(admission.identity.user, workflow.name)
+            await self.files.check_ids(attachments, caller)
             if request.query_params.get("stream") in ("1", "true"):
-                return await answer(server, runs.chatkit_body(text, thread_id), caller)
+                body_ = runs.chatkit_body(text, thread_id, attachments)
+                return await answer(server, body_, caller)
             result = await runs.run(
-                server, caller, text, thread_id=thread_id, timeout=self.options.run_timeout
+                server,
+                caller,
+                text,
+                thread_id=thread_id,
+                timeout=self.options.run_timeout,
+                attachments=attachments,
             )
         except BrokerError as exc:
             await self._refund_if_refused(counted, admission, exc)
@@ -287,6 +303,7 @@ class AgentBackend(Backend):
         and the runs route allow it (same user, same workflow: nothing to escalate)."""
         authorization = request.headers.get("authorization")
         thread_id = request.path_params["thread_id"]
+        current_base.set(base_url(request.scope, self.settings.public_url))
         own = self.gate.secret_workflow(authorization)
         if own is not None and own in self._servers:
             admission = await self.gate.admit_chatkit(authorization, self._agent_workflow(own))

@@ -342,3 +342,42 @@ async def test_a_large_file_streams_past_the_json_body_limits(
     r = await create(client, alice, "b.pdf", "application/pdf", len(PDF))
     r = await client.put(r.json()["upload_descriptor"]["url"], content=PDF)
     assert r.status_code == 200 and r.json()["mime_type"] == "application/pdf"
+
+
+async def test_a_run_with_an_attachment_shows_it_to_the_model(client, token, responses) -> None:
+    alice = token("alice")
+    r = await create(client, alice, "a.png", "image/png", len(PNG))
+    image = r.json()
+    await upload(client, image["upload_descriptor"]["url"], PNG)
+    responses.script(text("A picture."))
+    r = await client.post(
+        "/api/workflows/support/runs",
+        json={"input": "What is it?", "attachments": [image["id"]]},
+        headers=auth(alice),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["output"] == "A picture."
+    parts = _user_parts(responses.requests[-1].input)[-1]
+    assert [p["type"] for p in parts] == ["input_text", "input_image"]
+    # another user's id: the same 404 as an unknown one, and no run
+    before = len(responses.requests)
+    r = await client.post(
+        "/api/workflows/support/runs",
+        json={"input": "x", "attachments": [image["id"]]},
+        headers=auth(token("bob")),
+    )
+    assert r.status_code == 404 and len(responses.requests) == before
+    r = await client.post(
+        "/api/workflows/support/runs",
+        json={"input": "x", "attachments": "atc_1"},
+        headers=auth(alice),
+    )
+    assert r.status_code == 400
+    # the thread's items (server-side API) carry a preview URL signed for this host and user
+    thread_id = (await client.get("/api/threads?workflow=support", headers=auth(alice))).json()[
+        "data"
+    ][0]["id"]
+    items = (await client.get(f"/api/threads/{thread_id}/items", headers=auth(alice))).json()
+    url = items["data"][0]["attachments"][0]["preview_url"]
+    assert url.startswith("http://127.0.0.1:8000/api/files/")
+    assert (await client.get(url)).content == PNG
