@@ -381,3 +381,62 @@ async def test_a_run_with_an_attachment_shows_it_to_the_model(client, token, res
     url = items["data"][0]["attachments"][0]["preview_url"]
     assert url.startswith("http://127.0.0.1:8000/api/files/")
     assert (await client.get(url)).content == PNG
+
+
+async def test_an_upload_cut_off_half_way_stores_nothing(files_env, token, files_dir: Path) -> None:
+    """Over a real socket: the client sends half the body it announced and hangs up."""
+    import asyncio
+
+    from broker.app import build_broker, create_app
+
+    from ...support.asgi_server import run_asgi
+
+    settings = load_settings(files_env)
+    app = create_app(settings, broker=build_broker(settings))
+    async with run_asgi(app, lifespan="on") as base, httpx.AsyncClient(base_url=base) as http:
+        alice = token("alice")
+        r = await create(http, alice, "half.png", "image/png", 200_000)
+        image = r.json()
+        url = httpx.URL(image["upload_descriptor"]["url"])
+        assert url.host == "127.0.0.1" and str(url.port) in base
+        _reader, writer = await asyncio.open_connection(url.host, url.port)
+        head = (
+            f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Length: 200000\r\n\r\n"
+        )
+        writer.write(head.encode() + PNG + bytes(50_000))
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.close()
+        for _ in range(50):
+            await asyncio.sleep(0.05)
+            r = await chatkit(
+                http, "support", alice, "threads.create", input=message("x", [image["id"]])
+            )
+            if r.status_code == 400:
+                break
+        assert r.status_code == 400 and "not been uploaded" in r.json()["error"]["message"]
+        assert stored(files_dir) == []
+        assert list((files_dir / ".partial").iterdir()) == []
+        # and the URL cannot be used again to smuggle the rest in
+        r = await upload(http, image["upload_descriptor"]["url"], PNG)
+        assert r.status_code == 403
+
+
+async def test_storage_unreachable_is_a_503_naming_it_and_chat_still_works(
+    files_env, token, responses, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the directory should be")
+    async with app_client(
+        load_settings(files_env | {"BROKER_FILES_STORAGE": str(blocker / "x")})
+    ) as client:
+        alice = token("alice")
+        r = await create(client, alice, "a.png", "image/png", len(PNG))
+        r = await upload(client, r.json()["upload_descriptor"]["url"], PNG)
+        assert r.status_code == 503
+        error = r.json()["error"]
+        assert error["code"] == "file_storage_unavailable" and "not-a-dir" in error["message"]
+        responses.script(text("Hello without files."))
+        r = await chatkit(client, "support", alice, "threads.create", input=message("hi"))
+        assert done_text(sse(r.text)) == "Hello without files."
