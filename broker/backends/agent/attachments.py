@@ -56,6 +56,7 @@ from .engine import HistoryConverter
 from .store import Caller, SQLStore, new_id
 
 __all__ = [
+    "DescribingConverter",
     "Files",
     "FilesConverter",
     "FilesStore",
@@ -535,6 +536,24 @@ class FilesConverter(HistoryConverter):
         return ResponseInputTextParam(
             type="input_text",
             text=f"<file name={json.dumps(attachment.name)} type={mime}>\n{text}\n</file>",
+        )
+
+
+class DescribingConverter(FilesConverter):
+    """Mock mode's: the canned model cannot look at a file, so each attachment reaches it as a
+    line saying what arrived (name, type by content, size), which the canned reply quotes."""
+
+    async def attachment_to_message_content(self, attachment: Attachment) -> Any:
+        mime = (attachment.metadata or {}).get("type") or attachment.mime_type
+        try:
+            size = len(await self.storage.read(attachment.id))
+        except (FileNotFoundError, BrokerError, ValueError):
+            return ResponseInputTextParam(
+                type="input_text", text=f"\n[attached {json.dumps(attachment.name)}: not available]"
+            )
+        return ResponseInputTextParam(
+            type="input_text",
+            text=f"\n[attached {json.dumps(attachment.name)}: {mime}, {size} bytes, received]",
         )
 
 

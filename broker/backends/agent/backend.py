@@ -32,6 +32,7 @@ from ..base import Admission, Backend, Check, SessionMaker
 from ..turns import starts_a_turn
 from . import runs
 from .attachments import (
+    DescribingConverter,
     Files,
     FilesConverter,
     FilesStore,
@@ -127,7 +128,8 @@ class AgentBackend(Backend):
                 refusal=workflow.guardrail_message,
             )
             server.attachment_store = self.files
-            server.converter = FilesConverter(self.files.storage)
+            converter = DescribingConverter if self.mock_agent else FilesConverter
+            server.converter = converter(self.files.storage)
         self.files.start_sweeper()
         try:
             await self._ensure_started()
