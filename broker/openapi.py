@@ -161,6 +161,11 @@ _SCHEMAS: dict[str, Any] = {
                 "properties": {
                     "url": {"type": "string", "pattern": "^/chatkit/"},
                     "domain_key": {"type": "string"},
+                    "dictation": {
+                        "description": "ChatKit's `composer.dictation` (agent workflows).",
+                        "type": "object",
+                        "properties": {"enabled": {"type": "boolean"}},
+                    },
                     "upload_strategy": {
                         "description": "ChatKit's `api.uploadStrategy` (agent workflows).",
                         "type": "object",

@@ -346,6 +346,8 @@ class Environment(BaseSettings):
     machines)."""
     run_timeout: seconds(1, 3600) = 120.0
     """Seconds a server-side run of an agent workflow may take before a 504 run_timeout."""
+    transcribe_model: str = "gpt-4o-mini-transcribe"
+    """The OpenAI model agent workflows' dictation (input.transcribe) uses."""
     files_storage: Annotated[str | None, AfterValidator(_files_storage)] = Field(
         None, examples=["s3://bucket/chatkit-files"]
     )

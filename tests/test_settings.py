@@ -79,6 +79,7 @@ def test_every_validated_variable_has_a_case():
         "BROKER_CHATKIT_DOMAIN_KEY",
         "BROKER_HOST",
         "PORT",
+        "BROKER_TRANSCRIBE_MODEL",
     }
     declared = {v for n in Environment.model_fields for v in Environment.variables(n)}
     assert sorted(declared - free_text - set(CASES)) == []

@@ -75,6 +75,7 @@ export const CHATKIT_EVENTS = Object.freeze([
  * @property {string} domain_key the `domainKey` ChatKit requires even locally
  * @property {{type: "two_phase"} | {type: "direct", uploadUrl: string}} [upload_strategy] how files are uploaded (workflows that accept files)
  * @property {BrokerAttachments} [attachments] the workflow's file policy, for `composer.attachments`
+ * @property {{enabled: boolean}} [dictation] whether the workflow transcribes speech, for `composer.dictation`
  *
  * @typedef {object} BrokerAttachments
  * @property {boolean} enabled
@@ -724,7 +725,13 @@ function customApi(session, backend) {
  * @returns {Record<string, unknown> | undefined}
  */
 export function composerFor(composer, backend) {
-  const given = composer && typeof composer === "object" ? /** @type {Record<string, any>} */ (composer) : undefined;
+  let given = composer && typeof composer === "object" ? /** @type {Record<string, any>} */ (composer) : undefined;
+  const dictation = backend?.dictation;
+  if (dictation) {
+    // only where the workflow transcribes: the page may turn it off, not on
+    const own = given?.dictation && typeof given.dictation === "object" ? given.dictation : {};
+    given = { ...given, dictation: { ...own, enabled: Boolean(dictation.enabled) && own.enabled !== false } };
+  }
   const policy = backend?.attachments;
   if (!policy) return given;
   const own = given?.attachments && typeof given.attachments === "object" ? given.attachments : {};

@@ -970,6 +970,7 @@ def test_connect_chatkit_turns_attachments_on_from_the_workflows_file_policy(kit
         "domain_key": "local-dev",
         "upload_strategy": {"type": "two_phase"},
         "attachments": policy,
+        "dictation": {"enabled": True},
     }
     fake.script("/api/chatkit/session", mint_answer(1, backend=True) | {"backend": backend})
     result = run(
@@ -990,6 +991,7 @@ def test_connect_chatkit_turns_attachments_on_from_the_workflows_file_policy(kit
     # the page's own options stay; it cannot raise the workflow's limits
     assert result["composer"] == {
         "placeholder": "Ask",
+        "dictation": {"enabled": True},
         "attachments": {
             "enabled": True,
             "maxSize": 2000,

@@ -277,6 +277,10 @@ class Files(AttachmentStore[Caller]):
         store.refresh = self.refreshed
         self._sweeper: asyncio.Task[None] | None = None
 
+    def dictation(self, workflow: str) -> bool:
+        wf = self.workflows.get(workflow)
+        return wf is not None and getattr(wf, "dictation", True) is not False
+
     def policy(self, workflow: str) -> FilesPolicy:
         wf = self.workflows.get(workflow)
         return policy_of(wf) if wf is not None else FilesPolicy(enabled=False)
@@ -286,9 +290,11 @@ class Files(AttachmentStore[Caller]):
     def kit_options(self, workflow: Workflow) -> dict[str, Any]:
         """What the front-end kit needs: the upload strategy and the composer's limits."""
         policy = policy_of(workflow)
+        dictation = {"dictation": {"enabled": self.dictation(workflow.name)}}
         if not policy.enabled:
-            return {"attachments": {"enabled": False}}
+            return {"attachments": {"enabled": False}, **dictation}
         return {
+            **dictation,
             "upload_strategy": {"type": "two_phase"},
             "attachments": {
                 "enabled": True,
@@ -367,7 +373,7 @@ class Files(AttachmentStore[Caller]):
     async def check(self, request: ChatKitReq, caller: Caller) -> None:
         """Every attachment a message names must be the caller's, of this workflow, uploaded,
         and within the workflow's count: refused before any work (404 as for an unknown id)."""
-        if isinstance(request, InputTranscribeReq):
+        if isinstance(request, InputTranscribeReq) and not self.dictation(caller.workflow):
             raise InvalidRequest("This workflow does not offer dictation (input.transcribe).")
         if isinstance(request, AttachmentsCreateReq) and not self.policy(caller.workflow).enabled:
             raise InvalidRequest("This workflow does not accept file uploads (attachments.create).")

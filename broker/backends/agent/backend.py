@@ -45,6 +45,7 @@ from .options import AgentOptions
 from .protocol import answer, parse_request
 from .store import Caller, SchemaTooNew
 from .targets import Target, TargetError, load_target
+from .voice import Dictation
 
 __all__ = ["AgentBackend", "load_targets"]
 
@@ -116,6 +117,9 @@ class AgentBackend(Backend):
                 organization=self.settings.openai_organization,
                 project=self.settings.openai_project,
             )
+        dictation = Dictation(
+            None if self.mock_agent else self._client, self.settings.transcribe_model
+        )
         for workflow in self.settings.workflows:
             target = self.mock_agent or self.targets.get(workflow.name)
             if target is None:
@@ -128,6 +132,8 @@ class AgentBackend(Backend):
                 refusal=workflow.guardrail_message,
             )
             server.attachment_store = self.files
+            # chatkit calls self.transcribe: the instance's, set here (mock: no client)
+            server.transcribe = dictation.transcribe  # type: ignore[method-assign]
             converter = DescribingConverter if self.mock_agent else FilesConverter
             server.converter = converter(self.files.storage)
         self.files.start_sweeper()

@@ -47,3 +47,6 @@ class AgentWorkflow(Workflow):
     files: FilesPolicy = FilesPolicy()
     """Attachments ([workflows.<name>.files]): enabled, max_size, accept, max_per_message,
     max_pending, pending_ttl; on by default (images and PDFs, 20 MB)."""
+    dictation: bool = True
+    """Whether the composer offers dictation (input.transcribe, through OpenAI's
+    transcription endpoint; BROKER_TRANSCRIBE_MODEL)."""

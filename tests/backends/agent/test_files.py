@@ -440,3 +440,40 @@ async def test_storage_unreachable_is_a_503_naming_it_and_chat_still_works(
         responses.script(text("Hello without files."))
         r = await chatkit(client, "support", alice, "threads.create", input=message("hi"))
         assert done_text(sse(r.text)) == "Hello without files."
+
+
+async def test_dictation_goes_to_openais_transcription_endpoint(
+    client, token, responses: FakeResponses
+) -> None:
+    alice = token("alice")
+    minted = await client.post(
+        "/api/chatkit/session", json={"workflow": "support"}, headers=auth(alice)
+    )
+    assert minted.json()["backend"]["dictation"] == {"enabled": True}
+    audio = b"\x1aE\xdf\xa3" + bytes(1000)
+    r = await chatkit(
+        client,
+        "support",
+        alice,
+        "input.transcribe",
+        audio_base64=base64.b64encode(audio).decode(),
+        mime_type="audio/webm;codecs=opus",
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"text": "transcribed 1004 bytes with gpt-4o-mini-transcribe"}
+    [call] = responses.calls("/v1/audio/transcriptions")
+    assert (
+        call.body["file"]["content_type"] == "audio/webm"
+        and call.body["model"] == "gpt-4o-mini-transcribe"
+    )
+    # not audio at all: 415, nothing sent
+    r = await chatkit(
+        client, "support", alice, "input.transcribe", audio_base64="AAAA", mime_type="image/png"
+    )
+    assert r.status_code == 415
+    # OpenAI failing is a 502 naming it, never a traceback
+    responses.http_errors["/v1/audio/transcriptions"] = 500
+    r = await chatkit(
+        client, "support", alice, "input.transcribe", audio_base64="AAAA", mime_type="audio/ogg"
+    )
+    assert r.status_code == 502 and "transcription" in r.json()["error"]["message"]

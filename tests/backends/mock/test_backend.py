@@ -207,10 +207,10 @@ BAD_BODIES = {
             "params": {"name": "a", "size": -1, "mime_type": "image/png"},
         }
     ).encode(),
-    "dictation": json.dumps(
+    "dictation that is not base64": json.dumps(
         {
             "type": "input.transcribe",
-            "params": {"audio_base64": "AAAA", "mime_type": "audio/webm"},
+            "params": {"audio_base64": "A", "mime_type": "audio/webm"},
         }
     ).encode(),
 }

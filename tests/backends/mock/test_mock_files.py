@@ -33,3 +33,15 @@ async def test_mock_mode_accepts_a_file_and_describes_it() -> None:
             "attachments.create", name="a.txt", size=len(TEXT), mime_type="text/plain"
         )
         assert r.status_code == 415
+
+
+async def test_mock_mode_dictation_answers_a_stand_in_transcript() -> None:
+    import base64
+
+    async with mock_broker() as broker:
+        minted = await broker.mint()
+        assert minted["backend"]["dictation"] == {"enabled": True}
+        chat = await broker.chat()
+        audio = base64.b64encode(bytes(300)).decode()
+        result = await chat.json("input.transcribe", audio_base64=audio, mime_type="audio/webm")
+        assert result == {"text": "[mock transcript of 300 bytes of audio/webm]"}
