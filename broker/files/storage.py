@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -168,7 +169,11 @@ class S3Storage(Storage):
             self.bucket,
             prefix=self.prefix or None,
             config={k: v for k, v in config.items() if v is not None} or None,
-            retry_config={"max_retries": 1, "backoff": {"init_backoff": 0.1}, "retry_timeout": 3},
+            retry_config={
+                "max_retries": 1,
+                "backoff": {"init_backoff": timedelta(milliseconds=100)},
+                "retry_timeout": timedelta(seconds=3),
+            },
             **options,
         )
 
