@@ -156,6 +156,10 @@ def _files_storage(value: str | None) -> str | None:
     if scheme == "s3":
         if not urlsplit(value).netloc:
             raise ValueError("must name the bucket: s3://bucket or s3://bucket/prefix")
+        import importlib.util
+
+        if importlib.util.find_spec("obstore") is None:
+            raise ValueError("needs obstore: pip install 'chatkit-broker[s3]'")
         return value
     if len(scheme) > 1:  # a one-letter scheme is a Windows drive
         raise ValueError("must be a directory, s3://bucket/prefix or memory")

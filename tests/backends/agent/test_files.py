@@ -477,3 +477,16 @@ async def test_dictation_goes_to_openais_transcription_endpoint(
         client, "support", alice, "input.transcribe", audio_base64="AAAA", mime_type="audio/ogg"
     )
     assert r.status_code == 502 and "transcription" in r.json()["error"]["message"]
+
+
+async def test_a_thousand_creates_without_uploads_are_limited_per_user(
+    client, token, files_dir
+) -> None:
+    alice = token("alice")
+    codes = [
+        (await create(client, alice, f"{n}.png", "image/png", 10)).status_code for n in range(1000)
+    ]
+    assert codes[:20] == [200] * 20 and set(codes[20:]) == {429}
+    assert stored(files_dir) == []  # creates store no bytes
+    backend = next(b for b in client.app.state.broker.backends if hasattr(b, "files"))
+    assert await backend.store.pending_count("alice", "support") == 20
