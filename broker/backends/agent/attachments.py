@@ -428,7 +428,9 @@ class Files(AttachmentStore[Caller]):
         except UploadCut:
             await self._failed(attachment_id, user)
             log.info("upload of %s cut off; nothing stored", attachment_id)
-            return Response(status_code=400)
+            raise InvalidRequest(
+                "The upload ended before the body did; nothing was stored. Attach the file again."
+            ) from None
         except BaseException:
             await self._failed(attachment_id, user)
             raise
