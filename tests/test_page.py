@@ -264,7 +264,8 @@ def test_mock_mode_mounts_chatkit_against_the_backend_with_the_session_secret(
     rec = tab.stand_in()
     assert rec["setOptions"] == [
         {
-            "apiKeys": ["domainKey", "fetch", "url"],
+            # uploadStrategy: mock mode accepts files (two-phase, from the mint answer)
+            "apiKeys": ["domainKey", "fetch", "uploadStrategy", "url"],
             "url": backend["url"],
             "domainKey": backend["domain_key"],
             "hasFetch": True,
