@@ -245,15 +245,19 @@ class RunRequest(Body):
     user: Name | None = Field(
         None, description="Service keys made with --act-for-users only: the user the run is for."
     )
+    attachments: list[StrictStr] | None = Field(
+        None, description="Ids of files uploaded with attachments.create, sent with the message."
+    )
 
     refusals = (
-        ("", frozenset({"extra_forbidden"}), "Unknown field(s) {fields}; send input, thread_id, background (and user, with a service key)."),
+        ("", frozenset({"extra_forbidden"}), "Unknown field(s) {fields}; send input, thread_id, attachments, background (and user, with a service key)."),
         ("input", frozenset({"missing"}), 'Send the message as {"input": "text"} (or a JSON object).'),
         ("input", _REFUSED, '"input" must not be empty.'),
         ("input", None, '"input" must be a string or a JSON object.'),
         ("thread_id", None, '"thread_id" must be a thread id string.'),
         ("background", None, '"background" must be true or false.'),
         ("user", None, '"user" must be a user id string.'),
+        ("attachments", None, '"attachments" must be a list of attachment ids (strings).'),
     )  # fmt: skip
 
     @field_validator("input")
@@ -277,9 +281,40 @@ class WorkflowRef(TypedDict):
 
 
 @Closed
+class Dictation(TypedDict):
+    enabled: bool
+
+
+class UploadStrategy(TypedDict):
+    type: Literal["two_phase", "direct"]
+
+
+class ComposerAttachments(TypedDict):
+    """The composer's attachment options, from the workflow's ``files`` policy."""
+
+    enabled: bool
+    max_size: NotRequired[Annotated[int, Field(description="bytes")]]
+    max_count: NotRequired[int]
+    accept: NotRequired[
+        Annotated[dict[str, list[str]], Field(description="MIME type → file extensions")]
+    ]
+
+
+@Closed
 class BackendEndpoint(TypedDict):
     url: Annotated[str, Field(pattern="^/chatkit/")]
     domain_key: str
+    dictation: NotRequired[
+        Annotated[Dictation, Field(description="ChatKit's `composer.dictation` (agent workflows).")]
+    ]
+    upload_strategy: NotRequired[
+        Annotated[
+            UploadStrategy, Field(description="ChatKit's `api.uploadStrategy` (agent workflows).")
+        ]
+    ]
+    attachments: NotRequired[
+        Annotated[ComposerAttachments, Field(description="ChatKit's `composer.attachments`.")]
+    ]
 
 
 Backend = Annotated[

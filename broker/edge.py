@@ -43,6 +43,11 @@ MAX_BODY_BYTES = 16 * 1024
 MAX_CHATKIT_BODY_BYTES = 256 * 1024
 LARGE_BODY_PREFIXES = ("/chatkit/", "/mock/chatkit", "/api/workflows/")
 BODY_TIMEOUT = 10.0
+# attachment uploads (broker/files): the workflow's own max_size is enforced while reading;
+# this is only the outer bound, with a deadline long enough for a large file on a slow link
+FILE_UPLOAD_PREFIX = "/api/files/"
+MAX_FILE_BODY_BYTES = 100 * 1024 * 1024 + 64 * 1024
+FILE_BODY_TIMEOUT = 300.0
 # set by ``server.GuardedHttpToolsProtocol``: a ``BodyArrival`` saying the body is all there
 BODY_EXTENSION = "chatkit_broker.body"
 # set by ``server.GuardedHttpToolsProtocol``: drops the connection of a started response
@@ -186,6 +191,9 @@ class Edge:
                 await send_error(send, error, scope["state"]["request_id"])
                 return
         limit = self.large_body_limit if path.startswith(LARGE_BODY_PREFIXES) else self.body_limit
+        upload = path.startswith(FILE_UPLOAD_PREFIX)
+        if upload:
+            limit = MAX_FILE_BODY_BYTES
         for key, value in scope["headers"]:
             if key == b"content-length":
                 if value.isdigit() and int(value) > limit:
@@ -194,9 +202,12 @@ class Edge:
                 break
         extensions = scope.get("extensions")
         arrival = extensions.get(BODY_EXTENSION) if extensions else None
-        await self.app(scope, self._limited(receive, limit, arrival), send)
+        timeout = FILE_BODY_TIMEOUT if upload else self.body_timeout
+        await self.app(scope, self._limited(receive, limit, arrival, timeout), send)
 
-    def _limited(self, receive: Receive, limit: int, arrival: Any = None) -> Receive:
+    def _limited(
+        self, receive: Receive, limit: int, arrival: Any = None, timeout: float | None = None
+    ) -> Receive:
         """``receive`` with the body capped at ``limit`` bytes and due ``body_timeout`` seconds
         after the app first asks for it (408: a client that stops mid-body would otherwise
         hold its handler forever). ``arrival`` is the protocol's word that the body is all
@@ -204,7 +215,7 @@ class Edge:
         seen = 0
         complete = False
         deadline: float | None = None
-        timeout = self.body_timeout
+        timeout = self.body_timeout if timeout is None else timeout
 
         async def limited_receive() -> Message:
             nonlocal seen, complete, deadline

@@ -152,6 +152,18 @@ class PayloadTooLarge(ClientError):
     status, code = 413, "payload_too_large"
 
 
+class Forbidden(ClientError):
+    """403: a signed file URL that is expired, already used, or for another file or verb."""
+
+    status, code = 403, "forbidden"
+
+
+class UnsupportedMediaType(ClientError):
+    """415: a file whose content is not a type the workflow accepts (whatever its name says)."""
+
+    status, code = 415, "unsupported_media_type"
+
+
 class RateLimited(ClientError):
     """429: the per-user or per-address limit; ``Retry-After`` and ``RateLimit-*`` say when to come back."""
 
@@ -245,6 +257,12 @@ class StoreUnavailable(Unavailable):
     """503: the shared store (Redis) or the thread database cannot be reached."""
 
     status, code = 503, "store_unavailable"
+
+
+class FileStorageUnavailable(Unavailable):
+    """503: where attachments' bytes live (a directory, an S3 bucket) cannot be reached."""
+
+    status, code = 503, "file_storage_unavailable"
 
 
 class BackendUnavailable(Unavailable):

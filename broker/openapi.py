@@ -627,6 +627,58 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             },
         }
     },
+    "/api/files/{attachment_id}/upload": {
+        method: {
+            "operationId": f"uploadAttachment{method.title()}",
+            "summary": "The bytes of an attachment (ChatKit two-phase upload), once",
+            "description": "The URL comes signed from `attachments.create` (`?t=`, ten "
+            "minutes, this user and file only). Multipart with a `file` part, or the raw bytes.",
+            "security": [{}],
+            "parameters": [
+                {
+                    "name": "attachment_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+                {"name": "t", "in": "query", "required": True, "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {"description": "Stored: `{id, size, mime_type}` (type by content)."},
+                "400": _BAD_REQUEST,
+                "403": _error("Expired, used, or for another file or verb.", E.Forbidden),
+                "404": _error("No such attachment.", E.NotFound),
+                "413": _error("Over the workflow's files max_size.", E.PayloadTooLarge),
+                "415": _error("Content not accepted by the workflow.", E.UnsupportedMediaType),
+                "500": _INTERNAL,
+                "503": _error("File storage down.", E.FileStorageUnavailable),
+            },
+        }
+        for method in ("post", "put")
+    },
+    "/api/files/{attachment_id}/preview": {
+        "get": {
+            "operationId": "previewAttachment",
+            "summary": "An uploaded attachment's bytes, for `<img src>` (signed URL, one hour)",
+            "security": [{}],
+            "parameters": [
+                {
+                    "name": "attachment_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+                {"name": "t", "in": "query", "required": True, "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {"description": "The file, with its type by content."},
+                "403": _error("Expired, or for another file or verb.", E.Forbidden),
+                "404": _error("No such uploaded attachment.", E.NotFound),
+                "500": _INTERNAL,
+                "503": _error("File storage down.", E.FileStorageUnavailable),
+            },
+        }
+    },
     "/mock/chatkit": {
         "post": {
             "operationId": "mockChatKit",

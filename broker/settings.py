@@ -149,6 +149,23 @@ def _public_url(value: str | None) -> str | None:
     return value.rstrip("/")
 
 
+def _files_storage(value: str | None) -> str | None:
+    if value is None or value == "memory":
+        return value
+    scheme = urlsplit(value).scheme
+    if scheme == "s3":
+        if not urlsplit(value).netloc:
+            raise ValueError("must name the bucket: s3://bucket or s3://bucket/prefix")
+        import importlib.util
+
+        if importlib.util.find_spec("obstore") is None:
+            raise ValueError("needs obstore: pip install 'chatkit-broker[s3]'")
+        return value
+    if len(scheme) > 1:  # a one-letter scheme is a Windows drive
+        raise ValueError("must be a directory, s3://bucket/prefix or memory")
+    return value
+
+
 def _header_names(values: tuple[str, ...]) -> tuple[str, ...]:
     bad = [
         f"{n!r} is not a header name (or Prefix-*)"
@@ -336,6 +353,14 @@ class Environment(BaseSettings):
     run_lease: seconds(3, 3600) = 30.0
     """Seconds within which a background run whose broker instance died is marked failed
     (the instance renews its runs' lease every third of this)."""
+    transcribe_model: str = "gpt-4o-mini-transcribe"
+    """The OpenAI model agent workflows' dictation (input.transcribe) uses."""
+    files_storage: Annotated[str | None, AfterValidator(_files_storage)] = Field(
+        None, examples=["s3://bucket/chatkit-files"]
+    )
+    """Where attachments' bytes live: a directory, s3://bucket/prefix (AWS_* variables,
+    AWS_ENDPOINT_URL for MinIO and the like; shared by several brokers) or memory. Unset:
+    ./chatkit-broker-files, in memory in mock mode."""
 
     # --- gateway workflows ---
     assertion_key: Annotated[SecretStr | None, AfterValidator(_signing_key)] = Field(

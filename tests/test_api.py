@@ -60,13 +60,13 @@ def hand_cancel(body: Any) -> tuple[str | None, bool]:
     return session_id, all_
 
 
-def hand_run(body: Any) -> tuple[str, str | None, bool, str | None]:
+def hand_run(body: Any) -> tuple[str, str | None, bool, str | None, list[str] | None]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    unknown = sorted(set(body) - {"input", "thread_id", "background", "user"})
+    unknown = sorted(set(body) - {"input", "thread_id", "background", "user", "attachments"})
     if unknown:
         raise InvalidRequest(
-            f"Unknown field(s) {', '.join(unknown)}; send input, thread_id, background "
+            f"Unknown field(s) {', '.join(unknown)}; send input, thread_id, attachments, background "
             "(and user, with a service key)."
         )
     if "input" not in body:
@@ -81,7 +81,12 @@ def hand_run(body: Any) -> tuple[str, str | None, bool, str | None]:
     user = body.get("user")
     if user is not None and not (isinstance(user, str) and user):
         raise InvalidRequest('"user" must be a user id string.')
-    return text, thread_id, background, user
+    files = body.get("attachments")
+    if files is not None and not (
+        isinstance(files, list) and all(isinstance(f, str) for f in files)
+    ):
+        raise InvalidRequest('"attachments" must be a list of attachment ids (strings).')
+    return text, thread_id, background, user, files
 
 
 def model_session(body: Any) -> tuple[str, str | None]:
@@ -94,9 +99,15 @@ def model_cancel(body: Any) -> tuple[str | None, bool]:
     return parsed.session_id, parsed.all
 
 
-def model_run(body: Any) -> tuple[str, str | None, bool, str | None]:
+def model_run(body: Any) -> tuple[str, str | None, bool, str | None, list[str] | None]:
     parsed = api.RunRequest.parse(body)
-    return input_text(parsed.input), parsed.thread_id, parsed.background, parsed.user
+    return (
+        input_text(parsed.input),
+        parsed.thread_id,
+        parsed.background,
+        parsed.user,
+        parsed.attachments,
+    )
 
 
 # --- bodies ------------------------------------------------------------------------------------
@@ -181,7 +192,17 @@ def test_the_cancel_body_model_agrees_with_the_hand_check(body):
 
 
 @CASES
-@given(bodies({"input": values, "thread_id": values, "background": values, "user": values}))
+@given(
+    bodies(
+        {
+            "input": values,
+            "thread_id": values,
+            "background": values,
+            "user": values,
+            "attachments": st.one_of(values, st.lists(values, max_size=3)),
+        }
+    )
+)
 def test_the_run_body_model_agrees_with_the_hand_check(body):
     assert outcome(model_run, body) == outcome(hand_run, body)
 

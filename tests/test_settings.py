@@ -29,6 +29,7 @@ CASES: dict[str, tuple[str, str, object]] = {
     "BROKER_AGENT_TRACING": ("sometimes", "1", None),
     "BROKER_RUN_TIMEOUT": ("0.5", "3600", None),
     "BROKER_RUN_LEASE": ("2", "3", None),
+    "BROKER_FILES_STORAGE": ("gs://bucket", "s3://bucket/files", ("files_storage", "s3://bucket/files")),
     "BROKER_ASSERTION_KEY": ("not a pem", None, None),
     "BROKER_ASSERTION_PREVIOUS_KEYS": ("not a pem", None, None),
     "BROKER_ASSERTION_SECRET": ("short", LONG, None),
@@ -79,6 +80,7 @@ def test_every_validated_variable_has_a_case():
         "BROKER_CHATKIT_DOMAIN_KEY",
         "BROKER_HOST",
         "PORT",
+        "BROKER_TRANSCRIBE_MODEL",
     }
     declared = {v for n in Environment.model_fields for v in Environment.variables(n)}
     assert sorted(declared - free_text - set(CASES)) == []

@@ -73,6 +73,15 @@ export const CHATKIT_EVENTS = Object.freeze([
  * @typedef {object} BackendInfo
  * @property {string} url where ChatKit sends its requests, relative to the broker
  * @property {string} domain_key the `domainKey` ChatKit requires even locally
+ * @property {{type: "two_phase"} | {type: "direct", uploadUrl: string}} [upload_strategy] how files are uploaded (workflows that accept files)
+ * @property {BrokerAttachments} [attachments] the workflow's file policy, for `composer.attachments`
+ * @property {{enabled: boolean}} [dictation] whether the workflow transcribes speech, for `composer.dictation`
+ *
+ * @typedef {object} BrokerAttachments
+ * @property {boolean} enabled
+ * @property {number} [max_size] bytes
+ * @property {number} [max_count] files per message
+ * @property {Record<string, string[]>} [accept] MIME type → file extensions
  *
  * @typedef {object} MintAnswer the broker's answer to POST /api/chatkit/session
  * @property {string} client_secret
@@ -83,7 +92,7 @@ export const CHATKIT_EVENTS = Object.freeze([
  * @property {boolean} [mock]
  *
  * @typedef {{getClientSecret: (currentClientSecret: string | null) => Promise<string>}} HostedApi
- * @typedef {{url: string, domainKey: string, fetch: typeof fetch}} CustomApi
+ * @typedef {{url: string, domainKey: string, fetch: typeof fetch, uploadStrategy?: {type: "two_phase"} | {type: "direct", uploadUrl: string}}} CustomApi
  * @typedef {HostedApi | CustomApi} ChatKitApi what to pass as ChatKit's `api` option
  *
  * @typedef {object} KitEvent one thing the kit did or saw, safe to log (never a secret or token)
@@ -698,7 +707,44 @@ function customApi(session, backend) {
     return send(again, init, next.client_secret);
   };
 
-  return { url, domainKey: backend.domain_key, fetch: fetchWithSecret };
+  /** @type {CustomApi} */
+  const api = { url, domainKey: backend.domain_key, fetch: fetchWithSecret };
+  const strategy = backend.upload_strategy;
+  if (strategy?.type === "two_phase") api.uploadStrategy = { type: "two_phase" };
+  else if (strategy?.type === "direct" && typeof strategy.uploadUrl === "string")
+    api.uploadStrategy = { type: "direct", uploadUrl: join(session.broker, strategy.uploadUrl) };
+  return api;
+}
+
+/**
+ * ChatKit's `composer` option with `attachments` set from the workflow's file policy (the
+ * broker's mint answer): the page's own composer options are kept, but it cannot turn on
+ * what the workflow refuses, nor raise its limits.
+ * @param {unknown} composer the page's composer option, if any
+ * @param {BackendInfo | null | undefined} backend
+ * @returns {Record<string, unknown> | undefined}
+ */
+export function composerFor(composer, backend) {
+  let given = composer && typeof composer === "object" ? /** @type {Record<string, any>} */ (composer) : undefined;
+  const dictation = backend?.dictation;
+  if (dictation) {
+    // only where the workflow transcribes: the page may turn it off, not on
+    const own = given?.dictation && typeof given.dictation === "object" ? given.dictation : {};
+    given = { ...given, dictation: { ...own, enabled: Boolean(dictation.enabled) && own.enabled !== false } };
+  }
+  const policy = backend?.attachments;
+  if (!policy) return given;
+  const own = given?.attachments && typeof given.attachments === "object" ? given.attachments : {};
+  if (!policy.enabled) return { ...given, attachments: { ...own, enabled: false } };
+  /** @type {Record<string, unknown>} */
+  const attachments = { ...own, enabled: own.enabled !== false };
+  if (typeof policy.max_size === "number")
+    attachments.maxSize = typeof own.maxSize === "number" ? Math.min(own.maxSize, policy.max_size) : policy.max_size;
+  if (typeof policy.max_count === "number")
+    attachments.maxCount =
+      typeof own.maxCount === "number" ? Math.min(own.maxCount, policy.max_count) : policy.max_count;
+  if (policy.accept && !own.accept) attachments.accept = policy.accept;
+  return { ...given, attachments };
 }
 
 /**
@@ -847,7 +893,8 @@ export async function connectChatKit(element, options) {
       code: "invalid_options",
     });
   }
-  setOptions.call(element, { ...rest, api });
+  const composer = composerFor(rest.composer, session?.answer?.backend);
+  setOptions.call(element, composer ? { ...rest, composer, api } : { ...rest, api });
 
   return {
     api,

@@ -955,3 +955,48 @@ def test_protocol_transcript_follows_each_content_part(kit):
             "done": False,
         }
     ]
+
+
+def test_connect_chatkit_turns_attachments_on_from_the_workflows_file_policy(kit):
+    tab, fake = kit
+    policy = {
+        "enabled": True,
+        "max_size": 2000,
+        "max_count": 2,
+        "accept": {"image/png": [".png"]},
+    }
+    backend = {
+        "url": "/chatkit/demo",
+        "domain_key": "local-dev",
+        "upload_strategy": {"type": "two_phase"},
+        "attachments": policy,
+        "dictation": {"enabled": True},
+    }
+    fake.script("/api/chatkit/session", mint_answer(1, backend=True) | {"backend": backend})
+    result = run(
+        tab,
+        STAND_IN_ELEMENT
+        + """
+        customElements.define("openai-chatkit", FakeChatKit);
+        const el = document.createElement("openai-chatkit");
+        document.body.append(el);
+        await kit.connectChatKit(el, {workflow: "demo", getToken,
+          composer: {placeholder: "Ask", attachments: {maxSize: 999999}}});
+        const [options] = window.__options;
+        const off = kit.composerFor({attachments: {enabled: true}}, {attachments: {enabled: false}});
+        return {composer: options.composer, strategy: options.api.uploadStrategy, off};
+        """,
+    )
+    assert result["strategy"] == {"type": "two_phase"}
+    # the page's own options stay; it cannot raise the workflow's limits
+    assert result["composer"] == {
+        "placeholder": "Ask",
+        "dictation": {"enabled": True},
+        "attachments": {
+            "enabled": True,
+            "maxSize": 2000,
+            "maxCount": 2,
+            "accept": {"image/png": [".png"]},
+        },
+    }
+    assert result["off"] == {"attachments": {"enabled": False}}

@@ -116,8 +116,8 @@ def test_the_kit_builds_what_chatkit_options_api_accepts(tsc: Path, tmp_path: Pa
     [
         # a wrong field name in the custom-backend api
         (
-            "return { url, domainKey: backend.domain_key, fetch: fetchWithSecret };",
-            "return { url, domain_key: backend.domain_key, fetch: fetchWithSecret };",
+            "const api = { url, domainKey: backend.domain_key, fetch: fetchWithSecret };",
+            "const api = { url, domain_key: backend.domain_key, fetch: fetchWithSecret };",
             "domain_key",
         ),
         # getClientSecret resolving to the whole answer instead of the secret string
@@ -128,8 +128,8 @@ def test_the_kit_builds_what_chatkit_options_api_accepts(tsc: Path, tmp_path: Pa
         ),
         # the typedef of the custom api drifting from ChatKit's CustomApiConfig
         (
-            "{url: string, domainKey: string, fetch: typeof fetch}} CustomApi",
-            "{url: string, domainkey: string, fetch: typeof fetch}} CustomApi",
+            "{url: string, domainKey: string, fetch: typeof fetch, uploadStrategy?:",
+            "{url: string, domainkey: string, fetch: typeof fetch, uploadStrategy?:",
             "Property 'domainKey' is missing",
         ),
     ],

@@ -257,13 +257,15 @@ def test_mock_mode_mounts_chatkit_against_the_backend_with_the_session_secret(
     assert answer["client_secret"].startswith("cks_")
     assert answer["workflow"]["kind"] == "mock"
     backend = answer["backend"]
-    assert backend == {"url": "/chatkit/topic-generation", "domain_key": "local-dev"}
+    assert backend["url"] == "/chatkit/topic-generation" and backend["domain_key"] == "local-dev"
+    assert backend["attachments"]["enabled"] is True
     expect(status(page)).to_have_attribute("data-state", "ready")
 
     rec = tab.stand_in()
     assert rec["setOptions"] == [
         {
-            "apiKeys": ["domainKey", "fetch", "url"],
+            # uploadStrategy: mock mode accepts files (two-phase, from the mint answer)
+            "apiKeys": ["domainKey", "fetch", "uploadStrategy", "url"],
             "url": backend["url"],
             "domainKey": backend["domain_key"],
             "hasFetch": True,

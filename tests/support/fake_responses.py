@@ -276,6 +276,40 @@ class FakeResponses:
         """The recorded requests to one endpoint, e.g. ``"/v1/moderations"``."""
         return [r for r in self.requests if r.path == path]
 
+    async def transcription(self, request: web.Request) -> web.Response:
+        """``POST /v1/audio/transcriptions`` (multipart: ``file``, ``model``): answers
+        ``{"text", "usage"}`` as OpenAI does for the gpt-4o transcribe models; the text names
+        what arrived, and the request is recorded with the file's name, type and size."""
+        status = self.http_errors.get(request.path)
+        if status:
+            body = {"error": {"message": "The fake was told to fail.", "type": "server_error"}}
+            return web.json_response(body, status=status)
+        fields: dict[str, Any] = {}
+        reader = await request.multipart()
+        async for part in reader:
+            data = await part.read()  # type: ignore[union-attr]
+            if part.name == "file":  # type: ignore[union-attr]
+                fields["file"] = {
+                    "filename": part.filename,  # type: ignore[union-attr]
+                    "content_type": part.headers.get("Content-Type"),  # type: ignore[union-attr]
+                    "size": len(data),
+                }
+            else:
+                fields[str(part.name)] = data.decode()  # type: ignore[union-attr]
+        self.requests.append(Recorded(request.path, dict(request.headers), fields))
+        if "file" not in fields or "model" not in fields:
+            body = {
+                "error": {"message": "file and model are required", "type": "invalid_request_error"}
+            }
+            return web.json_response(body, status=400)
+        size = fields["file"]["size"]
+        return web.json_response(
+            {
+                "text": f"transcribed {size} bytes with {fields['model']}",
+                "usage": {"type": "duration", "seconds": 2},
+            }
+        )
+
     async def guardrail_api(self, request: web.Request) -> web.Response:
         """``POST /v1/chat/completions`` and ``POST /v1/moderations`` (fake_guardrail_apis)."""
         try:
@@ -527,6 +561,7 @@ class FakeResponsesServer(ThreadedServer):
         app.router.add_post("/v1/responses", self.fake.handle)
         app.router.add_post("/v1/chat/completions", self.fake.guardrail_api)
         app.router.add_post("/v1/moderations", self.fake.guardrail_api)
+        app.router.add_post("/v1/audio/transcriptions", self.fake.transcription)
         app.router.add_get("/v1/models", self.fake.models)
         app.router.add_get("/_fake/turns", self.fake.turns_endpoint)
         app.router.add_get("/_fake/usage", self.fake.usage_endpoint)

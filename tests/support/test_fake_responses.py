@@ -213,3 +213,24 @@ async def test_an_unscripted_structured_agent_gets_json_of_its_output_type(
     agent = Agent(name="Router", instructions="route", model="gpt-4.1-mini", output_type=Route)
     result = await Runner.run(agent, "where is my invoice?", run_config=run_config(fake))
     assert result.final_output == Route(topic="billing", confidence=0.05)
+
+
+async def test_the_transcription_endpoint_speaks_openais_wire_format(fake: FakeResponses) -> None:
+    """openai-python's own client parses the fake's answer into its ``Transcription`` type."""
+    from openai.types.audio import Transcription
+
+    client = AsyncOpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0)
+    result = await client.audio.transcriptions.create(
+        model="gpt-4o-mini-transcribe",
+        file=("speech.webm", b"\x1aE\xdf\xa3" + bytes(60), "audio/webm"),
+    )
+    await client.close()
+    assert isinstance(result, Transcription)
+    assert result.text == "transcribed 64 bytes with gpt-4o-mini-transcribe"
+    Transcription.model_validate({"text": result.text, "usage": {"type": "duration", "seconds": 2}})
+    [call] = fake.calls("/v1/audio/transcriptions")
+    assert call.body["file"] == {
+        "filename": "speech.webm",
+        "content_type": "audio/webm",
+        "size": 64,
+    }

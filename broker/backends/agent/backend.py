@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from openai import AsyncOpenAI
 from starlette.requests import Request
@@ -35,13 +35,23 @@ from ...workflow import Workflow
 from ..base import Admission, Backend, Check, SessionMaker
 from ..turns import starts_a_turn
 from . import backend_api, runs, usage_api
+from .attachments import (
+    DescribingConverter,
+    Files,
+    FilesConverter,
+    FilesStore,
+    attachment_ids,
+    base_url,
+    current_base,
+)
 from .background import BackgroundRuns
 from .engine import AgentServer
 from .options import AgentOptions
 from .protocol import answer, parse_request
-from .store import Caller, SchemaTooNew, SQLStore
+from .store import Caller, SchemaTooNew
 from .targets import Target, TargetError, load_target
 from .usage import Metering, seed_from, tier_of
+from .voice import Dictation
 
 __all__ = ["AgentBackend", "load_targets"]
 
@@ -95,7 +105,8 @@ class AgentBackend(Backend):
             if targets is not None
             else ({} if mock_agent is not None else load_targets(settings.workflows))
         )
-        self.store = SQLStore(self.options.database_url)
+        self.store = FilesStore(self.options.database_url)
+        self.files = _make_files(settings, self.store)
         self._client = openai_client
         self._own_client = openai_client is None
         self._servers: dict[str, AgentServer] = {}
@@ -129,6 +140,9 @@ class AgentBackend(Backend):
                 organization=self.settings.openai_organization,
                 project=self.settings.openai_project,
             )
+        dictation = Dictation(
+            None if self.mock_agent else self._client, self.settings.transcribe_model
+        )
         for workflow in self.settings.workflows:
             target = self.mock_agent or self.targets.get(workflow.name)
             if target is None:
@@ -136,7 +150,7 @@ class AgentBackend(Backend):
             self.metering[workflow.name] = Metering(
                 workflow.name, workflow.budget, self.store, self.book, self.metrics
             )
-            self._servers[workflow.name] = AgentServer(
+            self._servers[workflow.name] = server = AgentServer(
                 self.store,
                 target,
                 openai_client=self._client,
@@ -144,6 +158,12 @@ class AgentBackend(Backend):
                 refusal=workflow.guardrail_message,
                 metering=self.metering[workflow.name],
             )
+            server.attachment_store = self.files
+            # chatkit calls self.transcribe: the instance's, set here (mock: no client)
+            server.transcribe = dictation.transcribe  # type: ignore[method-assign]
+            converter = DescribingConverter if self.mock_agent else FilesConverter
+            server.converter = converter(self.files.storage)
+        self.files.start_sweeper()
         try:
             await self._ensure_started()
         except StoreUnavailable as exc:
@@ -159,6 +179,7 @@ class AgentBackend(Backend):
         await self.webhooks.stop()
         for server in self._servers.values():
             await server.drain()
+        await self.files.close()
         await self.store.close()
         if self._own_client and self._client is not None:
             await self._client.close()
@@ -194,10 +215,14 @@ class AgentBackend(Backend):
         workflow = admission.workflow
         server = self.server(workflow)
         body = await Request(scope, receive).body()
-        counted = starts_a_turn(parse_request(body).type) and await self._count_message(admission)
+        request = parse_request(body)
+        counted = starts_a_turn(request.type) and await self._count_message(admission)
+        current_base.set(base_url(scope, self.settings.public_url))
+        caller = self.caller(admission)
         try:
             await self._ensure_started()
-            response = await answer(server, body, self.caller(admission))
+            await self.files.check(request, caller)
+            response = await answer(server, body, caller, uploads=True)
         except BrokerError as exc:
             await self._refund_if_refused(counted, admission, exc)
             raise
@@ -246,6 +271,7 @@ class AgentBackend(Backend):
             Route("/api/threads/{thread_id}/items", self.items_endpoint, methods=["GET"]),
             Route("/api/usage", self.usage_endpoint, methods=["GET"]),
             *backend_api.routes(self),
+            *self.files.routes(),
         ]
 
     async def usage_endpoint(self, request: Request) -> Response:
@@ -261,6 +287,10 @@ class AgentBackend(Backend):
         return await runs.run(
             self.server(workflow), caller, text, thread_id=thread_id, timeout=timeout
         )
+
+    def endpoint(self, workflow: Workflow, domain_key: str) -> Mapping[str, Any] | None:
+        found = super().endpoint(workflow, domain_key)
+        return None if found is None else {**found, **self.files.kit_options(workflow)}
 
     def _agent_workflow(self, name: str) -> Workflow:
         workflow = self.settings.workflow_named(name)
@@ -285,6 +315,12 @@ class AgentBackend(Backend):
             )
         text, thread_id = runs.input_text(parsed.input), runs.thread_ref(parsed.thread_id)
         background = parsed.background
+        current_base.set(base_url(request.scope, self.settings.public_url))
+        attachments = attachment_ids(parsed.attachments)
+        if background and attachments:
+            raise InvalidRequest(
+                "A background run takes no attachments yet; send them in a run without background."
+            )
         counted = await self._count_message(admission)
         if background:
             try:
@@ -299,10 +335,17 @@ class AgentBackend(Backend):
             server = self.server(workflow)
             caller = self.caller(admission)
             await self.metering[workflow.name].check(caller.user, caller.tier)
+            await self.files.check_ids(attachments, caller)
             if request.query_params.get("stream") in ("1", "true"):
-                return await answer(server, runs.chatkit_body(text, thread_id), caller)
+                body_ = runs.chatkit_body(text, thread_id, attachments)
+                return await answer(server, body_, caller)
             result = await runs.run(
-                server, caller, text, thread_id=thread_id, timeout=self.options.run_timeout
+                server,
+                caller,
+                text,
+                thread_id=thread_id,
+                timeout=self.options.run_timeout,
+                attachments=attachments,
             )
         except BrokerError as exc:
             await self._refund_if_refused(counted, admission, exc)
@@ -333,6 +376,7 @@ class AgentBackend(Backend):
         and the runs route allow it (same user, same workflow: nothing to escalate)."""
         authorization = request.headers.get("authorization")
         thread_id = request.path_params["thread_id"]
+        current_base.set(base_url(request.scope, self.settings.public_url))
         own = self.gate.secret_workflow(authorization)
         if self.gate.service_key_token(authorization) is not None:
             admission = await backend_api.admit_thread_read(self, request, thread_id)
@@ -358,3 +402,21 @@ class AgentBackend(Backend):
         caller = Caller(admission.identity.user, workflow.name)
         page = await runs.list_items(self.server(workflow), caller, thread_id, request.query_params)
         return Response(page, media_type="application/json", headers=NO_STORE)
+
+
+def _make_files(settings: Settings, store: FilesStore) -> Files:
+    """The attachment store: signed with the session-secret keys (a per-process key in mock
+    mode, whose sessions are per-process too), bytes where ``BROKER_FILES_STORAGE`` says."""
+    import secrets
+
+    from ...files.storage import open_storage
+    from ...files.tokens import FileTokens
+
+    keys = list(settings.session_secrets) or [secrets.token_urlsafe(32)]
+    return Files(
+        store,
+        open_storage(settings.files_storage, mock=settings.mock),
+        FileTokens(keys),
+        {wf.name: wf for wf in settings.workflows},
+        public_url=settings.public_url,
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,11 +91,11 @@ def _utf8(text: str, field: str) -> bytes:
         ) from None
 
 
-def chatkit_body(text: str, thread_id: str | None = None) -> bytes:
+def chatkit_body(text: str, thread_id: str | None = None, attachments: Sequence[str] = ()) -> bytes:
     """The ChatKit request a browser would send for this message."""
     message = {
         "content": [{"type": "input_text", "text": text}],
-        "attachments": [],
+        "attachments": list(attachments),
         "inference_options": {},
     }
     if thread_id is None:
@@ -115,6 +115,7 @@ async def run(
     *,
     thread_id: str | None = None,
     timeout: float = 120.0,
+    attachments: Sequence[str] = (),
 ) -> RunAnswer:
     """Send one message and wait for the whole answer (``RunTimeout`` after ``timeout`` s).
 
@@ -127,7 +128,8 @@ async def run(
     deadline = asyncio.timeout(timeout)
     try:
         async with deadline:
-            result = await process(server, chatkit_body(text, thread_id), caller)
+            body = chatkit_body(text, thread_id, attachments)
+            result = await process(server, body, caller)
             assert isinstance(result, StreamingResult)
             thread_id, error = await _consume(result, thread_id)
     except TimeoutError:

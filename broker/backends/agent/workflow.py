@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from ...declare import Says, strict_whole
+from ...files.policy import FilesPolicy
 from ...workflow import Require, Workflow
 
 # package.module:attr, or a file (an Agent Builder export dropped in): path/to/file.py:attr
@@ -64,6 +65,13 @@ class AgentWorkflow(Workflow):
         None, repr=False
     )
     """The whsec_… secret that signs this workflow's webhooks (required with webhook_url)."""
+
+    files: FilesPolicy = FilesPolicy()
+    """Attachments ([workflows.<name>.files]): enabled, max_size, accept, max_per_message,
+    max_pending, pending_ttl; on by default (images and PDFs, 20 MB)."""
+    dictation: bool = True
+    """Whether the composer offers dictation (input.transcribe, through OpenAI's
+    transcription endpoint; BROKER_TRANSCRIBE_MODEL)."""
 
     @model_validator(mode="after")
     def _webhook_pair(self) -> "AgentWorkflow":

@@ -66,7 +66,8 @@ async def _empty(url: str) -> None:
     try:
         await conn.execute(
             "DO $$ BEGIN IF to_regclass('ckb_items') IS NOT NULL THEN "
-            "TRUNCATE ckb_threads, ckb_items, ckb_attachments; END IF; END $$"
+            "TRUNCATE ckb_threads, ckb_items, ckb_attachments; END IF; "
+            "IF to_regclass('ckb_files') IS NOT NULL THEN TRUNCATE ckb_files; END IF; END $$"
         )
     finally:
         await conn.close()

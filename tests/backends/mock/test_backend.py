@@ -201,13 +201,16 @@ BAD_BODIES = {
     "wrong kind": json.dumps(
         {"type": "items.feedback", "params": {"thread_id": "t", "item_ids": [], "kind": "meh"}}
     ).encode(),
-    "file upload": json.dumps(
-        {"type": "attachments.create", "params": {"name": "a", "size": 1, "mime_type": "x/y"}}
+    "file upload of a negative size": json.dumps(
+        {
+            "type": "attachments.create",
+            "params": {"name": "a", "size": -1, "mime_type": "image/png"},
+        }
     ).encode(),
-    "dictation": json.dumps(
+    "dictation that is not base64": json.dumps(
         {
             "type": "input.transcribe",
-            "params": {"audio_base64": "AAAA", "mime_type": "audio/webm"},
+            "params": {"audio_base64": "A", "mime_type": "audio/webm"},
         }
     ).encode(),
 }

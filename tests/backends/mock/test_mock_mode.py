@@ -30,7 +30,14 @@ async def test_mock_mint_without_token(openai):
     assert data["client_secret"].startswith("cks_")
     assert data["session_id"].startswith("bsess_")
     assert data["workflow"] == {"name": "topic-generation", "kind": "mock"}
-    assert data["backend"] == {"url": "/chatkit/topic-generation", "domain_key": "local-dev"}
+    backend = data["backend"]
+    assert {k: backend[k] for k in ("url", "domain_key")} == {
+        "url": "/chatkit/topic-generation",
+        "domain_key": "local-dev",
+    }
+    # mock mode accepts files: the kit turns the attach button on
+    assert backend["upload_strategy"] == {"type": "two_phase"}
+    assert backend["attachments"]["enabled"] is True
     assert r.headers["x-chatkit-broker-mode"] == "mock"
     assert admitted.identity.user == "mock-user"
     assert admitted.session_id == data["session_id"]
