@@ -281,9 +281,11 @@ class AgentBackend(Backend):
     async def _background_run(
         self, name: str, caller: Caller, text: str, thread_id: str, timeout: float
     ) -> runs.RunAnswer:
-        """One background run's agent turn, as a synchronous run does it."""
+        """One background run's agent turn, as a synchronous run does it: the budgets are
+        checked again when it starts, since a queued run may start after they are spent."""
         await self._ensure_started()
         workflow = self._agent_workflow(name)
+        await self.metering[workflow.name].check(caller.user, caller.tier)
         return await runs.run(
             self.server(workflow), caller, text, thread_id=thread_id, timeout=timeout
         )
@@ -324,6 +326,8 @@ class AgentBackend(Backend):
         counted = await self._count_message(admission)
         if background:
             try:
+                caller = self.caller(admission)  # a spent budget refuses before queueing
+                await self.metering[workflow.name].check(caller.user, caller.tier)
                 return await backend_api.start_background(
                     self, request, admission, key, text, thread_id
                 )

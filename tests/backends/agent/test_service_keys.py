@@ -214,3 +214,26 @@ async def test_no_sign_in_token_passes_for_a_keys_own_history(
         got = await client.get("/api/threads?workflow=support", headers=auth(token(user)))
         assert got.status_code == 401, got.text
     assert name == r.json()["thread_id"]
+
+
+async def test_a_background_run_past_its_budget_is_refused_before_it_is_queued(
+    agent_env: dict[str, str], tmp_path: Path, token: Callable[..., str], responses: FakeResponses
+) -> None:
+    """A key acting for a user, or the user, cannot get round a spent budget by going to the
+    background: the POST is the same 429 ``budget_exceeded`` a synchronous run gets."""
+    (tmp_path / "workflows.toml").write_text(
+        '[workflows.closed]\nagent = "examples.agent.support_agent:agent"\n'
+        "[workflows.closed.budget]\ntokens_per_user_per_day = 0\n"
+    )
+    env = {**agent_env, "BROKER_WORKFLOWS_FILE": str(tmp_path / "workflows.toml")}
+    key = await make_key(env["BROKER_DATABASE_URL"], ["closed"], act_for_users=True)
+    async with app_client(load_settings(env)) as c:
+        for headers, body in (
+            (auth(token("alice")), {"input": "go", "background": True}),
+            (auth(key), {"input": "go", "background": True, "user": "alice"}),
+        ):
+            r = await c.post("/api/workflows/closed/runs", json=body, headers=headers)
+            assert r.status_code == 429, r.text
+            assert r.json()["error"]["code"] == "budget_exceeded"
+            assert r.json()["budget"]["name"] == "tokens_per_user_per_day"
+    assert responses.requests == []  # nothing ran
