@@ -22,7 +22,7 @@ import pytest
 from broker.backends.agent.workflow import AgentWorkflow
 from broker.config import load_settings
 
-from ...support import WF_SUPPORT, app_client, auth
+from ...support import WF_SUPPORT, RedisServer, app_client, auth
 from ...support.fake_responses import FakeResponses, Reply, text, tool_call
 from .harness import sse
 
@@ -313,6 +313,7 @@ async def test_an_emptied_redis_is_rebuilt_from_the_database_and_a_dead_one_coun
         await r.aclose()
         refused = await run(client, token(user))
         assert refused.status_code == 429 and refused.json()["budget"]["used"] == spent
+        assert (await client.get("/readyz")).json() == {"status": "ready"}
         # Redis dies: counted per process (seeded from the database), still refused, quickly
         own_redis.kill()
         started = asyncio.get_running_loop().time()
@@ -328,6 +329,18 @@ async def test_an_emptied_redis_is_rebuilt_from_the_database_and_a_dead_one_coun
             if line.startswith("broker_budget_fallbacks_total")
         ]
         assert fallbacks and float(fallbacks[0].split()[-1]) > 0
+        # /readyz says so, and stays ready (the rate limits' policy)
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        (note,) = ready.json()["degraded"]
+        assert "budgets counted per process" in note and own_redis.url in note
+        # Redis back: once the breaker lets it be tried, /readyz no longer says so
+        RedisServer(own_redis.workdir, own_redis.port).start()
+        deadline = asyncio.get_running_loop().time() + 10
+        while "degraded" in (ready := await client.get("/readyz")).json():
+            assert asyncio.get_running_loop().time() < deadline, ready.text
+            await asyncio.sleep(0.2)
+        assert ready.json() == {"status": "ready"}
 
 
 async def test_an_export_with_several_agents_counts_each_model_call(
