@@ -387,3 +387,43 @@ async def test_a_run_that_crosses_midnight_settles_on_the_day_it_reserved_in() -
     assert await book.values(before) == [150, 150]
     assert await book.values(after) == [0, 0]
     assert (await book.begin(after, 400, 0.0)).charged == [400, 400]
+
+
+async def test_an_exports_guardrail_model_calls_are_counted(
+    agent_env, tmp_path, token, responses: FakeResponses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guardrails call OpenAI on the export's own client (Jailbreak: Chat Completions), not
+    through the metered provider: their tokens are recorded and counted all the same."""
+    pytest.importorskip("guardrails", reason="pip install 'chatkit-broker[guardrails]'")
+    import spacy
+
+    from broker.migrate import apply_fixes
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key-never-shown")
+    monkeypatch.setenv("OPENAI_BASE_URL", responses.base_url)
+    monkeypatch.chdir(tmp_path)
+    spacy.blank("en").to_disk(tmp_path / "en_core_web_sm")  # the PII guardrail's model
+    export = tmp_path / f"guarded_{secrets.token_hex(3)}.py"  # its client, this loop's
+    source = (Path(__file__).parent / "exports" / "input_guardrails.py").read_text()
+    export.write_text(apply_fixes(source)[0])
+    user = f"max-{secrets.token_hex(3)}"
+    settings = settings_for(
+        agent_env,
+        tmp_path,
+        "tokens_per_user_per_day = 100000\nreserve_tokens = 1\n",
+        agent=f"{export}:run_workflow",
+    )
+    responses.script(text("The pool opens at nine."))
+    async with app_client(settings) as client:
+        r = await run(client, token(user), "When does the pool open?")
+        assert r.status_code == 200, r.text
+        mine = (await client.get("/api/usage", headers=auth(token(user)))).json()
+    checks = responses.calls("/v1/chat/completions")
+    assert len(checks) == 1 and checks[0].body["model"] == "gpt-4.1-mini"  # the Jailbreak check
+    assert len(responses.calls("/v1/moderations")) == 1  # no tokens: no row
+    guard = [u for _, u in responses.served if "prompt_tokens" in u]
+    assert len(guard) == 1 and guard[0]["total_tokens"] > 0
+    workflow = mine["workflows"][0]
+    assert workflow["today"]["calls"] == len(responses.served) == 2  # the check and the agent
+    assert workflow["today"]["total_tokens"] == responses.tokens_served()
+    assert workflow["budgets"][0]["used"] == responses.tokens_served()  # against the budget
