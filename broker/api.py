@@ -388,6 +388,14 @@ class ClientConfig(TypedDict):
 @Closed
 class Status(TypedDict):
     status: Literal["ok", "ready"]
+    degraded: NotRequired[
+        Annotated[
+            list[str],
+            Field(
+                description="Degraded modes served while ready, e.g. budgets counted per process."
+            ),
+        ]
+    ]
 
 
 class RunRefusal(TypedDict):

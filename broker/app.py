@@ -72,12 +72,19 @@ class Broker:
     store: RedisStore | None = None
     # each answers None when ready, else what is missing (JWKS never fetched, Redis never reached)
     readiness: list[Callable[[], Awaitable[str | None]]] = field(default_factory=list)
+    # each answers None, else a degraded mode /readyz names while staying ready (budgets local)
+    degraded: list[Callable[[], Awaitable[str | None]]] = field(default_factory=list)
     mock: bool = False
 
     async def not_ready(self) -> list[str]:
         """What keeps the broker from serving: the JWKS never fetched, and so on."""
         problems = [await check() for check in self.readiness]
         return [problem for problem in problems if problem]
+
+    async def degraded_modes(self) -> list[str]:
+        """What the broker serves in a degraded mode of (budgets counted per process ...)."""
+        notes = [await check() for check in self.degraded]
+        return [note for note in notes if note]
 
 
 def build_broker(
@@ -148,6 +155,7 @@ def build_broker(
     readiness = [c.readiness for c in (jwks, store) if c is not None]
     for b in backends:
         readiness.extend(b.readiness())
+    degraded = [check for b in backends for check in b.degraded()]
     return Broker(
         settings,
         gate,
@@ -160,6 +168,7 @@ def build_broker(
         jwks=jwks,
         store=store,
         readiness=readiness,
+        degraded=degraded,
         mock=settings.mock,
     )
 

@@ -212,6 +212,7 @@ class BudgetBook:
         self.store = store
         self.local = LocalCounters()
         self._day = -1
+        self.local_since: datetime | None = None  # when counting fell back to this process
         if store is not None:
             self._prefix = store.key("budget") + ":"
             self._reserve = store.client.register_script(RESERVE_SCRIPT)
@@ -229,8 +230,28 @@ class BudgetBook:
             self.local.counts.setdefault(a.key, value)
 
     def _fallback(self) -> None:
+        if self.local_since is None:
+            self.local_since = datetime.now(UTC)
         if self.metrics is not None:
             self.metrics.budget_fallback()
+
+    async def degraded(self) -> str | None:
+        """For ``/readyz``: why budgets are counted per process now, else None.
+
+        Said, not failed: the rate limits' policy keeps the instance serving, and an operator
+        running several instances needs to know each one enforces its budgets on its own.
+        Cleared by a ping once the breaker lets Redis be tried again.
+        """
+        if self.local_since is None or self.store is None:
+            return None
+        if self.store.available and await self.store.ping():
+            self.local_since = None
+            return None
+        since = self.local_since.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return (
+            f"budgets counted per process since {since}: Redis at {self.store.url} is "
+            "unreachable, so each instance holds users to its budgets on its own"
+        )
 
     async def reserve(self, applied: Sequence[Applied], amounts: Sequence[int]) -> Applied | None:
         """Hold ``amounts`` on every counter if none is spent; else the spent budget."""

@@ -157,6 +157,9 @@ async def readyz(request: Request) -> Response:
     if missing:
         raise NotReady(missing)
     answer: api.Status = {"status": "ready"}
+    degraded = await _broker(request).degraded_modes()
+    if degraded:
+        answer["degraded"] = degraded
     return JSONResponse(answer)
 
 

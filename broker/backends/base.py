@@ -74,6 +74,10 @@ class Backend:
     def readiness(self) -> Sequence[Check]:
         return ()
 
+    def degraded(self) -> Sequence[Check]:
+        """Checks that name a degraded mode ``/readyz`` reports without turning unready."""
+        return ()
+
     async def startup(self) -> None:
         """Called once in the lifespan, before the first request."""
 

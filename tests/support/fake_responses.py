@@ -326,7 +326,19 @@ class FakeResponses:
             return web.json_response(
                 _error("This fake answers Chat Completions unstreamed only."), status=400
             )
-        return web.json_response(chat_completion(body, self.rules))
+        answer = chat_completion(body, self.rules)
+        # usage as the real API reports it (counted like the Responses answers), and served
+        prompt = count_tokens(body.get("messages"))
+        completion = count_tokens(answer["choices"][0]["message"]["content"])
+        answer["usage"] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+        }
+        self.served.append((answer["model"], answer["usage"]))
+        return web.json_response(answer)
 
     async def models(self, request: web.Request) -> web.Response:
         """``GET /v1/models``, as doctor's key check reads it (the key's project in headers)."""

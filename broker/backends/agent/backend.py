@@ -203,6 +203,9 @@ class AgentBackend(Backend):
 
         return [store_ready]
 
+    def degraded(self) -> Sequence[Check]:
+        return [self.book.degraded]
+
     # --- the ChatKit endpoint -------------------------------------------------------------
 
     def server(self, workflow: Workflow) -> AgentServer:

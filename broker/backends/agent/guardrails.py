@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
+from .usage import in_guardrails, meter_guardrail_client
+
 __all__ = [
     "DEFAULT_REFUSAL",
     "FAIL_OUTPUT_KINDS",
@@ -97,6 +99,9 @@ def recording(
     async def run(ctx: Any, data: Any, media_type: str, guardrails: Any, *a: Any, **kw: Any) -> Any:
         guardrails = list(guardrails)
         trips = current_trips.get()
+        # their model calls go through the export's own client: metered there (usage.py)
+        meter_guardrail_client(getattr(ctx, "guardrail_llm", None))
+        metering = in_guardrails.set(True)
         try:
             results = await run_guardrails(ctx, data, media_type, guardrails, *a, **kw)
         except Exception as exc:
@@ -106,6 +111,8 @@ def recording(
                     trips.append(name)
                 raise
             raise GuardrailBroken([_name_of(g) for g in guardrails], exc) from exc
+        finally:
+            in_guardrails.reset(metering)
         if trips is not None:
             trips.extend(n for n in map(_tripped_name, results or []) if n)
         return results

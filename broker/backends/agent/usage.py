@@ -9,11 +9,18 @@ Who is calling comes from ``current_meter``, set by the engine for the answer it
 A call's ``usage`` (input, cached input, output, reasoning tokens) becomes one row of
 ``ckb_usage`` with user, workflow, model, thread and time; a call that reports none (or
 ends before it could) is a row with ``known = false`` and a warning, never dropped.
+
+Guardrails of Agent Builder exports call OpenAI on the export's own client, not through the
+provider: while openai-guardrails runs (``in_guardrails``, set by ``guardrails.recording``),
+a response hook on that client's HTTP client records each Chat Completions (LLM checks) and
+Responses (Hallucination Detection) answer's ``usage`` the same way. Moderations report no
+tokens and are not recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextvars import ContextVar
@@ -33,12 +40,25 @@ if TYPE_CHECKING:
     from ...metrics import Metrics
     from .workflow import Budget
 
-__all__ = ["Meter", "MeteredProvider", "Metering", "current_meter", "seed_from", "tier_of"]
+__all__ = [
+    "Meter",
+    "MeteredProvider",
+    "Metering",
+    "current_meter",
+    "in_guardrails",
+    "meter_guardrail_client",
+    "seed_from",
+    "tier_of",
+]
 
 log = logging.getLogger("broker.agent.usage")
 
 #: The answer being run: set by the engine, read by ``MeteredModel`` in the Runner's task.
 current_meter: ContextVar[Meter | None] = ContextVar("chatkit_broker_meter", default=None)
+
+#: True while openai-guardrails runs checks: only then does the guardrail client's hook record
+#: (so a model call the provider already meters is never counted twice)
+in_guardrails: ContextVar[bool] = ContextVar("chatkit_broker_in_guardrails", default=False)
 
 
 def tier_of(budget: Budget | None, claims: Mapping[str, Any]) -> str:
@@ -102,6 +122,77 @@ def _from_response_usage(model: str, raw: Any) -> CallUsage:
         int(getattr(raw, "output_tokens", 0) or 0),
         int(getattr(details_out, "reasoning_tokens", 0) or 0),
     )
+
+
+def _from_wire_usage(model: str, raw: Any) -> CallUsage:
+    """``usage`` of a JSON answer: Chat Completions' (prompt/completion) or the Responses API's."""
+    if not isinstance(raw, dict):
+        return CallUsage(model, False)
+    if "prompt_tokens" in raw:
+        details_in = raw.get("prompt_tokens_details") or {}
+        details_out = raw.get("completion_tokens_details") or {}
+        return CallUsage(
+            model,
+            True,
+            int(raw.get("prompt_tokens") or 0),
+            int(details_in.get("cached_tokens") or 0),
+            int(raw.get("completion_tokens") or 0),
+            int(details_out.get("reasoning_tokens") or 0),
+        )
+    details_in = raw.get("input_tokens_details") or {}
+    details_out = raw.get("output_tokens_details") or {}
+    return CallUsage(
+        model,
+        True,
+        int(raw.get("input_tokens") or 0),
+        int(details_in.get("cached_tokens") or 0),
+        int(raw.get("output_tokens") or 0),
+        int(details_out.get("reasoning_tokens") or 0),
+    )
+
+
+_METERED_PATHS = ("/chat/completions", "/responses")
+
+
+async def _guardrail_response(response: Any) -> None:
+    """httpx response hook of a guardrail client: one usage row per model answer."""
+    meter = current_meter.get()
+    request = response.request
+    if (
+        meter is None
+        or not in_guardrails.get()
+        or request.method != "POST"
+        or not request.url.path.endswith(_METERED_PATHS)
+        or response.status_code >= 400  # an error answer is not billed
+    ):
+        return
+    model = "unknown"
+    try:
+        model = str(json.loads(request.content or b"{}").get("model") or model)
+        if "json" not in response.headers.get("content-type", ""):
+            call = CallUsage(model, False)  # a streamed answer: its usage is not read here
+        else:
+            await response.aread()
+            body = json.loads(response.content)
+            model = str(body.get("model") or model)
+            call = _from_wire_usage(model, body.get("usage"))
+    except Exception as exc:  # never break the guardrail; the row says unknown
+        log.warning("a guardrail's answer could not be read for usage (%s)", type(exc).__name__)
+        call = CallUsage(model, False)
+    await meter.call_done(call)
+
+
+def meter_guardrail_client(client: Any) -> None:
+    """Record the usage of what ``client`` (an export's ``AsyncOpenAI``) answers during guardrails.
+
+    The hook goes on its httpx client, the one place every openai-guardrails check's request
+    passes, whichever resource (chat.completions, responses) the check calls.
+    """
+    hooks = getattr(getattr(client, "_client", None), "event_hooks", None)
+    if isinstance(hooks, dict):
+        answered = hooks.setdefault("response", [])
+        if _guardrail_response not in answered:
+            answered.append(_guardrail_response)
 
 
 class Metering:

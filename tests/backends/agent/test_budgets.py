@@ -22,7 +22,7 @@ import pytest
 from broker.backends.agent.workflow import AgentWorkflow
 from broker.config import load_settings
 
-from ...support import WF_SUPPORT, app_client, auth
+from ...support import WF_SUPPORT, RedisServer, app_client, auth
 from ...support.fake_responses import FakeResponses, Reply, text, tool_call
 from .harness import sse
 
@@ -313,6 +313,7 @@ async def test_an_emptied_redis_is_rebuilt_from_the_database_and_a_dead_one_coun
         await r.aclose()
         refused = await run(client, token(user))
         assert refused.status_code == 429 and refused.json()["budget"]["used"] == spent
+        assert (await client.get("/readyz")).json() == {"status": "ready"}
         # Redis dies: counted per process (seeded from the database), still refused, quickly
         own_redis.kill()
         started = asyncio.get_running_loop().time()
@@ -328,6 +329,18 @@ async def test_an_emptied_redis_is_rebuilt_from_the_database_and_a_dead_one_coun
             if line.startswith("broker_budget_fallbacks_total")
         ]
         assert fallbacks and float(fallbacks[0].split()[-1]) > 0
+        # /readyz says so, and stays ready (the rate limits' policy)
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        (note,) = ready.json()["degraded"]
+        assert "budgets counted per process" in note and own_redis.url in note
+        # Redis back: once the breaker lets it be tried, /readyz no longer says so
+        RedisServer(own_redis.workdir, own_redis.port).start()
+        deadline = asyncio.get_running_loop().time() + 10
+        while "degraded" in (ready := await client.get("/readyz")).json():
+            assert asyncio.get_running_loop().time() < deadline, ready.text
+            await asyncio.sleep(0.2)
+        assert ready.json() == {"status": "ready"}
 
 
 async def test_an_export_with_several_agents_counts_each_model_call(
@@ -374,3 +387,43 @@ async def test_a_run_that_crosses_midnight_settles_on_the_day_it_reserved_in() -
     assert await book.values(before) == [150, 150]
     assert await book.values(after) == [0, 0]
     assert (await book.begin(after, 400, 0.0)).charged == [400, 400]
+
+
+async def test_an_exports_guardrail_model_calls_are_counted(
+    agent_env, tmp_path, token, responses: FakeResponses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guardrails call OpenAI on the export's own client (Jailbreak: Chat Completions), not
+    through the metered provider: their tokens are recorded and counted all the same."""
+    pytest.importorskip("guardrails", reason="pip install 'chatkit-broker[guardrails]'")
+    import spacy
+
+    from broker.migrate import apply_fixes
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key-never-shown")
+    monkeypatch.setenv("OPENAI_BASE_URL", responses.base_url)
+    monkeypatch.chdir(tmp_path)
+    spacy.blank("en").to_disk(tmp_path / "en_core_web_sm")  # the PII guardrail's model
+    export = tmp_path / f"guarded_{secrets.token_hex(3)}.py"  # its client, this loop's
+    source = (Path(__file__).parent / "exports" / "input_guardrails.py").read_text()
+    export.write_text(apply_fixes(source)[0])
+    user = f"max-{secrets.token_hex(3)}"
+    settings = settings_for(
+        agent_env,
+        tmp_path,
+        "tokens_per_user_per_day = 100000\nreserve_tokens = 1\n",
+        agent=f"{export}:run_workflow",
+    )
+    responses.script(text("The pool opens at nine."))
+    async with app_client(settings) as client:
+        r = await run(client, token(user), "When does the pool open?")
+        assert r.status_code == 200, r.text
+        mine = (await client.get("/api/usage", headers=auth(token(user)))).json()
+    checks = responses.calls("/v1/chat/completions")
+    assert len(checks) == 1 and checks[0].body["model"] == "gpt-4.1-mini"  # the Jailbreak check
+    assert len(responses.calls("/v1/moderations")) == 1  # no tokens: no row
+    guard = [u for _, u in responses.served if "prompt_tokens" in u]
+    assert len(guard) == 1 and guard[0]["total_tokens"] > 0
+    workflow = mine["workflows"][0]
+    assert workflow["today"]["calls"] == len(responses.served) == 2  # the check and the agent
+    assert workflow["today"]["total_tokens"] == responses.tokens_served()
+    assert workflow["budgets"][0]["used"] == responses.tokens_served()  # against the budget
