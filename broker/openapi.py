@@ -89,6 +89,12 @@ def _error(
     }
 
 
+def _error_codes(response: dict[str, Any]) -> list[str]:
+    """The code enum of an ``_error`` response (the list itself, to extend in place)."""
+    schema = response["content"][JSON]["schema"]
+    return schema["properties"]["error"]["properties"]["code"]["enum"]
+
+
 def _ok(description: str, body: type) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": _ref(body)}}}
 
@@ -792,13 +798,18 @@ def openapi_document(
                 # tokens are optional; every request must come from loopback to a local Host
                 if op.get("security") and {} not in op["security"]:
                     op["security"] = [{}, *op["security"]]
-                responses["403"] = _error(
+                # the mock guard's 403 beside whatever 403 the operation already had
+                before = responses.get("403")
+                mock_403 = _error(
                     "Mock mode answers only loopback peers that name localhost, 127.0.0.1 or "
                     "[::1] in Host"
-                    + ("; or the workflow is not allowed." if "403" in responses else "."),
+                    + (f"; otherwise: {before['description']}" if before else "."),
                     E.MockLocalOnly,
-                    *([E.WorkflowNotAllowed] if "403" in responses else []),
                 )
+                if before is not None:
+                    codes = _error_codes(mock_403)
+                    codes += [c for c in _error_codes(before) if c not in codes]
+                responses["403"] = mock_403
             for response in responses.values():
                 headers = response.setdefault("headers", {})
                 headers["X-Request-ID"] = {"$ref": "#/components/headers/X-Request-ID"}
