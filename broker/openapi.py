@@ -802,8 +802,7 @@ def openapi_document(
                 before = responses.get("403")
                 mock_403 = _error(
                     "Mock mode answers only loopback peers that name localhost, 127.0.0.1 or "
-                    "[::1] in Host"
-                    + (f"; otherwise: {before['description']}" if before else "."),
+                    "[::1] in Host" + (f"; otherwise: {before['description']}" if before else "."),
                     E.MockLocalOnly,
                 )
                 if before is not None:
