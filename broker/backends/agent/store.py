@@ -349,8 +349,16 @@ class SQLStore(Store[Caller | str]):
 
         task = asyncio.ensure_future(run())
         self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        task.add_done_callback(self._settled)
         return await asyncio.shield(task)
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        """Forget a finished write, and take its error: when the caller was cancelled (a
+        stream that ended) nobody awaits it, and asyncio would log the store's own
+        ``StoreUnavailable`` again as a traceback; the store logged the outage already."""
+        self._writes.discard(task)
+        if not task.cancelled():
+            task.exception()
 
     # --- ids ----------------------------------------------------------------------------
 
