@@ -32,6 +32,8 @@ import pytest
 
 from broker.config import ConfigError, load_settings
 
+from .support import need
+
 ROOT = Path(__file__).resolve().parent.parent
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(
@@ -111,9 +113,9 @@ def test_python_examples_compile(example: Example):
     compile(example.body, str(example), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 @pytest.mark.parametrize("example", of("js"), ids=str)
 def test_js_examples_are_valid_javascript(example: Example, tmp_path: Path):
+    need(shutil.which("node") is not None, "node is not installed")
     module = tmp_path / "example.mjs"  # a module: the examples import and await at top level
     module.write_text(example.body)
     r = subprocess.run(["node", "--check", str(module)], capture_output=True, text=True)
