@@ -6,7 +6,6 @@ delivery verified with the spec's reference library, and a broker killed mid-run
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import threading
@@ -24,7 +23,7 @@ from broker.webhooks import new_secret
 
 from ...support import API_KEY, SECRET, BrokerProcess
 from ...support.fake_responses import FakeResponses, text
-from ...support.processes import cli_command
+from ...support.processes import base_env, cli_command
 from .test_processes import ROOT, SESSION_SECRET, token
 
 USER = "1764168881795908"
@@ -100,7 +99,7 @@ def setup(
 
 
 def cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    full = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
+    full = {**base_env(), **env}
     return subprocess.run(
         [*cli_command(), *args], env=full, cwd=cwd, capture_output=True, text=True, timeout=60
     )
