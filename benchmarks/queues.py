@@ -22,7 +22,8 @@ this script (concurrency 16, as ``BackgroundRuns`` runs), and is measured on:
   worker after about 10 s), or "lost". procrastinate needs a caller of
   ``get_stalled_jobs`` / ``retry_job`` (its documented recipe; the second worker runs one
   every 2 s); arq re-runs a job whose in-progress key expired (job timeout + 10 s); taskiq's
-  stream broker re-claims messages left unacknowledged for ``idle_timeout``.
+  stream broker re-claims messages left unacknowledged for ``idle_timeout`` (acknowledged
+  when executed; its default, when received, loses a dead worker's job).
 
 Loopback only. Writes ``benchmarks/results/queues.json`` (git-ignored) and prints a table.
 """
@@ -267,10 +268,15 @@ class Taskiq:
             await self.broker.shutdown()
 
     async def work(self) -> None:
+        from taskiq.acks import AcknowledgeType
         from taskiq.receiver import Receiver
 
         self.broker.is_worker_process = True
-        receiver = Receiver(self.broker, max_async_tasks=CONCURRENCY)
+        # acknowledged when the job ends, not (the default) when received: else a job of a
+        # dead worker is gone for good
+        receiver = Receiver(
+            self.broker, max_async_tasks=CONCURRENCY, ack_type=AcknowledgeType.WHEN_EXECUTED
+        )
         await self.broker.startup()
         emit(ready=True)
         receiver.run_startup = False

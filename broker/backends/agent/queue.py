@@ -172,6 +172,8 @@ class RunQueue:
         )
         for job in stalled:
             await manager.retry_job(job)
+        # then forget the dead workers (their jobs, retried, no longer name them)
+        await manager.prune_stalled_workers(self.lease)
         return len(stalled)
 
     async def counts(self) -> dict[str, int]:
