@@ -25,6 +25,9 @@ this script (concurrency 16, as ``BackgroundRuns`` runs), and is measured on:
   stream broker re-claims messages left unacknowledged for ``idle_timeout`` (acknowledged
   when executed; its default, when received, loses a dead worker's job).
 
+``python -m benchmarks.queues --status`` (the broker's venv) times ``GET /api/runs/<id>``'s
+work with 10 and with 10,000 runs queued, side by side.
+
 Loopback only. Writes ``benchmarks/results/queues.json`` (git-ignored) and prints a table.
 """
 
@@ -420,6 +423,87 @@ def measure(name: str, jobs: int) -> dict[str, Any]:
     return out
 
 
+async def status_pages(queued: int, reads: int = 500) -> dict[str, Any]:
+    """``GET /api/runs/<id>``'s work (``BackgroundRuns.get``) with 10 and with ``queued``
+    queued runs in PostgreSQL, side by side: ms and CPU ms per read. Needs the broker's venv."""
+    import asyncpg
+
+    from broker.backends.agent.background import BackgroundRuns
+    from broker.backends.agent.store import SQLStore
+    from broker.settings import resolve_database_url
+
+    name = f"ckb_qbench_status_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    out: dict[str, Any] = {}
+    try:
+        store = SQLStore(resolve_database_url(url))
+        await store.start()
+
+        async def never(*_: Any) -> Any:
+            raise AssertionError
+
+        async def nothing(*_: Any) -> None:
+            pass
+
+        runs = BackgroundRuns(store, never, lease=30, finished=nothing, queue="in-process")
+        done = 0
+        for n in (10, queued):
+            conn = await asyncpg.connect(url)
+            now = time.time()
+            rows = [
+                (
+                    f"run_{secrets.token_hex(16)}",
+                    "wf",
+                    "u",
+                    "user:u",
+                    "queued",
+                    "thr_x",
+                    "x",
+                    0,
+                    now,
+                    now,
+                )
+                for _ in range(n - done)
+            ]
+            await conn.copy_records_to_table(
+                "ckb_runs",
+                records=rows,
+                columns=[
+                    "id",
+                    "workflow",
+                    "user_id",
+                    "caller",
+                    "status",
+                    "thread_id",
+                    "input",
+                    "attempts",
+                    "created_at",
+                    "updated_at",
+                ],
+            )
+            ids = [
+                r["id"]
+                for r in await conn.fetch("SELECT id FROM ckb_runs ORDER BY random() LIMIT 50")
+            ]
+            await conn.execute("ANALYZE ckb_runs")
+            await conn.close()
+            done = n
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            for i in range(reads):
+                await runs.get(ids[i % len(ids)], lambda row: True)
+            out[f"{n} queued"] = {
+                "ms_per_read": round((time.perf_counter() - wall0) * 1000 / reads, 2),
+                "cpu_ms_per_read": round((time.process_time() - cpu0) * 1000 / reads, 2),
+            }
+        await store.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    return out
+
+
 def table(results: list[dict[str, Any]]) -> str:
     head = (
         "| queue | enqueue→start p50 / p95 / max ms | enqueue 10k: wall s / CPU s "
@@ -441,12 +525,18 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--only", default=",".join(CANDIDATES))
     parser.add_argument("--fresh", action="store_true", help="forget earlier rows")
+    parser.add_argument(
+        "--status", action="store_true", help="only GET /api/runs/<id> with 10,000 queued"
+    )
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         name, cfg = args.worker
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         asyncio.run(CANDIDATES[name](json.loads(cfg)).work())
+        return 0
+    if args.status:
+        print(json.dumps(asyncio.run(status_pages(args.jobs)), indent=2))
         return 0
     results = []
     for name in args.only.split(","):
