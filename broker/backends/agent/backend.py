@@ -174,10 +174,11 @@ class AgentBackend(Backend):
             raise
         self.background.start()
         log.info(
-            "background runs execute %s",
+            "background runs execute %s (this instance: %s)",
             "on the queue (procrastinate, in the thread database)"
             if self.background.queue is not None
             else "in-process",
+            self.background.instance,
         )
         self.webhooks.start()
 

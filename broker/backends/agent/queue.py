@@ -89,23 +89,28 @@ class RunQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
-        if self._opened:
-            self._opened = False
-            with contextlib.suppress(Exception):
-                await self.app.close_async()
+        self._opened = False
+        await self._close()
+
+    async def _close(self) -> None:
+        """Close the pool, also one left half-open by a start-up that was cancelled (its
+        tasks would otherwise outlive the app)."""
+        with contextlib.suppress(Exception):
+            await self.app.close_async()
 
     async def _open(self) -> None:
         """Open the pool and make sure of the schema, once (the worker and a first defer
         may both ask at start-up; neither goes on before the tables exist)."""
         async with self._open_lock:
-            if not self._opened:
+            if self._opened:
+                return
+            try:
                 await self.app.open_async()
-                try:
-                    await self._ensure_schema()
-                except BaseException:
-                    await self.app.close_async()
-                    raise
-                self._opened = True
+                await self._ensure_schema()
+            except BaseException:
+                await self._close()
+                raise
+            self._opened = True
 
     async def _ensure_schema(self) -> None:
         """procrastinate's tables, created once by whichever broker starts first."""
