@@ -25,6 +25,10 @@ def build(ctx: BuildContext) -> Backend:
         ctx.secrets,
         metrics=GatewayMetrics(ctx.metrics.registry),
         limiter=message_limiter(ctx.limits),
+        workflows=ctx.settings.workflows,
+        gate=ctx.gate,
+        limits=ctx.limits,
+        file_keys=ctx.settings.session_secrets,
     )
 
 
