@@ -36,12 +36,14 @@ with warnings.catch_warnings():
         AssistantMessageItem,
         Attachment,
         AttachmentCreateParams,
+        AudioInput,
         FileAttachment,
         Page,
         ThreadItem,
         ThreadItemDoneEvent,
         ThreadMetadata,
         ThreadStreamEvent,
+        TranscriptionResult,
         UserMessageItem,
     )
 from starlette.applications import Starlette
@@ -284,7 +286,13 @@ def _file_routes(server: SampleServer, files: SampleFiles) -> list[Route]:
 
 
 class SampleServer(ChatKitServer[dict]):
-    """Answers every message with a canned line; never calls a model."""
+    """Answers every message with a canned line and every dictation with a stand-in
+    transcript naming the audio's size; never calls a model."""
+
+    async def transcribe(self, audio_input: AudioInput, context: dict) -> TranscriptionResult:
+        return TranscriptionResult(
+            text=f"heard {len(audio_input.data)} bytes of {audio_input.media_type}"
+        )
 
     async def respond(
         self, thread: ThreadMetadata, input_user_message: UserMessageItem | None, context: dict

@@ -9,6 +9,7 @@ backend's host: its URLs are rewritten to signed broker URLs and relayed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import struct
@@ -500,3 +501,21 @@ async def test_the_openapi_document_names_the_file_relay_routes(stack: Stack) ->
     assert set(doc["paths"][f"{base}/{{attachment_id}}/upload"]) == {"post", "put"}
     assert set(doc["paths"][f"{base}/{{attachment_id}}/preview"]) == {"get"}
     assert set(doc["paths"][f"{base}/upload"]) == {"post"}
+
+
+async def test_dictation_is_relayed_to_the_server(stack: Stack) -> None:
+    secret = (await session(stack))["client_secret"]
+    audio = b"\x1a\x45\xdf\xa3" + bytes(2000)  # a webm header, then silence
+    answer = await chatkit(
+        stack,
+        secret,
+        {
+            "type": "input.transcribe",
+            "params": {
+                "audio_base64": base64.b64encode(audio).decode(),
+                "mime_type": "audio/webm;codecs=opus",
+            },
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"text": f"heard {len(audio)} bytes of audio/webm"}
