@@ -195,6 +195,8 @@ class SseRewriter:
         self._rest = b""
 
     def feed(self, chunk: bytes) -> bytes:
+        if not self._rest and chunk.endswith(b"\n\n"):  # the usual chunk: whole events
+            return self._events(chunk) if _markers(chunk) else chunk
         data = self._rest + chunk if self._rest else chunk
         cut = _last_boundary(data)
         if cut < 0:
