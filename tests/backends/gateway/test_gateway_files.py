@@ -492,6 +492,10 @@ async def test_another_users_attachment_is_a_404_from_a_user_scoped_backend(
             stack, bob, {"type": "attachments.delete", "params": {"attachment_id": "atc_nope"}}
         )
         assert stolen.status_code == unknown.status_code == 404
+        # the preview relay's assertion (GET, an empty body) passes the kit's middleware
+        stack.files.files[mine["id"]] = image = png()
+        preview = await client.get(upload_path(mine["preview_url"]))
+        assert preview.status_code == 200 and preview.content == image
         assert stack.leaked() == []
 
 
