@@ -166,6 +166,8 @@ def create_app(kit: KitOptions | None = None) -> Starlette:
         store = UserScopedStore(store)
         attachments = UserScopedAttachmentStore(attachments, store)
     server = SampleServer(store, attachment_store=attachments)
+    if kit is not None:
+        store.protect(server)  # items.feedback: chatkit asks no store method for it
 
     async def chatkit_endpoint(request: Request) -> Response:
         result = await server.process(await request.body(), {"request": request})
