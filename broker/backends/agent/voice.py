@@ -74,7 +74,7 @@ class Dictation:
             seconds = await audio_seconds(audio_input.data, media)
         except UnreadableAudio:
             raise UnsupportedMediaType(
-                f"The recording could not be read as {media} audio; record again."
+                f"The recording could not be read as {media}; record again."
             ) from None
         if seconds > self.max_seconds:
             raise PayloadTooLarge(
