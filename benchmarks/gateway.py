@@ -46,6 +46,9 @@ from .procs import (
 )
 
 EVENT = b'data: {"type":"progress_update","text":"benchmark event"}\n\n'
+# how the load asks the trivial backend for a stream; the broker and the relay forward them as
+# a workflow's forward_headers (the gateway forwards no other header a workflow does not list)
+CONTROL_HEADERS = ("X-Events", "X-Hold", "X-Gap")
 BODY = b'{"type":"threads.create","params":{"input":{"content":[],"attachments":[],"inference_options":{}}}}'
 
 
@@ -90,7 +93,7 @@ def _broker_app(upstream: str) -> Any:
     pool = gateway_pool()
     proxy = GatewayProxy(pool)
     signer = AssertionSigner()
-    target = Upstream(upstream, workflow="bench", idle_timeout=120)
+    target = Upstream(upstream, workflow="bench", idle_timeout=120, forward_headers=CONTROL_HEADERS)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -422,9 +425,12 @@ def _start_broker(port: int, upstream: str, workdir: Path) -> Child:
     """``chatkit-broker serve`` itself, one gateway workflow ``bench`` in front of the backend."""
     from broker.assertion import generate_private_key_pem
 
+    workflows = workdir / "workflows.toml"
+    names = ", ".join(f'"{name}"' for name in CONTROL_HEADERS)
+    workflows.write_text(f'[workflows.bench]\nserver = "{upstream}"\nforward_headers = [{names}]\n')
     env = {
         **os.environ,
-        "BROKER_WORKFLOWS": f"bench={upstream}",
+        "BROKER_WORKFLOWS_FILE": str(workflows),
         "BROKER_JWT_SECRET": JWT_SECRET,
         "BROKER_SESSION_SECRET": "benchmark-session-secret-32-bytes-long!",
         "BROKER_ASSERTION_KEY": generate_private_key_pem(),
