@@ -288,6 +288,12 @@ class Dictation(TypedDict):
 
 class UploadStrategy(TypedDict):
     type: Literal["two_phase", "direct"]
+    uploadUrl: NotRequired[
+        Annotated[
+            str,
+            Field(description="direct only: the broker path the composer posts files to."),
+        ]
+    ]
 
 
 class ComposerAttachments(TypedDict):
@@ -306,11 +312,15 @@ class BackendEndpoint(TypedDict):
     url: Annotated[str, Field(pattern="^/chatkit/")]
     domain_key: str
     dictation: NotRequired[
-        Annotated[Dictation, Field(description="ChatKit's `composer.dictation` (agent workflows).")]
+        Annotated[
+            Dictation,
+            Field(description="ChatKit's `composer.dictation` (agent and gateway workflows)."),
+        ]
     ]
     upload_strategy: NotRequired[
         Annotated[
-            UploadStrategy, Field(description="ChatKit's `api.uploadStrategy` (agent workflows).")
+            UploadStrategy,
+            Field(description="ChatKit's `api.uploadStrategy` (agent and gateway workflows)."),
         ]
     ]
     attachments: NotRequired[

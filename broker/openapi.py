@@ -166,6 +166,26 @@ _SSE_EVENTS: dict[str, Any] = {
     }
 }
 
+# the gateway's file relay routes (broker/backends/gateway/files.py)
+_WORKFLOW_PARAM: dict[str, Any] = {
+    "name": "workflow",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_ATTACHMENT_PARAM: dict[str, Any] = {
+    "name": "attachment_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_T_PARAM: dict[str, Any] = {
+    "name": "t",
+    "in": "query",
+    "required": True,
+    "schema": {"type": "string"},
+}
+
 # the ChatKit protocol, as /chatkit/{name} and /mock/chatkit both speak it
 _CHATKIT_REQUEST: dict[str, Any] = {
     JSON: {
@@ -686,6 +706,84 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "404": _error("No such uploaded attachment.", E.NotFound),
                 "500": _INTERNAL,
                 "503": _error("File storage down.", E.FileStorageUnavailable),
+            },
+        }
+    },
+    "/api/files/gateway/{workflow}/{attachment_id}/upload": {
+        method: {
+            "operationId": f"relayGatewayUpload{method.title()}",
+            "summary": "A gateway workflow's two-phase upload, streamed to its server, once",
+            "description": "The URL replaces the server's own `upload_descriptor.url` in "
+            "`attachments.create` (`?t=` sealed: ten minutes, this user, workflow and file). The "
+            "body (multipart or raw) is streamed to the server's URL with the descriptor's method "
+            "and headers and the broker's assertion; its answer comes back with URLs rewritten.",
+            "security": [{}],
+            "parameters": [_WORKFLOW_PARAM, _ATTACHMENT_PARAM, _T_PARAM],
+            "responses": {
+                "200": {"description": "The server's answer (an attachment), URLs rewritten."},
+                "400": _BAD_REQUEST,
+                "403": _error("Expired, used, forged, or for another file.", E.Forbidden),
+                "404": _error("No such workflow taking files.", E.NotFound),
+                "413": _error("Over the workflow's files max_size.", E.PayloadTooLarge),
+                "500": _INTERNAL,
+                "502": _error(
+                    "The server failed, redirected, or refused the assertion.",
+                    E.BackendError,
+                    E.BackendRejectedIdentity,
+                ),
+                "503": _error("The server cannot be reached.", E.BackendUnavailable),
+                "504": _error("The server did not answer in time.", E.BackendTimeout),
+            },
+        }
+        for method in ("post", "put")
+    },
+    "/api/files/gateway/{workflow}/{attachment_id}/preview": {
+        "get": {
+            "operationId": "relayGatewayPreview",
+            "summary": "A gateway workflow's attachment preview, streamed from its server",
+            "description": "The URL replaces the server's own `preview_url` in every relayed "
+            "answer (`?t=` sealed: an hour, re-issued whenever the thread is read).",
+            "security": [{}],
+            "parameters": [_WORKFLOW_PARAM, _ATTACHMENT_PARAM, _T_PARAM],
+            "responses": {
+                "200": {"description": "The file as the server sent it (nosniff, sandboxed)."},
+                "403": _error("Expired, forged, or for another file.", E.Forbidden),
+                "404": _error("No such file or workflow.", E.NotFound),
+                "500": _INTERNAL,
+                "502": _error(
+                    "The server failed, redirected, or refused the assertion.",
+                    E.BackendError,
+                    E.BackendRejectedIdentity,
+                ),
+                "503": _error("The server cannot be reached.", E.BackendUnavailable),
+                "504": _error("The server did not answer in time.", E.BackendTimeout),
+            },
+        }
+    },
+    "/api/files/gateway/{workflow}/upload": {
+        "post": {
+            "operationId": "relayGatewayDirectUpload",
+            "summary": "ChatKit's direct upload for a gateway workflow with a direct_upload_url",
+            "description": "Authenticated as ChatKit requests are (the session secret or an app "
+            "JWT); the multipart body is streamed to the workflow's `direct_upload_url` with the "
+            "broker's assertion; the server's attachment comes back with URLs rewritten.",
+            "security": _JWT_OR_SECRET,
+            "parameters": [_WORKFLOW_PARAM],
+            "responses": {
+                "200": {"description": "The server's attachment, URLs rewritten."},
+                "400": _BAD_REQUEST,
+                "401": _UNAUTHENTICATED,
+                "404": _error("No such workflow, or it takes no direct uploads.", E.NotFound),
+                "413": _error("Over the workflow's files max_size.", E.PayloadTooLarge),
+                "429": _RATE_LIMITED,
+                "500": _INTERNAL,
+                "502": _error(
+                    "The server failed, redirected, or refused the assertion.",
+                    E.BackendError,
+                    E.BackendRejectedIdentity,
+                ),
+                "503": _error("The server cannot be reached.", E.BackendUnavailable),
+                "504": _error("The server did not answer in time.", E.BackendTimeout),
             },
         }
     },

@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from ...api import RunRequest
 from ...budgets import BudgetBook
 from ...errors import BrokerError, InvalidRequest, NotFound, StoreUnavailable
+from ...files.urls import base_url
 from ...gate import Gate
 from ...ratelimit import RateLimits
 from ...service_keys import ServiceKeys
@@ -41,7 +42,6 @@ from .attachments import (
     FilesConverter,
     FilesStore,
     attachment_ids,
-    base_url,
     current_base,
 )
 from .background import BackgroundRuns
