@@ -59,6 +59,9 @@ def start_broker(
     port = port or free_port()
     log_path = cwd / f"broker-{port}.log"
     full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
+    if os.environ.get("PYTHONPATH") and "PYTHONPATH" not in env:
+        # a checkout run with PYTHONPATH=. (a worktree beside an editable install) serves its own code
+        full_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     log_audit.add_env(full_env)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

@@ -141,7 +141,9 @@ class AgentBackend(Backend):
                 project=self.settings.openai_project,
             )
         dictation = Dictation(
-            None if self.mock_agent else self._client, self.settings.transcribe_model
+            None if self.mock_agent else self._client,
+            self.settings.transcribe_model,
+            max_seconds=self.settings.transcribe_max_seconds,
         )
         for workflow in self.settings.workflows:
             target = self.mock_agent or self.targets.get(workflow.name)
