@@ -38,6 +38,7 @@ CLIENTS = int(os.environ.get("LOAD_CLIENTS", "300"))
 MEASURED_TURNS = int(os.environ.get("LOAD_TURNS", "2"))
 EVENT_DELAY = 0.05
 SESSION_SECRET = "load-session-secret-that-is-32-bytes-or-more"
+TURN_TIMEOUT = 180.0
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +75,8 @@ async def test_300_users_chat_with_an_agent_and_each_gets_only_their_replies(
     watch.add(SESSION_SECRET)
 
     connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=60)
+    # a turn waits its turn on a busy machine (p99 44 s seen at load 10): slow is no failure
+    timeout = aiohttp.ClientTimeout(total=TURN_TIMEOUT)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         signed_in = await sign_in(
             session, bp.url, "load", [f"agent-user-{i}" for i in range(CLIENTS)], watch
