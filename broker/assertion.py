@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -43,9 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from .backend_kit.verifier import (
     ASSERTION_HEADER,
@@ -171,13 +172,33 @@ class _Claims:
         return claims
 
 
+# the claims as PyJWT encodes them (compact JSON, ASCII), with one encoder for every token
+_encode_claims = json.JSONEncoder(separators=(",", ":")).encode
+_ES256 = ec.ECDSA(hashes.SHA256())
+
+
+def _header_segment(algorithm: str, headers: Mapping[str, str]) -> bytes:
+    """The token's first segment and its dot, as PyJWT writes it (keys sorted): built once."""
+    header = {"typ": "JWT", "alg": algorithm, **headers}
+    return _b64url(json.dumps(header, separators=(",", ":"), sort_keys=True).encode()).encode()
+
+
 class _Signer:
-    """What both signers share: fresh claims per request, signed with the subclass's key."""
+    """What both signers share: fresh claims per request, signed with the subclass's key.
+
+    A token is the JWS compact form PyJWT would write for the same claims (a test holds them
+    equal), assembled here: PyJWT's ``encode`` spent about as long on checking and
+    re-encoding the header per call as the ES256 signature itself, on every gateway request's
+    path to its first event (issue 24)."""
 
     algorithm: str
     _key: Any
     _claims: _Claims
     _headers: dict[str, str]
+    _segment: bytes = b""  # the encoded header, set on first use
+
+    def _signature(self, signing_input: bytes) -> bytes:
+        raise NotImplementedError
 
     @property
     def issuer(self) -> str:
@@ -206,7 +227,12 @@ class _Signer:
             body=body,
             issued_at=issued_at,
         )
-        return jwt.encode(claims, self._key, algorithm=self.algorithm, headers=self._headers)
+        if not self._segment:
+            self._segment = _header_segment(self.algorithm, self._headers)
+        payload = base64.urlsafe_b64encode(_encode_claims(claims).encode()).rstrip(b"=")
+        signing_input = self._segment + b"." + payload
+        signature = base64.urlsafe_b64encode(self._signature(signing_input)).rstrip(b"=")
+        return (signing_input + b"." + signature).decode()
 
 
 class AssertionSigner(_Signer):
@@ -258,6 +284,10 @@ class AssertionSigner(_Signer):
         old = [load_previous_key(text) for text in previous]
         return cls(current, previous=old, issuer=issuer, lifetime=lifetime)
 
+    def _signature(self, signing_input: bytes) -> bytes:
+        r, s = decode_dss_signature(self._key.sign(signing_input, _ES256))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")  # JWS: raw r || s (RFC 7518 §3.4)
+
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         """The public key set for ``GET /.well-known/jwks.json``: current key first."""
         keys = [self._jwk]
@@ -306,6 +336,9 @@ class HMACAssertionSigner(_Signer):
         canonical = json.dumps({"k": _b64url(self._secret), "kty": "oct"}, separators=(",", ":"))
         self.kid = _b64url(hashlib.sha256(canonical.encode()).digest())
         self._headers = {"kid": self.kid, "typ": ASSERTION_TYP}
+
+    def _signature(self, signing_input: bytes) -> bytes:
+        return hmac.new(self._secret, signing_input, hashlib.sha256).digest()
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         return {"keys": []}

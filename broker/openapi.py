@@ -146,6 +146,10 @@ _UPSTREAM = {
     "504": _error("OpenAI did not answer within the deadline.", E.UpstreamTimeout),
 }
 _BEARER = [{"bearerAuth": []}]
+# alternatives (any one): what each route's gate accepts besides the app's JWT
+_JWT_OR_SECRET = [{"bearerAuth": []}, {"sessionSecret": []}]
+_JWT_SECRET_OR_KEY = [{"bearerAuth": []}, {"sessionSecret": []}, {"serviceKey": []}]
+_JWT_OR_KEY = [{"bearerAuth": []}, {"serviceKey": []}]
 
 # One server-sent event, as OpenAPI 3.2 models an event stream's items (and tools read a 3.1
 # document's event-stream `schema`): each event's `data` is one ChatKit ThreadStreamEvent, JSON.
@@ -408,7 +412,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "Hosted workflows have none (404): ChatKit talks to OpenAI with their secret. "
             "For a gateway workflow the request is relayed to its own server, whose JSON "
             "answers (its own 4xx included) and event streams pass through unchanged.",
-            "security": [{"bearerAuth": []}],
+            "security": _JWT_OR_SECRET,
             "parameters": [
                 {
                     "name": "name",
@@ -462,7 +466,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "summary": "Send one message to an agent workflow and get its whole answer",
             "description": "The same engine and threads as the chat: the run's thread shows "
             "up in the user's ChatKit history. `?stream=1` answers the ChatKit events as SSE.",
-            "security": _BEARER,
+            "security": _JWT_SECRET_OR_KEY,
             "parameters": [
                 {
                     "name": "name",
@@ -520,7 +524,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "200": {
                     "description": "`{user, workflows: [{workflow, tier, today, this_month, "
                     "budgets: [{name, unit, limit, used, remaining, resets_at}]}]}`.",
-                    "content": {JSON: {"schema": {"type": "object", "required": ["user"]}}},
+                    "content": {JSON: {"schema": _ref(api.Usage)}},
                 },
                 "401": _UNAUTHENTICATED,
                 "404": _error("No such agent workflow for this caller.", E.NotFound),
@@ -534,7 +538,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "get": {
             "operationId": "listAgentThreads",
             "summary": "The caller's threads of one agent workflow, newest first (ChatKit JSON)",
-            "security": _BEARER,
+            "security": _JWT_SECRET_OR_KEY,
             "parameters": [
                 {
                     "name": "workflow",
@@ -575,7 +579,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "get": {
             "operationId": "listAgentThreadItems",
             "summary": "The visible items of one of the caller's threads (ChatKit JSON)",
-            "security": _BEARER,
+            "security": _JWT_SECRET_OR_KEY,
             "parameters": [
                 {
                     "name": "thread_id",
@@ -625,7 +629,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "get": {
             "operationId": "getBackgroundRun",
             "summary": "A background run: its status, its output when done, its error if not",
-            "security": _BEARER,
+            "security": _JWT_OR_KEY,
             "parameters": [_RUN_ID],
             "responses": {
                 "200": {"description": "The run.", "content": {JSON: {"schema": _RUN}}},
@@ -641,7 +645,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "post": {
             "operationId": "cancelBackgroundRun",
             "summary": "Cancel a queued or running background run (a finished one is unchanged)",
-            "security": _BEARER,
+            "security": _JWT_OR_KEY,
             "parameters": [_RUN_ID],
             "responses": {
                 "200": {"description": "The run.", "content": {JSON: {"schema": _RUN}}},
@@ -765,7 +769,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "authenticated as ChatKit requests are (the session secret or an app JWT). The "
             "multipart body is streamed to the workflow's `direct_upload_url` with the broker's "
             "assertion; the server's attachment comes back with URLs rewritten.",
-            "security": [{}, *_BEARER],
+            "security": [{}, *_JWT_OR_SECRET],
             "parameters": [_WORKFLOW_PARAM, {**_T_PARAM, "required": False}],
             "responses": {
                 "200": {"description": "The server's attachment, URLs rewritten."},
@@ -970,7 +974,21 @@ def openapi_document(
                     "scheme": "bearer",
                     "bearerFormat": "JWT",
                     "description": "The signed-in user's JWT from the app's identity provider.",
-                }
+                },
+                "sessionSecret": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "cks_…",
+                    "description": "A session secret the broker minted (POST /api/chatkit/session),"
+                    " good for its own workflow only.",
+                },
+                "serviceKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "ckb_sk_…",
+                    "description": "A back end's service key (chatkit-broker keys create), good "
+                    "for the workflows it names.",
+                },
             },
             "schemas": schemas,
             "headers": copy.deepcopy(_HEADERS),

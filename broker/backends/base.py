@@ -63,9 +63,6 @@ class Backend:
     sessions: SessionMaker
     #: whether ``POST /chatkit/<name>`` reaches this backend (hosted: ChatKit talks to OpenAI)
     serves_chatkit: ClassVar[bool] = True
-    #: whether a minted session is recorded after the answer (hosted: OpenAI checks its own
-    #: secrets, the record only lets the user cancel early) rather than before it leaves
-    sessions_recorded_later: ClassVar[bool] = False
 
     def routes(self) -> Sequence[BaseRoute]:
         """Routes of its own besides ``/chatkit/<name>`` (server-side runs, key sets …)."""

@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 from starlette.types import Message, Receive, Scope, Send
 
+from ...edge import head_with_body
 from ...errors import (
     BackendError,
     BackendRejectedIdentity,
@@ -225,7 +226,7 @@ class GatewayProxy:
                 self._policy.allowed(upstream.forward_headers),
             )
             await self._race_disconnect(
-                self._exchange(send, upstream, body, headers, record, urls), receive, record
+                self._exchange(scope, send, upstream, body, headers, record, urls), receive, record
             )
             return record
         except BrokerError as exc:
@@ -270,6 +271,7 @@ class GatewayProxy:
 
     async def _exchange(
         self,
+        scope: Scope,
         send: Send,
         upstream: Upstream,
         body: bytes,
@@ -283,7 +285,7 @@ class GatewayProxy:
         record.upstream_status = response.status
         finished = False
         try:
-            await self._answer(send, upstream, response, record, urls)
+            await self._answer(scope, send, upstream, response, record, urls)
             finished = True
         finally:
             if finished:
@@ -353,6 +355,7 @@ class GatewayProxy:
 
     async def _answer(
         self,
+        scope: Scope,
         send: Send,
         upstream: Upstream,
         response: aiohttp.ClientResponse,
@@ -374,7 +377,7 @@ class GatewayProxy:
                     "The workflow's server compressed its event stream; the broker relays "
                     "event streams uncompressed (it asks for Accept-Encoding: identity)."
                 )
-            await self._stream(send, upstream, response, record, urls)
+            await self._stream(scope, send, upstream, response, record, urls)
             return
         if 300 <= status < 400:
             log.warning(
@@ -477,6 +480,7 @@ class GatewayProxy:
 
     async def _stream(
         self,
+        scope: Scope,
         send: Send,
         upstream: Upstream,
         response: aiohttp.ClientResponse,
@@ -499,40 +503,54 @@ class GatewayProxy:
         if self._on_stream is not None:
             self._on_stream(upstream.workflow, 1)
         try:
-            await send(start)
-            await self._pump(send, upstream, response, record, urls)
+            await self._pump(scope, send, upstream, response, record, start, urls)
         finally:
             if self._on_stream is not None:
                 self._on_stream(upstream.workflow, -1)
 
     async def _pump(
         self,
+        scope: Scope,
         send: Send,
         upstream: Upstream,
         response: aiohttp.ClientResponse,
         record: Relay,
+        start: Message,
         urls: AttachmentUrls | None = None,
     ) -> None:
+        """Send the answer head, then each chunk as it comes. Two writes are saved where the
+        bytes allow it, none of them by waiting: a first chunk already read with the backend's
+        answer head goes out in one write with the browser's head (``edge.head_with_body``),
+        and a chunk after which the backend's stream already ended carries the end of the
+        answer (``more_body`` False) instead of an empty last write."""
         framing = _Framing(self._max_event)
         # with urls, bytes are held to event boundaries (an event is useless to the browser
         # until whole anyway) so an attachment's URLs can be rewritten before it leaves
         events = SseRewriter(urls) if urls is not None else None
         content = response.content
+        if content.exception() is None and (first := content.read_nowait()):
+            head_with_body(scope)
+            await send(start)
+            chunk: bytes | None = first
+        else:
+            await send(start)
+            chunk = None
         while True:
-            try:
-                chunk = await content.readany()
-            except (aiohttp.SocketTimeoutError, TimeoutError):
-                record.outcome = Outcome.TIMEOUT
-                log.warning(
-                    "gateway: %s sent nothing for %g s mid-stream; aborting the stream",
-                    upstream.url,
-                    upstream.idle_timeout,
-                )
-                raise StreamAborted("idle timeout") from None
-            except aiohttp.ClientError as exc:
-                record.outcome = Outcome.BACKEND_RESET
-                log.warning("gateway: %s broke off the stream: %r", upstream.url, exc)
-                raise StreamAborted("backend reset") from None
+            if chunk is None:
+                try:
+                    chunk = await content.readany()
+                except (aiohttp.SocketTimeoutError, TimeoutError):
+                    record.outcome = Outcome.TIMEOUT
+                    log.warning(
+                        "gateway: %s sent nothing for %g s mid-stream; aborting the stream",
+                        upstream.url,
+                        upstream.idle_timeout,
+                    )
+                    raise StreamAborted("idle timeout") from None
+                except aiohttp.ClientError as exc:
+                    record.outcome = Outcome.BACKEND_RESET
+                    log.warning("gateway: %s broke off the stream: %r", upstream.url, exc)
+                    raise StreamAborted("backend reset") from None
             if not chunk:
                 break
             if not framing.feed(chunk):
@@ -546,13 +564,25 @@ class GatewayProxy:
             if events is not None:
                 chunk = events.feed(chunk)
                 if not chunk:
+                    chunk = None  # held to an event boundary: read on
                     continue
+            # with the rewriter, whatever it still holds leaves through events.end() below
+            last = (
+                events is None
+                and content.at_eof()
+                and content.exception() is None
+                and not framing.pending
+            )
             try:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
             except OSError:  # a server that raises on a gone client (uvicorn just drops)
                 record.outcome = Outcome.CLIENT_CLOSED
                 return
             record.bytes_out += len(chunk)
+            if last:
+                record.outcome = Outcome.COMPLETED
+                return
+            chunk = None
         if framing.pending:
             log.warning(
                 "gateway: %s ended its stream inside an event (%d bytes after the last blank line)",
