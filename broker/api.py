@@ -291,7 +291,10 @@ class UploadStrategy(TypedDict):
     uploadUrl: NotRequired[
         Annotated[
             str,
-            Field(description="direct only: the broker path the composer posts files to."),
+            Field(
+                description="direct only: the broker path the composer posts files to, with "
+                "`?t=` signed for this user, workflow and session (12 hours) on gateway workflows."
+            ),
         ]
     ]
 

@@ -12,6 +12,8 @@ The token::
     claims  {"iss": <BROKER_PUBLIC_URL>, "aud": <workflow audience>, "sub": <user>,
              "iat", "exp": iat + 60, "jti": <unique>, "wf": <workflow>, "sid"?: <session id>,
              "req_sha256": <base64url SHA-256 of the forwarded request body>,
+             — or, for an upload the file relay streams: "htm": <method>, "htu": <backend URL>
+             (and no req_sha256),
              ...forwarded claims of the user's own token (e.g. email, org)}
 
 The backend side is the backend kit's ``AssertionVerifier`` (re-exported here; or its
@@ -59,6 +61,9 @@ LIFETIME_SECONDS = 60
 RESERVED_CLAIMS = frozenset(
     {"iss", "aud", "sub", "iat", "nbf", "exp", "jti", "wf", "sid", "req_sha256"}
 )
+# the request an upload's assertion is bound to (the file relay sets them): never forwarded
+# from a user's token, where they would make every ChatKit request of that user a 401
+REQUEST_CLAIMS = frozenset({"htm", "htu"})
 
 
 # --- keys --------------------------------------------------------------------------------
@@ -120,7 +125,11 @@ def generate_private_key_pem() -> str:
 
 def forwarded_claims(claims: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
     """The named claims of the user's verified token, minus the ones the broker sets itself."""
-    return {n: claims[n] for n in names if n in claims and n not in RESERVED_CLAIMS}
+    return {
+        n: claims[n]
+        for n in names
+        if n in claims and n not in RESERVED_CLAIMS and n not in REQUEST_CLAIMS
+    }
 
 
 # --- signing (the broker side) -------------------------------------------------------------

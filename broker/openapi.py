@@ -764,15 +764,18 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "post": {
             "operationId": "relayGatewayDirectUpload",
             "summary": "ChatKit's direct upload for a gateway workflow with a direct_upload_url",
-            "description": "Authenticated as ChatKit requests are (the session secret or an app "
-            "JWT); the multipart body is streamed to the workflow's `direct_upload_url` with the "
-            "broker's assertion; the server's attachment comes back with URLs rewritten.",
-            "security": _JWT_OR_SECRET,
-            "parameters": [_WORKFLOW_PARAM],
+            "description": "The mint answer's `uploadUrl` carries `?t=`, sealed for the user, "
+            "workflow and session (12 hours), so a post without credentials works; without `t`, "
+            "authenticated as ChatKit requests are (the session secret or an app JWT). The "
+            "multipart body is streamed to the workflow's `direct_upload_url` with the broker's "
+            "assertion; the server's attachment comes back with URLs rewritten.",
+            "security": [{}, *_JWT_OR_SECRET],
+            "parameters": [_WORKFLOW_PARAM, {**_T_PARAM, "required": False}],
             "responses": {
                 "200": {"description": "The server's attachment, URLs rewritten."},
                 "400": _BAD_REQUEST,
                 "401": _UNAUTHENTICATED,
+                "403": _error("`t` expired, forged, or for another workflow.", E.Forbidden),
                 "404": _error("No such workflow, or it takes no direct uploads.", E.NotFound),
                 "413": _error("Over the workflow's files max_size.", E.PayloadTooLarge),
                 "429": _RATE_LIMITED,

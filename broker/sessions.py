@@ -55,7 +55,11 @@ class SessionService:
             created.session_id,
             admission.workflow,
             backend.kind,
-            backend.endpoint(admission.workflow, self._domain_key),
+            backend.session_endpoint(
+                backend.endpoint(admission.workflow, self._domain_key),
+                admission,
+                created.session_id,
+            ),
         )
 
     async def _record(self, session_id: str, user: str, expires_at: int) -> None:

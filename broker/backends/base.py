@@ -87,6 +87,13 @@ class Backend:
             return None
         return {"url": f"/chatkit/{workflow.name}", "domain_key": domain_key}
 
+    def session_endpoint(
+        self, endpoint: Mapping[str, Any] | None, admission: Admission, session_id: str | None
+    ) -> Mapping[str, Any] | None:
+        """The mint answer's ``backend`` for one minted session: ``endpoint`` with anything
+        bound to that user and session (the gateway's signed direct-upload URL)."""
+        return endpoint
+
     async def serve(self, admission: Admission, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one ChatKit request (``POST /chatkit/<name>``) for an admitted caller."""
         raise NotImplementedError

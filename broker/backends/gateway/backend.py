@@ -38,7 +38,14 @@ from ...settings import Settings
 from ...workflow import Workflow
 from ..base import Admission, Backend
 from ..turns import starts_a_turn
-from .files import PREFIX, FileRelay, check_create, error_with_id, policy_of
+from .files import (
+    DIRECT_UPLOAD_TTL,
+    PREFIX,
+    FileRelay,
+    check_create,
+    error_with_id,
+    policy_of,
+)
 from .headers import HeaderPolicy
 from .metrics import GatewayMetrics
 from .proxy import (
@@ -189,7 +196,11 @@ class GatewayBackend(Backend):
         # the backend's upload/preview URLs, sealed into broker URLs with the session-secret
         # keys (a per-process key without them: mock mode, tests)
         self.files = FileRelay(
-            self, SealedFileTokens(list(file_keys) or [secrets.token_urlsafe(32)])
+            self,
+            SealedFileTokens(
+                list(file_keys) or [secrets.token_urlsafe(32)],
+                ttl={"direct": DIRECT_UPLOAD_TTL},
+            ),
         )
 
     # --- the Backend protocol -----------------------------------------------------------
@@ -222,6 +233,21 @@ class GatewayBackend(Backend):
             else:
                 options["upload_strategy"] = {"type": "two_phase"}
         return options
+
+    def session_endpoint(
+        self, endpoint: Mapping[str, Any] | None, admission: Admission, session_id: str | None
+    ) -> Mapping[str, Any] | None:
+        """A direct ``uploadUrl`` signed for this user, workflow and session (``?t=``): ChatKit
+        may post direct uploads with the browser's own fetch rather than the kit's, and then
+        no session secret comes with them."""
+        strategy = (endpoint or {}).get("upload_strategy")
+        if not isinstance(strategy, dict) or strategy.get("type") != "direct":
+            return endpoint
+        workflow = admission.workflow
+        claims = forwarded_claims(admission.identity.claims, workflow.forward_claims)
+        token = self.files.direct_token(workflow.name, admission.identity.user, claims, session_id)
+        signed = {**strategy, "uploadUrl": f"{strategy['uploadUrl']}?t={token}"}
+        return {**(endpoint or {}), "upload_strategy": signed}
 
     async def jwks_endpoint(self, request: Request) -> Response:
         """The public keys backends verify assertions with; cacheable for a few minutes."""

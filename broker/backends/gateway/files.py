@@ -17,8 +17,11 @@ workflow's ``max_size`` enforced while reading), with the method and headers the
 named and the broker's signed assertion for the user the URL was issued to; the preview is
 streamed back. ``data:`` preview URLs pass unchanged (they name no host); any other scheme is
 dropped. Direct uploads (``uploadStrategy: direct``) post to
-``/api/files/gateway/<workflow>/upload`` with the session secret, relayed to the workflow's
-``direct_upload_url``.
+``/api/files/gateway/<workflow>/upload?t=…``, relayed to the workflow's ``direct_upload_url``:
+``t`` is sealed into the mint answer's ``uploadUrl`` for the user, workflow and session
+(``DIRECT_UPLOAD_TTL``), because ChatKit's runtime is not public and nothing says it posts
+direct uploads through the ``fetch`` the front-end kit gives it (which adds the session
+secret); a session secret (or an app JWT) in ``Authorization`` is accepted as well.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ __all__ = ["AttachmentUrls", "FileRelay", "SseRewriter", "check_create"]
 log = logging.getLogger("broker.gateway")
 
 PREFIX = "/api/files/gateway"
+# the signed direct-upload URL of a mint answer: ChatKit keeps it for the life of the page,
+# across the session renewals the front-end kit does, so it outlives one session
+DIRECT_UPLOAD_TTL = 12 * 3600
 MAX_ANSWER_BYTES = 8 * 1024 * 1024  # an upload's JSON answer (the sample's holds a data: URL)
 CHUNK = 64 * 1024
 # an event or answer is parsed only when it may hold an attachment URL (or hides its keys)
@@ -299,6 +305,15 @@ class FileRelay:
             return bool(await self.backend.limits.first_use("gateway_upload", key, ttl))
         return self._used.hit(Limit("gateway_upload", "", 1, ttl, ""), key) is None
 
+    def direct_token(
+        self, workflow: str, user: str, claims: Mapping[str, Any], session_id: str | None
+    ) -> str:
+        """The ``t`` of a mint answer's direct ``uploadUrl``: this user, workflow, session."""
+        payload: dict[str, Any] = {"u": user, "w": workflow, "s": session_id}
+        if claims:
+            payload["c"] = dict(claims)
+        return self.tokens.seal("direct", payload)
+
     def routes(self) -> Sequence[BaseRoute]:
         return [
             Route(f"{PREFIX}/{{workflow}}/upload", self.direct, methods=["POST"]),
@@ -356,8 +371,8 @@ class FileRelay:
 
     async def direct(self, request: Request) -> Response:
         """``POST /api/files/gateway/<workflow>/upload``: ChatKit's direct upload, with the
-        session secret (or an app JWT) as for ChatKit requests; relayed to the workflow's
-        ``direct_upload_url``."""
+        mint answer's signed ``?t=`` or the session secret (or an app JWT) as for ChatKit
+        requests; relayed to the workflow's ``direct_upload_url``."""
         name = request.path_params["workflow"]
         workflow = self._workflow(name)
         if not workflow.direct_upload_url:
@@ -365,14 +380,20 @@ class FileRelay:
                 f"Workflow {name[:80]!r} uses two-phase uploads (attachments.create); it has "
                 "no direct_upload_url."
             )
-        admission = await self.backend.gate.admit_chatkit(
-            request.headers.get("authorization"), workflow
-        )
-        user = admission.identity.user
+        authorization = request.headers.get("authorization")
+        signed = request.query_params.get("t")
+        if authorization is None and signed is not None:
+            # the mint answer's signed uploadUrl, posted without the kit's fetch
+            payload = self.tokens.open("direct", signed, w=name)
+            user, session_id = str(payload["u"]), payload.get("s")
+            claims = payload.get("c") or {}
+        else:
+            admission = await self.backend.gate.admit_chatkit(authorization, workflow)
+            user, session_id = admission.identity.user, admission.session_id
+            claims = forwarded_claims(admission.identity.claims, workflow.forward_claims)
         request.state.user, request.state.workflow = user, name
         limit = self._limit(request, policy_of(workflow))
-        claims = forwarded_claims(admission.identity.claims, workflow.forward_claims)
-        target = Target(workflow.direct_upload_url, "POST", {}, user, claims, admission.session_id)
+        target = Target(workflow.direct_upload_url, "POST", {}, user, claims, session_id)
         return await self._send_upload(request, workflow, target, limit, None)
 
     # --- the relay of an upload ---------------------------------------------------------

@@ -197,8 +197,9 @@ def test_an_unusable_key_is_refused_with_a_reason(text: str, problem: str) -> No
 
 
 def test_forwarded_claims_pick_named_claims_and_never_reserved_ones() -> None:
-    claims = {"sub": "x", "email": "a@b", "org": "acme", "exp": 1, "iss": "idp"}
-    assert forwarded_claims(claims, ["email", "org", "exp", "iss", "missing"]) == {
+    claims = {"sub": "x", "email": "a@b", "org": "acme", "exp": 1, "iss": "idp", "htu": "/x"}
+    names = ["email", "org", "exp", "iss", "missing", "htu"]
+    assert forwarded_claims(claims, names) == {
         "email": "a@b",
         "org": "acme",
     }

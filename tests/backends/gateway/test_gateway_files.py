@@ -174,10 +174,10 @@ async def test_two_phase_upload_preview_and_a_message_never_show_the_backend_hos
 ) -> None:
     minted = await session(stack)
     backend = minted["backend"]
-    assert backend["upload_strategy"] == {
-        "type": "direct",
-        "uploadUrl": "/api/files/gateway/support/upload",
-    }
+    assert backend["upload_strategy"]["type"] == "direct"
+    assert backend["upload_strategy"]["uploadUrl"].startswith(
+        "/api/files/gateway/support/upload?t="
+    )
     assert backend["attachments"]["enabled"] is True
     assert backend["attachments"]["max_size"] == MAX_SIZE
     assert backend["dictation"] == {"enabled": True}
@@ -248,7 +248,7 @@ async def test_two_phase_upload_preview_and_a_message_never_show_the_backend_hos
 async def test_a_direct_upload_is_relayed_with_the_session_secret(stack: Stack) -> None:
     minted = await session(stack)
     image = png(2000)
-    url = minted["backend"]["upload_strategy"]["uploadUrl"]
+    url = minted["backend"]["upload_strategy"]["uploadUrl"].split("?", 1)[0]
     refused = await stack.browser.client.post(url, files={"file": ("a.png", image, "image/png")})
     assert refused.status_code == 401
     answer = await stack.browser.client.post(
@@ -267,6 +267,35 @@ async def test_a_direct_upload_is_relayed_with_the_session_secret(stack: Stack) 
     assert claims["sub"] == "alice" and claims["sid"] == minted["session_id"]
     preview = await stack.browser.client.get(upload_path(attachment["preview_url"]))
     assert preview.content == image
+    assert stack.leaked() == []
+
+
+async def test_the_signed_direct_upload_url_works_without_the_kits_fetch(stack: Stack) -> None:
+    """ChatKit may post a direct upload with the browser's own fetch (no session secret):
+    the mint answer's ``uploadUrl`` carries a capability for that user, workflow, session."""
+    minted = await session(stack)
+    image = png(2000)
+    signed = minted["backend"]["upload_strategy"]["uploadUrl"]
+    answer = await stack.browser.client.post(signed, files={"file": ("a.png", image, "image/png")})
+    assert answer.status_code == 200, answer.text
+    assert stack.files.files[answer.json()["id"]] == image
+    claims = jwt.decode(
+        stack.files.uploads[-1].headers[ASSERTION_HEADER.lower()],
+        options={"verify_signature": False},
+    )
+    assert claims["sub"] == "alice" and claims["sid"] == minted["session_id"]
+    token = signed.split("?t=", 1)[1]
+    elsewhere = await stack.browser.client.post(
+        f"/api/files/gateway/plain/upload?t={token}",
+        files={"file": ("a.png", image, "image/png")},
+    )
+    assert elsewhere.status_code == 404  # no files for that workflow at all
+    forged = await stack.browser.client.post(
+        f"/api/files/gateway/support/upload?t={token[:-4]}AAAA",
+        files={"file": ("a.png", image, "image/png")},
+    )
+    assert forged.status_code == 403
+    assert len(stack.files.uploads) == 1
     assert stack.leaked() == []
 
 
