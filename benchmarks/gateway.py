@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,9 +35,20 @@ from typing import Any
 import aiohttp
 import jwt
 
-from .procs import Child, free_port, process_tree, raise_nofile, stop_all, wait_http_ok
+from .procs import (
+    Child,
+    cpu_seconds,
+    free_port,
+    process_tree,
+    raise_nofile,
+    stop_all,
+    wait_http_ok,
+)
 
 EVENT = b'data: {"type":"progress_update","text":"benchmark event"}\n\n'
+# how the load asks the trivial backend for a stream; the broker and the relay forward them as
+# a workflow's forward_headers (the gateway forwards no other header a workflow does not list)
+CONTROL_HEADERS = ("X-Events", "X-Hold", "X-Gap")
 BODY = b'{"type":"threads.create","params":{"input":{"content":[],"attachments":[],"inference_options":{}}}}'
 
 
@@ -80,7 +93,7 @@ def _broker_app(upstream: str) -> Any:
     pool = gateway_pool()
     proxy = GatewayProxy(pool)
     signer = AssertionSigner()
-    target = Upstream(upstream, workflow="bench", idle_timeout=120)
+    target = Upstream(upstream, workflow="bench", idle_timeout=120, forward_headers=CONTROL_HEADERS)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -304,6 +317,96 @@ async def measure_all(
     return results
 
 
+FIRST_EVENT_TARGET_MS = 1.0  # issue 24: the broker's median added time to the first event
+
+
+async def _first_events(paths: Sequence[BenchPath], rounds: int, per_round: int) -> dict:
+    """Side by side: in each round every path answers ``per_round`` sequential one-event
+    requests, the order rotating, so a busy moment of the machine falls on every path alike.
+    Returns each path's samples in ms."""
+    samples: dict[str, list[float]] = {p.name: [] for p in paths}
+    sessions = {p.name: aiohttp.ClientSession() for p in paths}
+    try:
+        for p in paths:  # warm-up: connections, caches, key loading
+            for _ in range(20):
+                await _first_event(sessions[p.name], p.url, 1, p.headers)
+        for rnd in range(rounds):
+            shift = rnd % len(paths)
+            for p in [*paths[shift:], *paths[:shift]]:
+                for _ in range(per_round):
+                    took = await _first_event(sessions[p.name], p.url, 1, p.headers)
+                    samples[p.name].append(took * 1000)
+    finally:
+        for session in sessions.values():
+            await session.close()
+    return samples
+
+
+def first_event(quick: bool = False) -> dict:
+    """The gateway part of ``python -m benchmarks``: time to the first event of a one-event
+    stream, direct against the broker (``chatkit-broker serve``) and the bare relay, measured
+    side by side in one run; the figure that counts is the broker's median minus direct's."""
+    rounds, per_round = (4, 100) if quick else (10, 200)
+    raise_nofile()
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-first-event-"))
+    mine: list[Child] = []
+    try:
+        backend_port = free_port()
+        mine.append(_start("backend", backend_port, None, workdir))
+        upstream = f"http://127.0.0.1:{backend_port}/chatkit"
+        paths = [BenchPath("direct", upstream, mine[0].pid, {})]
+        port = free_port()
+        mine.append(_start_broker(port, upstream, workdir))
+        token = jwt.encode({"sub": "bench-user", "exp": int(time.time()) + 3600}, JWT_SECRET)
+        paths.append(
+            BenchPath(
+                "broker",
+                f"http://127.0.0.1:{port}/chatkit/bench",
+                mine[-1].pid,
+                {"Authorization": f"Bearer {token}"},
+            )
+        )
+        port = free_port()
+        mine.append(_start("relay", port, upstream, workdir))
+        paths.append(BenchPath("relay", f"http://127.0.0.1:{port}/chatkit", mine[-1].pid, {}))
+        cpu0 = {p.name: cpu_seconds(process_tree(p.pid)) for p in paths}
+        samples = asyncio.run(_first_events(paths, rounds, per_round))
+        # each stream plus the 20 of the warm-up; the backend serves every path's streams
+        served = {name: len(v) + 20 for name, v in samples.items()}
+        served["direct"] = sum(served.values())
+        cpu = {
+            p.name: (cpu_seconds(process_tree(p.pid)) - cpu0[p.name]) / served[p.name]
+            for p in paths
+        }
+    finally:
+        for child in reversed(mine):
+            child.stop(grace=3.0)
+        shutil.rmtree(workdir, ignore_errors=True)
+    p50 = {name: statistics.median(v) for name, v in samples.items()}
+    added = p50["broker"] - p50["direct"]
+    lines = [
+        f"Gateway, time to the first event ({rounds} rounds of {per_round} sequential one-event "
+        f"streams per path, side by side; {time.monotonic() - started:.0f} s):",
+        "",
+        "| path | first event p50 ms | p90 ms | added over direct (p50) | CPU µs per stream "
+        "(direct: the backend's) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, values in samples.items():
+        values = sorted(values)
+        p90 = values[int(len(values) * 0.9) - 1]
+        plus = "" if name == "direct" else f"+{p50[name] - p50['direct']:.2f} ms"
+        lines.append(f"| {name} | {p50[name]:.2f} | {p90:.2f} | {plus} | {cpu[name] * 1e6:,.0f} |")
+    return {
+        "p50_ms": p50,
+        "added_ms": added,
+        "cpu_us_per_stream": {k: v * 1e6 for k, v in cpu.items()},
+        "seconds": time.monotonic() - started,
+        "markdown": "\n".join(lines),
+    }
+
+
 def _start(role: str, port: int, upstream: str | None, workdir: Path) -> Child:
     argv = [sys.executable, "-m", "benchmarks.gateway", role, "--port", str(port)]
     if upstream:
@@ -322,9 +425,12 @@ def _start_broker(port: int, upstream: str, workdir: Path) -> Child:
     """``chatkit-broker serve`` itself, one gateway workflow ``bench`` in front of the backend."""
     from broker.assertion import generate_private_key_pem
 
+    workflows = workdir / "workflows.toml"
+    names = ", ".join(f'"{name}"' for name in CONTROL_HEADERS)
+    workflows.write_text(f'[workflows.bench]\nserver = "{upstream}"\nforward_headers = [{names}]\n')
     env = {
         **os.environ,
-        "BROKER_WORKFLOWS": f"bench={upstream}",
+        "BROKER_WORKFLOWS_FILE": str(workflows),
         "BROKER_JWT_SECRET": JWT_SECRET,
         "BROKER_SESSION_SECRET": "benchmark-session-secret-32-bytes-long!",
         "BROKER_ASSERTION_KEY": generate_private_key_pem(),
@@ -346,9 +452,18 @@ def run(argv: Sequence[str]) -> int:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--events", type=int, default=20)
+    parser.add_argument(
+        "--first-event",
+        action="store_true",
+        help="only the time to the first event, direct / broker / relay side by side",
+    )
+    parser.add_argument("--quick", action="store_true", help="with --first-event: fewer rounds")
     args = parser.parse_args(argv)
     if args.role:
         serve(args.role, args.port, args.upstream)
+        return 0
+    if args.first_event:
+        print(first_event(args.quick)["markdown"])
         return 0
 
     raise_nofile()

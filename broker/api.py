@@ -48,6 +48,7 @@ __all__ = [
     "Session",
     "SessionRequest",
     "Status",
+    "Usage",
     "WorkflowEntry",
     "WorkflowRef",
     "Workflows",
@@ -287,6 +288,15 @@ class Dictation(TypedDict):
 
 class UploadStrategy(TypedDict):
     type: Literal["two_phase", "direct"]
+    uploadUrl: NotRequired[
+        Annotated[
+            str,
+            Field(
+                description="direct only: the broker path the composer posts files to, with "
+                "`?t=` signed for this user, workflow and session (12 hours) on gateway workflows."
+            ),
+        ]
+    ]
 
 
 class ComposerAttachments(TypedDict):
@@ -305,11 +315,15 @@ class BackendEndpoint(TypedDict):
     url: Annotated[str, Field(pattern="^/chatkit/")]
     domain_key: str
     dictation: NotRequired[
-        Annotated[Dictation, Field(description="ChatKit's `composer.dictation` (agent workflows).")]
+        Annotated[
+            Dictation,
+            Field(description="ChatKit's `composer.dictation` (agent and gateway workflows)."),
+        ]
     ]
     upload_strategy: NotRequired[
         Annotated[
-            UploadStrategy, Field(description="ChatKit's `api.uploadStrategy` (agent workflows).")
+            UploadStrategy,
+            Field(description="ChatKit's `api.uploadStrategy` (agent and gateway workflows)."),
         ]
     ]
     attachments: NotRequired[
@@ -455,6 +469,54 @@ class BudgetState(TypedDict):
     resets_at: Annotated[str, Field(description="ISO 8601, UTC")]
 
 
+@Closed
+class UsageTotals(TypedDict):
+    """What one user spent on one workflow in a window (UTC), from the usage table."""
+
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    total_tokens: int
+    cost_usd: Annotated[float, Field(description="US dollars, at the broker's prices")]
+    calls: Annotated[int, Field(description="Model calls recorded")]
+    unknown_calls: Annotated[
+        int, Field(description="Calls whose model has no price (not in cost_usd)")
+    ]
+
+
+@Closed
+class UsageBudget(TypedDict):
+    """One budget that applies to the caller: its limit, what is used (runs in progress
+    included) and what is left until it resets."""
+
+    name: str
+    unit: Annotated[Literal["tokens", "usd"], Field(description="tokens or usd")]
+    limit: float
+    used: float
+    remaining: float
+    resets_at: Annotated[str, Field(description="ISO 8601, UTC")]
+
+
+@Closed
+class WorkflowUsage(TypedDict):
+    """The caller's usage of one agent workflow."""
+
+    workflow: str
+    tier: Annotated[str | None, Field(description="The budget tier the caller's claims chose")]
+    today: UsageTotals
+    this_month: UsageTotals
+    budgets: list[UsageBudget]
+
+
+@Closed
+class Usage(TypedDict):
+    """``GET /api/usage``: the caller's usage per agent workflow they may use."""
+
+    user: str
+    workflows: list[WorkflowUsage]
+
+
 class Error(TypedDict):
     """The one error shape of the API, written by ``errors.render``."""
 
@@ -472,7 +534,7 @@ class NotReady(Error):
 
 # the schema names of /openapi.json: requests as validated, answers as serialised
 _REQUESTS = (SessionRequest, CancelRequest, RunRequest)
-_ANSWERS = (Session, Cancelled, Workflows, ClientConfig, Status, RunAnswer, Page)
+_ANSWERS = (Session, Cancelled, Workflows, ClientConfig, Status, RunAnswer, Page, Usage)
 _ERRORS = (Error, NotReady)
 
 

@@ -336,7 +336,6 @@ def create_app(
         finally:
             for backend in reversed(started):
                 await backend.shutdown()
-            await broker.sessions.drain()
             await broker.http.close()
             if broker.store is not None:
                 await broker.store.close()

@@ -12,6 +12,8 @@ The token::
     claims  {"iss": <BROKER_PUBLIC_URL>, "aud": <workflow audience>, "sub": <user>,
              "iat", "exp": iat + 60, "jti": <unique>, "wf": <workflow>, "sid"?: <session id>,
              "req_sha256": <base64url SHA-256 of the forwarded request body>,
+             — or, for an upload the file relay streams: "htm": <method>, "htu": <backend URL>
+             (and no req_sha256),
              ...forwarded claims of the user's own token (e.g. email, org)}
 
 The backend side is the backend kit's ``AssertionVerifier`` (re-exported here; or its
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -41,9 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from .backend_kit.verifier import (
     ASSERTION_HEADER,
@@ -58,6 +61,9 @@ LIFETIME_SECONDS = 60
 RESERVED_CLAIMS = frozenset(
     {"iss", "aud", "sub", "iat", "nbf", "exp", "jti", "wf", "sid", "req_sha256"}
 )
+# the request an upload's assertion is bound to (the file relay sets them): never forwarded
+# from a user's token, where they would make every ChatKit request of that user a 401
+REQUEST_CLAIMS = frozenset({"htm", "htu"})
 
 
 # --- keys --------------------------------------------------------------------------------
@@ -119,7 +125,11 @@ def generate_private_key_pem() -> str:
 
 def forwarded_claims(claims: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
     """The named claims of the user's verified token, minus the ones the broker sets itself."""
-    return {n: claims[n] for n in names if n in claims and n not in RESERVED_CLAIMS}
+    return {
+        n: claims[n]
+        for n in names
+        if n in claims and n not in RESERVED_CLAIMS and n not in REQUEST_CLAIMS
+    }
 
 
 # --- signing (the broker side) -------------------------------------------------------------
@@ -162,13 +172,33 @@ class _Claims:
         return claims
 
 
+# the claims as PyJWT encodes them (compact JSON, ASCII), with one encoder for every token
+_encode_claims = json.JSONEncoder(separators=(",", ":")).encode
+_ES256 = ec.ECDSA(hashes.SHA256())
+
+
+def _header_segment(algorithm: str, headers: Mapping[str, str]) -> bytes:
+    """The token's first segment and its dot, as PyJWT writes it (keys sorted): built once."""
+    header = {"typ": "JWT", "alg": algorithm, **headers}
+    return _b64url(json.dumps(header, separators=(",", ":"), sort_keys=True).encode()).encode()
+
+
 class _Signer:
-    """What both signers share: fresh claims per request, signed with the subclass's key."""
+    """What both signers share: fresh claims per request, signed with the subclass's key.
+
+    A token is the JWS compact form PyJWT would write for the same claims (a test holds them
+    equal), assembled here: PyJWT's ``encode`` spent about as long on checking and
+    re-encoding the header per call as the ES256 signature itself, on every gateway request's
+    path to its first event (issue 24)."""
 
     algorithm: str
     _key: Any
     _claims: _Claims
     _headers: dict[str, str]
+    _segment: bytes = b""  # the encoded header, set on first use
+
+    def _signature(self, signing_input: bytes) -> bytes:
+        raise NotImplementedError
 
     @property
     def issuer(self) -> str:
@@ -197,7 +227,12 @@ class _Signer:
             body=body,
             issued_at=issued_at,
         )
-        return jwt.encode(claims, self._key, algorithm=self.algorithm, headers=self._headers)
+        if not self._segment:
+            self._segment = _header_segment(self.algorithm, self._headers)
+        payload = base64.urlsafe_b64encode(_encode_claims(claims).encode()).rstrip(b"=")
+        signing_input = self._segment + b"." + payload
+        signature = base64.urlsafe_b64encode(self._signature(signing_input)).rstrip(b"=")
+        return (signing_input + b"." + signature).decode()
 
 
 class AssertionSigner(_Signer):
@@ -249,6 +284,10 @@ class AssertionSigner(_Signer):
         old = [load_previous_key(text) for text in previous]
         return cls(current, previous=old, issuer=issuer, lifetime=lifetime)
 
+    def _signature(self, signing_input: bytes) -> bytes:
+        r, s = decode_dss_signature(self._key.sign(signing_input, _ES256))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")  # JWS: raw r || s (RFC 7518 §3.4)
+
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         """The public key set for ``GET /.well-known/jwks.json``: current key first."""
         keys = [self._jwk]
@@ -297,6 +336,9 @@ class HMACAssertionSigner(_Signer):
         canonical = json.dumps({"k": _b64url(self._secret), "kty": "oct"}, separators=(",", ":"))
         self.kid = _b64url(hashlib.sha256(canonical.encode()).digest())
         self._headers = {"kid": self.kid, "typ": ASSERTION_TYP}
+
+    def _signature(self, signing_input: bytes) -> bytes:
+        return hmac.new(self._secret, signing_input, hashlib.sha256).digest()
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         return {"keys": []}

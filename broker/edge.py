@@ -52,6 +52,9 @@ FILE_BODY_TIMEOUT = 300.0
 BODY_EXTENSION = "chatkit_broker.body"
 # set by ``server.GuardedHttpToolsProtocol``: drops the connection of a started response
 ABORT_EXTENSION = "chatkit_broker.abort"
+# set by ``server.GuardedHttpToolsProtocol``: the next answer head is written together with
+# the body chunk sent right after it (one write, one segment)
+HEAD_WITH_BODY_EXTENSION = "chatkit_broker.head_with_body"
 _REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN.encode())
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _MOCK_ONLY = "Mock mode answers only requests from this machine to localhost, 127.0.0.1 or [::1]."
@@ -68,6 +71,17 @@ def abort_response(scope: Scope) -> None:
     abort = scope.get("extensions", {}).get(ABORT_EXTENSION)
     if abort is not None:
         abort()
+
+
+def head_with_body(scope: Scope) -> None:
+    """Have the server write the next ``http.response.start`` together with the body chunk
+    sent right after it: one socket write and one TCP segment instead of two, so the client
+    gets the head and the first event in one wake-up. Call it only when that chunk is in
+    hand and sent at once (the head waits for it). Without the broker's protocol (another
+    server) it does nothing: two writes, as before."""
+    hold = scope.get("extensions", {}).get(HEAD_WITH_BODY_EXTENSION)
+    if hold is not None:
+        hold()
 
 
 async def send_error(send: Send, error: BrokerError, request_id: str) -> None:

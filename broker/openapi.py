@@ -146,6 +146,10 @@ _UPSTREAM = {
     "504": _error("OpenAI did not answer within the deadline.", E.UpstreamTimeout),
 }
 _BEARER = [{"bearerAuth": []}]
+# alternatives (any one): what each route's gate accepts besides the app's JWT
+_JWT_OR_SECRET = [{"bearerAuth": []}, {"sessionSecret": []}]
+_JWT_SECRET_OR_KEY = [{"bearerAuth": []}, {"sessionSecret": []}, {"serviceKey": []}]
+_JWT_OR_KEY = [{"bearerAuth": []}, {"serviceKey": []}]
 
 # One server-sent event, as OpenAPI 3.2 models an event stream's items (and tools read a 3.1
 # document's event-stream `schema`): each event's `data` is one ChatKit ThreadStreamEvent, JSON.
@@ -160,6 +164,26 @@ _SSE_EVENTS: dict[str, Any] = {
             "retry": {"type": "integer", "minimum": 0},
         },
     }
+}
+
+# the gateway's file relay routes (broker/backends/gateway/files.py)
+_WORKFLOW_PARAM: dict[str, Any] = {
+    "name": "workflow",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_ATTACHMENT_PARAM: dict[str, Any] = {
+    "name": "attachment_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_T_PARAM: dict[str, Any] = {
+    "name": "t",
+    "in": "query",
+    "required": True,
+    "schema": {"type": "string"},
 }
 
 # the ChatKit protocol, as /chatkit/{name} and /mock/chatkit both speak it
@@ -388,7 +412,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "Hosted workflows have none (404): ChatKit talks to OpenAI with their secret. "
             "For a gateway workflow the request is relayed to its own server, whose JSON "
             "answers (its own 4xx included) and event streams pass through unchanged.",
-            "security": [{"bearerAuth": []}],
+            "security": _JWT_OR_SECRET,
             "parameters": [
                 {
                     "name": "name",
@@ -442,7 +466,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "summary": "Send one message to an agent workflow and get its whole answer",
             "description": "The same engine and threads as the chat: the run's thread shows "
             "up in the user's ChatKit history. `?stream=1` answers the ChatKit events as SSE.",
-            "security": _BEARER,
+            "security": _JWT_SECRET_OR_KEY,
             "parameters": [
                 {
                     "name": "name",
@@ -500,7 +524,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "200": {
                     "description": "`{user, workflows: [{workflow, tier, today, this_month, "
                     "budgets: [{name, unit, limit, used, remaining, resets_at}]}]}`.",
-                    "content": {JSON: {"schema": {"type": "object", "required": ["user"]}}},
+                    "content": {JSON: {"schema": _ref(api.Usage)}},
                 },
                 "401": _UNAUTHENTICATED,
                 "404": _error("No such agent workflow for this caller.", E.NotFound),
@@ -514,7 +538,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "get": {
             "operationId": "listAgentThreads",
             "summary": "The caller's threads of one agent workflow, newest first (ChatKit JSON)",
-            "security": _BEARER,
+            "security": _JWT_SECRET_OR_KEY,
             "parameters": [
                 {
                     "name": "workflow",
@@ -555,7 +579,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "get": {
             "operationId": "listAgentThreadItems",
             "summary": "The visible items of one of the caller's threads (ChatKit JSON)",
-            "security": _BEARER,
+            "security": _JWT_SECRET_OR_KEY,
             "parameters": [
                 {
                     "name": "thread_id",
@@ -605,7 +629,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "get": {
             "operationId": "getBackgroundRun",
             "summary": "A background run: its status, its output when done, its error if not",
-            "security": _BEARER,
+            "security": _JWT_OR_KEY,
             "parameters": [_RUN_ID],
             "responses": {
                 "200": {"description": "The run.", "content": {JSON: {"schema": _RUN}}},
@@ -621,7 +645,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "post": {
             "operationId": "cancelBackgroundRun",
             "summary": "Cancel a queued or running background run (a finished one is unchanged)",
-            "security": _BEARER,
+            "security": _JWT_OR_KEY,
             "parameters": [_RUN_ID],
             "responses": {
                 "200": {"description": "The run.", "content": {JSON: {"schema": _RUN}}},
@@ -682,6 +706,87 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "404": _error("No such uploaded attachment.", E.NotFound),
                 "500": _INTERNAL,
                 "503": _error("File storage down.", E.FileStorageUnavailable),
+            },
+        }
+    },
+    "/api/files/gateway/{workflow}/{attachment_id}/upload": {
+        method: {
+            "operationId": f"relayGatewayUpload{method.title()}",
+            "summary": "A gateway workflow's two-phase upload, streamed to its server, once",
+            "description": "The URL replaces the server's own `upload_descriptor.url` in "
+            "`attachments.create` (`?t=` sealed: ten minutes, this user, workflow and file). The "
+            "body (multipart or raw) is streamed to the server's URL with the descriptor's method "
+            "and headers and the broker's assertion; its answer comes back with URLs rewritten.",
+            "security": [{}],
+            "parameters": [_WORKFLOW_PARAM, _ATTACHMENT_PARAM, _T_PARAM],
+            "responses": {
+                "200": {"description": "The server's answer (an attachment), URLs rewritten."},
+                "400": _BAD_REQUEST,
+                "403": _error("Expired, used, forged, or for another file.", E.Forbidden),
+                "404": _error("No such workflow taking files.", E.NotFound),
+                "413": _error("Over the workflow's files max_size.", E.PayloadTooLarge),
+                "500": _INTERNAL,
+                "502": _error(
+                    "The server failed, redirected, or refused the assertion.",
+                    E.BackendError,
+                    E.BackendRejectedIdentity,
+                ),
+                "503": _error("The server cannot be reached.", E.BackendUnavailable),
+                "504": _error("The server did not answer in time.", E.BackendTimeout),
+            },
+        }
+        for method in ("post", "put")
+    },
+    "/api/files/gateway/{workflow}/{attachment_id}/preview": {
+        "get": {
+            "operationId": "relayGatewayPreview",
+            "summary": "A gateway workflow's attachment preview, streamed from its server",
+            "description": "The URL replaces the server's own `preview_url` in every relayed "
+            "answer (`?t=` sealed: an hour, re-issued whenever the thread is read).",
+            "security": [{}],
+            "parameters": [_WORKFLOW_PARAM, _ATTACHMENT_PARAM, _T_PARAM],
+            "responses": {
+                "200": {"description": "The file as the server sent it (nosniff, sandboxed)."},
+                "403": _error("Expired, forged, or for another file.", E.Forbidden),
+                "404": _error("No such file or workflow.", E.NotFound),
+                "500": _INTERNAL,
+                "502": _error(
+                    "The server failed, redirected, or refused the assertion.",
+                    E.BackendError,
+                    E.BackendRejectedIdentity,
+                ),
+                "503": _error("The server cannot be reached.", E.BackendUnavailable),
+                "504": _error("The server did not answer in time.", E.BackendTimeout),
+            },
+        }
+    },
+    "/api/files/gateway/{workflow}/upload": {
+        "post": {
+            "operationId": "relayGatewayDirectUpload",
+            "summary": "ChatKit's direct upload for a gateway workflow with a direct_upload_url",
+            "description": "The mint answer's `uploadUrl` carries `?t=`, sealed for the user, "
+            "workflow and session (12 hours), so a post without credentials works; without `t`, "
+            "authenticated as ChatKit requests are (the session secret or an app JWT). The "
+            "multipart body is streamed to the workflow's `direct_upload_url` with the broker's "
+            "assertion; the server's attachment comes back with URLs rewritten.",
+            "security": [{}, *_JWT_OR_SECRET],
+            "parameters": [_WORKFLOW_PARAM, {**_T_PARAM, "required": False}],
+            "responses": {
+                "200": {"description": "The server's attachment, URLs rewritten."},
+                "400": _BAD_REQUEST,
+                "401": _UNAUTHENTICATED,
+                "403": _error("`t` expired, forged, or for another workflow.", E.Forbidden),
+                "404": _error("No such workflow, or it takes no direct uploads.", E.NotFound),
+                "413": _error("Over the workflow's files max_size.", E.PayloadTooLarge),
+                "429": _RATE_LIMITED,
+                "500": _INTERNAL,
+                "502": _error(
+                    "The server failed, redirected, or refused the assertion.",
+                    E.BackendError,
+                    E.BackendRejectedIdentity,
+                ),
+                "503": _error("The server cannot be reached.", E.BackendUnavailable),
+                "504": _error("The server did not answer in time.", E.BackendTimeout),
             },
         }
     },
@@ -869,7 +974,21 @@ def openapi_document(
                     "scheme": "bearer",
                     "bearerFormat": "JWT",
                     "description": "The signed-in user's JWT from the app's identity provider.",
-                }
+                },
+                "sessionSecret": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "cks_…",
+                    "description": "A session secret the broker minted (POST /api/chatkit/session),"
+                    " good for its own workflow only.",
+                },
+                "serviceKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "ckb_sk_…",
+                    "description": "A back end's service key (chatkit-broker keys create), good "
+                    "for the workflows it names.",
+                },
             },
             "schemas": schemas,
             "headers": copy.deepcopy(_HEADERS),

@@ -194,6 +194,18 @@ class RateLimits:
                 pass  # counted per process meanwhile, most likely: refund there
         self.local.refund(limit, key)
 
+    async def first_use(self, name: str, key: str, seconds: int) -> bool:
+        """Whether ``key`` is used for the first time within ``seconds`` (one-time URLs):
+        remembered in Redis when there is a store (every instance agrees), per process
+        otherwise or meanwhile."""
+        limit = Limit(name, f"1/{seconds}s", 1, seconds, "")
+        if self._script is not None:
+            try:
+                return await self._shared_hit(limit, key) is None
+            except StoreUnavailable:
+                self._metrics.rate_limit_fallback(limit.name)
+        return self.local.hit(limit, key) is None
+
     async def _hit(self, limit: Limit, identity: str) -> RateLimited | None:
         if self._script is not None:
             try:

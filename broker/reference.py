@@ -35,6 +35,23 @@ REFERENCE_ENV = {
 }
 
 
+#: how each security scheme of /openapi.json reads in the reference
+_SCHEMES = {
+    "bearerAuth": "Bearer JWT",
+    "sessionSecret": "a session secret (`cks_…`)",
+    "serviceKey": "a service key (`ckb_sk_…`)",
+}
+
+
+def _authentication(security: list[dict[str, Any]]) -> str:
+    """An operation's security alternatives in words: "none", "Bearer JWT or a service key…"."""
+    names = [_SCHEMES.get(name, name) for alt in security for name in alt]
+    if not names:
+        return "none"
+    said = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    return f"optional; {said}" if {} in security else said
+
+
 def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
@@ -136,12 +153,7 @@ def http_api_page(doc: dict[str, Any] | None = None) -> str:
                 out += [op["description"], ""]
             security = op.get("security")
             if security is not None:
-                auth = (
-                    "none"
-                    if security == [] or security == [{}]
-                    else ("optional" if {} in security else "") + " Bearer JWT"
-                )
-                out += [f"Authentication: {auth.strip()}.", ""]
+                out += [f"Authentication: {_authentication(security)}.", ""]
             params = op.get("parameters", [])
             if params:
                 out += ["| parameter | in | meaning |", "| --- | --- | --- |"]

@@ -6,14 +6,11 @@ sessions, so the broker must remember ownership; the API offers no way to ask.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
-
-from .errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from .store import RedisStore
@@ -32,13 +29,9 @@ def log_unrecorded(session_id: str) -> None:
 
 
 class SessionRegistry(Protocol):
-    async def add(self, session_id: str, user: str, expires_at: int) -> None: ...
-    def add_soon(self, session_id: str, user: str, expires_at: int) -> None:
-        """Record without holding up the answer: for entries whose loss costs only an early
-        cancel (OpenAI's own sessions); owner lookups in this process see it at once."""
-
-    async def drain(self) -> None:
-        """Finish every write ``add_soon`` started (at shutdown)."""
+    async def add(self, session_id: str, user: str, expires_at: int) -> None:
+        """Record a session; done when every worker and instance sees it (a secret is handed
+        out only after this returns, so a cancel anywhere never misses a session)."""
 
     async def owner(self, session_id: str) -> str | None: ...
     async def sessions_of(self, user: str) -> list[str]: ...
@@ -79,10 +72,6 @@ class MemoryRegistry:
         self._expiry: list[tuple[int, str]] = []
 
     async def add(self, session_id: str, user: str, expires_at: int) -> None:
-        self.add_soon(session_id, user, expires_at)
-
-    def add_soon(self, session_id: str, user: str, expires_at: int) -> None:
-        """In memory there is nothing to wait for: recorded now."""
         self._prune()
         if session_id not in self._owner:
             own = self._by_user.get(user, {})
@@ -96,9 +85,6 @@ class MemoryRegistry:
         if len(self._expiry) > 2 * self._max:  # evicted entries linger in the heap: compact
             self._expiry = [(exp, sid) for sid, (_, exp) in self._owner.items()]
             heapq.heapify(self._expiry)
-
-    async def drain(self) -> None:
-        return None
 
     async def owner(self, session_id: str) -> str | None:
         self._prune()
@@ -182,8 +168,6 @@ class RedisRegistry:
         self._max_per_user = max_per_user
         self._add = store.client.register_script(_ADD)
         self._sessions_of = store.client.register_script(_SESSIONS_OF)
-        # add_soon's writes in flight: session id → (user, task)
-        self._pending: dict[str, tuple[str, asyncio.Task[None]]] = {}
 
     async def add(self, session_id: str, user: str, expires_at: int) -> None:
         if expires_at <= self._clock():
@@ -199,51 +183,18 @@ class RedisRegistry:
         ]
         await self._store.call("registry", lambda: self._add(keys=keys, args=args))
 
-    def add_soon(self, session_id: str, user: str, expires_at: int) -> None:
-        """Write in the background (one Redis round trip off the mint's answer). Until it
-        lands, this process answers ``owner`` from memory and finishes it before
-        ``sessions_of`` or ``remove``; a failed write is logged, as a failed ``add`` is. A
-        crash in that sub-millisecond window loses only the entry: the session cannot be
-        cancelled early through the broker and expires on its own (≤ 10 min)."""
-        task = asyncio.get_running_loop().create_task(
-            self._add_logged(session_id, user, expires_at)
-        )
-        self._pending[session_id] = (user, task)
-        task.add_done_callback(lambda _: self._pending.pop(session_id, None))
-
-    async def _add_logged(self, session_id: str, user: str, expires_at: int) -> None:
-        try:
-            await self.add(session_id, user, expires_at)
-        except StoreUnavailable:
-            log_unrecorded(session_id)
-
-    async def drain(self) -> None:
-        tasks = [task for _, task in self._pending.values()]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _settle(self, session_ids: list[str]) -> None:
-        tasks = [self._pending[sid][1] for sid in session_ids if sid in self._pending]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-
     async def owner(self, session_id: str) -> str | None:
-        pending = self._pending.get(session_id)
-        if pending is not None:
-            return pending[0]
         key = self._store.key("sess", session_id)
         value = await self._store.call("registry", lambda: self._store.client.get(key))
         return value.decode() if value is not None else None
 
     async def sessions_of(self, user: str) -> list[str]:
-        await self._settle([sid for sid, (who, _) in self._pending.items() if who == user])
         key = self._store.key("user", user)
         now = int(self._clock())
         ids = await self._store.call("registry", lambda: self._sessions_of(keys=[key], args=[now]))
         return sorted(i.decode() for i in ids)
 
     async def remove(self, session_id: str) -> None:
-        await self._settle([session_id])
         user = await self.owner(session_id)
         if user is None:
             return

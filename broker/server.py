@@ -33,7 +33,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .edge import ABORT_EXTENSION, BODY_EXTENSION
+from .edge import ABORT_EXTENSION, BODY_EXTENSION, HEAD_WITH_BODY_EXTENSION
 from .errors import BrokerError, HeadersTooLarge, InvalidRequest, RequestTimeout, render
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -62,6 +62,36 @@ def _abort(cycle: Any, transport: asyncio.Transport) -> None:
     uvicorn takes the app's return for a client that left rather than an unfinished answer."""
     cycle.disconnected = True
     transport.close()
+
+
+class _HeadHeld:
+    """A cycle's transport that holds the first write (the answer head) and joins it to the
+    second (the first body chunk): ``edge.head_with_body``. Then the cycle gets its own
+    transport back; everything else passes through."""
+
+    __slots__ = ("_cycle", "_head", "_transport")
+
+    def __init__(self, cycle: Any, transport: asyncio.Transport) -> None:
+        self._cycle, self._transport, self._head = cycle, transport, None
+
+    def write(self, data: bytes) -> None:
+        if self._head is None:
+            self._head = data
+            return
+        self._cycle.transport = self._transport
+        self._transport.write(self._head + data)
+
+    def close(self) -> None:
+        self._cycle.transport = self._transport
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _hold_head(cycle: Any) -> None:
+    if cycle.transport.__class__ is not _HeadHeld:
+        cycle.transport = _HeadHeld(cycle, cycle.transport)
 
 
 class BodyArrival:
@@ -175,6 +205,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         extensions[BODY_EXTENSION] = body
         super().on_headers_complete()
         extensions[ABORT_EXTENSION] = partial(_abort, self.cycle, self.transport)
+        extensions[HEAD_WITH_BODY_EXTENSION] = partial(_hold_head, self.cycle)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

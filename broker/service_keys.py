@@ -18,8 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
 from .errors import InvalidRequest, Unauthenticated, WorkflowNotAllowed
 
 if TYPE_CHECKING:
@@ -109,10 +107,15 @@ class ServiceKeys:
     """The keys in the thread database."""
 
     def __init__(self, store: SQLStore) -> None:
+        # imported here: a process without a thread database (hosted, gateway) never loads
+        # SQLAlchemy (12.8 MB of RSS)
+        from sqlalchemy import select
+
         from .backends.agent.store import service_keys
 
         self.store = store
         self.table = service_keys
+        self._select = select
 
     async def create(
         self,
@@ -128,7 +131,9 @@ class ServiceKeys:
         key = new_key()
 
         async def work(conn: Any) -> None:
-            taken = await conn.scalar(sa.select(self.table.c.name).where(self.table.c.name == name))
+            taken = await conn.scalar(
+                self._select(self.table.c.name).where(self.table.c.name == name)
+            )
             if taken is not None:
                 raise ValueError(f"a key named {name!r} exists (or did: names are not reused)")
             await conn.execute(
@@ -147,7 +152,7 @@ class ServiceKeys:
 
     async def list(self) -> list[ServiceKey]:
         async with self.store.transaction() as conn:
-            rows = (await conn.execute(sa.select(self.table).order_by(self.table.c.name))).all()
+            rows = (await conn.execute(self._select(self.table).order_by(self.table.c.name))).all()
         return [_record(row) for row in rows]
 
     async def revoke(self, name: str) -> bool:
@@ -168,7 +173,7 @@ class ServiceKeys:
         digest = key_hash(key)
         async with self.store.transaction() as conn:
             row = (
-                await conn.execute(sa.select(self.table).where(self.table.c.key_hash == digest))
+                await conn.execute(self._select(self.table).where(self.table.c.key_hash == digest))
             ).first()
         if (
             row is None

@@ -46,12 +46,7 @@ class SessionService:
         created = await backend.sessions.create(admission)
         identity = admission.identity
         if created.session_id:
-            if backend.sessions_recorded_later:
-                # OpenAI checks its own secrets: the entry only lets the user cancel early, so
-                # it is written without holding up the answer (registry.add_soon)
-                self._registry.add_soon(created.session_id, identity.user, created.expires_at)
-            else:
-                await self._record(created.session_id, identity.user, created.expires_at)
+            await self._record(created.session_id, identity.user, created.expires_at)
         if previous_session_id and previous_session_id != created.session_id:
             await self._cancel_quietly(identity, previous_session_id)
         return MintedSession(
@@ -60,21 +55,25 @@ class SessionService:
             created.session_id,
             admission.workflow,
             backend.kind,
-            backend.endpoint(admission.workflow, self._domain_key),
+            backend.session_endpoint(
+                backend.endpoint(admission.workflow, self._domain_key),
+                admission,
+                created.session_id,
+            ),
         )
 
     async def _record(self, session_id: str, user: str, expires_at: int) -> None:
-        """Record a broker session before its secret is handed out: the secret is honoured
-        only while its session is in the registry."""
+        """Record a session before its secret is handed out, whichever backend minted it: a
+        cancel on any worker or instance must find every session whose secret is out (and the
+        broker's own secrets are honoured only while their session is in the registry).
+
+        (Issue 24: OpenAI's sessions used to be written after the answer, and a cancel sent to
+        another instance right after the mint could miss them.)"""
         try:
             await self._registry.add(session_id, user, expires_at)
         except StoreUnavailable:
             # the secret is minted: hand it out; it only cannot be cancelled early
             log_unrecorded(session_id)
-
-    async def drain(self) -> None:
-        """Finish the registry writes still in flight (at shutdown: nothing is lost)."""
-        await self._registry.drain()
 
     async def cancel(
         self, identity: Identity, session_id: str | None, *, all_: bool = False

@@ -360,6 +360,9 @@ class Environment(BaseSettings):
     instance that accepted the run, which they wait on and fail with."""
     transcribe_model: str = "gpt-4o-mini-transcribe"
     """The OpenAI model agent workflows' dictation (input.transcribe) uses."""
+    transcribe_max_seconds: seconds(1, 1500) = 120.0
+    """The longest dictation recording (input.transcribe) agent and mock workflows take, in
+    seconds, read from the audio itself; longer is a 413, unreadable audio a 415."""
     files_storage: Annotated[str | None, AfterValidator(_files_storage)] = Field(
         None, examples=["s3://bucket/chatkit-files"]
     )

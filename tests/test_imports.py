@@ -5,6 +5,8 @@ cycle. An edge goes to the module named, not to its parent packages."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 BROKER = Path(__file__).resolve().parent.parent / "broker"
@@ -102,3 +104,11 @@ def test_config_and_settings_import_no_backend_kind():
     kinds = {"hosted", "gateway", "agent", "mock"}
     direct = {m for m in graph["broker.config"] if m.split(".")[2:3] and m.split(".")[2] in kinds}
     assert direct == set()
+
+
+def test_a_process_without_a_thread_database_never_loads_sqlalchemy():
+    """Hosted and gateway deployments have no thread database: the app module must not pull
+    in SQLAlchemy (12.8 MB of RSS; the mint's 80 MB bound at 512 connections, issue 24)."""
+    code = "import sys, broker.app, broker.cli; print('sqlalchemy' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -285,3 +285,17 @@ async def test_without_origins_there_is_no_preflight_in_the_document(base_env) -
             headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"},
         )
         assert r.status_code == 405 and "access-control-allow-origin" not in r.headers
+
+
+def test_the_usage_answer_is_documented_field_by_field():
+    doc = openapi_document()
+    schema = doc["paths"]["/api/usage"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert schema["schema"] == {"$ref": "#/components/schemas/Usage"}
+    schemas = doc["components"]["schemas"]
+    assert set(schemas["Usage"]["required"]) == {"user", "workflows"}
+    entry = schemas["WorkflowUsage"]
+    assert set(entry["required"]) == {"workflow", "tier", "today", "this_month", "budgets"}
+    assert set(schemas["UsageTotals"]["properties"]) >= {"total_tokens", "cost_usd", "calls"}
+    assert schemas["UsageBudget"]["properties"]["unit"]["enum"] == ["tokens", "usd"]
+    for name in ("Usage", "WorkflowUsage", "UsageTotals", "UsageBudget"):
+        assert schemas[name]["additionalProperties"] is False, name

@@ -147,16 +147,30 @@ async def test_previous_session_id_is_cancelled_only_when_owned(
         assert r.status_code == 200
 
 
+@pytest.fixture
+def slow_redis_writes(monkeypatch) -> None:
+    """Every registry write lands 0.3 s late, as on a loaded machine (issue 24: a cancel on
+    another instance right after the mint missed the session, because the write was made
+    after the answer; here that race is lost every time rather than now and then)."""
+    real_add = RedisRegistry.add
+
+    async def slow_add(self, session_id, user, expires_at):
+        await asyncio.sleep(0.3)
+        await real_add(self, session_id, user, expires_at)
+
+    monkeypatch.setattr(RedisRegistry, "add", slow_add)
+
+
 async def test_sessions_minted_by_one_instance_are_cancelled_by_another(
-    make_settings, redis_env, openai, token
+    make_settings, redis_env, openai, token, slow_redis_writes
 ):
     settings = make_settings(**redis_env)
     alice = token("alice")
     async with app_client(settings) as a, app_client(settings) as b:
         s1 = await mint_id(a, alice)
-        s2 = await mint_id(b, alice)
         r = await b.post(CANCEL, json={"session_id": s1}, headers=auth(alice))
         assert r.json() == {"cancelled": [s1]}
+        s2 = await mint_id(b, alice)
         r = await a.post(CANCEL, json={"all": True}, headers=auth(alice))
         assert r.json() == {"cancelled": [s2]}
         # and someone else's stays 404 from either instance
@@ -220,35 +234,19 @@ async def test_a_full_registry_evicts_through_the_app_and_the_metric_says_so():
     assert "broker_registry_evictions_total 1.0" in exposed
 
 
-async def test_a_hosted_mint_does_not_wait_for_its_redis_write(
-    make_settings, redis_env, openai, token, monkeypatch
+async def test_a_hosted_mint_answers_only_once_its_session_is_in_redis(
+    make_settings, redis_env, openai, token, slow_redis_writes
 ):
-    """With Redis, OpenAI's sessions are recorded off the answer's path: a registry write that
-    takes 1 s does not delay the mint, this process knows the owner at once, a cancel right
-    after waits for the write, and shutdown finishes the writes still in flight."""
-    real_add = RedisRegistry.add
-
-    async def slow_add(self, session_id, user, expires_at):
-        await asyncio.sleep(1.0)
-        await real_add(self, session_id, user, expires_at)
-
-    monkeypatch.setattr(RedisRegistry, "add", slow_add)
-    alice = auth(token("alice"))
-    async with app_client(make_settings(**redis_env)) as c:
-        started = time.monotonic()
-        first = await c.post(MINT, json=SUPPORT, headers=alice)
-        assert first.status_code == 200, first.text
-        assert time.monotonic() - started < 0.5
-        registry = c.app.state.broker.sessions._registry
-        assert await registry.owner(first.json()["session_id"]) == "alice"
-        r = await c.post(CANCEL, json={"session_id": first.json()["session_id"]}, headers=alice)
-        assert r.status_code == 200, r.text
-        second = (await c.post(MINT, json=SUPPORT, headers=alice)).json()["session_id"]
-    # the lifespan drained the write begun by the second mint before closing the store
+    """OpenAI's sessions too are recorded before the secret leaves: when the answer arrives,
+    Redis — what every other worker and instance reads — already names the owner."""
     store = RedisStore(redis_env["BROKER_REDIS_URL"], redis_env["BROKER_REDIS_PREFIX"])
     try:
-        assert await store.client.get(store.key("sess", second)) == b"alice"
-        assert await store.client.get(store.key("sess", first.json()["session_id"])) is None
+        async with app_client(make_settings(**redis_env)) as c:
+            r = await c.post(MINT, json=SUPPORT, headers=auth(token("alice")))
+            assert r.status_code == 200, r.text
+            session_id = r.json()["session_id"]
+            assert await store.client.get(store.key("sess", session_id)) == b"alice"
+            assert await store.client.zscore(store.key("user", "alice"), session_id)
     finally:
         await store.close()
 

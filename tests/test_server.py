@@ -16,7 +16,7 @@ import time
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from broker.edge import abort_response
+from broker.edge import abort_response, head_with_body
 from broker.server import MAX_HEAD_BYTES
 
 from .support.asgi_server import run_asgi
@@ -33,6 +33,13 @@ async def ok_app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
         abort_response(scope)
+        return
+    if scope["path"] == "/head-with-body":
+        head_with_body(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0.3)  # a head written on its own would be read before the body
+        await send({"type": "http.response.body", "body": b"data: first\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: second\n\n"})
         return
     body = b'{"status":"ok"}'
     await send(
@@ -150,3 +157,21 @@ async def test_an_aborted_response_drops_the_connection_without_uvicorns_error_l
     await asyncio.sleep(0.1)
     logging.getLogger("uvicorn").removeHandler(caplog.handler)
     assert "ASGI callable returned" not in caplog.text
+
+
+def first_read(url: str, raw: bytes) -> bytes:
+    with socket.create_connection(address(url), timeout=10) as sock:
+        sock.sendall(raw)
+        return sock.recv(65536)
+
+
+async def test_a_head_held_for_its_body_goes_out_in_one_write_with_the_first_chunk(url: str):
+    """``edge.head_with_body``: the gateway's first event leaves in the same write (and TCP
+    segment) as the answer head, so the browser wakes once for both; the chunks after it,
+    and the next response on the connection, are written as usual."""
+    raw = b"GET /head-with-body HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    first = await asyncio.to_thread(first_read, url, raw)
+    assert first.startswith(b"HTTP/1.1 200")
+    assert first.endswith(b"data: first\n\n\r\n"), first
+    data = await asyncio.to_thread(read_until_closed, url, raw)
+    assert data.endswith(b"data: first\n\n\r\ne\r\ndata: second\n\n\r\n0\r\n\r\n"), data

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .asgi import AssertionMiddleware, current_assertion, current_user
+from .asgi import AssertionMiddleware, current_assertion, current_user, request_targets
 from .verifier import (
     ASSERTION_HEADER,
     ASSERTION_TYP,
@@ -31,6 +31,8 @@ from .verifier import (
     VerifiedAssertion,
     body_digest,
     check_body,
+    check_request,
+    check_target,
     verify,
     verify_with_key,
 )
@@ -50,8 +52,11 @@ __all__ = [
     "VerifiedAssertion",
     "body_digest",
     "check_body",
+    "check_request",
+    "check_target",
     "current_assertion",
     "current_user",
+    "request_targets",
     "require_assertion",
     "verify",
     "verify_with_key",

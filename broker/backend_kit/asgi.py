@@ -1,8 +1,11 @@
 """``AssertionMiddleware``: every request verified before your ChatKit server sees it.
 
-Pure ASGI (no framework): it reads the body (the assertion is bound to it), verifies the
-``ChatKit-Broker-Assertion`` header, refuses with 401 (503 while the broker's keys were
-never fetched), and otherwise runs the app with the verified caller in ``current_user()``
+Pure ASGI (no framework): it verifies the ``ChatKit-Broker-Assertion`` header, then reads
+the body when the assertion is bound to it (``req_sha256``: every ChatKit request, capped at
+``max_body_bytes``) or, when it is bound to the request's method and URL instead
+(``htm``/``htu``: a file upload the broker streams and could not hash), lets the body stream
+through to the app unread, uncapped (the broker enforced the workflow's ``max_size``). It
+refuses with 401 (503 while the broker's keys were never fetched) and otherwise runs the app with the verified caller in ``current_user()``
 (a context variable, so a ``Store`` deep inside chatkit can read it without plumbing) and
 in ``scope["state"]["chatkit_assertion"]`` (``request.state.chatkit_assertion``).
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -27,6 +31,7 @@ from .verifier import (
     AssertionVerifier,
     InvalidAssertion,
     VerifiedAssertion,
+    check_request,
 )
 
 log = logging.getLogger("chatkit_broker.kit")
@@ -92,6 +97,22 @@ async def _answer(send: Send, status: int, code: str, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def request_targets(scope: Scope) -> tuple[str, ...]:
+    """The path and ``?query`` of an ASGI request, as ``htu`` may name it: as received
+    (``raw_path``, percent-encoded) and with the app's ``root_path`` in front or taken off."""
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes | bytearray) and raw:
+        path = bytes(raw).decode("latin-1").split("?", 1)[0]
+    else:  # ``path`` is decoded: quote it back so that decoding again gives it unchanged
+        path = urllib.parse.quote(scope.get("path") or "/", safe="/")
+    root = urllib.parse.quote(scope.get("root_path") or "", safe="/").rstrip("/")
+    paths = [path]
+    if root:
+        paths.append(path[len(root) :] or "/" if path.startswith(root + "/") else root + path)
+    query = bytes(scope.get("query_string") or b"").decode("latin-1")
+    return tuple(p + "?" + query if query else p for p in paths)
+
+
 class AssertionMiddleware:
     """Refuses every HTTP request without a valid broker assertion for ``audience``.
 
@@ -125,42 +146,54 @@ class AssertionMiddleware:
         if scope["type"] != "http" or scope.get("path") in self.exempt:
             await self.app(scope, receive, send)
             return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_body_bytes:
-                await _answer(send, 413, "payload_too_large", "The request body is too large.")
-                return
-            if not message.get("more_body", False):
-                break
         token = next((v.decode("latin-1") for k, v in scope["headers"] if k == _HEADER), None)
+        method, targets = scope["method"], request_targets(scope)
         try:
-            verified = await self.verifier.verify(token, body=bytes(body))
+            verified = await self.verifier.authenticate(token)
+            body: bytes | None = None
+            if "req_sha256" in verified.claims:
+                read = bytearray()
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    read += message.get("body", b"")
+                    if len(read) > self.max_body_bytes:
+                        await _answer(
+                            send, 413, "payload_too_large", "The request body is too large."
+                        )
+                        return
+                    if not message.get("more_body", False):
+                        break
+                body = bytes(read)
+            # body None: an upload bound to its method and URL, streamed to the app unread
+            check_request(verified, method=method, target=targets, body=body)
+            self.verifier.spend(verified)
         except InvalidAssertion as exc:
-            log.warning(
-                "chatkit-broker kit: refused %s %s: %s", scope["method"], scope["path"], exc
-            )
+            log.warning("chatkit-broker kit: refused %s %s: %s", method, scope["path"], exc)
             await _answer(send, 401, "invalid_assertion", f"Refused: {exc}.")
             return
         except AssertionKeysUnavailable as exc:
             await _answer(send, 503, "assertion_keys_unavailable", f"{exc}.")
             return
         scope.setdefault("state", {})["chatkit_assertion"] = verified
-        await self._run(scope, bytes(body), send, receive, verified)
+        await self._run(scope, body, send, receive, verified)
 
     async def _run(
-        self, scope: Scope, body: bytes, send: Send, receive: Receive, verified: VerifiedAssertion
+        self,
+        scope: Scope,
+        body: bytes | None,
+        send: Send,
+        receive: Receive,
+        verified: VerifiedAssertion,
     ) -> None:
-        delivered = False
+        delivered = body is None  # None: the body was not read, the app reads it itself
 
         async def replay() -> Message:
             nonlocal delivered
             if not delivered:
                 delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.request", "body": body or b"", "more_body": False}
             return await receive()
 
         held: Message | None = None

@@ -7,7 +7,7 @@ the dependency to know what to inject.
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from .asgi import set_current
+from .asgi import request_targets, set_current
 from .verifier import (
     ASSERTION_HEADER,
     AssertionKeysUnavailable,
@@ -30,7 +30,12 @@ def require_assertion(verifier: AssertionVerifier):
             return already
         body = await request.body()  # Starlette keeps it: the endpoint can read it again
         try:
-            verified = await verifier.verify(request.headers.get(ASSERTION_HEADER), body=body)
+            verified = await verifier.verify(
+                request.headers.get(ASSERTION_HEADER),
+                body=body,
+                method=request.method,
+                target=request_targets(request.scope),
+            )
         except InvalidAssertion as exc:
             raise HTTPException(401, f"Refused: {exc}.") from None
         except AssertionKeysUnavailable as exc:

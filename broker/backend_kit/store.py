@@ -58,6 +58,25 @@ class UserScopedStore(Store[TContext], Generic[TContext]):
             )
         return user
 
+    def protect(self, server: Any) -> Any:
+        """Check ownership where chatkit asks no store: ``items.feedback`` goes straight to
+        ``server.add_feedback``, so another user's (or an unknown) thread or item would be
+        answered ``{}``. After this, its thread and items are loaded through this store first:
+        "not found" (a 404 through ``AssertionMiddleware``) unless they are the caller's.
+        Call it once on the server that uses this store; returns the server."""
+        own_feedback = server.add_feedback
+
+        async def add_feedback(
+            thread_id: str, item_ids: list[str], feedback: Any, context: TContext
+        ) -> None:
+            await self._owned_thread(thread_id, context)
+            for item_id in item_ids:
+                await self.load_item(thread_id, item_id, context)
+            await own_feedback(thread_id, item_ids, feedback, context)
+
+        server.add_feedback = add_feedback
+        return server
+
     # --- ids ------------------------------------------------------------------------------
 
     def generate_thread_id(self, context: TContext) -> str:

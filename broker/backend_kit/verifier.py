@@ -8,7 +8,16 @@ standard library's ``urllib`` in a thread, or with any ``fetch`` coroutine you p
 What a verified assertion proves: the broker signed it (ES256, a ``kid`` it publishes, or
 HS256 with the shared secret), for this backend (``aud``), from this broker (``iss``), not
 expired (``exp``, with ``leeway`` for clock skew), for this exact request body
-(``req_sha256``), and — with ``single_use``, the default — never seen before (``jti``).
+(``req_sha256``) — or, for a file upload the broker streams and so cannot hash in advance,
+for this method and URL (``htm``/``htu``) — and, with ``single_use``, the default, never seen
+before (``jti``).
+
+How ``htu`` is compared: by path and query only, percent-decoded, the query as a multiset of
+pairs. Scheme and host are left out on purpose: behind a proxy or in a container the backend
+sees another host and scheme than the broker dialled, and what binds the assertion to this
+backend is ``aud`` (and its signature, expiry and single use), not the host name. The path is
+compared with the request's path as the ASGI server gives it, with and without its
+``root_path``, so a backend mounted under a prefix (``uvicorn --root-path``) matches.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import json
 import logging
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -87,6 +97,57 @@ def check_body(verified: VerifiedAssertion, body: bytes) -> None:
     """Refuse an assertion whose ``req_sha256`` is missing or not that of ``body``."""
     claimed = verified.claims.get("req_sha256")
     if not isinstance(claimed, str) or not hmac.compare_digest(claimed, body_digest(body)):
+        raise InvalidAssertion("the assertion was not issued for this request body")
+
+
+def _same_target(htu: str, target: str | tuple[str, ...]) -> bool:
+    """Whether ``htu`` (an absolute URL) names the request target ``target`` — a path with
+    an optional ``?query`` as the backend received it, or several equivalent spellings."""
+    wanted = urllib.parse.urlsplit(htu)
+    path = urllib.parse.unquote(wanted.path) or "/"
+    query = sorted(urllib.parse.parse_qsl(wanted.query, keep_blank_values=True))
+    for candidate in (target,) if isinstance(target, str) else target:
+        got_path, _, got_query = candidate.partition("?")
+        if (urllib.parse.unquote(got_path) or "/") != path:
+            continue
+        if sorted(urllib.parse.parse_qsl(got_query, keep_blank_values=True)) == query:
+            return True
+    return False
+
+
+def check_target(verified: VerifiedAssertion, method: str, target: str | tuple[str, ...]) -> None:
+    """Refuse an assertion whose ``htm``/``htu`` are missing or not this request's method and
+    path (``target``: the path and ``?query`` the backend received; see the module doc)."""
+    htm, htu = verified.claims.get("htm"), verified.claims.get("htu")
+    if not isinstance(htm, str) or not isinstance(htu, str):
+        raise InvalidAssertion("the assertion does not name this request's method and URL")
+    if htm.upper() != method.upper():
+        raise InvalidAssertion(f"the assertion was issued for a {htm[:10]!r} request")
+    if not _same_target(htu, target):
+        raise InvalidAssertion("the assertion was issued for another URL")
+
+
+def check_request(
+    verified: VerifiedAssertion,
+    *,
+    method: str,
+    target: str | tuple[str, ...],
+    body: bytes | None = None,
+) -> None:
+    """The whole rule for one request: ``htm``/``htu``, when the assertion has them, must be
+    this method and URL; ``req_sha256``, when it has it, must be that of ``body`` (which must
+    then be given). An assertion with neither is refused. ``body=None`` means the body is
+    streamed to the app unread: only an assertion bound to the method and URL passes.
+    """
+    claims = verified.claims
+    targeted = "htm" in claims or "htu" in claims
+    if targeted:
+        check_target(verified, method, target)
+    if "req_sha256" in claims:
+        if body is None:
+            raise InvalidAssertion("the assertion is bound to a body that was not read")
+        check_body(verified, body)
+    elif not targeted:
         raise InvalidAssertion("the assertion was not issued for this request body")
 
 
@@ -161,6 +222,8 @@ def verify_with_key(
     secret: str | bytes | None = None,
     leeway: float = 5.0,
     body: bytes | None = None,
+    method: str | None = None,
+    target: str | tuple[str, ...] | None = None,
 ) -> VerifiedAssertion:
     """Verify against one known key: an ES256 public key (object, PEM or JWK dict), or an
     HS256 ``secret`` — exactly one, and the token's algorithm must match it.
@@ -184,7 +247,9 @@ def verify_with_key(
         verified = _decode(
             token, _public_key(key), "ES256", audience=audience, issuer=issuer, leeway=leeway
         )
-    if body is not None:
+    if method is not None and target is not None:
+        check_request(verified, method=method, target=target, body=body)
+    elif body is not None:
         check_body(verified, body)
     return verified
 
@@ -379,18 +444,41 @@ class AssertionVerifier:
     def keys(self) -> KeySet | None:
         return self._keys
 
-    async def verify(self, token: str | None, *, body: bytes | None = None) -> VerifiedAssertion:
+    async def verify(
+        self,
+        token: str | None,
+        *,
+        body: bytes | None = None,
+        method: str | None = None,
+        target: str | tuple[str, ...] | None = None,
+    ) -> VerifiedAssertion:
         """The verified user and claims, or ``InvalidAssertion`` / ``AssertionKeysUnavailable``.
 
         With ``body`` (the raw request body) the assertion must carry the matching
-        ``req_sha256``, so a captured assertion cannot be sent with another request.
+        ``req_sha256``, so a captured assertion cannot be sent with another request. With
+        ``method`` and ``target`` (the request's path and ``?query``) the whole rule of
+        ``check_request`` applies: an upload's assertion, which has no ``req_sha256``, passes
+        when its ``htm``/``htu`` name this request — then ``body`` may be None (streamed).
         """
         verified = await self._verified(token)
-        if body is not None:
+        if method is not None and target is not None:
+            check_request(verified, method=method, target=target, body=body)
+        elif body is not None:
             check_body(verified, body)
+        self.spend(verified)
+        return verified
+
+    async def authenticate(self, token: str | None) -> VerifiedAssertion:
+        """Signature, ``typ``, ``aud``, ``iss`` and expiry only — no body, no target, not
+        spent. For a caller that checks the rest itself (``check_request``) and then calls
+        ``spend``, as ``AssertionMiddleware`` does to decide whether to read the body."""
+        return await self._verified(token)
+
+    def spend(self, verified: VerifiedAssertion) -> None:
+        """Mark the assertion's ``jti`` used; ``InvalidAssertion`` if it was (a replay).
+        Does nothing when ``single_use`` is off."""
         if self.single_use:
             self._spend(verified)
-        return verified
 
     def _spend(self, verified: VerifiedAssertion) -> None:
         now = self.wall_clock()
@@ -446,6 +534,8 @@ async def verify(
     secret: str | bytes | None = None,
     leeway: float = 5.0,
     body: bytes | None = None,
+    method: str | None = None,
+    target: str | tuple[str, ...] | None = None,
 ) -> VerifiedAssertion:
     """One-call verification: ``await verify(header, jwks_url=…, audience=…, body=…)``.
 
@@ -458,4 +548,4 @@ async def verify(
         verifier = _VERIFIERS[cache_key] = AssertionVerifier(
             jwks_url=jwks_url, audience=audience, issuer=issuer, secret=secret, leeway=leeway
         )
-    return await verifier.verify(token, body=body)
+    return await verifier.verify(token, body=body, method=method, target=target)

@@ -63,9 +63,6 @@ class Backend:
     sessions: SessionMaker
     #: whether ``POST /chatkit/<name>`` reaches this backend (hosted: ChatKit talks to OpenAI)
     serves_chatkit: ClassVar[bool] = True
-    #: whether a minted session is recorded after the answer (hosted: OpenAI checks its own
-    #: secrets, the record only lets the user cancel early) rather than before it leaves
-    sessions_recorded_later: ClassVar[bool] = False
 
     def routes(self) -> Sequence[BaseRoute]:
         """Routes of its own besides ``/chatkit/<name>`` (server-side runs, key sets …)."""
@@ -89,6 +86,13 @@ class Backend:
         if not self.serves_chatkit:
             return None
         return {"url": f"/chatkit/{workflow.name}", "domain_key": domain_key}
+
+    def session_endpoint(
+        self, endpoint: Mapping[str, Any] | None, admission: Admission, session_id: str | None
+    ) -> Mapping[str, Any] | None:
+        """The mint answer's ``backend`` for one minted session: ``endpoint`` with anything
+        bound to that user and session (the gateway's signed direct-upload URL)."""
+        return endpoint
 
     async def serve(self, admission: Admission, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one ChatKit request (``POST /chatkit/<name>``) for an admitted caller."""

@@ -4,7 +4,7 @@ which the browser (or anyone with curl) chooses freely."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, StrictStr
 
@@ -16,6 +16,17 @@ MB = 1024 * 1024
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 TEXT_TYPES = ("text/plain", "text/markdown", "text/csv")
 KNOWN_TYPES = (*IMAGE_TYPES, "application/pdf", *TEXT_TYPES)
+#: the file-name extensions the composer's picker offers per type
+EXTENSIONS = {
+    "image/png": [".png"],
+    "image/jpeg": [".jpg", ".jpeg"],
+    "image/gif": [".gif"],
+    "image/webp": [".webp"],
+    "application/pdf": [".pdf"],
+    "text/plain": [".txt"],
+    "text/markdown": [".md"],
+    "text/csv": [".csv"],
+}
 #: how many leading bytes ``sniff`` needs
 SNIFF_BYTES = 4096
 
@@ -56,6 +67,17 @@ class FilesPolicy(BaseModel):
 
     def allows(self, mime_type: str) -> bool:
         return mime_type in self.accept
+
+    def composer(self) -> dict[str, Any]:
+        """ChatKit's ``composer.attachments`` for this policy (the mint answer's)."""
+        if not self.enabled:
+            return {"enabled": False}
+        return {
+            "enabled": True,
+            "max_size": self.max_size,
+            "max_count": self.max_per_message,
+            "accept": {mime: EXTENSIONS.get(mime, []) for mime in self.accept},
+        }
 
 
 def _text(head: bytes, complete: bool) -> bool:

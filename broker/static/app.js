@@ -39,6 +39,8 @@ const STATUS_TEXT = {
  * @typedef {{id: number, time: string, kind: string, text: string, level: "info" | "warn" | "error", detail?: string}} LogEntry
  * @typedef {{reason: string, detail?: string}} Problem
  * @typedef {import("./chatkit-protocol.js").Transcript} Transcript
+ * @typedef {import("./chatkit-protocol.js").AttachmentRef} AttachmentRef
+ * @typedef {{key: string, id: string, name: string, mimeType: string, previewUrl: string | null, state: "uploading" | "ready" | "failed", error: string | null}} PendingFile
  */
 
 const state = {
@@ -67,6 +69,10 @@ const state = {
     error: null,
     /** @type {string | null} the text of the turn that failed, for Retry */
     failedText: null,
+    /** @type {string[]} the attachments that turn carried */
+    failedAttachments: [],
+    /** @type {PendingFile[]} files attached to the next message (uploading, ready or failed) */
+    pending: [],
   },
   /** @type {LogEntry[]} */
   log: [],
@@ -174,6 +180,8 @@ function describe(value) {
     text = String(value);
   }
   if (text === undefined) text = String(value);
+  // a signed upload or preview URL is a capability: its signature stays out of the log
+  text = text.replace(/([?&]t=)[A-Za-z0-9._~%-]+/g, "$1…");
   return text.length > 600 ? `${text.slice(0, 600)}…` : text;
 }
 
@@ -381,6 +389,8 @@ function unmount() {
       busy: false,
       error: null,
       failedText: null,
+      failedAttachments: [],
+      pending: [],
     };
   });
 }
@@ -430,7 +440,7 @@ async function mount(workflow) {
       reason:
         "ChatKit's script could not load (offline, or blocked by a proxy or an extension), so this " +
         "page talks to the backend itself through the protocol console below: the broker and the " +
-        "backend work; ChatKit's own UI (widgets, attachments) is not shown. Retry loads ChatKit again.",
+        "backend work; ChatKit's own UI (widgets, dictation) is not shown. Retry loads ChatKit again.",
       detail: err instanceof Error ? err.message : String(err),
     });
     openConsole(api);
@@ -526,17 +536,88 @@ async function consoleRun(work, failedText = null) {
   }
 }
 
-/** @param {string} text */
-function consoleSend(text) {
+/** @param {string} text @param {string[]} [attachments] the ids of uploaded files */
+function consoleSend(text, attachments) {
   const t = state.console.transcript;
   const changed = () => update();
+  const c = state.console;
+  const ids = attachments ?? c.pending.filter((f) => f.state === "ready").map((f) => f.id);
+  if (!attachments) update(() => (c.pending = c.pending.filter((f) => f.state === "uploading")));
+  update(() => (c.failedAttachments = ids));
   return consoleRun(
     (client) =>
       t.threadId
-        ? client.addUserMessage(t.threadId, text, t, changed)
-        : client.createThread(text, t, changed),
+        ? client.addUserMessage(t.threadId, text, t, changed, ids)
+        : client.createThread(text, t, changed, ids),
     text,
   );
+}
+
+/**
+ * Attaches one file to the next message: attachments.create, then the upload to the signed
+ * URL the backend gave (logged like the kit's fetches); the chip shows its state and, for an
+ * image, the preview the backend serves.
+ * @param {File} file
+ */
+async function consoleAttach(file) {
+  const client = live.client;
+  if (!client) return;
+  const generation = live.generation;
+  /** @type {PendingFile} */
+  const entry = { key: `f${++pendingSeq}`, id: "", name: file.name, mimeType: file.type, previewUrl: null, state: "uploading", error: null };
+  update(() => (state.console.pending = [...state.console.pending, entry]));
+  /** @type {import("./chatkit-protocol.js").FetchLike} */
+  const upload = async (input, init) => {
+    const started = performance.now();
+    const method = init?.method ?? "POST";
+    const path = displayPath(String(input)).replace(/\?.*$/, "?…"); // the signature stays out of the log
+    try {
+      const res = await fetch(input, init);
+      log("fetch", `${method} ${path} → ${res.status} (${Math.round(performance.now() - started)} ms)`, {
+        level: res.ok ? "info" : "warn",
+      });
+      return res;
+    } catch (err) {
+      log("fetch", `${method} ${path} → failed (${Math.round(performance.now() - started)} ms)`, { level: "error" });
+      throw err;
+    }
+  };
+  try {
+    const ref = await client.attach(file, upload);
+    if (generation !== live.generation) return;
+    log("console", `attached ${ref.name} (${ref.mimeType}) as ${ref.id}`);
+    update(() => Object.assign(entry, { id: ref.id, mimeType: ref.mimeType, previewUrl: ref.previewUrl, state: "ready" }));
+  } catch (err) {
+    if (generation !== live.generation) return;
+    const reason = reasonFor(err);
+    log("console", `could not attach ${file.name}: ${reason}`, { level: "error" });
+    update(() => Object.assign(entry, { state: "failed", error: reason }));
+  }
+  update(() => (state.console.pending = [...state.console.pending]));
+}
+
+let pendingSeq = 0;
+
+/**
+ * One attachment of a user message: an image as its preview (the backend's signed URL, no
+ * header needed), any other file as its name and type.
+ * @param {AttachmentRef} a
+ */
+function attachmentView(a) {
+  return h(
+    "figure",
+    { class: "attachment", data: { attachment: a.id, type: a.mimeType } },
+    a.previewUrl && h("img", { class: "preview", attrs: { src: a.previewUrl, alt: a.name } }),
+    h("figcaption", { text: `${a.name} · ${a.mimeType}` }),
+  );
+}
+
+/** Takes a file back before sending (attachments.delete for one that was uploaded). @param {PendingFile} entry */
+function consoleDetach(entry) {
+  update(() => (state.console.pending = state.console.pending.filter((f) => f !== entry)));
+  if (entry.state === "ready" && live.client) {
+    live.client.detach(entry.id).catch((err) => log("console", `attachments.delete: ${reasonFor(err)}`, { level: "warn" }));
+  }
 }
 
 function consoleRetry() {
@@ -544,8 +625,8 @@ function consoleRetry() {
   const users = t.messages.filter((m) => m.role === "user");
   const last = users[users.length - 1];
   if (state.console.failedText !== null && (!last || last.text !== state.console.failedText)) {
-    // The failed message never reached the thread: send it again.
-    return consoleSend(state.console.failedText);
+    // The failed message never reached the thread: send it again, with its files.
+    return consoleSend(state.console.failedText, state.console.failedAttachments);
   }
   if (!t.threadId || !last) return;
   update(() => (t.messages = t.messages.slice(0, t.messages.indexOf(last) + 1)));
@@ -800,6 +881,7 @@ function renderConsole() {
         "li",
         { class: `turn ${m.role}`, data: { role: m.role, done: String(m.done) } },
         h("span", { class: "who", text: m.role === "user" ? "you" : m.role }),
+        m.attachments.length > 0 && h("div", { class: "attachments" }, ...m.attachments.map(attachmentView)),
         h("p", { class: "text", text: m.text || (m.done ? "" : "…") }),
       ),
     );
@@ -815,6 +897,34 @@ function renderConsole() {
     (t.error
       ? { reason: t.error.message, detail: t.error.allowRetry ? "the backend allows a retry" : undefined }
       : null);
+  const attachable = Boolean(state.backend?.attachments);
+  part("console-files", [attachable, state.backend?.attachments ?? null, c.pending, c.busy], () => {
+    const pick = /** @type {HTMLInputElement} */ ($("console-file"));
+    $("console-attach").hidden = !attachable;
+    /** @type {HTMLButtonElement} */ ($("console-attach")).disabled = c.busy;
+    const accept = state.backend?.attachments?.accept;
+    if (accept) pick.accept = Object.entries(accept).flatMap(([type, exts]) => [type, ...exts]).join(",");
+    else pick.removeAttribute("accept");
+    const list = $("console-pending");
+    list.hidden = c.pending.length === 0;
+    list.replaceChildren(
+      ...c.pending.map((f) =>
+        h(
+          "li",
+          { class: "pending-file", data: { state: f.state, key: f.key } },
+          f.previewUrl && h("img", { class: "thumb", attrs: { src: f.previewUrl, alt: f.name } }),
+          h("span", { class: "name", text: f.name }),
+          h("span", { class: "file-state", text: f.state === "failed" ? `failed: ${f.error}` : f.state }),
+          h("button", {
+            class: "quiet",
+            text: "×",
+            attrs: { type: "button", "aria-label": `remove ${f.name}` },
+            on: { click: () => consoleDetach(f) },
+          }),
+        ),
+      ),
+    );
+  });
   part("console-error", [problem, c.busy], () => {
     $("console-error").hidden = !problem;
     showText($("console-error-reason"), problem?.reason);
@@ -896,11 +1006,18 @@ function start() {
     }
   });
   $("console-retry").addEventListener("click", consoleRetry);
+  $("console-attach").addEventListener("click", () => $("console-file").click());
+  $("console-file").addEventListener("change", () => {
+    const pick = /** @type {HTMLInputElement} */ ($("console-file"));
+    for (const file of Array.from(pick.files ?? [])) consoleAttach(file);
+    pick.value = "";
+  });
   $("console-new").addEventListener("click", () =>
     update(() => {
       state.console.transcript = emptyTranscript();
       state.console.error = null;
       state.console.threads = null;
+      state.console.pending = [];
     }),
   );
   $("console-threads").addEventListener("click", consoleListThreads);

@@ -772,10 +772,11 @@ export function eventsOf(api) {
 }
 
 /**
- * What the kit knows of an `api` made by createChatKitApi: the backend's kind and URL and
- * the current session (never its secret); null for any other object.
+ * What the kit knows of an `api` made by createChatKitApi: the backend's kind and URL, the
+ * workflow's file policy (null when it takes no files, or for hosted workflows) and the
+ * current session (never its secret); null for any other object.
  * @param {object} api
- * @returns {{workflow: string, kind: string, backendUrl: string | null, sessionId: string, expiresAt: number} | null}
+ * @returns {{workflow: string, kind: string, backendUrl: string | null, attachments: BrokerAttachments | null, sessionId: string, expiresAt: number} | null}
  */
 export function describeApi(api) {
   const session = SESSIONS.get(api);
@@ -785,6 +786,7 @@ export function describeApi(api) {
     workflow: session.workflow,
     kind: kindOf(answer),
     backendUrl: answer.backend ? join(session.broker, answer.backend.url) : null,
+    attachments: answer.backend?.attachments?.enabled ? answer.backend.attachments : null,
     sessionId: answer.session_id,
     expiresAt: answer.expires_at,
   };

@@ -3,7 +3,7 @@
  * A small client of the ChatKit protocol (the one chatkit-python's ChatKitServer serves), for
  * the test page's protocol console: when the ChatKit script cannot load, the page still talks
  * to a custom backend through the kit's fetch and shows what it streams. Diagnostic only; it
- * understands text replies, not widgets, tools or attachments.
+ * understands text replies and attachments (two-phase uploads), not widgets or tools.
  *
  * Every request is a POST of {type, params} to the backend URL. Streaming ones answer with
  * server-sent events (`data: {json}` blocks), the rest with JSON (chatkit-python chatkit/types.py).
@@ -15,11 +15,18 @@ import { BrokerError, errorFromResponse } from "./chatkit-broker.js";
  * @typedef {(input: RequestInfo | URL, init?: RequestInit) => Promise<Response>} FetchLike
  * @typedef {{type: string, [key: string]: any}} ChatKitEvent one server-sent event of a stream
  *
+ * @typedef {object} AttachmentRef a file a user message carries, as the backend describes it
+ * @property {string} id
+ * @property {string} name
+ * @property {string} mimeType
+ * @property {string | null} previewUrl an image's signed preview URL (works as `<img src>`)
+ *
  * @typedef {object} Message one line of the transcript
  * @property {string} id the thread item id
  * @property {"user" | "assistant" | "widget" | "other"} role
  * @property {string} text all content parts, joined
  * @property {string[]} parts the text of each content part, by content_index
+ * @property {AttachmentRef[]} attachments the files a user message carries
  * @property {boolean} done false while the assistant's text is still streaming in
  *
  * @typedef {object} Transcript what the console shows of one thread
@@ -30,9 +37,23 @@ import { BrokerError, errorFromResponse } from "./chatkit-broker.js";
  * @property {{message: string, allowRetry: boolean} | null} error the stream's error event, if any
  */
 
-/** The input of a plain text message (UserMessageInput: all four keys are required). */
-export function userInput(/** @type {string} */ text) {
-  return { content: [{ type: "input_text", text }], attachments: [], inference_options: {} };
+/**
+ * The input of a text message, with the ids of uploaded attachments (UserMessageInput: all
+ * four keys are required).
+ * @param {string} text @param {string[]} [attachments]
+ */
+export function userInput(text, attachments = []) {
+  return { content: [{ type: "input_text", text }], attachments, inference_options: {} };
+}
+
+/** A backend's attachment (chatkit's FileAttachment / ImageAttachment) as the console shows it. @param {any} a @returns {AttachmentRef} */
+export function attachmentRef(a) {
+  return {
+    id: String(a?.id ?? ""),
+    name: String(a?.name ?? ""),
+    mimeType: String(a?.mime_type ?? ""),
+    previewUrl: typeof a?.preview_url === "string" ? a.preview_url : null,
+  };
 }
 
 /** @returns {Transcript} */
@@ -62,7 +83,8 @@ function roleOf(item) {
 /** @param {any} item @param {boolean} done @returns {Message} */
 function toMessage(item, done) {
   const parts = itemParts(item);
-  return { id: String(item.id), role: roleOf(item), text: parts.join(""), parts, done };
+  const attachments = Array.isArray(item.attachments) ? item.attachments.map(attachmentRef) : [];
+  return { id: String(item.id), role: roleOf(item), text: parts.join(""), parts, attachments, done };
 }
 
 /**
@@ -280,19 +302,65 @@ export class ProtocolClient {
     }
   }
 
-  /** @param {string} text @param {Transcript} t @param {() => void} [changed] */
-  createThread(text, t, changed) {
-    return this.stream("threads.create", { input: userInput(text) }, t, changed);
+  /** @param {string} text @param {Transcript} t @param {() => void} [changed] @param {string[]} [attachments] */
+  createThread(text, t, changed, attachments = []) {
+    return this.stream("threads.create", { input: userInput(text, attachments) }, t, changed);
   }
 
-  /** @param {string} threadId @param {string} text @param {Transcript} t @param {() => void} [changed] */
-  addUserMessage(threadId, text, t, changed) {
+  /** @param {string} threadId @param {string} text @param {Transcript} t @param {() => void} [changed] @param {string[]} [attachments] */
+  addUserMessage(threadId, text, t, changed, attachments = []) {
     return this.stream(
       "threads.add_user_message",
-      { thread_id: threadId, input: userInput(text) },
+      { thread_id: threadId, input: userInput(text, attachments) },
       t,
       changed,
     );
+  }
+
+  /**
+   * Attaches a file the two-phase way, as ChatKit does: `attachments.create` (name, size,
+   * type), then the bytes as multipart (`file`) to the upload descriptor's URL. That URL is a
+   * signed capability: it is fetched with `upload` (the plain fetch), never with the bearer.
+   * @param {File} file
+   * @param {FetchLike} [upload]
+   * @returns {Promise<AttachmentRef>}
+   */
+  async attach(file, upload = (input, init) => fetch(input, init)) {
+    const created = await this.request("attachments.create", {
+      name: file.name,
+      size: file.size,
+      mime_type: file.type || "application/octet-stream",
+    });
+    const descriptor = created?.upload_descriptor;
+    if (!descriptor || typeof descriptor.url !== "string") {
+      throw new BrokerError(
+        "The backend's attachments.create answer has no upload_descriptor: the console only " +
+          "knows two-phase uploads.",
+        { code: "bad_response" },
+      );
+    }
+    const form = new FormData();
+    form.append("file", file, file.name);
+    let res;
+    try {
+      res = await upload(descriptor.url, {
+        method: descriptor.method || "POST",
+        headers: descriptor.headers || {},
+        body: form,
+      });
+    } catch (err) {
+      throw new BrokerError(`Could not upload ${file.name} (${String(err)}).`, {
+        code: "network_error",
+        cause: err,
+      });
+    }
+    if (!res.ok) throw await errorFromResponse(res, "the upload");
+    return attachmentRef(created);
+  }
+
+  /** attachments.delete: a file the user took back before sending. @param {string} id */
+  detach(id) {
+    return this.request("attachments.delete", { attachment_id: id });
   }
 
   /** @param {string} threadId @param {string} itemId @param {Transcript} t @param {() => void} [changed] */

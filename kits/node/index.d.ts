@@ -15,6 +15,9 @@ export interface VerifiedAssertion {
     wf?: string;
     sid?: string;
     req_sha256?: string;
+    /** An upload's method and backend URL, instead of req_sha256. */
+    htm?: string;
+    htu?: string;
     [claim: string]: unknown;
   };
 }
@@ -46,9 +49,19 @@ export interface VerifierOptions {
   now?: () => number;
 }
 
+/** The request as the backend received it: its method and `req.url` (path and query). */
+export interface RequestTarget {
+  method: string;
+  url: string;
+}
+
 export interface Verifier {
   /** Resolves to the caller, or rejects with InvalidAssertion / AssertionKeysUnavailable. */
-  verify(token: string | undefined | null, body?: string | Uint8Array): Promise<VerifiedAssertion>;
+  verify(
+    token: string | undefined | null,
+    body?: string | Uint8Array,
+    request?: RequestTarget,
+  ): Promise<VerifiedAssertion>;
   readonly audience: string;
   readonly issuer: string;
   readonly algorithm: "ES256" | "HS256";
@@ -59,5 +72,15 @@ export declare function bodyDigest(body: string | Uint8Array): string;
 export declare function verifyRequest(
   verifier: Verifier,
   headers: Record<string, string | string[] | undefined> | { get(name: string): string | null },
-  body: string | Uint8Array,
+  body: string | Uint8Array | undefined,
+  request?: RequestTarget,
 ): Promise<VerifiedAssertion>;
+export declare function verifyUpload(
+  verifier: Verifier,
+  req: { method?: string; url?: string; headers: Record<string, string | string[] | undefined> },
+): Promise<VerifiedAssertion>;
+export declare function checkRequest(
+  claims: VerifiedAssertion["claims"],
+  request: RequestTarget,
+  body?: string | Uint8Array,
+): void;

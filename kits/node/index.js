@@ -4,7 +4,13 @@
 // `ChatKit-Broker-Assertion` header. Verify it, and trust nothing else about who is calling:
 // signature (ES256 against the broker's JWKS, cached; or HS256 with a shared secret),
 // `typ`, audience, issuer, expiry with a few seconds of leeway, `req_sha256` against the exact
-// request body, and — by default — that its `jti` was never seen before (in this process).
+// request body — or, for a file upload the broker streams (and so cannot hash), `htm`/`htu`
+// against the request's method and path — and, by default, that its `jti` was never seen
+// before (in this process).
+//
+// `htu` is compared by path and query only (percent-decoded; the query's pairs in any
+// order): behind a proxy the backend sees another scheme and host than the broker dialled,
+// and what binds the assertion to this backend is `aud`, its signature, expiry and single use.
 // While the broker's keys cannot be fetched, everything is refused (fail closed) and logged.
 
 import { createHash, timingSafeEqual } from "node:crypto";
@@ -47,6 +53,58 @@ function sameDigest(claimed, body) {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
+function decodedPath(pathname) {
+  try {
+    return decodeURIComponent(pathname) || "/";
+  } catch {
+    return null; // a malformed escape names no path we could match
+  }
+}
+
+function sortedQuery(params) {
+  return JSON.stringify([...params.entries()].sort((a, b) => (a[0] + "\0" + a[1] < b[0] + "\0" + b[1] ? -1 : 1)));
+}
+
+/** Whether `htu` (the URL the broker sent to) names the request target `url` (Node's `req.url`:
+ * the path and query as received, or an absolute URL). */
+function sameTarget(htu, url) {
+  let wanted;
+  let got;
+  try {
+    wanted = new URL(htu);
+    got = new URL(url, "http://backend.invalid");
+  } catch {
+    return false;
+  }
+  const path = decodedPath(wanted.pathname);
+  return path !== null && path === decodedPath(got.pathname) && sortedQuery(wanted.searchParams) === sortedQuery(got.searchParams);
+}
+
+/**
+ * The rule for one request, given `{ method, url }`: `htm`/`htu`, when the assertion has them,
+ * must be this method and URL; `req_sha256`, when it has it, must be that of `body` (which must
+ * then be given). An assertion with neither is refused. `body === undefined` means the body is
+ * streamed unread: only an assertion bound to the method and URL passes.
+ */
+export function checkRequest(claims, { method, url }, body) {
+  const targeted = "htm" in claims || "htu" in claims;
+  if (targeted) {
+    if (typeof claims.htm !== "string" || typeof claims.htu !== "string") {
+      throw new InvalidAssertion("the assertion does not name this request's method and URL");
+    }
+    if (claims.htm.toUpperCase() !== String(method || "").toUpperCase()) {
+      throw new InvalidAssertion(`the assertion was issued for a '${claims.htm.slice(0, 10)}' request`);
+    }
+    if (!sameTarget(claims.htu, String(url || ""))) throw new InvalidAssertion("the assertion was issued for another URL");
+  }
+  if ("req_sha256" in claims) {
+    if (body === undefined) throw new InvalidAssertion("the assertion is bound to a body that was not read");
+    if (!sameDigest(claims.req_sha256, body)) throw new InvalidAssertion("the assertion was not issued for this request body");
+  } else if (!targeted) {
+    throw new InvalidAssertion("the assertion was not issued for this request body");
+  }
+}
+
 function explain(err, audience, issuer) {
   if (err instanceof errors.JWTExpired) return "the assertion has expired";
   if (err instanceof errors.JWTClaimValidationFailed) {
@@ -64,8 +122,10 @@ function explain(err, audience, issuer) {
 
 /**
  * A verifier for one audience. Pass exactly one of `jwksUrl` (ES256) or `secret` (HS256).
- * `verify(token, body)` resolves to `{ user, claims }` or rejects with `InvalidAssertion` /
- * `AssertionKeysUnavailable`.
+ * `verify(token, body, request?)` resolves to `{ user, claims }` or rejects with
+ * `InvalidAssertion` / `AssertionKeysUnavailable`. With `request` (`{ method, url }`, e.g.
+ * Node's `req`) the whole `checkRequest` rule applies, and `body` may be `undefined` for an
+ * upload the broker streams.
  */
 export function createVerifier({
   jwksUrl,
@@ -100,7 +160,7 @@ export function createVerifier({
     spent.set(jti, Number(claims.exp));
   }
 
-  async function verify(token, body) {
+  async function verify(token, body, request) {
     if (typeof token !== "string" || !token) throw new InvalidAssertion(`no ChatKit-Broker-Assertion header`);
     if (token.length > MAX_ASSERTION_BYTES) throw new InvalidAssertion("the assertion is larger than 8 KiB");
     let header;
@@ -147,7 +207,9 @@ export function createVerifier({
     if (typeof user !== "string" || !user || user.length > 512) {
       throw new InvalidAssertion("the assertion's 'sub' must be a non-empty string");
     }
-    if (body !== undefined && !sameDigest(payload.req_sha256, body)) {
+    if (request) {
+      checkRequest(payload, request, body);
+    } else if (body !== undefined && !sameDigest(payload.req_sha256, body)) {
       throw new InvalidAssertion("the assertion was not issued for this request body");
     }
     if (singleUse) spend(payload);
@@ -161,7 +223,17 @@ export function createVerifier({
  * Verify a Node `http.IncomingMessage`-like request whose raw body you already read:
  * `await verifyRequest(verifier, req.headers, rawBody)`.
  */
-export function verifyRequest(verifier, headers, body) {
+export function verifyRequest(verifier, headers, body, request) {
   const value = typeof headers?.get === "function" ? headers.get(ASSERTION_HEADER) : headers?.[ASSERTION_HEADER];
-  return verifier.verify(Array.isArray(value) ? undefined : value ?? undefined, body);
+  return verifier.verify(Array.isArray(value) ? undefined : value ?? undefined, body, request);
+}
+
+/**
+ * Verify a Node `http.IncomingMessage` whose body you have not read — a file upload the broker
+ * streams: `await verifyUpload(verifier, req)`, then read or pipe `req` as it arrives. Passes
+ * only an assertion bound to this request's method and URL (`htm`/`htu`); every ChatKit request
+ * (bound to its body) needs `verifyRequest` with the raw body instead.
+ */
+export function verifyUpload(verifier, req) {
+  return verifyRequest(verifier, req.headers, undefined, { method: req.method, url: req.url });
 }

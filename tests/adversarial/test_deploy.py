@@ -82,8 +82,10 @@ async def test_sigterm_lets_inflight_mints_finish_and_refuses_new_ones(
     bp.proc.send_signal(signal.SIGTERM)
     refused = False
     while not refused:  # new requests stop being served while the four are still running
+        # the in-flight mints' 4 s upstream delay is the deadline (an event, not a clock: on a
+        # busy machine the signal may take a moment longer to be handled)
         assert not any(t.done() for t in inflight), "in-flight mints ended before new ones stopped"
-        assert time.monotonic() - signalled < 3.0, "still serving new requests 3 s after SIGTERM"
+        assert time.monotonic() - signalled < 30, "still serving new requests 30 s after SIGTERM"
         try:
             async with httpx.AsyncClient(base_url=bp.url, timeout=1) as c:
                 await c.get("/healthz")

@@ -1,4 +1,4 @@
-"""Load without loss through an agent workflow: 300 users chatting for 60 s against a real
+"""Load without loss through an agent workflow: 300 users chatting against a real
 ``chatkit-broker serve`` hosting an Agents SDK agent (tests/support/load_agent.py) whose model
 is the fake Responses API in its own process, 50 ms between streamed events.
 
@@ -7,7 +7,8 @@ whose conversation it came from (the agent's instructions name the caller and th
 the last user message and the reply it generated (tagged at random, so no two are alike).
 Each user's streamed reply must be the one generated for their nonce, in their thread, for
 them; there must be exactly one model call per turn; no request may fail; the broker's
-memory must be flat over the second half; and no secret may be in its log.
+memory must be flat over two more turns each after a warm-up (every user's first two); and no
+secret may be in its log.
 """
 
 from __future__ import annotations
@@ -31,9 +32,13 @@ from tests.support.load import (
 )
 
 CLIENTS = int(os.environ.get("LOAD_CLIENTS", "300"))
-SECONDS = float(os.environ.get("LOAD_SECONDS", "60"))
+# turns each user has answered after the warm-up, memory measured (tests/support/load.py):
+# 600 for 300 users, as many as the old 60 s run's second half held (the agent kind is
+# CPU-bound at about 20 turns/s on 2 cores); a leak of 48 KiB a turn grows the broker 28 MiB
+MEASURED_TURNS = int(os.environ.get("LOAD_TURNS", "2"))
 EVENT_DELAY = 0.05
 SESSION_SECRET = "load-session-secret-that-is-32-bytes-or-more"
+TURN_TIMEOUT = 180.0
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +56,7 @@ def model(tmp_path: Path):
         yield url
 
 
-async def test_300_users_chat_with_an_agent_for_60s_and_each_gets_only_their_replies(
+async def test_300_users_chat_with_an_agent_and_each_gets_only_their_replies(
     run_broker, model: str, tmp_path: Path
 ) -> None:
     raise_fd_limit(4 * CLIENTS + 1000)
@@ -70,15 +75,16 @@ async def test_300_users_chat_with_an_agent_for_60s_and_each_gets_only_their_rep
     watch.add(SESSION_SECRET)
 
     connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=60)
+    # a turn waits its turn on a busy machine (p99 44 s seen at load 10): slow is no failure
+    timeout = aiohttp.ClientTimeout(total=TURN_TIMEOUT)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         signed_in = await sign_in(
             session, bp.url, "load", [f"agent-user-{i}" for i in range(CLIENTS)], watch
         )
         assert {minted["backend"]["url"] for _, minted in signed_in} == {"/chatkit/load"}
         users = [user for user, _ in signed_in]
-        rss, elapsed = await chat_for(
-            session, bp.proc.pid, bp.url + "/chatkit/load", users, SECONDS
+        rss, warm_up, elapsed = await chat_for(
+            session, bp.proc.pid, bp.url + "/chatkit/load", users, MEASURED_TURNS
         )
 
     assert_every_turn_answered(users)
@@ -103,13 +109,13 @@ async def test_300_users_chat_with_an_agent_for_60s_and_each_gets_only_their_rep
             threads.add(turn.thread_id)
     assert misdelivered == 0, f"{misdelivered} replies were not the one generated for the message"
 
-    early, late = assert_flat_memory(rss, SECONDS)
+    early, late = assert_flat_memory(rss)
     log = bp.logs()
     lines = watch.check(log)
     assert "Traceback" not in log
     print(
         f"\nagent load: {CLIENTS} users, {elapsed:.0f} s, {sent} turns streamed "
         f"({sent / elapsed:.0f}/s) in {len(threads)} threads, model calls {len(turns)}, "
-        f"0 errors, 0 misdelivered; {summary(users, rss, early, late)}; "
+        f"0 errors, 0 misdelivered; warm-up {warm_up:.0f} s; {summary(users, rss, early, late)}; "
         f"log lines checked {lines}"
     )

@@ -1,4 +1,4 @@
-"""Load without loss through a gateway workflow: 300 users chatting for 60 s through a real
+"""Load without loss through a gateway workflow: 300 users chatting through a real
 ``chatkit-broker serve`` to the example ChatKit server in its own process (recording every
 turn it answered, tests/support/recording_chatkit.py), 50 ms between streamed deltas.
 
@@ -6,8 +6,8 @@ Each user signs in, gets a session secret and chats with it; every message carri
 no other message has. For every turn the backend recorded the identity in the assertion it
 verified (user and session id), the thread and what it was told; each must be the user whose
 secret sent that nonce, and the reply the user got must be the one streamed for it. No
-request may fail, the broker's memory must be flat over the second half, and neither its
-log nor the backend's may hold a secret.
+request may fail, the broker's memory must be flat over six more turns each after a warm-up
+(every user's first two), and neither its log nor the backend's may hold a secret.
 """
 
 from __future__ import annotations
@@ -32,14 +32,17 @@ from tests.support.load import (
 )
 
 CLIENTS = int(os.environ.get("LOAD_CLIENTS", "300"))
-SECONDS = float(os.environ.get("LOAD_SECONDS", "60"))
+# turns each user has answered after the warm-up, memory measured (tests/support/load.py):
+# 1,800 for 300 users, so a leak of 8 KiB a turn grows the broker 14 MiB (8 allowed)
+MEASURED_TURNS = int(os.environ.get("LOAD_TURNS", "6"))
 DELTA_DELAY = 0.05
 SESSION_SECRET = "load-session-secret-that-is-32-bytes-or-more"
+TURN_TIMEOUT = 180.0
 
 pytestmark = pytest.mark.slow
 
 
-async def test_300_users_chat_through_a_gateway_for_60s_and_each_gets_only_their_replies(
+async def test_300_users_chat_through_a_gateway_and_each_gets_only_their_replies(
     run_broker, tmp_path: Path
 ) -> None:
     raise_fd_limit(6 * CLIENTS + 1000)
@@ -67,7 +70,8 @@ async def test_300_users_chat_through_a_gateway_for_60s_and_each_gets_only_their
         watch.add(SESSION_SECRET)
 
         connector = aiohttp.TCPConnector(limit=0)
-        timeout = aiohttp.ClientTimeout(total=60)
+        # a turn waits its turn on a busy machine (p99 44 s seen at load 10): slow is no failure
+        timeout = aiohttp.ClientTimeout(total=TURN_TIMEOUT)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             signed_in = await sign_in(
                 session, bp.url, "example", [f"gateway-user-{i}" for i in range(CLIENTS)], watch
@@ -75,8 +79,8 @@ async def test_300_users_chat_through_a_gateway_for_60s_and_each_gets_only_their
             assert {minted["workflow"]["kind"] for _, minted in signed_in} == {"gateway"}
             users = [user for user, _ in signed_in]
             sessions = {user.name: minted["session_id"] for user, minted in signed_in}
-            rss, elapsed = await chat_for(
-                session, bp.proc.pid, bp.url + "/chatkit/example", users, SECONDS
+            rss, warm_up, elapsed = await chat_for(
+                session, bp.proc.pid, bp.url + "/chatkit/example", users, MEASURED_TURNS
             )
         turns = httpx.get(backend_url + "/_fake/turns", timeout=60).json()
         backend_log = backend.logs()
@@ -104,7 +108,7 @@ async def test_300_users_chat_through_a_gateway_for_60s_and_each_gets_only_their
             threads.add(turn.thread_id)
     assert misdelivered == 0, f"{misdelivered} replies were not the one streamed for the message"
 
-    early, late = assert_flat_memory(rss, SECONDS)
+    early, late = assert_flat_memory(rss)
     log = bp.logs()
     lines = watch.check(log)
     watch.check(backend_log)
@@ -112,6 +116,6 @@ async def test_300_users_chat_through_a_gateway_for_60s_and_each_gets_only_their
     print(
         f"\ngateway load: {CLIENTS} users, {elapsed:.0f} s, {sent} turns streamed "
         f"({sent / elapsed:.0f}/s) in {len(threads)} threads, backend turns {len(turns)}, "
-        f"0 errors, 0 misdelivered; {summary(users, rss, early, late)}; "
+        f"0 errors, 0 misdelivered; warm-up {warm_up:.0f} s; {summary(users, rss, early, late)}; "
         f"log lines checked {lines}"
     )

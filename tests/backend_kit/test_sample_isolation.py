@@ -145,6 +145,7 @@ async def test_with_the_kit_a_limit_pages_over_other_users_threads(kit: Stack) -
         "threads.delete",
         "threads.add_user_message",
         "threads.retry_after_item",
+        "items.feedback",
     ],
 )
 async def test_with_the_kit_every_request_naming_alices_thread_is_a_404(
@@ -167,6 +168,7 @@ async def test_with_the_kit_every_request_naming_alices_thread_is_a_404(
             },
         },
         "threads.retry_after_item": {"thread_id": thread, "item_id": item},
+        "items.feedback": {"thread_id": thread, "item_ids": [item], "kind": "negative"},
     }[request_type]
     answer = await kit.call("bob", {"type": request_type, "params": params})
     assert answer.status_code == 404, (answer.status_code, answer.text[:200])
@@ -295,3 +297,19 @@ async def test_an_unreachable_jwks_fails_closed_with_a_clear_log_line(
         "cannot fetch the broker's keys from" in line and "refusing every request" in line
         for line in lines
     ), lines
+
+
+async def test_with_the_kit_feedback_works_on_ones_own_thread_only(kit: Stack) -> None:
+    thread = await new_thread(kit, "alice", "private")
+    items = await kit.call("alice", {"type": "items.list", "params": {"thread_id": thread}})
+    item = items.json()["data"][0]["id"]
+
+    def feedback(thread_id: str, item_ids: list[str]) -> dict[str, Any]:
+        params = {"thread_id": thread_id, "item_ids": item_ids, "kind": "positive"}
+        return {"type": "items.feedback", "params": params}
+
+    mine = await kit.call("alice", feedback(thread, [item]))
+    assert (mine.status_code, mine.json()) == (200, {})
+    for body in (feedback("thr_unknown", [item]), feedback(thread, ["msg_unknown"])):
+        r = await kit.call("alice", body)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text

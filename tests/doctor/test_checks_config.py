@@ -21,7 +21,7 @@ def test_config_warning_is_a_warning(doctor, base_env):
     assert r.code == 0
     assert r.line("⚠ 1. Configuration")
     assert "BROKER_JWT_AUDIENCE is not set" in r.out
-    assert "✔ No check failed; warnings in 1. Configuration." in r.out
+    assert "✔ No check failed; warnings in 1. Configuration, 4. Workflows." in r.out
 
 
 def test_mock_mode_skips_the_openai_checks(doctor, openai):

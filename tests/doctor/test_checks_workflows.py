@@ -17,6 +17,7 @@ from tests.support import API_KEY, SECRET, WF_SALES, WF_SUPPORT, app_client, aut
 from tests.support.doctor import OTHER_KEY, cancelled_ids, minted_ids
 
 SESSION_SECRET = "session-secret-that-is-at-least-32-bytes!"
+RETIRED = "but hosted workflows stopped running on 2026-11-30"
 
 
 def test_404_for_one_workflow_of_two(doctor, doctor_env, openai):
@@ -25,7 +26,7 @@ def test_404_for_one_workflow_of_two(doctor, doctor_env, openai):
     r = doctor(doctor_env)
     assert r.code == 1
     assert r.line("✖ 4. Workflows").endswith("1 of 2 failed")
-    assert r.line(f"✔ support ({WF_SUPPORT})")
+    assert r.line(f"⚠ support ({WF_SUPPORT})")  # it minted, but hosted workflows are retired
     assert "OpenAI says this workflow was not found (HTTP 404)" in r.line(f"✖ sales ({WF_SALES})")
     flat = " ".join(r.out.split())
     assert f"\"Workflow with id '{WF_SALES}' not found.\"" in flat
@@ -88,7 +89,7 @@ def test_403_on_mint_is_a_key_problem(doctor, doctor_env, openai):
     assert r.code == 1
     assert "the key was refused for ChatKit" in r.line(f"✖ support ({WF_SUPPORT})")
     assert "HTTP 403" in r.out
-    assert r.line(f"✔ sales ({WF_SALES})")
+    assert r.line(f"⚠ sales ({WF_SALES})")
     assert cancelled_ids(openai) == minted_ids(openai) and len(minted_ids(openai)) == 1
 
 
@@ -124,7 +125,7 @@ def test_timeout_on_a_workflow_names_it_and_cancels_what_was_minted(doctor, doct
     r = doctor(doctor_env, timeout=1.5)
     assert r.code == 1
     assert r.elapsed < 4.5
-    assert r.line(f"✔ support ({WF_SUPPORT})")
+    assert r.line(f"⚠ support ({WF_SUPPORT})")
     line = " ".join(r.out.split())
     assert f"✖ sales ({WF_SALES}): timed out: the --timeout budget of 1.5 s ran out" in line
     assert "The --timeout budget of 1.5 s ran out during check 4 (workflow sales)." in line
@@ -143,7 +144,7 @@ def test_upstream_timeout_shorter_than_the_budget(doctor, doctor_env, openai):
     assert r.report["timed_out"] is None
     support, sales = r.check("workflows")["data"]["workflows"]
     assert support["status"] == "fail" and "BROKER_UPSTREAM_TIMEOUT" in support["summary"]
-    assert sales["status"] == "pass" and sales["cancelled"] is True
+    assert sales["status"] == "warn" and sales["cancelled"] is True
 
 
 # --- workflows of other kinds -------------------------------------------------------------------
@@ -168,10 +169,12 @@ def test_gateway_and_agent_workflows_are_listed_not_minted(
     # check 4 passes; the gateway backend's own check (7) cannot reach chat.example.com
     assert r.code == 1, r.out
     assert r.line("✖ 7. Gateway workflows")
-    assert r.line("✔ 4. Workflows").endswith(
-        "1 of 1 minted and cancelled; 2 gateway and agent workflows checked by their backends"
+    assert r.line("⚠ 4. Workflows").endswith(
+        "1 of 1 minted, with warnings; 2 gateway and agent workflows checked by their backends"
     )
-    assert r.line(f"✔ support ({WF_SUPPORT}): minted (a session lasts 600 s) and cancelled")
+    assert r.line(
+        f"⚠ support ({WF_SUPPORT}): minted (a session lasts 600 s) and cancelled, {RETIRED}"
+    )
     assert r.line(
         "○ chat (https://chat.example.com/chatkit): skipped: a gateway workflow, checked by its backend"
     )
@@ -184,7 +187,7 @@ def test_gateway_and_agent_workflows_are_listed_not_minted(
 
     entries = doctor(env, json=True).check("workflows")["data"]["workflows"]
     assert [(e["name"], e["id"], e["status"]) for e in entries] == [
-        ("support", WF_SUPPORT, "pass"),
+        ("support", WF_SUPPORT, "warn"),
         ("chat", None, "skip"),
         ("assist", None, "skip"),
     ]
@@ -232,11 +235,20 @@ async def test_the_check_alone_over_hand_built_settings(make_settings, openai):
         await ctx.http.close()
     assert [(i.title, i.status) for i in check.items] == [
         ("chat (https://chat.example.com)", Status.SKIP),
-        (f"support ({WF_SUPPORT})", Status.PASS),
-        (f"sales ({WF_SALES})", Status.PASS),
+        (f"support ({WF_SUPPORT})", Status.WARN),
+        (f"sales ({WF_SALES})", Status.WARN),
     ]
-    assert check.status is Status.PASS
-    assert check.summary == "2 of 2 minted and cancelled; 1 gateway workflow checked by its backend"
+    # a hosted workflow that still mints is a visible warning (they stopped on 2026-11-30),
+    # with the way out as its fix; the run's exit code stays 0 (warnings allowed)
+    assert check.status is Status.WARN
+    assert (
+        check.summary == "2 of 2 minted, with warnings; 1 gateway workflow checked by its backend"
+    )
+    assert check.items[1].summary.endswith(RETIRED)
+    assert check.items[1].fix == (
+        "export it from Agent Builder (Code → Agents SDK → Python) and run "
+        "`chatkit-broker migrate EXPORT.py --name support`"
+    )
     assert len(minted_ids(openai)) == 2 and cancelled_ids(openai) == minted_ids(openai)
     assert refused.status is Status.SKIP and refused.items == []
     assert refused.summary == "skipped: check 3 (key and project) did not pass"

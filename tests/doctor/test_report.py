@@ -16,7 +16,7 @@ def test_text_report_fits_100_columns_when_piped(doctor, doctor_env, openai):
     narrow = doctor(doctor_env, width=100)  # what render_width() gives a pipe (see test_cli)
     assert wide > 100
     assert max(len(line) for line in narrow.out.splitlines()) <= 100
-    assert " ".join(narrow.out.split()).count("fix: export it from Agent Builder") == 1
+    assert " ".join(narrow.out.split()).count("fix: export it from Agent Builder") == 2
 
 
 def test_render_width_follows_columns_within_bounds():
@@ -27,7 +27,7 @@ def test_render_width_follows_columns_within_bounds():
 def test_a_terminal_that_cannot_print_the_symbols(doctor, doctor_env):
     r = doctor(doctor_env, encoding="ascii")
     assert r.code == 0
-    assert r.line("+ 1. Configuration") and r.line("+ 4. Workflows")
+    assert r.line("+ 1. Configuration") and r.line("! 4. Workflows")
     assert "sk-proj-...fXYZ" in r.out
     j = doctor(doctor_env, json=True, encoding="ascii")
     assert j.out.isascii()

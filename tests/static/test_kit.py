@@ -465,6 +465,7 @@ def test_custom_backend_fetch_carries_the_session_secret(kit):
         "workflow": "demo",
         "kind": "gateway",
         "backendUrl": "/chatkit/demo",
+        "attachments": None,
         "sessionId": "cksess_1",
         "expiresAt": 0,
     }
@@ -740,7 +741,14 @@ def test_protocol_stream_closed_mid_reply_is_one_error_with_the_request_id(kit):
     assert result["seen"] == ["thread.created", "thread.item.added", "thread.item.updated"]
     assert result["t"]["threadId"] == "thr_1"
     assert result["t"]["messages"] == [
-        {"id": "msg_1", "role": "assistant", "text": "Hel", "parts": ["Hel"], "done": True}
+        {
+            "id": "msg_1",
+            "role": "assistant",
+            "text": "Hel",
+            "parts": ["Hel"],
+            "attachments": [],
+            "done": True,
+        }
     ]
     [seen] = fake.requests("/chatkit/demo")
     assert_chatkit_request(seen.body)
@@ -952,6 +960,7 @@ def test_protocol_transcript_follows_each_content_part(kit):
             "role": "assistant",
             "text": "One and two.",
             "parts": ["One and ", "two."],
+            "attachments": [],
             "done": False,
         }
     ]

@@ -17,12 +17,15 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import pytest
 
 from tests.support import ROOT, WF_SALES, BrokerProcess
+from tests.support.adversarial import broker_process
 from tests.support.browser import CHATKIT_JS, Tab, serve_stand_in
+from tests.support.env import hosted_env
+from tests.support.fake_openai import FakeOpenAI
 
 with contextlib.suppress(ImportError):  # without playwright the `browser` fixture skips (CI: fails)
     from playwright.sync_api import Page, Route, expect
@@ -30,14 +33,30 @@ with contextlib.suppress(ImportError):  # without playwright the `browser` fixtu
 CANT_LOAD = f"the ChatKit script could not be loaded from {CHATKIT_JS} — offline or blocked?"
 
 
-@pytest.fixture
-def live(run_broker: Callable[..., BrokerProcess], base_env: dict[str, str]) -> BrokerProcess:
-    return run_broker(base_env)
+# One broker of each mode for the module (starting one costs 1-4 s of CPU, 15 tests use them):
+# the tests share their registries and the mock's threads, so none counts what another could
+# have added; the per-user mint limit is raised for the same reason.
+SHARED = {"BROKER_RATE_LIMIT": "1000/minute"}
+
+
+@pytest.fixture(scope="module")
+def live_broker(fake_server: FakeOpenAI, tmp_path_factory) -> Iterator[BrokerProcess]:
+    env = {**hosted_env(fake_server.base_url), **SHARED}
+    with broker_process(env, tmp_path_factory.mktemp("page-live")) as bp:
+        yield bp
 
 
 @pytest.fixture
-def mock(run_broker: Callable[..., BrokerProcess]) -> BrokerProcess:
-    return run_broker({"BROKER_LOG_FORMAT": "json"}, "--mock")
+def live(live_broker: BrokerProcess, openai: FakeOpenAI) -> BrokerProcess:
+    """The module's live broker, its fake OpenAI reset for this test."""
+    return live_broker
+
+
+@pytest.fixture(scope="module")
+def mock(tmp_path_factory) -> Iterator[BrokerProcess]:
+    env = {"BROKER_LOG_FORMAT": "json", **SHARED}
+    with broker_process(env, tmp_path_factory.mktemp("page-mock"), "--mock") as bp:
+        yield bp
 
 
 def open_live(tab: Tab, broker: BrokerProcess, tok: str, query: str = "") -> Page:
@@ -369,7 +388,8 @@ def test_protocol_console_chats_with_the_mock_backend_when_chatkit_is_blocked(ta
 
     # threads.list
     page.click("#console-threads")
-    expect(page.locator("#console-thread-list button span")).to_have_text(["hello broker"])
+    # newest first (other tests of the module may have left threads of the mock user)
+    expect(page.locator("#console-thread-list button span").first).to_have_text("hello broker")
     tab.shot("console-threads")
 
     # a new thread whose reply ends with an error event; Retry retries after the user message

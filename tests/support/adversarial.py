@@ -14,7 +14,7 @@ from typing import Any
 from . import API_KEY, SECRET, BrokerProcess, wait_until_serving
 from .env import hosted_env
 from .jwt_kit import token
-from .processes import start_broker
+from .processes import START_TIMEOUT, start_broker
 
 # Patterns of the secrets the tests create: the fake mints ``ek_`` + 48 hex, the broker's own
 # session secrets are ``cks_`` + an itsdangerous token, JWTs are two base64url JSON objects and
@@ -106,7 +106,7 @@ def broker_process(
     log_dir: Path,
     *args: str,
     port: int | None = None,
-    start_timeout: float = 60,
+    start_timeout: float = START_TIMEOUT,
 ) -> Iterator[BrokerProcess]:
     """A real ``chatkit-broker serve`` for a whole module (``run_broker`` is per test)."""
     bp = start_broker(env, log_dir, *args, port=port)

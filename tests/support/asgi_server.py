@@ -10,6 +10,8 @@ from typing import Any
 
 import uvicorn
 
+from .processes import START_TIMEOUT
+
 
 def bound_socket() -> socket.socket:
     """A loopback TCP socket bound to a free port (not listening yet)."""
@@ -41,15 +43,18 @@ async def run_asgi(
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # pytest owns SIGINT
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
+        # until it serves (an app's startup may import slowly on a busy machine) or fails
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+        while not server.started and not task.done():
+            assert asyncio.get_running_loop().time() < deadline, "uvicorn did not start"
             await asyncio.sleep(0.01)
         if task.done():
             task.result()
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
+        # connections get 1 s (timeout_graceful_shutdown), then the lifespan's shutdown runs:
+        # quick, but not within 5 s on a starved machine (cut short, it left clients unclosed)
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 5)
+            await asyncio.wait_for(task, 60)
         sock.close()

@@ -16,6 +16,8 @@ ISSUER = "https://broker.example"
 AUDIENCE = "support"
 BODY = '{"type":"threads.list","params":{"limit":20}}'
 SECRET = "an-hs256-secret-of-more-than-32-bytes!"
+# where the broker's file relay streamed an upload: another host than the backend sees
+UPLOAD_URL = "http://backend.internal:8001/support/attachments/atc_1/upload?sig=a%20b&v=1"
 
 
 def fixture() -> dict[str, object]:
@@ -48,6 +50,12 @@ def fixture() -> dict[str, object]:
             "not a JWT": "not-a-jwt",
         },
         "hs256": {"secret": SECRET, "token": sign(hs)},
+        # the file relay's assertions: no req_sha256, bound to the method and URL instead
+        "upload": {
+            "url": UPLOAD_URL,
+            "tokens": [sign(body=None, extra={"htm": "POST", "htu": UPLOAD_URL}) for _ in range(3)],
+            "htu_only": sign(body=None, extra={"htu": UPLOAD_URL}),
+        },
     }
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 from broker.doctor import DEFAULT_TIMEOUT, for_stream, run_doctor
 
+from .processes import START_TIMEOUT
+
 #: a second key, of "another project": the stray shell key of the shadowing cases
 OTHER_KEY = "sk-proj-STRAYotherPROJECTkey000000000000wxyz"
 #: loggers of the fake OpenAI's own server thread: what it logs is not the doctor's output
@@ -98,7 +100,8 @@ def cli(
     cwd.mkdir(parents=True, exist_ok=True)
     if dotenv is not None:
         (cwd / ".env").write_text("".join(f"{k}={v}\n" for k, v in dotenv.items()))
-    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cwd), **env}
+    inherited = {k: os.environ[k] for k in ("PATH", "PYTHONPATH") if k in os.environ}
+    full_env = {"PATH": "", **inherited, "HOME": str(cwd), **env}
     started = time.monotonic()
     proc = subprocess.run(
         [*command, "doctor", *args],
@@ -107,7 +110,7 @@ def cli(
         input=stdin,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=START_TIMEOUT,  # a busy machine: the imports alone can take a minute
     )
     return DoctorRun(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
 

@@ -15,6 +15,10 @@ import httpx
 from .env import free_port
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# How long a starting ``serve`` may take to answer /healthz. Generous on purpose: waiting costs
+# nothing when it starts at once, a process that exits fails at once (its log shown), and on a
+# machine whose cores are busy with other work importing the agents stack alone took over 60 s.
+START_TIMEOUT = 180.0
 
 
 @dataclass
@@ -80,14 +84,14 @@ def start_broker(
     return BrokerProcess(f"http://127.0.0.1:{port}", proc, log_path)
 
 
-def wait_until_serving(bp: BrokerProcess, timeout: float = 60) -> None:
+def wait_until_serving(bp: BrokerProcess, timeout: float = START_TIMEOUT) -> None:
     """Poll /healthz until the process answers (or fail with its log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if bp.proc.poll() is not None:
             raise AssertionError(f"broker exited with {bp.proc.returncode}:\n{bp.logs()}")
         try:
-            if httpx.get(bp.url + "/healthz", timeout=0.5).status_code == 200:
+            if httpx.get(bp.url + "/healthz", timeout=5).status_code == 200:
                 return
         except httpx.TransportError:
             time.sleep(0.05)
@@ -122,7 +126,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while not redis_reachable(self.url):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"redis-server on port {self.port} did not start")

@@ -8,6 +8,14 @@ store beside it, and one endpoint that hands the body to ``server.process(body,
 ``create_app(kit=None)`` is the sample unchanged; ``kit=KitOptions(...)`` adds the backend
 kit's lines — the same ones docs/gateway.md's diff adds to the real sample: the middleware on
 the app, the user-scoped wrappers around both stores.
+
+``create_app(files=True)`` stores files as the sample's ``LocalAttachmentStore`` and its
+routes do: two-phase uploads whose ``upload_descriptor.url`` and ``preview_url`` are built
+from the request (``request.url_for``: the server's own host), ``POST|PUT
+/support/attachments/<id>/upload`` taking multipart or raw bytes, ``GET …/<id>/content``; plus
+a direct-upload route (``POST /support/attachments``, multipart ``file``). Its previews stay
+http URLs on its own host (the sample turns them into ``data:`` URLs after the upload), the
+harder case for a proxy. ``SampleFiles`` records what arrived, for the tests to look at.
 """
 
 from __future__ import annotations
@@ -28,18 +36,24 @@ with warnings.catch_warnings():
         AssistantMessageItem,
         Attachment,
         AttachmentCreateParams,
+        AudioInput,
         FileAttachment,
         Page,
         ThreadItem,
         ThreadItemDoneEvent,
         ThreadMetadata,
         ThreadStreamEvent,
+        TranscriptionResult,
         UserMessageItem,
     )
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from chatkit.types import AttachmentUploadDescriptor, ImageAttachment
 
 
 class SampleMemoryStore(Store[dict]):
@@ -134,8 +148,151 @@ class SampleAttachmentStore(AttachmentStore[dict]):
         self.deleted.append(attachment_id)
 
 
+@dataclass
+class Upload:
+    """One request that reached an upload route, as the backend saw it."""
+
+    attachment_id: str
+    method: str
+    headers: dict[str, str]
+    complete: bool  # False: the connection broke before the body ended
+    size: int = 0
+    done: bool = False  # the route has finished with it (whole, refused or broken off)
+
+
+class SampleFiles(AttachmentStore[dict]):
+    """The sample's attachment store, in spirit: URLs from ``request.url_for``, bytes in a
+    dict, the attachment saved with its descriptor removed once the bytes arrived."""
+
+    def __init__(self, store: SampleMemoryStore) -> None:
+        self.store = store
+        self.files: dict[str, bytes] = {}
+        self.uploads: list[Upload] = []
+        self.previews: list[dict[str, str]] = []  # headers of each preview request
+        self.redirect = False  # answer uploads and previews with a redirect to another host
+        self.upload_headers: dict[str, str] = {}  # headers the descriptor asks for
+
+    async def create_attachment(self, input: AttachmentCreateParams, context: dict) -> Attachment:
+        request: Request = context["request"]
+        attachment_id = self.generate_attachment_id(input.mime_type, context)
+        upload = str(request.url_for("upload_attachment", attachment_id=attachment_id))
+        descriptor = AttachmentUploadDescriptor(
+            url=upload, method="POST", headers=dict(self.upload_headers)
+        )
+        if input.mime_type.startswith("image/"):
+            preview = str(request.url_for("download_attachment", attachment_id=attachment_id))
+            return ImageAttachment(
+                id=attachment_id,
+                name=input.name,
+                mime_type=input.mime_type,
+                upload_descriptor=descriptor,
+                preview_url=preview,
+            )
+        return FileAttachment(
+            id=attachment_id,
+            name=input.name,
+            mime_type=input.mime_type,
+            upload_descriptor=descriptor,
+        )
+
+    async def delete_attachment(self, attachment_id: str, context: dict) -> None:
+        self.files.pop(attachment_id, None)
+
+
+async def _file_bytes(request: Request) -> bytes:
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        part = form.get("file")
+        if part is None or isinstance(part, str):
+            raise ValueError("no file part")
+        return await part.read()
+    return await request.body()
+
+
+def _file_routes(server: SampleServer, files: SampleFiles) -> list[Route]:
+    from starlette.requests import ClientDisconnect
+
+    async def upload(request: Request) -> Response:
+        attachment_id = request.path_params["attachment_id"]
+        record = Upload(attachment_id, request.method, dict(request.headers), complete=False)
+        files.uploads.append(record)
+        if files.redirect:
+            record.done = True
+            return Response(status_code=307, headers={"Location": "http://elsewhere.test/x"})
+        try:
+            data = await _file_bytes(request)
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody reads it: the client is gone
+        finally:
+            record.done = True
+        record.complete, record.size = True, len(data)
+        if not data:
+            return JSONResponse({"detail": "Attachment payload is required."}, status_code=400)
+        try:
+            attachment = await server.store.load_attachment(attachment_id, {"request": request})
+        except NotFoundError:
+            return JSONResponse({"detail": "no such attachment"}, status_code=404)
+        files.files[attachment_id] = data
+        attachment = attachment.model_copy(update={"upload_descriptor": None})
+        await server.store.save_attachment(attachment, {"request": request})
+        return JSONResponse(attachment.model_dump(mode="json"))
+
+    async def download(request: Request) -> Response:
+        attachment_id = request.path_params["attachment_id"]
+        files.previews.append(dict(request.headers))
+        if files.redirect:
+            return Response(status_code=302, headers={"Location": "http://elsewhere.test/x"})
+        data = files.files.get(attachment_id)
+        if data is None:
+            return JSONResponse({"detail": "not uploaded"}, status_code=404)
+        attachment = await server.store.load_attachment(attachment_id, {"request": request})
+        return Response(data, media_type=attachment.mime_type)
+
+    async def direct(request: Request) -> Response:
+        record = Upload("", request.method, dict(request.headers), complete=False)
+        files.uploads.append(record)
+        form = await request.form()
+        part = form.get("file")
+        if part is None or isinstance(part, str):
+            return JSONResponse({"detail": "no file part"}, status_code=400)
+        data = await part.read()
+        record.complete, record.size = True, len(data)
+        mime = part.content_type or "application/octet-stream"
+        attachment_id = files.generate_attachment_id(mime, {})
+        record.attachment_id = attachment_id
+        preview = str(request.url_for("download_attachment", attachment_id=attachment_id))
+        attachment = ImageAttachment(
+            id=attachment_id, name=part.filename or "file", mime_type=mime, preview_url=preview
+        )
+        files.files[attachment_id] = data
+        await server.store.save_attachment(attachment, {"request": request})
+        return JSONResponse(attachment.model_dump(mode="json"))
+
+    return [
+        Route(
+            "/support/attachments/{attachment_id}/upload",
+            upload,
+            methods=["POST", "PUT"],
+            name="upload_attachment",
+        ),
+        Route(
+            "/support/attachments/{attachment_id}/content",
+            download,
+            methods=["GET"],
+            name="download_attachment",
+        ),
+        Route("/support/attachments", direct, methods=["POST"]),
+    ]
+
+
 class SampleServer(ChatKitServer[dict]):
-    """Answers every message with a canned line; never calls a model."""
+    """Answers every message with a canned line and every dictation with a stand-in
+    transcript naming the audio's size; never calls a model."""
+
+    async def transcribe(self, audio_input: AudioInput, context: dict) -> TranscriptionResult:
+        return TranscriptionResult(
+            text=f"heard {len(audio_input.data)} bytes of {audio_input.media_type}"
+        )
 
     async def respond(
         self, thread: ThreadMetadata, input_user_message: UserMessageItem | None, context: dict
@@ -157,15 +314,18 @@ class KitOptions:
     issuer: str
 
 
-def create_app(kit: KitOptions | None = None) -> Starlette:
+def create_app(kit: KitOptions | None = None, *, files: bool = False) -> Starlette:
     store: Any = SampleMemoryStore()
-    attachments: Any = SampleAttachmentStore()
+    attachments: Any = SampleFiles(store) if files else SampleAttachmentStore()
+    uploads = attachments
     if kit is not None:  # the kit's lines, as in docs/gateway.md's diff for the sample
         from broker.backend_kit import UserScopedAttachmentStore, UserScopedStore
 
         store = UserScopedStore(store)
         attachments = UserScopedAttachmentStore(attachments, store)
     server = SampleServer(store, attachment_store=attachments)
+    if kit is not None:
+        store.protect(server)  # items.feedback: chatkit asks no store method for it
 
     async def chatkit_endpoint(request: Request) -> Response:
         result = await server.process(await request.body(), {"request": request})
@@ -180,6 +340,7 @@ def create_app(kit: KitOptions | None = None) -> Starlette:
         routes=[
             Route("/support/chatkit", chatkit_endpoint, methods=["POST"]),
             Route("/support/health", health, methods=["GET"]),
+            *(_file_routes(server, uploads) if files else []),
         ]
     )
     if kit is not None:

@@ -44,7 +44,6 @@ from pydantic import AnyUrl
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
-from starlette.types import Scope
 
 from ...errors import BrokerError, Forbidden, InvalidRequest, NotFound, RateLimited
 from ...files.policy import IMAGE_TYPES, FilesPolicy
@@ -113,14 +112,6 @@ def safe_name(name: str) -> str:
     if len(name) > MAX_NAME:
         name = name[: MAX_NAME - 1] + "…"
     return name or "file"
-
-
-def base_url(scope: Scope, public_url: str | None) -> str:
-    if public_url:
-        return public_url.rstrip("/")
-    headers = dict(scope.get("headers") or [])
-    host = headers.get(b"host", b"").decode("latin-1") or "127.0.0.1"
-    return f"{scope.get('scheme', 'http')}://{host}"
 
 
 class FilesStore(SQLStore):
@@ -292,16 +283,11 @@ class Files(AttachmentStore[Caller]):
         policy = policy_of(workflow)
         dictation = {"dictation": {"enabled": self.dictation(workflow.name)}}
         if not policy.enabled:
-            return {"attachments": {"enabled": False}, **dictation}
+            return {"attachments": policy.composer(), **dictation}
         return {
             **dictation,
             "upload_strategy": {"type": "two_phase"},
-            "attachments": {
-                "enabled": True,
-                "max_size": policy.max_size,
-                "max_count": policy.max_per_message,
-                "accept": {mime: _EXTENSIONS.get(mime, []) for mime in policy.accept},
-            },
+            "attachments": policy.composer(),
         }
 
     # --- AttachmentStore ----------------------------------------------------------------
@@ -563,18 +549,6 @@ class DescribingConverter(FilesConverter):
             type="input_text",
             text=f"\n[attached {json.dumps(attachment.name)}: {mime}, {size} bytes, received]",
         )
-
-
-_EXTENSIONS = {
-    "image/png": [".png"],
-    "image/jpeg": [".jpg", ".jpeg"],
-    "image/gif": [".gif"],
-    "image/webp": [".webp"],
-    "application/pdf": [".pdf"],
-    "text/plain": [".txt"],
-    "text/markdown": [".md"],
-    "text/csv": [".csv"],
-}
 
 
 def _too_large(limit: int) -> BrokerError:

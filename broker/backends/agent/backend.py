@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from ...api import RunRequest
 from ...budgets import BudgetBook
 from ...errors import BrokerError, InvalidRequest, NotFound, StoreUnavailable
+from ...files.urls import base_url
 from ...gate import Gate
 from ...ratelimit import RateLimits
 from ...service_keys import ServiceKeys
@@ -41,7 +42,6 @@ from .attachments import (
     FilesConverter,
     FilesStore,
     attachment_ids,
-    base_url,
     current_base,
 )
 from .background import BackgroundRuns
@@ -142,7 +142,9 @@ class AgentBackend(Backend):
                 project=self.settings.openai_project,
             )
         dictation = Dictation(
-            None if self.mock_agent else self._client, self.settings.transcribe_model
+            None if self.mock_agent else self._client,
+            self.settings.transcribe_model,
+            max_seconds=self.settings.transcribe_max_seconds,
         )
         for workflow in self.settings.workflows:
             target = self.mock_agent or self.targets.get(workflow.name)
@@ -171,6 +173,9 @@ class AgentBackend(Backend):
             log.warning("agent threads: %s The broker starts; requests wait for it.", exc.message)
         except SchemaTooNew as exc:
             log.error("agent threads: %s", exc)
+            # the app shuts down only the backends that started: what this one started so
+            # far (the file sweeper, the OpenAI client) is closed here
+            await self.shutdown()
             raise
         self.background.start()
         log.info(
@@ -183,14 +188,19 @@ class AgentBackend(Backend):
         self.webhooks.start()
 
     async def shutdown(self) -> None:
-        await self.background.stop()
-        await self.webhooks.stop()
-        for server in self._servers.values():
-            await server.drain()
-        await self.files.close()
-        await self.store.close()
-        if self._own_client and self._client is not None:
-            await self._client.close()
+        try:
+            await self.background.stop()
+            await self.webhooks.stop()
+            for server in self._servers.values():
+                await server.drain()
+            await self.files.close()
+            await self.store.close()
+        finally:
+            # The OpenAI client is closed whatever failed before it: left to the collector,
+            # openai-python closes it in a task on whatever loop is running then (another
+            # app's, another test's), which logs "Task exception was never retrieved" there.
+            if self._own_client and self._client is not None:
+                await self._client.close()
 
     async def _ensure_started(self) -> None:
         if self._started:

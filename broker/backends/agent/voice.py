@@ -3,6 +3,9 @@ transcription endpoint with the broker's key; mock mode answers a stand-in trans
 
 The audio arrives base64 inside the ChatKit request, so the broker's 256 KiB cap on ChatKit
 bodies already bounds it (about 190 KB of audio); ``MAX_AUDIO_BYTES`` says so in the error.
+Its length is read from the audio itself (``broker.files.audio``) before anything is sent:
+longer than ``BROKER_TRANSCRIBE_MAX_SECONDS`` is a 413, bytes that are not a recording of the
+declared type a 415, in mock mode too.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ...errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from ...files.audio import UnreadableAudio, audio_seconds
 from .store import Caller
 
 __all__ = ["AUDIO_TYPES", "Dictation"]
@@ -41,9 +45,17 @@ MAX_AUDIO_BYTES = 190 * 1024
 class Dictation:
     """Turns one recording into text; ``client`` None is mock mode (no model at all)."""
 
-    def __init__(self, client: AsyncOpenAI | None, model: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        client: AsyncOpenAI | None,
+        model: str,
+        *,
+        max_seconds: float = 120.0,
+        timeout: float = 30.0,
+    ) -> None:
         self.client = client
         self.model = model
+        self.max_seconds = max_seconds
         self.timeout = timeout
 
     async def transcribe(self, audio_input: AudioInput, context: Caller) -> TranscriptionResult:
@@ -58,8 +70,21 @@ class Dictation:
             raise PayloadTooLarge(f"The recording is larger than {MAX_AUDIO_BYTES} bytes.")
         if size == 0:
             return TranscriptionResult(text="")
+        try:
+            seconds = await audio_seconds(audio_input.data, media)
+        except UnreadableAudio:
+            raise UnsupportedMediaType(
+                f"The recording could not be read as {media}; record again."
+            ) from None
+        if seconds > self.max_seconds:
+            raise PayloadTooLarge(
+                f"The recording is {seconds:.1f} s long; dictation takes at most "
+                f"{self.max_seconds:g} s."
+            )
         if self.client is None:
-            return TranscriptionResult(text=f"[mock transcript of {size} bytes of {media}]")
+            return TranscriptionResult(
+                text=f"[mock transcript of {size} bytes of {media}, {seconds:.1f} s]"
+            )
         try:
             result = await self.client.audio.transcriptions.create(
                 model=self.model,

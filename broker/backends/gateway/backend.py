@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,6 +30,7 @@ from ...assertion import (
 )
 from ...edge import abort_response
 from ...errors import BrokerError, InvalidRequest, render
+from ...files.tokens import SealedFileTokens
 from ...http import HttpPool
 from ...ratelimit import RateLimits
 from ...session_secrets import SessionSecrets
@@ -35,6 +38,14 @@ from ...settings import Settings
 from ...workflow import Workflow
 from ..base import Admission, Backend
 from ..turns import starts_a_turn
+from .files import (
+    DIRECT_UPLOAD_TTL,
+    PREFIX,
+    FileRelay,
+    check_create,
+    error_with_id,
+    policy_of,
+)
 from .headers import HeaderPolicy
 from .metrics import GatewayMetrics
 from .proxy import (
@@ -44,6 +55,9 @@ from .proxy import (
     Upstream,
     gateway_pool,
 )
+
+if TYPE_CHECKING:
+    from ...gate import Gate
 
 log = logging.getLogger("broker.gateway")
 
@@ -152,6 +166,10 @@ class GatewayBackend(Backend):
         limiter: MessageLimiter | None = None,
         pool: HttpPool | None = None,
         signer: AssertionSigner | None = None,
+        workflows: Sequence[Workflow] = (),
+        gate: Gate | None = None,
+        limits: RateLimits | None = None,
+        file_keys: Sequence[str] = (),
     ) -> None:
         if sessions is not None:
             self.sessions = sessions
@@ -172,6 +190,18 @@ class GatewayBackend(Backend):
             HeaderPolicy(settings.strip_headers),
             on_stream=self._stream_counted if metrics is not None else None,
         )
+        self.workflows = {wf.name: wf for wf in workflows if wf.kind == "gateway"}
+        self.gate = gate
+        self.limits = limits
+        # the backend's upload/preview URLs, sealed into broker URLs with the session-secret
+        # keys (a per-process key without them: mock mode, tests)
+        self.files = FileRelay(
+            self,
+            SealedFileTokens(
+                list(file_keys) or [secrets.token_urlsafe(32)],
+                ttl={"direct": DIRECT_UPLOAD_TTL},
+            ),
+        )
 
     # --- the Backend protocol -----------------------------------------------------------
 
@@ -182,7 +212,42 @@ class GatewayBackend(Backend):
     # so; the broker itself (other workflows, mints) is still ready.
 
     def routes(self) -> Sequence[BaseRoute]:
-        return [Route(JWKS_PATH, self.jwks_endpoint, methods=["GET"])]
+        return [Route(JWKS_PATH, self.jwks_endpoint, methods=["GET"]), *self.files.routes()]
+
+    def endpoint(self, workflow: Workflow, domain_key: str) -> Mapping[str, Any] | None:
+        """The mint answer's ``backend``: with the composer's file and dictation options,
+        from the workflow's ``files``, ``direct_upload_url`` and ``dictation``."""
+        found = super().endpoint(workflow, domain_key)
+        if found is None:
+            return None
+        policy = policy_of(workflow)
+        options: dict[str, Any] = {
+            **found,
+            "dictation": {"enabled": bool(getattr(workflow, "dictation", False))},
+            "attachments": policy.composer(),
+        }
+        if policy.enabled:
+            if getattr(workflow, "direct_upload_url", None):
+                url = f"{PREFIX}/{quote(workflow.name, safe='')}/upload"
+                options["upload_strategy"] = {"type": "direct", "uploadUrl": url}
+            else:
+                options["upload_strategy"] = {"type": "two_phase"}
+        return options
+
+    def session_endpoint(
+        self, endpoint: Mapping[str, Any] | None, admission: Admission, session_id: str | None
+    ) -> Mapping[str, Any] | None:
+        """A direct ``uploadUrl`` signed for this user, workflow and session (``?t=``): ChatKit
+        may post direct uploads with the browser's own fetch rather than the kit's, and then
+        no session secret comes with them."""
+        strategy = (endpoint or {}).get("upload_strategy")
+        if not isinstance(strategy, dict) or strategy.get("type") != "direct":
+            return endpoint
+        workflow = admission.workflow
+        claims = forwarded_claims(admission.identity.claims, workflow.forward_claims)
+        token = self.files.direct_token(workflow.name, admission.identity.user, claims, session_id)
+        signed = {**strategy, "uploadUrl": f"{strategy['uploadUrl']}?t={token}"}
+        return {**(endpoint or {}), "upload_strategy": signed}
 
     async def jwks_endpoint(self, request: Request) -> Response:
         """The public keys backends verify assertions with; cacheable for a few minutes."""
@@ -194,6 +259,25 @@ class GatewayBackend(Backend):
                 raise BrokerError("BROKER_ASSERTION_SECRET is required for hs256 workflows.")
             return self.hmac_signer
         return self.signer
+
+    def sign(
+        self,
+        workflow: Workflow,
+        user: str,
+        *,
+        session_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        body: bytes | None = None,
+    ) -> str:
+        """A fresh assertion for one request to ``workflow``'s server on behalf of ``user``."""
+        return self.signer_for(workflow).sign(
+            user,
+            audience=audience_of(workflow),
+            workflow=workflow.name,
+            session_id=session_id,
+            extra=extra,
+            body=body,
+        )
 
     def upstream_for(self, workflow: Workflow) -> Upstream:
         signer = self.signer_for(workflow)
@@ -229,15 +313,15 @@ class GatewayBackend(Backend):
                 record.outcome = "client_closed"
                 return
             request_type = _request_type(body)
+            if request_type == "attachments.create":
+                check_create(body, policy_of(workflow), workflow.name)
             per_minute = workflow.max_messages_per_minute
             if per_minute and starts_a_turn(request_type) and self._limiter is not None:
                 await self._limiter.hit(admission.identity.user, workflow.name, per_minute)
                 counted = per_minute
-            signer = self.signer_for(workflow)
-            assertion = signer.sign(
+            assertion = self.sign(
+                workflow,
                 admission.identity.user,
-                audience=audience_of(workflow),
-                workflow=workflow.name,
                 session_id=admission.session_id,
                 extra=forwarded_claims(admission.identity.claims, workflow.forward_claims),
                 body=body,
@@ -252,6 +336,12 @@ class GatewayBackend(Backend):
                 body,
                 own,
                 record,
+                self.files.urls(
+                    scope,
+                    workflow.name,
+                    admission.identity.user,
+                    forwarded_claims(admission.identity.claims, workflow.forward_claims),
+                ),
             )
         except StreamAborted:
             # the browser must see a broken stream, not a finished reply (the proxy logged why)
@@ -311,7 +401,7 @@ def _with_request_id(send: Send, request_id: str) -> Send:
             await send(message)
             return
         start, error_start = error_start, None
-        body = _error_with_id(message.get("body", b""), request_id)
+        body = error_with_id(message.get("body", b""), request_id)
         if body is not None and not message.get("more_body"):
             headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
             start = {**start, "headers": [*headers, (b"content-length", b"%d" % len(body))]}
@@ -320,20 +410,6 @@ def _with_request_id(send: Send, request_id: str) -> Send:
         await send(message)
 
     return patched
-
-
-def _error_with_id(body: bytes, request_id: str) -> bytes | None:
-    """The body with ``error.request_id`` added, or None when it is not an error object
-    without one."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict) or "request_id" in error:
-        return None
-    data["error"] = {**error, "request_id": request_id}
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _request_type(body: bytes) -> str:

@@ -25,6 +25,10 @@ def build(ctx: BuildContext) -> Backend:
         ctx.secrets,
         metrics=GatewayMetrics(ctx.metrics.registry),
         limiter=message_limiter(ctx.limits),
+        workflows=ctx.settings.workflows,
+        gate=ctx.gate,
+        limits=ctx.limits,
+        file_keys=ctx.settings.session_secrets,
     )
 
 
@@ -43,6 +47,13 @@ def check(
             "start-up, so every instance (and every restart) has its own and backends must "
             "refetch the JWKS; set it (a P-256 PEM, or @path) for production"
         )
+    for wf in mine:
+        files = getattr(wf, "files", None)
+        if wf.direct_upload_url and not (files is not None and files.enabled):
+            warnings.append(
+                f"workflow {wf.name}: direct_upload_url is set but files are off; add a "
+                f"[workflows.{wf.name}.files] table to offer the attach button"
+            )
     hs256 = [wf.name for wf in mine if wf.assertion == "hs256"]
     if hs256 and not settings.assertion_secret:
         problems.append(
@@ -88,6 +99,13 @@ def describe(s: Settings) -> list[str]:
                     if wf.forward_headers
                     else ""
                 )
+                + (
+                    f", files relayed ({'direct' if wf.direct_upload_url else 'two-phase'}, "
+                    f"at most {wf.files.max_size} bytes)"
+                    if wf.files is not None and wf.files.enabled
+                    else ""
+                )
+                + (", dictation" if wf.dictation else "")
             )
     return lines
 

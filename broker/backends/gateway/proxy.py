@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 from starlette.types import Message, Receive, Scope, Send
 
+from ...edge import head_with_body
 from ...errors import (
     BackendError,
     BackendRejectedIdentity,
@@ -41,6 +42,7 @@ from ...errors import (
 )
 from ...http import HttpPool
 from ...httpread import read_capped
+from .files import AttachmentUrls, SseRewriter
 from .headers import HeaderPolicy
 from .workflow import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT  # written once
 
@@ -206,12 +208,14 @@ class GatewayProxy:
         body: bytes,
         own_headers: Sequence[tuple[str, str]],
         record: Relay | None = None,
+        urls: AttachmentUrls | None = None,
     ) -> Relay:
         """Forward one ``POST`` with ``body`` and relay its answer; ``own_headers`` (the
         assertion, the request id) are added after the inbound headers were filtered.
 
         Raises a ``BrokerError`` before anything was sent to the browser (the caller renders
-        it), ``StreamAborted`` after. ``record`` is filled in on every path.
+        it), ``StreamAborted`` after. ``record`` is filled in on every path. With ``urls``,
+        attachments' upload and preview URLs in the answer are rewritten to broker URLs.
         """
         record = record if record is not None else Relay()
         started = self._clock()
@@ -222,7 +226,7 @@ class GatewayProxy:
                 self._policy.allowed(upstream.forward_headers),
             )
             await self._race_disconnect(
-                self._exchange(send, upstream, body, headers, record), receive, record
+                self._exchange(scope, send, upstream, body, headers, record, urls), receive, record
             )
             return record
         except BrokerError as exc:
@@ -267,11 +271,13 @@ class GatewayProxy:
 
     async def _exchange(
         self,
+        scope: Scope,
         send: Send,
         upstream: Upstream,
         body: bytes,
         headers: list[tuple[str, str]],
         record: Relay,
+        urls: AttachmentUrls | None = None,
     ) -> None:
         started = self._clock()
         response = await self._open(upstream, body, headers)
@@ -279,7 +285,7 @@ class GatewayProxy:
         record.upstream_status = response.status
         finished = False
         try:
-            await self._answer(send, upstream, response, record)
+            await self._answer(scope, send, upstream, response, record, urls)
             finished = True
         finally:
             if finished:
@@ -349,10 +355,12 @@ class GatewayProxy:
 
     async def _answer(
         self,
+        scope: Scope,
         send: Send,
         upstream: Upstream,
         response: aiohttp.ClientResponse,
         record: Relay,
+        urls: AttachmentUrls | None = None,
     ) -> None:
         status, content_type = response.status, response.content_type
         if 200 <= status < 300 and content_type == SSE:
@@ -369,7 +377,7 @@ class GatewayProxy:
                     "The workflow's server compressed its event stream; the broker relays "
                     "event streams uncompressed (it asks for Accept-Encoding: identity)."
                 )
-            await self._stream(send, upstream, response, record)
+            await self._stream(scope, send, upstream, response, record, urls)
             return
         if 300 <= status < 400:
             log.warning(
@@ -411,7 +419,7 @@ class GatewayProxy:
                 f"The workflow's server answered HTTP {status} with {content_type or 'no'} "
                 "content, not ChatKit JSON or an event stream."
             )
-        await self._json(send, upstream, response, record)
+        await self._json(send, upstream, response, record, urls)
 
     async def _read_for_log(self, response: aiohttp.ClientResponse) -> bytes:
         try:
@@ -420,7 +428,12 @@ class GatewayProxy:
             return b""
 
     async def _json(
-        self, send: Send, upstream: Upstream, response: aiohttp.ClientResponse, record: Relay
+        self,
+        send: Send,
+        upstream: Upstream,
+        response: aiohttp.ClientResponse,
+        record: Relay,
+        urls: AttachmentUrls | None = None,
     ) -> None:
         """A JSON answer (2xx, or the backend's own 4xx) relayed as it is, once it is whole.
 
@@ -450,6 +463,8 @@ class GatewayProxy:
         except (ValueError, RecursionError):
             log.warning("gateway: %s answered invalid JSON: %s", upstream.url, _snippet(body))
             raise BackendError("The workflow's server answered invalid JSON.") from None
+        if urls is not None:  # the backend's own file URLs never reach the browser
+            body = urls.body(body)
         # relayed decoded: the bytes the browser gets are the bytes that were checked
         headers = [
             (b"content-type", _raw(response.headers.get("Content-Type", "application/json"))),
@@ -464,7 +479,13 @@ class GatewayProxy:
         record.outcome = Outcome.COMPLETED
 
     async def _stream(
-        self, send: Send, upstream: Upstream, response: aiohttp.ClientResponse, record: Relay
+        self,
+        scope: Scope,
+        send: Send,
+        upstream: Upstream,
+        response: aiohttp.ClientResponse,
+        record: Relay,
+        urls: AttachmentUrls | None = None,
     ) -> None:
         headers = [
             (b"content-type", _raw(response.headers.get("Content-Type", SSE))),
@@ -482,32 +503,54 @@ class GatewayProxy:
         if self._on_stream is not None:
             self._on_stream(upstream.workflow, 1)
         try:
-            await send(start)
-            await self._pump(send, upstream, response, record)
+            await self._pump(scope, send, upstream, response, record, start, urls)
         finally:
             if self._on_stream is not None:
                 self._on_stream(upstream.workflow, -1)
 
     async def _pump(
-        self, send: Send, upstream: Upstream, response: aiohttp.ClientResponse, record: Relay
+        self,
+        scope: Scope,
+        send: Send,
+        upstream: Upstream,
+        response: aiohttp.ClientResponse,
+        record: Relay,
+        start: Message,
+        urls: AttachmentUrls | None = None,
     ) -> None:
+        """Send the answer head, then each chunk as it comes. Two writes are saved where the
+        bytes allow it, none of them by waiting: a first chunk already read with the backend's
+        answer head goes out in one write with the browser's head (``edge.head_with_body``),
+        and a chunk after which the backend's stream already ended carries the end of the
+        answer (``more_body`` False) instead of an empty last write."""
         framing = _Framing(self._max_event)
+        # with urls, bytes are held to event boundaries (an event is useless to the browser
+        # until whole anyway) so an attachment's URLs can be rewritten before it leaves
+        events = SseRewriter(urls) if urls is not None else None
         content = response.content
+        if content.exception() is None and (first := content.read_nowait()):
+            head_with_body(scope)
+            await send(start)
+            chunk: bytes | None = first
+        else:
+            await send(start)
+            chunk = None
         while True:
-            try:
-                chunk = await content.readany()
-            except (aiohttp.SocketTimeoutError, TimeoutError):
-                record.outcome = Outcome.TIMEOUT
-                log.warning(
-                    "gateway: %s sent nothing for %g s mid-stream; aborting the stream",
-                    upstream.url,
-                    upstream.idle_timeout,
-                )
-                raise StreamAborted("idle timeout") from None
-            except aiohttp.ClientError as exc:
-                record.outcome = Outcome.BACKEND_RESET
-                log.warning("gateway: %s broke off the stream: %r", upstream.url, exc)
-                raise StreamAborted("backend reset") from None
+            if chunk is None:
+                try:
+                    chunk = await content.readany()
+                except (aiohttp.SocketTimeoutError, TimeoutError):
+                    record.outcome = Outcome.TIMEOUT
+                    log.warning(
+                        "gateway: %s sent nothing for %g s mid-stream; aborting the stream",
+                        upstream.url,
+                        upstream.idle_timeout,
+                    )
+                    raise StreamAborted("idle timeout") from None
+                except aiohttp.ClientError as exc:
+                    record.outcome = Outcome.BACKEND_RESET
+                    log.warning("gateway: %s broke off the stream: %r", upstream.url, exc)
+                    raise StreamAborted("backend reset") from None
             if not chunk:
                 break
             if not framing.feed(chunk):
@@ -518,19 +561,37 @@ class GatewayProxy:
                     framing.limit,
                 )
                 raise StreamAborted("unframed stream")
+            if events is not None:
+                chunk = events.feed(chunk)
+                if not chunk:
+                    chunk = None  # held to an event boundary: read on
+                    continue
+            # with the rewriter, whatever it still holds leaves through events.end() below
+            last = (
+                events is None
+                and content.at_eof()
+                and content.exception() is None
+                and not framing.pending
+            )
             try:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
             except OSError:  # a server that raises on a gone client (uvicorn just drops)
                 record.outcome = Outcome.CLIENT_CLOSED
                 return
             record.bytes_out += len(chunk)
+            if last:
+                record.outcome = Outcome.COMPLETED
+                return
+            chunk = None
         if framing.pending:
             log.warning(
                 "gateway: %s ended its stream inside an event (%d bytes after the last blank line)",
                 upstream.url,
                 framing.pending,
             )
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        tail = events.end() if events is not None else b""
+        record.bytes_out += len(tail)
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
         record.outcome = Outcome.COMPLETED
 
 

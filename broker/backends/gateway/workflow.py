@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, StrictStr
 
 from ...declare import Says, Text, seconds, strict_whole
+from ...files.policy import FilesPolicy
 from ...workflow import Workflow
 from .headers import refused_forward_header
 
@@ -75,3 +76,15 @@ class GatewayWorkflow(Workflow):
     """Seconds a stream may stay silent before the broker ends it."""
     max_messages_per_minute: strict_whole(1) | None = None
     """Messages (streaming ChatKit requests) per user per minute."""
+    files: FilesPolicy | None = None
+    """[workflows.<name>.files]: attachments relayed to the server (enabled, max_size, accept,
+    max_per_message); off unless given. The server's upload and preview URLs reach the
+    browser as signed broker URLs (docs/files.md)."""
+    direct_upload_url: (
+        Annotated[StrictStr, AfterValidator(_server), Says(" must be a URL string")] | None
+    ) = None
+    """The server's own direct-upload URL (ChatKit's uploadStrategy direct); unset, uploads
+    are two-phase (attachments.create)."""
+    dictation: bool = False
+    """Whether the composer offers dictation: the server implements ChatKit's transcribe
+    (input.transcribe is relayed either way)."""

@@ -40,7 +40,6 @@ class _HostedMaker:
 class HostedBackend(Backend):
     kind: ClassVar[str] = "hosted"
     serves_chatkit: ClassVar[bool] = False
-    sessions_recorded_later: ClassVar[bool] = True
 
     def __init__(self, client: _Client) -> None:
         self.sessions = _HostedMaker(client)

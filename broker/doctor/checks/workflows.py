@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 from ...auth import Identity
 from ...backends.hosted import HostedSessions, UpstreamConfig, build_session_request
-from ...backends.hosted.retired import retirement_warning
+from ...backends.hosted.retired import RETIRED_ON, retirement_warning
 from ...errors import (
     BrokerError,
     UpstreamAuthFailed,
@@ -78,11 +78,18 @@ async def check(ctx: DoctorContext, key: KeyFacts, works: KeyWorks) -> Check:
     check.items = [item for _, item, _ in rows]
 
     hosted = [item for wf, item, _ in rows if wf.kind in MINTED_KINDS]
-    for wf, item, fact in rows:
+    for wf, item, fact in rows:  # first, while the others' statuses say who minted
         if fact.http_status == 404:
             _explain_not_found(wf, item, hosted, key, works)
+    for wf, item, fact in rows:
         if wf.kind in MINTED_KINDS:  # minting or not, it is on borrowed time: say so
             item.details.append("warning: " + retirement_warning(wf))
+            if item.status is Status.PASS:  # it minted today: a visible warning, not a pass
+                item.set(
+                    Status.WARN,
+                    f"{item.summary}, but hosted workflows stopped running on {RETIRED_ON}",
+                    _MIGRATE_FIX.format(name=wf.name),
+                )
         item.data = {
             "name": wf.name,
             "id": wf.id,

@@ -477,3 +477,55 @@ async def test_a_lone_surrogate_in_a_run_is_a_400_as_at_the_chatkit_endpoint(
     )
     assert r.status_code == 400
     assert responses.requests == []
+
+
+async def _agent_backend_of(settings: Settings) -> tuple[Any, Any]:
+    """(app, its AgentBackend), built as ``serve`` builds them."""
+    from broker.app import build_broker, create_app
+    from broker.backends.agent.backend import AgentBackend
+
+    broker = build_broker(settings)
+    (backend,) = [b for b in broker.backends if isinstance(b, AgentBackend)]
+    return create_app(settings, broker=broker), backend
+
+
+async def test_the_openai_client_is_closed_even_when_the_shutdown_fails_before_it(
+    agent_env, tmp_path
+) -> None:
+    """Left open, openai-python closes it when it is collected, in a task on whatever loop runs
+    then (a later test's), which logs "Task exception was never retrieved" there."""
+    env = {**agent_env, "BROKER_DATABASE_URL": f"sqlite:///{tmp_path / 't.sqlite3'}"}
+    app, backend = await _agent_backend_of(load_settings(env))
+
+    async def store_fails() -> None:
+        raise OSError("the disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        async with app.router.lifespan_context(app):
+            assert not backend._client.is_closed()
+            backend.store.close = store_fails
+    assert backend._client.is_closed()
+
+
+async def test_a_newer_schema_stops_the_start_and_closes_what_had_started(
+    agent_env, tmp_path
+) -> None:
+    from broker.backends.agent.store import (
+        SchemaTooNew,
+        SQLStore,
+        resolve_database_url,
+        schema_table,
+    )
+
+    url = f"sqlite:///{tmp_path / 't.sqlite3'}"
+    store = SQLStore(resolve_database_url(url))
+    await store.start()
+    async with store._engine.begin() as conn:
+        await conn.execute(schema_table.update().values(version=99))
+    await store.close()
+    app, backend = await _agent_backend_of(load_settings({**agent_env, "BROKER_DATABASE_URL": url}))
+    with pytest.raises(SchemaTooNew):
+        async with app.router.lifespan_context(app):
+            pass
+    assert backend._client.is_closed()
+    assert backend.files._sweeper is None or backend.files._sweeper.done()

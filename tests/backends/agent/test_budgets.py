@@ -23,6 +23,7 @@ from broker.backends.agent.workflow import AgentWorkflow
 from broker.config import load_settings
 
 from ...support import WF_SUPPORT, RedisServer, app_client, auth
+from ...support.contract import check_response
 from ...support.fake_responses import FakeResponses, Reply, text, tool_call
 from .harness import sse
 
@@ -101,7 +102,10 @@ async def test_a_daily_budget_holds_per_user_and_usage_agrees_with_the_fake(
         assert errors and "resets at" in errors[0]["message"]
         assert responses.tokens_served() == spent  # the refused message reached no model
         # what alice can read about herself agrees with the fake's count
-        mine = (await client.get("/api/usage", headers=auth(token(alice)))).json()
+        answer = await client.get("/api/usage", headers=auth(token(alice)))
+        # the answer is the documented Usage model (closed objects: no field undocumented)
+        check_response("GET", "/api/usage", 200, answer.headers, answer.content)
+        mine = answer.json()
         coach = mine["workflows"][0]
         assert coach["today"]["total_tokens"] == spent == coach["this_month"]["total_tokens"]
         assert coach["today"]["calls"] == len(responses.served)

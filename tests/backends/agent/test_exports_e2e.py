@@ -57,10 +57,11 @@ def write_dotenv(home: Path, responses: FakeResponses) -> None:
 
 
 def start(run_broker: Callable[..., BrokerProcess]) -> BrokerProcess:
-    """A broker with nothing but PATH and HOME in its environment: the rest is in .env.
-    (Importing the guardrails' spaCy and Presidio is slow on a busy machine: 60 s.)"""
+    """A broker with nothing but PATH and HOME (and the suite's PYTHONPATH, if any) in its
+    environment: the rest is in .env. (Importing the guardrails' spaCy and Presidio is slow on a
+    busy machine: ``wait_until_serving`` waits up to START_TIMEOUT.)"""
     broker = run_broker({}, ready=False)
-    wait_until_serving(broker, timeout=60)
+    wait_until_serving(broker)
     return broker
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from broker.config import load_settings
 
+from ...files.test_audio import CLIPS, FORMATS
 from ...support import app_client, auth
 from ...support.fake_responses import FakeResponses, text
 from .harness import done_text, sse
@@ -450,7 +451,7 @@ async def test_dictation_goes_to_openais_transcription_endpoint(
         "/api/chatkit/session", json={"workflow": "support"}, headers=auth(alice)
     )
     assert minted.json()["backend"]["dictation"] == {"enabled": True}
-    audio = b"\x1aE\xdf\xa3" + bytes(1000)
+    audio = (CLIPS / "chrome-3s.webm").read_bytes()
     r = await chatkit(
         client,
         "support",
@@ -460,7 +461,7 @@ async def test_dictation_goes_to_openais_transcription_endpoint(
         mime_type="audio/webm;codecs=opus",
     )
     assert r.status_code == 200, r.text
-    assert r.json() == {"text": "transcribed 1004 bytes with gpt-4o-mini-transcribe"}
+    assert r.json() == {"text": f"transcribed {len(audio)} bytes with gpt-4o-mini-transcribe"}
     [call] = responses.calls("/v1/audio/transcriptions")
     assert (
         call.body["file"]["content_type"] == "audio/webm"
@@ -473,8 +474,9 @@ async def test_dictation_goes_to_openais_transcription_endpoint(
     assert r.status_code == 415
     # OpenAI failing is a 502 naming it, never a traceback
     responses.http_errors["/v1/audio/transcriptions"] = 500
+    ogg = base64.b64encode((CLIPS / "clip-3s.ogg").read_bytes()).decode()
     r = await chatkit(
-        client, "support", alice, "input.transcribe", audio_base64="AAAA", mime_type="audio/ogg"
+        client, "support", alice, "input.transcribe", audio_base64=ogg, mime_type="audio/ogg"
     )
     assert r.status_code == 502 and "transcription" in r.json()["error"]["message"]
 
@@ -519,3 +521,61 @@ async def test_a_background_run_by_a_key_takes_the_named_users_attachment(
     assert len(responses.requests) == before + 1  # bob's POST ran nothing
     parts = _user_parts(responses.requests[-1].input)[-1]
     assert [p["type"] for p in parts] == ["input_text", "input_image"]
+
+
+async def test_dictation_takes_every_format_browsers_record_and_refuses_long_or_unreadable_audio(
+    files_env: dict[str, str], token, responses: FakeResponses
+) -> None:
+    env = files_env | {"BROKER_TRANSCRIBE_MAX_SECONDS": "2.5"}
+    async with app_client(load_settings(env)) as client:
+        alice = token("alice")
+
+        async def transcribe(data: bytes, mime_type: str) -> httpx.Response:
+            audio = base64.b64encode(data).decode()
+            return await chatkit(
+                client,
+                "support",
+                alice,
+                "input.transcribe",
+                audio_base64=audio,
+                mime_type=mime_type,
+            )
+
+        # every clip is 3 s: over this broker's 2.5 s, a 413 naming both, nothing sent
+        for name, mime_type in FORMATS.items():
+            r = await transcribe((CLIPS / name).read_bytes(), mime_type)
+            assert r.status_code == 413, (name, r.text)
+            error = r.json()["error"]
+            assert error["code"] == "payload_too_large"
+            assert "at most 2.5 s" in error["message"] and " s long" in error["message"]
+        # bytes that are not audio of the declared type: a 415, nothing sent
+        for data, mime_type in [
+            (b"\x1aE\xdf\xa3" + bytes(1000), "audio/webm;codecs=opus"),
+            ((CLIPS / "clip-3s.mp3").read_bytes(), "audio/ogg"),
+            (bytes(300), "audio/wav"),
+        ]:
+            r = await transcribe(data, mime_type)
+            assert r.status_code == 415, r.text
+            assert r.json()["error"]["message"].startswith("The recording could not be read as")
+        assert responses.calls("/v1/audio/transcriptions") == []
+        # half of a clip (1.5 s, a recording cut short) is within the limit and goes through
+        half = (CLIPS / "chrome-3s.webm").read_bytes()
+        half = half[: len(half) // 2]
+        r = await transcribe(half, "audio/webm")
+        assert r.status_code == 200, r.text
+        assert r.json() == {"text": f"transcribed {len(half)} bytes with gpt-4o-mini-transcribe"}
+
+    # the default (120 s) takes each format
+    async with app_client(load_settings(files_env)) as client:
+        for name, mime_type in FORMATS.items():
+            audio = base64.b64encode((CLIPS / name).read_bytes()).decode()
+            r = await chatkit(
+                client,
+                "support",
+                alice,
+                "input.transcribe",
+                audio_base64=audio,
+                mime_type=mime_type,
+            )
+            assert r.status_code == 200, (name, r.text)
+    assert len(responses.calls("/v1/audio/transcriptions")) == 1 + len(FORMATS)

@@ -81,7 +81,7 @@ def broker(
         BROKER_SESSION_SECRET=SESSION_SECRET,
     )
     watch.add(SESSION_SECRET)
-    with broker_process(env, tmp, start_timeout=60) as bp:  # agents import slowly on a busy machine
+    with broker_process(env, tmp) as bp:
         alice = make_token("alice")
         watch.add(alice)
         headers = {"Authorization": f"Bearer {alice}"}

@@ -272,3 +272,48 @@ async def test_a_key_may_not_run_a_workflow_with_require(
             headers=auth(token("alice", plan="pro")),
         )
         assert r.status_code == 200 and r.json()["output"] == "For pro users.", r.text
+
+
+async def test_each_route_accepts_exactly_the_credentials_its_documented_security_names(
+    client, agent_env, db_url, token
+) -> None:
+    """/openapi.json (and so docs/reference/http-api.md) lists per operation the credentials
+    it takes (the document this broker serves: its routes); each is tried on every authenticated operation: a listed one gets past the
+    gate (anything but 401), an unlisted one is a 401."""
+    key = await make_key(db_url, ["support"])
+    minted = await client.post(
+        "/api/chatkit/session", json={"workflow": "support"}, headers=auth(token("alice"))
+    )
+    secret = minted.json()["client_secret"]
+    credentials = {"bearerAuth": token("alice"), "serviceKey": key, "sessionSecret": secret}
+    params = {
+        "name": "support",
+        "workflow": "support",
+        "thread_id": "thr_none",
+        "run_id": "run_none",
+    }
+    tried = 0
+    served = (await client.get("/openapi.json")).json()  # what this broker routes
+    for path, ops in served["paths"].items():
+        for method, op in ops.items():
+            security = op.get("security") or []
+            if not security or {} in security:
+                continue  # open routes (signed URLs, health, documents)
+            url = path.format(**params)
+            query = {"workflow": "support"} if path == "/api/threads" else {}
+            listed = {name for alt in security for name in alt}
+            assert listed <= set(credentials), (path, listed)
+            for scheme, credential in credentials.items():
+                r = await client.request(
+                    method.upper(),
+                    url,
+                    params=query,
+                    json={} if method == "post" else None,
+                    headers=auth(credential),
+                )
+                tried += 1
+                if scheme in listed:
+                    assert r.status_code != 401, (method, path, scheme, r.text)
+                else:
+                    assert r.status_code == 401, (method, path, scheme, r.status_code, r.text)
+    assert tried >= 30

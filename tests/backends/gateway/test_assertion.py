@@ -96,6 +96,25 @@ def test_an_assertion_carries_the_documented_header_and_claims() -> None:
     assert isinstance(claims["jti"], str) and len(claims["jti"]) >= 16
 
 
+def test_a_token_is_byte_for_byte_what_pyjwt_writes_for_the_same_claims() -> None:
+    """The signers assemble the JWS themselves (PyJWT's encode cost as much as the signature
+    on every gateway request): HS256 is deterministic, so its token must equal PyJWT's, and an
+    ES256 one must have PyJWT's header and payload segments and verify with the public key."""
+    extra = {"email": "ålice@example.com", "groups": ["a", "b"], "n": 1.5, "ok": True}
+    hs = HMACAssertionSigner(SECRET, issuer=ISSUER, clock=FakeClock(1_900_000_000))
+    es = AssertionSigner(load_private_key(generate_private_key_pem()), issuer=ISSUER)
+    for s, key in ((hs, SECRET), (es, es._key)):
+        token = s.sign("alice", audience="api", workflow="w", extra=extra, body=b"{}")
+        claims = claims_of(token)
+        again = jwt.encode(claims, key, algorithm=s.algorithm, headers=s._headers)
+        if s is hs:
+            assert token == again
+        else:
+            assert token.split(".")[:2] == again.split(".")[:2]
+            public = es._key.public_key()
+            assert jwt.decode(token, public, algorithms=["ES256"], audience="api") == claims
+
+
 def test_every_assertion_has_its_own_jti_and_no_sid_without_a_session() -> None:
     s = signer()
     tokens = [s.sign("alice", audience="a", workflow="w") for _ in range(50)]
@@ -178,8 +197,9 @@ def test_an_unusable_key_is_refused_with_a_reason(text: str, problem: str) -> No
 
 
 def test_forwarded_claims_pick_named_claims_and_never_reserved_ones() -> None:
-    claims = {"sub": "x", "email": "a@b", "org": "acme", "exp": 1, "iss": "idp"}
-    assert forwarded_claims(claims, ["email", "org", "exp", "iss", "missing"]) == {
+    claims = {"sub": "x", "email": "a@b", "org": "acme", "exp": 1, "iss": "idp", "htu": "/x"}
+    names = ["email", "org", "exp", "iss", "missing", "htu"]
+    assert forwarded_claims(claims, names) == {
         "email": "a@b",
         "org": "acme",
     }

@@ -633,16 +633,28 @@ async def test_a_refused_connection_is_retried_once_and_then_succeeds(
         await writer.drain()
         writer.close()
 
-    async def listen_later() -> asyncio.Server:
-        await asyncio.sleep(0.03)
-        sock.listen(8)
-        return await asyncio.start_server(answer, sock=sock)
+    class ListenOnRetry(logging.Handler):
+        """Starts listening when the proxy says it retries: after the refusal, before the
+        second connect (the kernel queues it until the server below accepts it)."""
 
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retrying once" in record.getMessage() and not retrying.is_set():
+                sock.listen(8)
+                retrying.set()
+
+    retrying = asyncio.Event()
+    hook = ListenOnRetry()
     gateway.upstream = replace(gateway.upstream, url=f"http://127.0.0.1:{port}/chatkit")
-    late = asyncio.ensure_future(listen_later())
-    with caplog.at_level(logging.INFO, logger="broker.gateway"):
-        response = await browser.post("/chatkit/support", json=BODY)
-    server = await late
+    logger = logging.getLogger("broker.gateway")
+    logger.addHandler(hook)
+    try:
+        with caplog.at_level(logging.INFO, logger="broker.gateway"):
+            request = asyncio.ensure_future(browser.post("/chatkit/support", json=BODY))
+            await asyncio.wait_for(retrying.wait(), 30)  # a failure, not a hang, if none
+            server = await asyncio.start_server(answer, sock=sock)
+            response = await request
+    finally:
+        logger.removeHandler(hook)
     server.close()
     assert response.status_code == 200 and response.json() == {}
     assert answered == [True]

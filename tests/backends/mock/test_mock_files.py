@@ -3,6 +3,7 @@ HTTP: mint, ``attachments.create``, the signed upload URL, a message carrying th
 
 from __future__ import annotations
 
+from ...files.test_audio import CLIPS
 from ...support.mock_broker import deltas, mock_broker
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(100)
@@ -42,6 +43,25 @@ async def test_mock_mode_dictation_answers_a_stand_in_transcript() -> None:
         minted = await broker.mint()
         assert minted["backend"]["dictation"] == {"enabled": True}
         chat = await broker.chat()
-        audio = base64.b64encode(bytes(300)).decode()
+        data = (CLIPS / "chrome-3s.webm").read_bytes()
+        audio = base64.b64encode(data).decode()
         result = await chat.json("input.transcribe", audio_base64=audio, mime_type="audio/webm")
-        assert result == {"text": "[mock transcript of 300 bytes of audio/webm]"}
+        assert result == {"text": f"[mock transcript of {len(data)} bytes of audio/webm, 2.9 s]"}
+        # not a recording: a 415 in mock mode too
+        junk = base64.b64encode(bytes(300)).decode()
+        r = await chat.call("input.transcribe", audio_base64=junk, mime_type="audio/webm")
+        assert r.status_code == 415, r.text
+        assert r.json()["error"]["code"] == "unsupported_media_type"
+
+
+async def test_mock_mode_dictation_refuses_a_recording_over_the_limit() -> None:
+    import base64
+
+    async with mock_broker(env={"BROKER_TRANSCRIBE_MAX_SECONDS": "2"}) as broker:
+        chat = await broker.chat()
+        audio = base64.b64encode((CLIPS / "clip-3s.ogg").read_bytes()).decode()
+        r = await chat.call("input.transcribe", audio_base64=audio, mime_type="audio/ogg")
+        assert r.status_code == 413, r.text
+        assert r.json()["error"]["message"] == (
+            "The recording is 3.0 s long; dictation takes at most 2 s."
+        )
