@@ -182,6 +182,16 @@ class Gate:
         """Admit ``key`` to ``workflow`` as ``user`` (acting for users) or as itself; its
         ``--rate`` and the workflow's per-user limit both count, the latter for that user."""
         acting = acting_user(key, workflow.name, user)
+        if workflow.require:
+            # `require` asks claims of a user's sign-in; a key holds none for the users it
+            # names (nor for itself), and trusting it for them would let a back end run a
+            # workflow for a user `require` keeps out (an anonymous one, say)
+            raise WorkflowNotAllowed(
+                f"Workflow {workflow.name[:80]!r} requires sign-in claims "
+                f"({', '.join(claim for claim, _ in workflow.require)}) that a service key "
+                "cannot show for a user: run it with the user's own token, or drop its "
+                "require."
+            )
         if key.rate_per_minute is not None:
             await self._limits.hit_per_minute(
                 "service_key", key.name, key.rate_per_minute, what=f"service key {key.name!r}"

@@ -353,6 +353,11 @@ class Environment(BaseSettings):
     run_lease: seconds(3, 3600) = 30.0
     """Seconds within which a background run whose broker instance died is marked failed
     (the instance renews its runs' lease every third of this)."""
+    run_queue: Literal["auto", "in-process"] = "auto"
+    """Where background runs execute. auto: with a PostgreSQL thread database, on a durable
+    queue in it (procrastinate; every broker instance is one of its workers, and queued runs
+    outlive the instance that accepted them); with SQLite, in-process. in-process: on the
+    instance that accepted the run, which they wait on and fail with."""
     transcribe_model: str = "gpt-4o-mini-transcribe"
     """The OpenAI model agent workflows' dictation (input.transcribe) uses."""
     transcribe_max_seconds: seconds(1, 1500) = 120.0

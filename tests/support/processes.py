@@ -47,6 +47,15 @@ class BrokerProcess:
         return self.proc.returncode
 
 
+def base_env() -> dict[str, str]:
+    """PATH and HOME, and PYTHONPATH when set (a worktree's code run by the shared venv's
+    ``chatkit-broker`` script, as the contributors' brief runs tests)."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
 def cli_command() -> list[str]:
     exe = shutil.which("chatkit-broker", path=str(Path(sys.executable).parent))
     return [exe] if exe else [sys.executable, "-m", "broker.cli"]
@@ -62,10 +71,7 @@ def start_broker(
 
     port = port or free_port()
     log_path = cwd / f"broker-{port}.log"
-    # PYTHONPATH passes through, so a checkout run with PYTHONPATH=$PWD tests its own code
-    # in these processes too (not an editable install's); the test's env wins
-    inherited = {k: os.environ[k] for k in ("PATH", "HOME", "PYTHONPATH") if k in os.environ}
-    full_env = {"PATH": "", "HOME": "/tmp", **inherited, **env}
+    full_env = {**base_env(), **env}
     log_audit.add_env(full_env)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

@@ -128,6 +128,7 @@ class AgentBackend(Backend):
             self._background_run,
             lease=getattr(environment, "run_lease", 30.0),
             finished=self.webhooks.record,
+            queue=getattr(environment, "run_queue", "auto"),
         )
 
     # --- life cycle ---------------------------------------------------------------------
@@ -177,6 +178,13 @@ class AgentBackend(Backend):
             await self.shutdown()
             raise
         self.background.start()
+        log.info(
+            "background runs execute %s (this instance: %s)",
+            "on the queue (procrastinate, in the thread database)"
+            if self.background.queue is not None
+            else "in-process",
+            self.background.instance,
+        )
         self.webhooks.start()
 
     async def shutdown(self) -> None:
@@ -292,15 +300,28 @@ class AgentBackend(Backend):
         return await usage_api.usage_endpoint(self, request)
 
     async def _background_run(
-        self, name: str, caller: Caller, text: str, thread_id: str, timeout: float
+        self,
+        name: str,
+        caller: Caller,
+        text: str,
+        thread_id: str,
+        timeout: float,
+        attachments: tuple[str, ...] = (),
     ) -> runs.RunAnswer:
-        """One background run's agent turn, as a synchronous run does it: the budgets are
-        checked again when it starts, since a queued run may start after they are spent."""
+        """One background run's agent turn, as a synchronous run does it: the budgets and
+        attachments are checked again when it starts, since a queued run may start after the
+        budget is spent or an upload was deleted."""
         await self._ensure_started()
         workflow = self._agent_workflow(name)
         await self.metering[workflow.name].check(caller.user, caller.tier)
+        await self.files.check_ids(list(attachments), caller)
         return await runs.run(
-            self.server(workflow), caller, text, thread_id=thread_id, timeout=timeout
+            self.server(workflow),
+            caller,
+            text,
+            thread_id=thread_id,
+            timeout=timeout,
+            attachments=attachments,
         )
 
     def endpoint(self, workflow: Workflow, domain_key: str) -> Mapping[str, Any] | None:
@@ -332,17 +353,17 @@ class AgentBackend(Backend):
         background = parsed.background
         current_base.set(base_url(request.scope, self.settings.public_url))
         attachments = attachment_ids(parsed.attachments)
-        if background and attachments:
-            raise InvalidRequest(
-                "A background run takes no attachments yet; send them in a run without background."
-            )
         counted = await self._count_message(admission)
         if background:
             try:
                 caller = self.caller(admission)  # a spent budget refuses before queueing
                 await self.metering[workflow.name].check(caller.user, caller.tier)
+                await self._ensure_started()
+                # the named user's own uploads of this workflow (a key's, for the user it
+                # names), as a synchronous run checks them: 404 for anyone else's
+                await self.files.check_ids(attachments, caller)
                 return await backend_api.start_background(
-                    self, request, admission, key, text, thread_id
+                    self, request, admission, key, text, thread_id, tuple(attachments)
                 )
             except BrokerError as exc:
                 await self._refund_if_refused(counted, admission, exc)

@@ -138,6 +138,7 @@ async def start_background(
     key: ServiceKey | None,
     text: str,
     thread_id: str | None,
+    attachments: tuple[str, ...] = (),
 ) -> Response:
     """202 and the queued run; the same run again for a repeated ``Idempotency-Key``."""
     idempotency_key = request.headers.get("idempotency-key")
@@ -153,6 +154,7 @@ async def start_background(
         text=text,
         thread_id=thread_id,
         idempotency_key=idempotency_key,
+        attachments=attachments,
     )
     request.state.run = record["id"]
     return _json(record, 202, {"Location": f"/api/runs/{record['id']}"})

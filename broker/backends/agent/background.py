@@ -1,11 +1,15 @@
 """Background runs: ``POST /api/workflows/<name>/runs`` with ``"background": true``.
 
 A run is a row in the thread database, so any instance answers ``GET /api/runs/<id>`` for
-any run. It executes in-process on the instance that accepted it (the durable queue for
-several instances is not built yet): that instance renews a lease on its runs every
-``BROKER_RUN_LEASE``/3 s, and every instance marks a run whose lease ran out (its instance
-died or was killed) ``failed`` with ``worker_lost`` — so no run stays ``in_progress``.
-Cancelling writes ``cancelled``; the instance running it sees that at its next renewal.
+any run. Where it executes (``BROKER_RUN_QUEUE``, queue.py): with a PostgreSQL thread
+database, on a durable queue (procrastinate) whose workers are every broker instance; with
+SQLite, in-process on the instance that accepted it. Either way the instance running a run
+renews its lease every ``BROKER_RUN_LEASE``/3 s, and every instance marks a run whose lease
+ran out (its instance died or was killed) ``failed`` with ``worker_lost`` — so no run stays
+``in_progress`` longer than the lease and one renewal round. It is not retried: the first
+attempt may have half-answered in the thread, and a second would send the message again;
+``attempts`` in the record says how many started. Cancelling writes ``cancelled``; the
+instance running it sees that at its next renewal.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from typing import Any
 import sqlalchemy as sa
 from chatkit.types import ThreadMetadata
 
-from ...errors import BrokerError, NotFound, RunTimeout
+from ...errors import BrokerError, NotFound, RunTimeout, StoreUnavailable
+from .queue import RunQueue
 from .runs import RunAnswer
-from .store import Caller, NotFoundError, SQLStore, background_runs
+from .store import Caller, NotFoundError, SQLStore, background_runs, run_attachments
 
 log = logging.getLogger("broker.agent.background")
 
@@ -37,7 +42,9 @@ WORKER_LOST = {
     "message": "The broker instance running this run stopped before it finished; start it again.",
 }
 
-Runner = Callable[[str, Caller, str, str, float], Awaitable[RunAnswer]]
+Runner = Callable[[str, Caller, str, str, float, tuple[str, ...]], Awaitable[RunAnswer]]
+# a job may reach a worker before the transaction inserting its run commits: look again
+CLAIM_WAITS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 Finished = Callable[[Any, dict[str, Any]], Awaitable[None]]
 
 
@@ -62,22 +69,47 @@ def record_json(row: Any) -> dict[str, Any]:
 class BackgroundRuns:
     """The run records and this instance's share of executing them."""
 
-    def __init__(self, store: SQLStore, runner: Runner, *, lease: float, finished: Finished):
+    def __init__(
+        self,
+        store: SQLStore,
+        runner: Runner,
+        *,
+        lease: float,
+        finished: Finished,
+        queue: str = "auto",
+    ):
         self.store = store
         self.table = background_runs
         self.runner = runner
         self.lease = lease
         self.finished = finished
         self.instance = "ins_" + secrets.token_hex(8)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._keeper: asyncio.Task[None] | None = None
+        #: the durable queue (queue.py's rule): PostgreSQL and BROKER_RUN_QUEUE=auto
+        self.queue: RunQueue | None = None
+        if queue == "auto" and store.dialect == "postgresql":
+            self.queue = RunQueue(
+                store.url,
+                self.run_queued,
+                concurrency=CONCURRENCY,
+                lease=lease,
+                name=self.instance,
+            )
+
+    @property
+    def executor(self) -> str:
+        """Where this instance's background runs execute: ``queue`` or ``in-process``."""
+        return "queue" if self.queue is not None else "in-process"
 
     # --- life cycle -----------------------------------------------------------------------
 
     def start(self) -> None:
         if self._keeper is None:
             self._keeper = asyncio.create_task(self._keep())
+        if self.queue is not None:
+            self.queue.start()
 
     async def stop(self) -> None:
         """Stop renewing and cancel this instance's runs: they fail as ``worker_lost``
@@ -87,6 +119,8 @@ class BackgroundRuns:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
             self._keeper = None
+        if self.queue is not None:
+            await self.queue.stop()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -103,6 +137,7 @@ class BackgroundRuns:
         text: str,
         thread_id: str | None,
         idempotency_key: str | None,
+        attachments: tuple[str, ...] = (),
     ) -> tuple[dict[str, Any], bool]:
         """The new run (and True), or the one this caller made with ``idempotency_key``."""
         t = self.table
@@ -134,8 +169,9 @@ class BackgroundRuns:
             "thread_id": thread_id,
             "input": text,
             "idempotency_key": idempotency_key,
-            "owner": self.instance,
-            "lease_until": now + self.lease,
+            # queued on the queue: no owner, no lease until a worker claims it
+            "owner": self.instance if self.queue is None else None,
+            "lease_until": now + self.lease if self.queue is None else None,
             "attempts": 0,
             "created_at": now,
             "updated_at": now,
@@ -143,6 +179,23 @@ class BackgroundRuns:
 
         async def work(conn: Any) -> None:
             await conn.execute(t.insert().values(**values))
+            if attachments:
+                await conn.execute(
+                    run_attachments.insert().values(run_id=run_id, ids=json.dumps(attachments))
+                )
+            if self.queue is not None:  # deferred before the insert commits: both or neither
+                try:
+                    await self.queue.defer(run_id)
+                except Exception as exc:
+                    cause = exc.__cause__ or exc
+                    log.warning(
+                        "background runs: cannot queue a run: %s (%s)",
+                        type(exc).__name__,
+                        type(cause).__name__,
+                    )
+                    raise StoreUnavailable(
+                        "The run queue in the thread database cannot be reached; try again shortly."
+                    ) from None
 
         try:
             await self.store.write(work)
@@ -151,7 +204,8 @@ class BackgroundRuns:
             if found is None:
                 raise
             return record_json(found), False
-        self._tasks[run_id] = asyncio.create_task(self._execute(run_id))
+        if self.queue is None:
+            self._tasks[run_id] = asyncio.create_task(self._execute(run_id))
         return record_json(await self._row(run_id)), True
 
     async def _by_idempotency(self, caller_ref: str, key: str) -> Any:
@@ -211,15 +265,40 @@ class BackgroundRuns:
         finally:
             self._tasks.pop(run_id, None)
 
-    async def _claim(self, run_id: str) -> Any:
+    async def run_queued(self, run_id: str) -> None:
+        """The queue's job: claim the run (if still queued) and execute it here."""
+        row = None
+        for wait in CLAIM_WAITS:
+            await asyncio.sleep(wait)
+            row = await self._claim(run_id, any_owner=True)
+            if row is not None or await self._row(run_id) is not None:
+                break  # claimed, or cancelled / claimed by another job: nothing to do
+        if row is None:
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks[run_id] = task
+        try:
+            status, result = await self._run(row)
+            await self._end(run_id, status, result, owner=self.instance)
+        except asyncio.CancelledError:
+            pass  # cancelled (already recorded) or shutting down (the lease will run out)
+        except Exception:
+            log.exception("background run %s: recording its end failed", run_id)
+        finally:
+            self._tasks.pop(run_id, None)
+
+    async def _claim(self, run_id: str, *, any_owner: bool = False) -> Any:
         t = self.table
+        mine = sa.true() if any_owner else t.c.owner == self.instance
 
         async def work(conn: Any) -> Any:
             result = await conn.execute(
                 t.update()
-                .where(t.c.id == run_id, t.c.status == "queued", t.c.owner == self.instance)
+                .where(t.c.id == run_id, t.c.status == "queued", mine)
                 .values(
                     status="in_progress",
+                    owner=self.instance,
                     attempts=t.c.attempts + 1,
                     lease_until=time.time() + self.lease,
                     updated_at=time.time(),
@@ -234,8 +313,9 @@ class BackgroundRuns:
     async def _run(self, row: Any) -> tuple[str, dict[str, Any]]:
         caller = Caller(row.user_id, row.workflow)
         try:
+            attachments = await self._attachments(row.id)
             answer = await self.runner(
-                row.workflow, caller, row.input, row.thread_id, BACKGROUND_TIMEOUT
+                row.workflow, caller, row.input, row.thread_id, BACKGROUND_TIMEOUT, attachments
             )
         except RunTimeout as exc:
             return "incomplete", {"error": {"code": exc.code, "message": exc.message}}
@@ -251,6 +331,13 @@ class BackgroundRuns:
         result = answer.as_json()
         result.pop("thread_id", None)
         return "completed", result
+
+    async def _attachments(self, run_id: str) -> tuple[str, ...]:
+        async with self.store.transaction() as conn:
+            ids = await conn.scalar(
+                sa.select(run_attachments.c.ids).where(run_attachments.c.run_id == run_id)
+            )
+        return tuple(json.loads(ids)) if ids else ()
 
     async def _end(
         self, run_id: str, status: str, result: dict[str, Any], *, owner: str | None
@@ -324,15 +411,18 @@ class BackgroundRuns:
         t = self.table
         now = time.time()
 
+        mine = list(self._tasks)
+        # in-process: every run this instance accepted (queued ones wait here); on the
+        # queue: the runs its worker executes now (the queued ones wait in the queue)
+        owned = t.c.owner == self.instance if self.queue is None else t.c.id.in_(mine)
+
         async def renew(conn: Any) -> None:
             await conn.execute(
-                t.update()
-                .where(t.c.owner == self.instance, t.c.status.in_(ACTIVE))
-                .values(lease_until=now + self.lease)
+                t.update().where(owned, t.c.status.in_(ACTIVE)).values(lease_until=now + self.lease)
             )
 
-        await self.store.write(renew)
-        mine = list(self._tasks)
+        if self.queue is None or mine:
+            await self.store.write(renew)
         async with self.store.transaction() as conn:
             ended = (
                 (
@@ -362,3 +452,5 @@ class BackgroundRuns:
                 task.cancel()
         for run_id in expired:
             await self._expire(run_id)
+        if self.queue is not None:
+            await self.queue.reap()

@@ -219,6 +219,14 @@ background_runs = sa.Table(
     sa.UniqueConstraint("caller", "idempotency_key", name="ckb_runs_idempotency"),
     sa.Index("ckb_runs_status_lease", "status", "lease_until"),
 )
+# a background run's attachments (ids of the user's uploads), when it has any: a table of its
+# own rather than a column, so a database made before needs no schema step
+run_attachments = sa.Table(
+    "ckb_run_attachments",
+    metadata,
+    sa.Column("run_id", sa.String(80), primary_key=True),
+    sa.Column("ids", sa.Text, nullable=False),  # a JSON list of attachment ids
+)
 webhook_deliveries = sa.Table(
     "ckb_webhook_deliveries",
     metadata,

@@ -67,7 +67,13 @@ async def _empty(url: str) -> None:
         await conn.execute(
             "DO $$ BEGIN IF to_regclass('ckb_items') IS NOT NULL THEN "
             "TRUNCATE ckb_threads, ckb_items, ckb_attachments; END IF; "
-            "IF to_regclass('ckb_files') IS NOT NULL THEN TRUNCATE ckb_files; END IF; END $$"
+            "IF to_regclass('ckb_files') IS NOT NULL THEN TRUNCATE ckb_files; END IF; "
+            # background runs and their queue: a run left queued by one test must not be
+            # run (against another test's scripted model) by the next test's broker
+            "IF to_regclass('ckb_runs') IS NOT NULL THEN "
+            "TRUNCATE ckb_runs, ckb_run_attachments, ckb_webhook_deliveries; END IF; "
+            "IF to_regclass('procrastinate_jobs') IS NOT NULL THEN "
+            "TRUNCATE procrastinate_jobs, procrastinate_workers CASCADE; END IF; END $$"
         )
     finally:
         await conn.close()

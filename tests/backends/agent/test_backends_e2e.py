@@ -6,7 +6,6 @@ delivery verified with the spec's reference library, and a broker killed mid-run
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import threading
@@ -24,7 +23,7 @@ from broker.webhooks import new_secret
 
 from ...support import API_KEY, SECRET, BrokerProcess
 from ...support.fake_responses import FakeResponses, text
-from ...support.processes import cli_command
+from ...support.processes import base_env, cli_command
 from .test_processes import ROOT, SESSION_SECRET, token
 
 USER = "1764168881795908"
@@ -100,7 +99,7 @@ def setup(
 
 
 def cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    full = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
+    full = {**base_env(), **env}
     return subprocess.run(
         [*cli_command(), *args], env=full, cwd=cwd, capture_output=True, text=True, timeout=60
     )
@@ -195,6 +194,29 @@ def test_a_back_end_runs_a_workflow_for_a_user_in_the_background(
     assert key not in first.logs() + second.logs()
 
 
+def executing(db_url: str, run_id: str, brokers: list[BrokerProcess]) -> BrokerProcess:
+    """The broker running ``run_id``: its record's owner, named in that broker's start-up log."""
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from broker.backends.agent.store import SQLStore, background_runs
+    from broker.settings import resolve_database_url
+
+    async def owner() -> str:
+        store = SQLStore(resolve_database_url(db_url))
+        try:
+            async with store.transaction() as conn:
+                t = background_runs
+                return await conn.scalar(sa.select(t.c.owner).where(t.c.id == run_id))
+        finally:
+            await store.close()
+
+    instance = asyncio.run(owner())
+    (found,) = [b for b in brokers if f"this instance: {instance})" in b.logs()]
+    return found
+
+
 def test_a_broker_killed_mid_run_leaves_the_run_failed_not_stuck(
     run_broker: Callable[..., BrokerProcess],
     responses: FakeResponses,
@@ -204,13 +226,16 @@ def test_a_broker_killed_mid_run_leaves_the_run_failed_not_stuck(
 ) -> None:
     env, secret = setup(tmp_path, responses, db_url, receiver)
     _, key = create_key(env, tmp_path, "--act-for-users")
-    doomed, survivor = run_broker(env), run_broker(env)
+    first, second = run_broker(env), run_broker(env)
     responses.script(text("never finished", chunks=4, hang_after=1))
     body = {"input": "a long job", "user": USER, "background": True}
-    r = httpx.post(f"{doomed.url}/api/workflows/support/runs", json=body, headers=bearer(key))
+    r = httpx.post(f"{first.url}/api/workflows/support/runs", json=body, headers=bearer(key))
     assert r.status_code == 202, r.text
     run_id = r.json()["id"]
     assert responses.hanging.wait(15)
+    # SQLite: the instance that accepted it runs it; PostgreSQL: whichever took it off the queue
+    doomed = executing(db_url, run_id, [first, second])
+    survivor = second if doomed is first else first
     status = httpx.get(f"{survivor.url}/api/runs/{run_id}", headers=bearer(key)).json()["status"]
     assert status == "in_progress"
     doomed.proc.kill()  # SIGKILL: no shutdown, no chance to record anything

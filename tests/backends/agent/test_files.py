@@ -494,6 +494,35 @@ async def test_a_thousand_creates_without_uploads_are_limited_per_user(
     assert await backend.store.pending_count("alice", "support") == 20
 
 
+async def test_a_background_run_by_a_key_takes_the_named_users_attachment(
+    client, files_env, token, responses
+) -> None:
+    """A key acting for alice names her upload: the run, queued, shows it to the model; the
+    same id for bob (whose upload it is not) is the 404 an unknown id gets, and nothing runs."""
+    from .test_service_keys import make_key, poll
+
+    key = await make_key(files_env["BROKER_DATABASE_URL"], ["support"], act_for_users=True)
+    r = await create(client, token("alice"), "a.png", "image/png", len(PNG))
+    image = r.json()
+    await upload(client, image["upload_descriptor"]["url"], PNG)
+    before = len(responses.requests)
+    body = {"input": "x", "attachments": [image["id"]], "background": True}
+    r = await client.post(
+        "/api/workflows/support/runs", json=body | {"user": "bob"}, headers=auth(key)
+    )
+    assert r.status_code == 404, r.text
+    responses.script(text("A picture, later."))
+    r = await client.post(
+        "/api/workflows/support/runs", json=body | {"user": "alice"}, headers=auth(key)
+    )
+    assert r.status_code == 202, r.text
+    done = await poll(client, r.json()["id"], auth(key))
+    assert done["status"] == "completed" and done["output"] == "A picture, later.", done
+    assert len(responses.requests) == before + 1  # bob's POST ran nothing
+    parts = _user_parts(responses.requests[-1].input)[-1]
+    assert [p["type"] for p in parts] == ["input_text", "input_image"]
+
+
 async def test_dictation_takes_every_format_browsers_record_and_refuses_long_or_unreadable_audio(
     files_env: dict[str, str], token, responses: FakeResponses
 ) -> None:

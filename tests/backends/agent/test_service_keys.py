@@ -239,6 +239,41 @@ async def test_a_background_run_past_its_budget_is_refused_before_it_is_queued(
     assert responses.requests == []  # nothing ran
 
 
+async def test_a_key_may_not_run_a_workflow_with_require(
+    agent_env: dict[str, str], tmp_path: Path, token: Callable[..., str], responses: FakeResponses
+) -> None:
+    """``require`` asks claims of a user's sign-in; a key cannot show them for the user it
+    names (nor for itself), so a key is refused there (403), while the user's own token with
+    the claim runs it."""
+    (tmp_path / "workflows.toml").write_text(
+        '[workflows.pro]\nagent = "examples.agent.support_agent:agent"\n'
+        '[workflows.pro.require]\nplan = "pro"\n'
+    )
+    env = {**agent_env, "BROKER_WORKFLOWS_FILE": str(tmp_path / "workflows.toml")}
+    acting = await make_key(env["BROKER_DATABASE_URL"], ["pro"], act_for_users=True)
+    itself = await make_key(env["BROKER_DATABASE_URL"], ["pro"])
+    async with app_client(load_settings(env)) as c:
+        for key, extra in ((acting, {"user": "alice"}), (itself, {})):
+            for background in (False, True):
+                r = await c.post(
+                    "/api/workflows/pro/runs",
+                    json={"input": "go", "background": background, **extra},
+                    headers=auth(key),
+                )
+                assert r.status_code == 403, r.text
+                assert "require" in r.json()["error"]["message"]
+            listed = await c.get("/api/threads?workflow=pro&user=alice", headers=auth(acting))
+            assert listed.status_code == 403
+        assert responses.requests == []
+        responses.script(text("For pro users."))
+        r = await c.post(
+            "/api/workflows/pro/runs",
+            json={"input": "go"},
+            headers=auth(token("alice", plan="pro")),
+        )
+        assert r.status_code == 200 and r.json()["output"] == "For pro users.", r.text
+
+
 async def test_each_route_accepts_exactly_the_credentials_its_documented_security_names(
     client, agent_env, db_url, token
 ) -> None:
