@@ -167,6 +167,7 @@ def load_settings(env: Mapping[str, str], *, cwd: Path | None = None) -> Setting
         )
     settings = Settings(
         mock=e.mock,
+        mock_step=e.mock_step,
         openai_api_key=key,
         openai_api_key_source=key_source,
         openai_base_url=e.openai_base_url.rstrip("/"),

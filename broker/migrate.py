@@ -393,7 +393,6 @@ def main(export: str, name: str | None, *, smoke_test: bool = True) -> int:
     an export (nothing changed)."""
     import asyncio
 
-    from .backends.agent.targets import TargetError, load_target
     from .config import read_dotenv, read_environment
     from .environ import export_environment
     from .settings import api_key_in_effect
@@ -409,6 +408,9 @@ def main(export: str, name: str | None, *, smoke_test: bool = True) -> int:
     has_file = bool(env.get("BROKER_WORKFLOWS_FILE") or read_dotenv().get("BROKER_WORKFLOWS_FILE"))
     for line in report(run, dotenv_has_file=has_file):
         print(line)
+    # the Agents SDK only now: a file that is not an export is refused without it (~1.5 s)
+    from .backends.agent.targets import TargetError, load_target
+
     spec = _agent_path(run.copy, cwd)
     try:
         load_target(spec, base_dir=cwd)

@@ -269,6 +269,9 @@ class Environment(BaseSettings):
     # --- mode and workflows ---
     mock: EnvFlag = Field(False, json_schema_extra=_section("Mode and workflows"))
     """1 = mock mode: loopback only, canned replies, no OpenAI key or sign-in needed."""
+    mock_step: seconds(0, 1) = 0.02
+    """Mock mode: the pause between the pieces of a canned reply (/slow keeps its own, 0.5 s);
+    0 answers at once, for front-end tests that do not need to watch text stream in."""
     workflows: str | None = Field(None, examples=["support=myapp.support:agent"])
     """name=target,…; the target's shape names the kind: package.module:attr or
     path/file.py:attr (agent), http(s)://host/… (gateway), wf_… (hosted, retired
@@ -563,6 +566,7 @@ class Settings:
     """
 
     mock: bool = default_of("mock")
+    mock_step: float = default_of("mock_step")
     openai_api_key: str | None = field(default=None, repr=False)
     openai_api_key_source: str | None = None
     openai_base_url: str = default_of("openai_base_url")

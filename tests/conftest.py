@@ -4,6 +4,7 @@ fixtures live in ``tests/support/``."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from broker.config import Settings, load_settings
 
@@ -31,6 +33,13 @@ from .support.processes import start_broker
 # every log line of the session (in-process records, subprocess log files) scanned for
 # secrets when it ends; a leak fails the run (tests/support/log_audit.py)
 pytest_plugins = ["tests.support.log_audit", "pytester"]
+
+# hypothesis profiles, for the property tests that do not pin their own count (tests/test_api.py
+# and others): "default" is hypothesis' own (100 examples, what the suite runs);
+# HYPOTHESIS_PROFILE=thorough searches ten times deeper, for a change to a request model.
+# The fuzz suites against live brokers keep their own counts (FUZZ_EXAMPLES, HOSTILE_EXAMPLES).
+hypothesis_settings.register_profile("thorough", max_examples=1000)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

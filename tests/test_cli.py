@@ -1,13 +1,23 @@
-"""The command line, run as a user runs it: real processes, real ports, real output."""
+"""The command line, run as a user runs it: real processes, real ports, real output.
+
+``check`` and ``token`` run in-process (``broker.cli.main`` with exactly the given environment
+and working directory, its exit code and its stdout/stderr captured): they only read the
+environment and print, so the process adds nothing but ~1.5 s of imports each. The entry point
+itself (the installed ``chatkit-broker`` script, its exit codes and streams) stays proved by the
+subprocess runs below: ``serve`` usage errors, a token minted through the script, the servers."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 from pathlib import Path
 
 import httpx
 import jwt
+
+from broker import cli
 
 from .support import API_KEY, ROOT, SECRET, WF_SUPPORT, cli_command, free_port
 from .support.mint import mint_sync
@@ -24,8 +34,31 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
     )
 
 
+def cli_in_process(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``run_cli`` without the process: the same environment (exactly ``env`` plus PATH), the
+    same working directory, the exit code ``main`` returns or raises, both streams."""
+    saved, here = dict(os.environ), Path.cwd()
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.clear()
+    os.environ.update({"PATH": "/usr/bin:/bin", **env})
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exc:
+                if isinstance(exc.code, str):
+                    print(exc.code, file=err)
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(here)
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def test_check_lists_every_problem_and_exits_2(tmp_path):
-    r = run_cli(
+    r = cli_in_process(
         "check",
         env={
             "BROKER_WORKFLOWS": "Bad=wf_1,ok=nope",
@@ -55,7 +88,7 @@ def test_check_names_one_mistake_per_kind_with_its_table_and_key(tmp_path):
         '[workflows.docs]\nserver = "https://chat.internal/chatkit"\nidle_timout = 30\n'
         '[workflows.coach]\nagent = "myapp.coach:agent"\nmax_messages_per_minute = "5"\n'
     )
-    r = run_cli("check", env={}, cwd=tmp_path)
+    r = cli_in_process("check", env={}, cwd=tmp_path)
     assert r.returncode == 2, r.stdout
     for needle in (
         "BROKER_RATE_LIMIT must look like '30/minute'",
@@ -70,7 +103,7 @@ def test_check_names_one_mistake_per_kind_with_its_table_and_key(tmp_path):
 def test_check_summary_masks_secrets(tmp_path, base_env):
     (tmp_path / ".env").write_text(f"CHATKIT_OPENAI_API_KEY={API_KEY}\n")
     env = {k: v for k, v in base_env.items() if k != "OPENAI_API_KEY"}
-    r = run_cli("check", env=env, cwd=tmp_path)
+    r = cli_in_process("check", env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert API_KEY not in r.stdout and SECRET not in r.stdout
     assert "sk-proj-…XYZ"[-3:] in r.stdout and "from CHATKIT_OPENAI_API_KEY (.env)" in r.stdout
@@ -80,7 +113,7 @@ def test_check_summary_masks_secrets(tmp_path, base_env):
 
 def test_token_command_signs_with_the_secret(tmp_path):
     env = {"BROKER_JWT_SECRET": SECRET, "BROKER_JWT_AUDIENCE": "authenticated"}
-    r = run_cli(
+    r = cli_in_process(
         "token",
         "--sub",
         "me",
@@ -97,7 +130,7 @@ def test_token_command_signs_with_the_secret(tmp_path):
     claims = jwt.decode(r.stdout.strip(), SECRET, algorithms=["HS256"], audience="authenticated")
     assert claims["sub"] == "me" and claims["role"] == "pro" and claims["n"] == 3
     assert claims["exp"] - claims["iat"] == 120
-    missing = run_cli("token", "--sub", "me", env={}, cwd=tmp_path)
+    missing = cli_in_process("token", "--sub", "me", env={}, cwd=tmp_path)
     assert missing.returncode == 2 and "BROKER_JWT_SECRET" in missing.stderr
 
 
@@ -195,18 +228,13 @@ def test_serve_refuses_to_start_when_the_agent_database_is_down(tmp_path):
 
 
 def test_check_warns_that_hosted_workflows_stopped_running(tmp_path) -> None:
-
-    from tests.support import API_KEY, SECRET, WF_SUPPORT, cli_command
-
     env = {
         "PATH": os.environ.get("PATH", ""),
         "OPENAI_API_KEY": API_KEY,
         "BROKER_JWT_SECRET": SECRET,
         "BROKER_WORKFLOWS": f"support={WF_SUPPORT}",
     }
-    done = subprocess.run(
-        [*cli_command(), "check"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    done = cli_in_process("check", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     (warning,) = [line for line in done.stdout.splitlines() if "2026-11-30" in line]
     assert warning.startswith("warning: workflow 'support' (wf_")

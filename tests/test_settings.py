@@ -14,6 +14,7 @@ LONG = "k" * 40
 CASES: dict[str, tuple[str, str, object]] = {
     "BROKER_MOCK": ("maybe", "0", ("mock", False)),
     "OPENAI_BASE_URL": ("ftp://x", "http://127.0.0.1:9/v1/", ("openai_base_url", "http://127.0.0.1:9/v1")),
+    "BROKER_MOCK_STEP": ("1.5", "0", ("mock_step", 0.0)),
     "BROKER_UPSTREAM_TIMEOUT": ("0", "2.5", ("upstream_timeout", 2.5)),
     "BROKER_UPSTREAM_RETRIES": ("3", "0", ("upstream_retries", 0)),
     "BROKER_JWT_SECRET": ("short-secret", LONG, None),

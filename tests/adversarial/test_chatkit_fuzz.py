@@ -128,7 +128,9 @@ def responses() -> Iterator[FakeResponses]:
 
 @pytest.fixture(scope="module")
 def mock(tmp_path_factory: pytest.TempPathFactory):
-    with broker_process(mock_env(), tmp_path_factory.mktemp("mock")) as bp:
+    # no pause between canned pieces: the answers, not the pacing, are under test here
+    env = mock_env(BROKER_MOCK_STEP="0")
+    with broker_process(env, tmp_path_factory.mktemp("mock")) as bp:
         yield bp
 
 

@@ -16,7 +16,9 @@ def build(ctx: BuildContext) -> Backend:
 
     if ctx.secrets is None:  # pragma: no cover - keys always exist in mock mode
         raise RuntimeError("mock mode needs session keys")
-    return MockAgentBackend(ctx.settings, ctx.secrets, ctx.gate, ctx.limits)
+    return MockAgentBackend(
+        ctx.settings, ctx.secrets, ctx.gate, ctx.limits, step=ctx.settings.mock_step
+    )
 
 
 def preflight(settings):  # type: ignore[no-untyped-def]

@@ -25,18 +25,28 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def home(tmp_path: Path, responses: FakeResponses) -> Path:
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory: pytest.TempPathFactory, responses_server: FakeResponses) -> Path:
+    """A directory laid out by the real ``migrate`` (once for the module: each run imports the
+    guardrails stack, ~5-10 s); every test gets a copy of it (``home``)."""
     pytest.importorskip("guardrails", reason="pip install 'chatkit-broker[guardrails]'")
-    (tmp_path / ".env").write_text(
-        f"OPENAI_API_KEY={API_KEY}\nOPENAI_BASE_URL={responses.base_url}\n"
+    where = tmp_path_factory.mktemp("migrated")
+    (where / ".env").write_text(
+        f"OPENAI_API_KEY={API_KEY}\nOPENAI_BASE_URL={responses_server.base_url}\n"
         f"BROKER_JWT_SECRET={SECRET}\nBROKER_SESSION_SECRET={SECRET}\n"
         "BROKER_WORKFLOWS_FILE=workflows.toml\nBROKER_DATABASE_URL=memory\n"
     )
-    shutil.copy(EXPORTS / "input_guardrails.py", tmp_path / "concierge.py")
-    done = cli(tmp_path, "migrate", "concierge.py", "--no-smoke")
+    shutil.copy(EXPORTS / "input_guardrails.py", where / "concierge.py")
+    done = cli(where, "migrate", "concierge.py", "--no-smoke")
     assert done.returncode == 0, done.stdout + done.stderr
-    return tmp_path
+    return where
+
+
+@pytest.fixture
+def home(tmp_path: Path, migrated: Path, responses: FakeResponses) -> Path:
+    """This test's copy of the migrated directory (a test may add a spaCy model to it)."""
+    shutil.copytree(migrated, tmp_path / "home")
+    return tmp_path / "home"
 
 
 def agent_check(done: subprocess.CompletedProcess[str]) -> dict:

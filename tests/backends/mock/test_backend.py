@@ -336,3 +336,23 @@ async def test_threads_live_in_memory_unless_a_database_is_set(tmp_path: Path) -
     async with mock_broker(env=env) as broker:
         kept = (await (await broker.chat()).json("threads.list"))["data"]
     assert [t["title"] for t in kept] == ["kept"]
+
+
+def test_the_canned_pace_comes_from_broker_mock_step() -> None:
+    """BROKER_MOCK_STEP reaches the canned model (0: no pause; the fuzz suite uses it), the
+    default is 0.02 s, and a step outside 0..1 is a configuration error, not a silent clamp."""
+    from broker.app import build_broker
+    from broker.config import ConfigError
+
+    from ...support.mock_broker import mock_settings
+
+    for env, step in (
+        ({}, 0.02),
+        ({"BROKER_MOCK_STEP": "0"}, 0.0),
+        ({"BROKER_MOCK_STEP": "0.3"}, 0.3),
+    ):
+        (backend,) = list(build_broker(mock_settings(**env)).backends)
+        assert backend.mock_agent.agent.model.step == step, env
+        assert backend.mock_agent.agent.model.slow_step == 0.5  # /slow keeps its own pace
+    with pytest.raises(ConfigError, match="BROKER_MOCK_STEP"):
+        mock_settings(BROKER_MOCK_STEP="2")
