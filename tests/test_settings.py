@@ -30,6 +30,7 @@ CASES: dict[str, tuple[str, str, object]] = {
     "BROKER_AGENT_TRACING": ("sometimes", "1", None),
     "BROKER_RUN_TIMEOUT": ("0.5", "3600", None),
     "BROKER_RUN_LEASE": ("2", "3", None),
+    "BROKER_RUN_QUEUE": ("redis", "in-process", ("run_queue", "in-process")),
     "BROKER_TRANSCRIBE_MAX_SECONDS": ("1501", "30", ("transcribe_max_seconds", 30.0)),
     "BROKER_FILES_STORAGE": ("gs://bucket", "s3://bucket/files", ("files_storage", "s3://bucket/files")),
     "BROKER_ASSERTION_KEY": ("not a pem", None, None),
