@@ -13,6 +13,7 @@ from tests.support import API_KEY, WF_SALES
 
 
 def test_the_real_cli_passes_reading_dotenv_and_a_token_on_stdin(doctor_cli, doctor_env, token):
+    # its workflows are hosted wf_ ones: they still mint here, shown as a warning (retired), exit 0
     env = {k: v for k, v in doctor_env.items() if k != "OPENAI_API_KEY"}
     tok = token("alice", aud="authenticated")
     r = doctor_cli(
@@ -21,10 +22,10 @@ def test_the_real_cli_passes_reading_dotenv_and_a_token_on_stdin(doctor_cli, doc
     assert r.code == 0, r.out + r.err
     assert r.err == ""
     heads = [line for line in r.out.splitlines() if line[:1] in "✔⚠✖○" and line[2:3].isdigit()]
-    assert [h[:4] for h in heads] == ["✔ 1.", "✔ 2.", "✔ 3.", "✔ 4.", "✔ 5.", "✔ 6."], r.out
+    assert [h[:4] for h in heads] == ["✔ 1.", "✔ 2.", "✔ 3.", "⚠ 4.", "✔ 5.", "✔ 6."], r.out
     assert "sk-proj-…fXYZ from OPENAI_API_KEY (.env)" in r.line("✔ 2. API key")
     assert "HMAC secret; --token verified" in r.line("✔ 5. Sign-in tokens")
-    assert r.line("✔ All checks passed")
+    assert r.line("✔ No check failed; warnings in 4. Workflows.")
     assert max(len(line) for line in r.out.splitlines()) <= 100  # piped, no COLUMNS
 
 
