@@ -457,13 +457,14 @@ class SQLStore(Store[Caller | str]):
         parsed = make_url(url)
         self._dialect = parsed.get_backend_name()
         self._lanes: _SQLiteLanes | _PostgresLanes
+        self._forget: weakref.finalize[Any, Any] | None = None
         if self._dialect == "sqlite":
             path = parsed.database
             if path in (None, "", ":memory:"):
                 # "In memory": a file in a private temporary directory, removed with the store
                 # (and at exit), so that the hot path's own connections see the same database.
                 tmp = tempfile.mkdtemp(prefix="chatkit-broker-threads-")
-                weakref.finalize(self, shutil.rmtree, tmp, True)
+                self._forget = weakref.finalize(self, shutil.rmtree, tmp, True)
                 path = str(Path(tmp) / "threads.sqlite3")
                 url = parsed.set(database=path).render_as_string(hide_password=False)
             self._lanes = _SQLiteLanes(path, connect_timeout, self.where)
@@ -471,6 +472,7 @@ class SQLStore(Store[Caller | str]):
             self._lanes = _PostgresLanes(url, connect_timeout, self.where)
         self._engine: AsyncEngine = _make_engine(url, self._dialect, connect_timeout)
         self._writes: set[asyncio.Task[Any]] = set()
+        self._inserts: dict[tuple[str, tuple[str, ...]], tuple[str, list[Any]]] = {}
         # SQLite has one writer at a time: queue this process's writes here, in asyncio, rather
         # than in SQLite, where a transaction that read first and then writes fails at once
         # (SQLITE_BUSY, the busy timeout does not apply) and a queue of 300 outlasts the timeout.
@@ -514,6 +516,8 @@ class SQLStore(Store[Caller | str]):
             await asyncio.gather(*self._writes, return_exceptions=True)
         await self._lanes.close()
         await self._engine.dispose()
+        if self._forget is not None:
+            self._forget()
 
     async def ping(self) -> str | None:
         """A readiness check: None when the database answers, else why not."""
@@ -563,6 +567,27 @@ class SQLStore(Store[Caller | str]):
         """One of the hot path's write statements (``SQL``), shielded and queued as every
         write is; the number of rows it changed."""
         return await self._shielded(lambda: self._lanes.execute(SQL[name], params))
+
+    async def insert(self, table: sa.Table, row: dict[str, Any]) -> None:
+        """One row into ``table``, on the hot path's driver (a usage row per model call):
+        values converted as SQLAlchemy would (SQLite's dates as its text, booleans as 0/1)."""
+        key = (table.name, tuple(row))
+        found = self._inserts.get(key)
+        if found is None:
+            dialect = self._engine.dialect
+            columns = [table.c[name] for name in row]
+            sql = (
+                f"INSERT INTO {table.name} ({', '.join(c.name for c in columns)}) "
+                f"VALUES ({', '.join('?' for _ in columns)})"
+            )
+            processors = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
+            found = self._inserts[key] = (sql, processors)
+        sql, processors = found
+        params = [
+            value if process is None else process(value)
+            for value, process in zip(row.values(), processors, strict=True)
+        ]
+        await self._shielded(lambda: self._lanes.execute(sql, params))
 
     async def _fetch(self, name: str, *params: Any) -> list[Any]:
         """One of the hot path's read statements (``SQL``): its rows."""
