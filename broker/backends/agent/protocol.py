@@ -36,7 +36,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Send
 
 from ...errors import BrokerError, InvalidRequest, NotFound
-from .store import Caller, SQLStore
+from .store import Caller, SQLStore, remember_reads
 
 __all__ = ["answer", "check_request", "describe", "first_chunk", "parse_request", "process"]
 
@@ -154,6 +154,7 @@ async def process(
     request = parse_request(body)
     store = server.store
     assert isinstance(store, SQLStore)
+    remember_reads()  # the check's reads are chatkit's too: read once, not twice
     await check_request(request, store, caller, uploads=uploads)
     try:
         return await server.process(body, caller)

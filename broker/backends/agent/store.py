@@ -25,6 +25,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -283,7 +284,7 @@ SQL = {
     # the caller's thread joined to its latest items: no row when the thread is not the
     # caller's, one row with a NULL when it has no items
     "history": (
-        "SELECT i.data FROM ckb_threads t LEFT JOIN ckb_items i ON i.thread_id = t.id "
+        "SELECT i.data, i.hidden FROM ckb_threads t LEFT JOIN ckb_items i ON i.thread_id = t.id "
         "WHERE t.id = ? AND t.user_id = ? AND t.workflow = ? ORDER BY i.seq DESC LIMIT ?"
     ),
     "page_desc": (
@@ -297,6 +298,31 @@ SQL = {
         "WHERE t.id = ? AND t.user_id = ? AND t.workflow = ? ORDER BY i.seq ASC LIMIT ?"
     ),
 }
+
+
+#: One request's reads, handed on within it (``remember_reads``): the thread's row, read by
+#: the isolation check and again by chatkit, and the latest items, read for the model's
+#: history and again by chatkit's ``stream_agent_response`` (its last two, visible).
+_reads: ContextVar[dict[tuple[str, ...], Any] | None] = ContextVar("ckb_reads", default=None)
+
+
+def remember_reads() -> None:
+    """From here on, in this request's context, hand a thread's reads on to later ones.
+
+    A request reads its thread's row twice (the ownership check before streaming, then
+    chatkit) and its latest items twice (the model's history, then ``stream_agent_response``
+    looking for an open workflow); the second of each is answered from the first. Any write
+    to the thread in the request forgets what was read of it. What another request writes
+    meanwhile is seen as a read a moment earlier would have seen it; every write still
+    checks ownership in its own statement."""
+    _reads.set({})
+
+
+def _forget(thread_id: str) -> None:
+    reads = _reads.get()
+    if reads:
+        for key in [k for k in reads if k[1] == thread_id]:
+            del reads[key]
 
 
 def _numbered(sql: str) -> str:
@@ -642,15 +668,23 @@ class SQLStore(Store[Caller | str]):
     async def load_thread(self, thread_id: str, context: Caller | str) -> ThreadMetadata:
         if _unstorable(thread_id):
             raise NotFoundError(f"Thread {thread_id} not found")
-        rows = await self._fetch("load_thread", thread_id, *_scope(context))
-        if not rows:
-            raise NotFoundError(f"Thread {thread_id} not found")
-        return ThreadMetadata.model_validate_json(rows[0][0])
+        reads = _reads.get()
+        key = ("thread", thread_id, *_scope(context))
+        data = reads.get(key) if reads is not None else None
+        if data is None:
+            rows = await self._fetch("load_thread", thread_id, *_scope(context))
+            if not rows:
+                raise NotFoundError(f"Thread {thread_id} not found")
+            data = rows[0][0]
+            if reads is not None:
+                reads[key] = data
+        return ThreadMetadata.model_validate_json(data)  # a fresh object for every caller
 
     async def save_thread(self, thread: ThreadMetadata, context: Caller | str) -> None:
         user, workflow = _scope(context)
         # Metadata only, even when handed a full Thread with its items.
         data = ThreadMetadata.model_validate(thread.model_dump(exclude={"items"})).model_dump_json()
+        _forget(thread.id)
         # Only the owner may overwrite; someone else's id matches no row and is refused.
         if not await self._execute("save_thread", thread.id, user, workflow, data):
             raise NotFoundError(f"Thread {thread.id} not found")
@@ -678,6 +712,8 @@ class SQLStore(Store[Caller | str]):
         return rows[0][0] if rows else None
 
     async def delete_thread(self, thread_id: str, context: Caller | str) -> None:
+        _forget(thread_id)
+
         async def work(conn: AsyncConnection) -> None:
             await self._check_thread(conn, thread_id, context)
             await conn.execute(items.delete().where(items.c.thread_id == thread_id))
@@ -699,6 +735,8 @@ class SQLStore(Store[Caller | str]):
             if _unstorable(thread_id):
                 raise NotFoundError(f"Thread {thread_id} not found")
             limit = max(1, min(int(limit), MAX_PAGE_SIZE))
+            if order == "desc" and (page := self._recent(thread_id, context, limit)) is not None:
+                return page
             query = "page_desc" if order == "desc" else "page_asc"
             rows = await self._fetch(query, thread_id, *_scope(context), limit + 1)
             if not rows:
@@ -728,7 +766,23 @@ class SQLStore(Store[Caller | str]):
         rows = await self._fetch("history", thread_id, *_scope(context), limit)
         if not rows:
             raise NotFoundError(f"Thread {thread_id} not found")
-        return [_ITEM.validate_json(data) for (data,) in reversed(rows) if data is not None]
+        reads = _reads.get()
+        if reads is not None:  # newest first, and whether that is the whole thread
+            reads[("recent", thread_id, *_scope(context))] = (rows, len(rows) < limit)
+        return [_ITEM.validate_json(data) for data, _ in reversed(rows) if data is not None]
+
+    def _recent(self, thread_id: str, context: Caller | str, limit: int) -> Page[ThreadItem] | None:
+        """The first page newest first from this request's history read, if it holds it."""
+        reads = _reads.get()
+        found = reads.get(("recent", thread_id, *_scope(context))) if reads else None
+        if found is None:
+            return None
+        rows, whole = found
+        visible = [data for data, hidden in rows if data is not None and not hidden]
+        if len(visible) <= limit and not whole:
+            return None  # hidden items took places: the read may not reach far enough
+        found = [_ITEM.validate_json(data) for data in visible[: limit + 1]]
+        return _make_page(found[:limit], len(found) > limit)
 
     async def add_thread_item(
         self, thread_id: str, item: ThreadItem, context: Caller | str
@@ -742,6 +796,7 @@ class SQLStore(Store[Caller | str]):
             raise NotFoundError(f"Thread {thread_id} not found")
         data = _ITEM.dump_json(item).decode()
         hidden = item.type in HIDDEN_TYPES
+        _forget(thread_id)
         # one statement: written only into the caller's own thread
         changed = await self._execute(
             "save_item", thread_id, item.id, item.type, hidden, data, thread_id, *_scope(context)
@@ -763,6 +818,8 @@ class SQLStore(Store[Caller | str]):
         return _ITEM.validate_json(data)
 
     async def delete_thread_item(self, thread_id: str, item_id: str, context: Caller | str) -> None:
+        _forget(thread_id)
+
         async def work(conn: AsyncConnection) -> None:
             await self._check_thread(conn, thread_id, context)
             if not _unstorable(item_id):
