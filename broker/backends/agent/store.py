@@ -283,8 +283,14 @@ SQL = {
     ),
     # the caller's thread joined to its latest items: no row when the thread is not the
     # caller's, one row with a NULL when it has no items
+    # the thread and its latest items at once, for a request that is about to run a turn
+    "thread_recent": (
+        "SELECT t.data, i.id, i.data, i.hidden FROM ckb_threads t "
+        "LEFT JOIN ckb_items i ON i.thread_id = t.id "
+        "WHERE t.id = ? AND t.user_id = ? AND t.workflow = ? ORDER BY i.seq DESC LIMIT ?"
+    ),
     "history": (
-        "SELECT i.data, i.hidden FROM ckb_threads t LEFT JOIN ckb_items i ON i.thread_id = t.id "
+        "SELECT i.id, i.data, i.hidden FROM ckb_threads t LEFT JOIN ckb_items i ON i.thread_id = t.id "
         "WHERE t.id = ? AND t.user_id = ? AND t.workflow = ? ORDER BY i.seq DESC LIMIT ?"
     ),
     "page_desc": (
@@ -316,6 +322,10 @@ def remember_reads() -> None:
     meanwhile is seen as a read a moment earlier would have seen it; every write still
     checks ownership in its own statement."""
     _reads.set({})
+
+
+def _recent_key(thread_id: str, context: Caller | str) -> tuple[str, ...]:
+    return ("recent", thread_id, *_scope(context))
 
 
 def _forget(thread_id: str) -> None:
@@ -690,6 +700,22 @@ class SQLStore(Store[Caller | str]):
                 reads[key] = data
         return ThreadMetadata.model_validate_json(data)  # a fresh object for every caller
 
+    async def load_thread_for_turn(self, thread_id: str, context: Caller | str) -> ThreadMetadata:
+        """``load_thread`` for a request about to run a turn: the thread's latest items come
+        in the same statement, for the model's history later in the request
+        (``remember_reads``; without it, this is ``load_thread``)."""
+        reads = _reads.get()
+        if reads is None or _unstorable(thread_id):
+            return await self.load_thread(thread_id, context)
+        user, workflow = _scope(context)
+        rows = await self._fetch("thread_recent", thread_id, user, workflow, self.history_limit)
+        if not rows:
+            raise NotFoundError(f"Thread {thread_id} not found")
+        reads[("thread", thread_id, user, workflow)] = rows[0][0]
+        recent = [(item, data, hidden) for _, item, data, hidden in rows if item is not None]
+        reads[_recent_key(thread_id, context)] = (recent, len(rows) < self.history_limit)
+        return ThreadMetadata.model_validate_json(rows[0][0])
+
     async def save_thread(self, thread: ThreadMetadata, context: Caller | str) -> None:
         user, workflow = _scope(context)
         # Metadata only, even when handed a full Thread with its items.
@@ -773,22 +799,27 @@ class SQLStore(Store[Caller | str]):
         limit = limit or self.history_limit
         if _unstorable(thread_id):
             raise NotFoundError(f"Thread {thread_id} not found")
-        rows = await self._fetch("history", thread_id, *_scope(context), limit)
-        if not rows:
-            raise NotFoundError(f"Thread {thread_id} not found")
         reads = _reads.get()
-        if reads is not None:  # newest first, and whether that is the whole thread
-            reads[("recent", thread_id, *_scope(context))] = (rows, len(rows) < limit)
-        return [_ITEM.validate_json(data) for data, _ in reversed(rows) if data is not None]
+        found = reads.get(_recent_key(thread_id, context)) if reads else None
+        if found is not None and (found[1] or len(found[0]) >= limit):
+            rows = found[0][:limit]
+        else:
+            rows = await self._fetch("history", thread_id, *_scope(context), limit)
+            if not rows:
+                raise NotFoundError(f"Thread {thread_id} not found")
+            rows = [row for row in rows if row[0] is not None]
+            if reads is not None:  # newest first, and whether that is the whole thread
+                reads[_recent_key(thread_id, context)] = (rows, len(rows) < limit)
+        return [_ITEM.validate_json(data) for _, data, _ in reversed(rows)]
 
     def _recent(self, thread_id: str, context: Caller | str, limit: int) -> Page[ThreadItem] | None:
         """The first page newest first from this request's history read, if it holds it."""
         reads = _reads.get()
-        found = reads.get(("recent", thread_id, *_scope(context))) if reads else None
+        found = reads.get(_recent_key(thread_id, context)) if reads else None
         if found is None:
             return None
         rows, whole = found
-        visible = [data for data, hidden in rows if data is not None and not hidden]
+        visible = [data for _, data, hidden in rows if not hidden]
         if len(visible) <= limit and not whole:
             return None  # hidden items took places: the read may not reach far enough
         found = [_ITEM.validate_json(data) for data in visible[: limit + 1]]
@@ -806,13 +837,24 @@ class SQLStore(Store[Caller | str]):
             raise NotFoundError(f"Thread {thread_id} not found")
         data = _ITEM.dump_json(item).decode()
         hidden = item.type in HIDDEN_TYPES
-        _forget(thread_id)
+        reads = _reads.get()
+        # this request's read of the latest items, taken out while the write runs (a write
+        # that fails or is cut off leaves none behind) and put back with the item in place
+        recent = reads.pop(_recent_key(thread_id, context), None) if reads else None
         # one statement: written only into the caller's own thread
         changed = await self._execute(
             "save_item", thread_id, item.id, item.type, hidden, data, thread_id, *_scope(context)
         )
         if not changed:
             raise NotFoundError(f"Thread {thread_id} not found")
+        if recent is not None and reads is not None:
+            rows, whole = recent
+            at = next((n for n, row in enumerate(rows) if row[0] == item.id), None)
+            if at is None:  # a new item is the newest; a re-saved one keeps its place
+                rows.insert(0, (item.id, data, hidden))
+            else:
+                rows[at] = (item.id, data, hidden)
+            reads[_recent_key(thread_id, context)] = (rows, whole)
 
     async def load_item(self, thread_id: str, item_id: str, context: Caller | str) -> ThreadItem:
         if _unstorable(thread_id):

@@ -109,12 +109,12 @@ class CountingLanes:
         await self.lanes.close()
 
 
-async def test_a_follow_up_turn_costs_the_store_two_reads_and_two_writes(
+async def test_a_follow_up_turn_costs_the_store_one_read_and_two_writes(
     store, openai_client, responses
 ) -> None:
     """The store's share of a turn (docs/performance.md): the isolation check reads the
-    thread, the model's history reads its items, and the user's message and the reply are
-    written, each one statement; chatkit's own second reads are answered from the first."""
+    thread with its latest items, and the user's message and the reply are written, each
+    one statement; chatkit's reads and the model's history are answered from the first."""
     import sqlalchemy as sa
 
     responses.script(text("Paris."), text("About 2.1 million."))
@@ -130,7 +130,7 @@ async def test_a_follow_up_turn_costs_the_store_two_reads_and_two_writes(
         )
         second = await chat.send("How many people live there?")
         assert done_text(second) == "About 2.1 million."
-    assert counting.reads == ["data", "i.data,"]  # the thread's row; its items, with the thread
+    assert counting.reads == ["t.data,"]  # the thread's row with its latest items
     assert counting.writes == ["ckb_items", "ckb_items"]  # the question; the answer
     assert through_sqlalchemy == []
 
