@@ -298,7 +298,7 @@ def run(
     targets: tuple[str, ...] = TARGETS,
     profile: Path | None = None,
 ) -> dict:
-    """Every target in turn, ``rounds`` times, one process each (started fresh per target).
+    """Every target ``rounds`` times, interleaved, each in one process started at the outset.
 
     ``profile``: a directory where py-spy's samples of each target's first measured round go
     (collapsed stacks, ``<target>.txt``), summarised on stderr; that round's figures then
@@ -320,22 +320,23 @@ def run(
         try:
             wait_http_ok(f"http://127.0.0.1:{fake_port}/_fake/turns", fake)
             fake_url = f"http://127.0.0.1:{fake_port}/v1"
-            for target in targets:
-                child, base = _start(target, workdir, fake_url)
-                try:
-                    for n in range(rounds):
-                        spy = profile if n == 0 else None
-                        rnd = asyncio.run(_drive(target, base, child.pid, users, turns, spy))
-                        print(
-                            f"# {target}: {rnd.turns} turns in {rnd.seconds:.1f} s, "
-                            f"{rnd.errors} errors",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                        results.append(rnd)
-                finally:
-                    child.stop(grace=3.0)
-                    _started.remove(child)
+            # every target up at once, the rounds interleaved (A B C, then C B A, …): load
+            # from elsewhere on the machine falls on all targets alike, not on whichever
+            # happened to run while it lasted
+            servers = {target: _start(target, workdir, fake_url) for target in targets}
+            for n in range(rounds):
+                order = targets if n % 2 == 0 else tuple(reversed(targets))
+                for target in order:
+                    child, base = servers[target]
+                    spy = profile if n == 0 else None
+                    rnd = asyncio.run(_drive(target, base, child.pid, users, turns, spy))
+                    print(
+                        f"# {target}: {rnd.turns} turns in {rnd.seconds:.1f} s, "
+                        f"{rnd.errors} errors",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    results.append(rnd)
         finally:
             while _started:
                 _started.pop().stop(grace=3.0)

@@ -105,6 +105,10 @@ class CountingLanes:
         self.writes.append(sql.split()[2])
         return await self.lanes.execute(sql, params)
 
+    async def execute_all(self, jobs):  # SQLite's writes, committed together
+        self.writes += [sql.split()[2] for sql, _ in jobs]
+        return await self.lanes.execute_all(jobs)
+
     async def close(self) -> None:
         await self.lanes.close()
 
