@@ -2,6 +2,7 @@
 
     python -m benchmarks.agentpath [--quick] [--users 32] [--turns 10] [--rounds 2]
                                    [--targets broker-sqlite,broker-postgres,peer-memory,peer-sqlite]
+                                   [--profile DIR]
 
 Every target answers with the same agent (``examples/agent/support_agent.py``) against the same
 fake Responses API, in a process of its own (``tests/support/fake_responses.py``, no delay, an
