@@ -2,6 +2,7 @@
 
     python -m benchmarks.agentpath [--quick] [--users 32] [--turns 10] [--rounds 2]
                                    [--targets broker-sqlite,broker-postgres,peer-memory,peer-sqlite]
+                                   [--profile DIR]
 
 Every target answers with the same agent (``examples/agent/support_agent.py``) against the same
 fake Responses API, in a process of its own (``tests/support/fake_responses.py``, no delay, an
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -35,6 +37,7 @@ from pathlib import Path
 import aiohttp
 import jwt
 
+from . import profiling
 from .procs import Child, Sampler, free_port, raise_nofile, wait_http_ok
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +129,31 @@ async def _mint(session: aiohttp.ClientSession, base: str, user: int) -> dict[st
     return {"Authorization": f"Bearer {answer['client_secret']}"}
 
 
-async def _drive(target: str, base: str, pid: int, users: int, turns: int) -> Round:
+def _spy(pid: int, raw: Path) -> Child:
+    """py-spy on the server until stopped (SIGINT makes it write what it sampled)."""
+    argv = [profiling.pyspy() or "py-spy", "record", "--pid", str(pid), "--gil", "--rate", "250"]
+    argv += ["--format", "raw", "--output", str(raw)]
+    spy = Child("py-spy", argv, raw.with_suffix(".log")).start()
+    _started.append(spy)
+    time.sleep(0.5)  # attached before the load starts
+    return spy
+
+
+def _unspy(spy: Child, raw: Path) -> None:
+    assert spy.proc is not None
+    spy.proc.send_signal(signal.SIGINT)
+    try:
+        spy.proc.wait(30)
+    finally:
+        spy.stop(grace=1.0)
+        _started.remove(spy)
+    if raw.exists():
+        print(f"## {raw.stem}\n{profiling.summarize(raw, top=30)}\n", file=sys.stderr, flush=True)
+
+
+async def _drive(
+    target: str, base: str, pid: int, users: int, turns: int, profile: Path | None = None
+) -> Round:
     rnd = Round(target)
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
@@ -140,6 +167,7 @@ async def _drive(target: str, base: str, pid: int, users: int, turns: int) -> Ro
         ]
         warm = Round(target)
         await asyncio.gather(*(_user(session, url, heads[u], u, 2, warm) for u in range(4)))
+        spy = _spy(pid, profile / f"{target}.txt") if profile else None
         with Sampler(pid, interval=0.1) as sampler:
             cpu0 = sampler.cpu()
             started = time.perf_counter()
@@ -149,6 +177,8 @@ async def _drive(target: str, base: str, pid: int, users: int, turns: int) -> Ro
             rnd.seconds = time.perf_counter() - started
             await asyncio.sleep(0.2)
             rnd.cpu_s = sampler.cpu() - cpu0
+        if spy is not None and profile is not None:
+            _unspy(spy, profile / f"{target}.txt")
         rnd.peak_rss_mb = sampler.peak_tree_rss / 2**20
     return rnd
 
@@ -267,8 +297,13 @@ def run(
     turns: int | None = None,
     rounds: int | None = None,
     targets: tuple[str, ...] = TARGETS,
+    profile: Path | None = None,
 ) -> dict:
-    """Every target in turn, ``rounds`` times, one process each (started fresh per target)."""
+    """Every target ``rounds`` times, interleaved, each in one process started at the outset.
+
+    ``profile``: a directory where py-spy's samples of each target's first measured round go
+    (collapsed stacks, ``<target>.txt``), summarised on stderr; that round's figures then
+    include py-spy's sampling cost."""
     users = users or (16 if quick else 32)
     turns = turns or (5 if quick else 10)
     rounds = rounds or (1 if quick else 2)
@@ -286,21 +321,23 @@ def run(
         try:
             wait_http_ok(f"http://127.0.0.1:{fake_port}/_fake/turns", fake)
             fake_url = f"http://127.0.0.1:{fake_port}/v1"
-            for target in targets:
-                child, base = _start(target, workdir, fake_url)
-                try:
-                    for _ in range(rounds):
-                        rnd = asyncio.run(_drive(target, base, child.pid, users, turns))
-                        print(
-                            f"# {target}: {rnd.turns} turns in {rnd.seconds:.1f} s, "
-                            f"{rnd.errors} errors",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                        results.append(rnd)
-                finally:
-                    child.stop(grace=3.0)
-                    _started.remove(child)
+            # every target up at once, the rounds interleaved (A B C, then C B A, …): load
+            # from elsewhere on the machine falls on all targets alike, not on whichever
+            # happened to run while it lasted
+            servers = {target: _start(target, workdir, fake_url) for target in targets}
+            for n in range(rounds):
+                order = targets if n % 2 == 0 else tuple(reversed(targets))
+                for target in order:
+                    child, base = servers[target]
+                    spy = profile if n == 0 else None
+                    rnd = asyncio.run(_drive(target, base, child.pid, users, turns, spy))
+                    print(
+                        f"# {target}: {rnd.turns} turns in {rnd.seconds:.1f} s, "
+                        f"{rnd.errors} errors",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    results.append(rnd)
         finally:
             while _started:
                 _started.pop().stop(grace=3.0)
@@ -320,12 +357,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turns", type=int)
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--profile", type=Path, metavar="DIR", help="py-spy each target into DIR")
     args = ap.parse_args(argv)
     targets = tuple(t for t in args.targets.split(",") if t)
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
         ap.error(f"unknown targets: {', '.join(unknown)} (known: {', '.join(TARGETS)})")
-    out = run(args.quick, users=args.users, turns=args.turns, rounds=args.rounds, targets=targets)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    out = run(
+        args.quick,
+        users=args.users,
+        turns=args.turns,
+        rounds=args.rounds,
+        targets=targets,
+        profile=args.profile,
+    )
     print(out["markdown"])
     return 0 if all(s["errors"] == 0 for s in out["summary"]) else 1
 

@@ -36,7 +36,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Send
 
 from ...errors import BrokerError, InvalidRequest, NotFound
-from .store import Caller, SQLStore
+from ..turns import starts_a_turn
+from .store import Caller, SQLStore, remember_reads
 
 __all__ = ["answer", "check_request", "describe", "first_chunk", "parse_request", "process"]
 
@@ -103,7 +104,9 @@ async def check_request(
         raise InvalidRequest(f"This workflow does not accept {what} ({request.type}).")
     try:
         thread_id = getattr(params, "thread_id", None)
-        if thread_id is not None:
+        if thread_id is not None and starts_a_turn(request.type):
+            await store.load_thread_for_turn(thread_id, caller)  # with the latest items
+        elif thread_id is not None:
             await store.load_thread(thread_id, caller)
         item_ids = list(getattr(params, "item_ids", None) or [])
         if getattr(params, "item_id", None):
@@ -154,6 +157,7 @@ async def process(
     request = parse_request(body)
     store = server.store
     assert isinstance(store, SQLStore)
+    remember_reads()  # the check's reads are chatkit's too: read once, not twice
     await check_request(request, store, caller, uploads=uploads)
     try:
         return await server.process(body, caller)

@@ -260,9 +260,6 @@ class Metering:
             "cost_usd": cost,
         }
 
-        async def work(conn: Any) -> None:
-            await conn.execute(usage.insert().values(**row))
-
         if not call.known:
             log.warning(
                 "agent %s: a call to model %s reported no usage; recorded as unknown",
@@ -280,7 +277,7 @@ class Metering:
             }
             self.metrics.usage(self.workflow, call.model, tokens, cost)
         try:
-            await self.store._write(work)
+            await self.store.insert(usage, row)
         except Exception as exc:  # the answer goes on; the operator sees the loss
             log.error(
                 "agent %s: usage of a call to %s not recorded (%s: %s)",

@@ -89,6 +89,56 @@ async def test_the_second_message_sends_the_history_upstream(
     assert [m.get("role") for m in again.input] == ["user", "assistant", "user"]
 
 
+class CountingLanes:
+    """The store's own driver connections, passed through, with each statement counted."""
+
+    def __init__(self, lanes) -> None:
+        self.lanes = lanes
+        self.reads: list[str] = []
+        self.writes: list[str] = []
+
+    async def fetch(self, sql, params):
+        self.reads.append(sql.split()[1])
+        return await self.lanes.fetch(sql, params)
+
+    async def execute(self, sql, params):
+        self.writes.append(sql.split()[2])
+        return await self.lanes.execute(sql, params)
+
+    async def execute_all(self, jobs):  # SQLite's writes, committed together
+        self.writes += [sql.split()[2] for sql, _ in jobs]
+        return await self.lanes.execute_all(jobs)
+
+    async def close(self) -> None:
+        await self.lanes.close()
+
+
+async def test_a_follow_up_turn_costs_the_store_one_read_and_two_writes(
+    store, openai_client, responses
+) -> None:
+    """The store's share of a turn (docs/performance.md): the isolation check reads the
+    thread with its latest items, and the user's message and the reply are written, each
+    one statement; chatkit's reads and the model's history are answered from the first."""
+    import sqlalchemy as sa
+
+    responses.script(text("Paris."), text("About 2.1 million."))
+    async with serve(agent_server(store, openai_client)) as url, httpx.AsyncClient() as http:
+        chat = Chat(http, url, "alice")
+        await chat.send("Capital of France?")
+        counting = store._lanes = CountingLanes(store._lanes)
+        through_sqlalchemy: list[str] = []
+        sa.event.listen(
+            store._engine.sync_engine,
+            "before_cursor_execute",
+            lambda conn, cursor, statement, *rest: through_sqlalchemy.append(statement),
+        )
+        second = await chat.send("How many people live there?")
+        assert done_text(second) == "About 2.1 million."
+    assert counting.reads == ["t.data,"]  # the thread's row with its latest items
+    assert counting.writes == ["ckb_items", "ckb_items"]  # the question; the answer
+    assert through_sqlalchemy == []
+
+
 async def test_models_that_reuse_one_message_id_do_not_overwrite_replies(
     store, openai_client, responses
 ) -> None:

@@ -464,3 +464,35 @@ async def test_hundreds_of_concurrent_writers_on_one_sqlite_file_all_land(tmp_pa
         total += len((await store.load_thread_items(t.id, None, 100, "asc", ALICE)).data)
     assert total == 200 * 4
     await store.close()
+
+
+async def test_sqlite_writes_that_arrive_together_commit_together(tmp_path) -> None:
+    """Group commit (docs/performance.md): forty replies saved at once go to the file in a
+    transaction or two, not forty commits; each caller still hears back only after the
+    commit holding its write, a write into someone else's thread is still refused alone,
+    and every other one lands."""
+    store = SQLStore(resolve_database_url(f"sqlite:///{tmp_path / 't.db'}"))
+    await store.start()
+    mine, bobs = await new_thread(store), await new_thread(store, BOB)
+    lanes = store._lanes
+    batches: list[int] = []
+    execute_all = lanes.execute_all
+
+    async def counted(jobs):
+        batches.append(len(jobs))
+        return await execute_all(jobs)
+
+    lanes.execute_all = counted
+    saves = [
+        store.add_thread_item(mine.id, reply(mine.id, f"msg_{n}", f"reply {n}"), ALICE)
+        for n in range(40)
+    ]
+    saves.insert(20, store.add_thread_item(bobs.id, reply(bobs.id, "msg_x", "intruder"), ALICE))
+    results = await asyncio.gather(*saves, return_exceptions=True)
+    assert [type(r).__name__ for r in results].count("NotFoundError") == 1
+    assert isinstance(results[20], NotFoundError)
+    assert sum(batches) == 41 and len(batches) <= 2
+    page = await store.load_thread_items(mine.id, None, 100, "asc", ALICE)
+    assert texts(page) == [f"reply {n}" for n in range(40)]
+    assert texts(await store.load_thread_items(bobs.id, None, 5, "asc", BOB)) == []
+    await store.close()
