@@ -72,7 +72,7 @@ async def test_redis_killed_mid_run(make_settings, own_redis, openai, token):
         assert metric(m, 'broker_rate_limit_fallbacks_total{limit="address"}') >= 4
 
         # Redis back (empty: it kept nothing): cancels work again once the cooldown passed
-        RedisServer(own_redis.workdir, own_redis.port).start()
+        own_redis.start()  # the same server object, so the fixture stops it after the test
         deadline = time.monotonic() + 10
         while True:
             r = await c.post(CANCEL, json={"all": True}, headers=alice)

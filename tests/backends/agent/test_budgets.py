@@ -22,7 +22,7 @@ import pytest
 from broker.backends.agent.workflow import AgentWorkflow
 from broker.config import load_settings
 
-from ...support import WF_SUPPORT, RedisServer, app_client, auth
+from ...support import WF_SUPPORT, app_client, auth
 from ...support.contract import check_response
 from ...support.fake_responses import FakeResponses, Reply, text, tool_call
 from .harness import sse
@@ -339,7 +339,7 @@ async def test_an_emptied_redis_is_rebuilt_from_the_database_and_a_dead_one_coun
         (note,) = ready.json()["degraded"]
         assert "budgets counted per process" in note and own_redis.url in note
         # Redis back: once the breaker lets it be tried, /readyz no longer says so
-        RedisServer(own_redis.workdir, own_redis.port).start()
+        own_redis.start()  # the same server object, so the fixture stops it after the test
         deadline = asyncio.get_running_loop().time() + 10
         while "degraded" in (ready := await client.get("/readyz")).json():
             assert asyncio.get_running_loop().time() < deadline, ready.text
