@@ -27,6 +27,39 @@ from sqlalchemy.engine import make_url
 
 log = logging.getLogger("broker.agent.queue")
 
+
+class _Condensed(logging.Filter):
+    """procrastinate's records, each one line: it logs a lost database (its LISTEN connection,
+    a worker's poll) with a full traceback, and the broker's logs carry none (the error's type
+    and first line say what happened). A filter on each of its loggers, so every handler (the
+    broker's, or any other listening) sees the one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            cause = exc.__cause__ or exc
+            first = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+            record.msg, record.args = (
+                "%s (%s: %s)",
+                (record.getMessage(), type(cause).__name__, first),
+            )
+            record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+def _condense_logs() -> None:
+    """procrastinate's loggers (one per module, all created by ``import procrastinate``) at
+    WARNING, each with ``_Condensed`` once."""
+    logging.getLogger("procrastinate").setLevel(logging.WARNING)
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if (
+            name.split(".")[0] == "procrastinate"
+            and isinstance(logger, logging.Logger)
+            and not any(isinstance(f, _Condensed) for f in logger.filters)
+        ):
+            logger.addFilter(_Condensed())
+
+
 QUEUE = "ckb_runs"
 TASK = "ckb_run"
 _SCHEMA_LOCK = 0x636B6271  # one advisory lock id, so two brokers do not create the schema at once
@@ -57,7 +90,7 @@ class RunQueue:
         import procrastinate
 
         # its INFO lines are two per job; the broker logs each run's end itself
-        logging.getLogger("procrastinate").setLevel(logging.WARNING)
+        _condense_logs()
         self.conninfo = libpq_url(database_url)
         self.lease = lease
         self.concurrency = concurrency

@@ -6,6 +6,7 @@ for them), the queued ones run there; and SQLite still executing in-process."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -245,3 +246,28 @@ def test_sqlite_runs_in_process_and_postgresql_on_the_queue(
         assert jobs(db_url) == {}  # its job was taken off the queue when it finished
     else:
         assert "background runs execute in-process" in broker.logs()
+
+
+def test_procrastinate_errors_are_one_line_without_a_traceback(caplog):
+    """A lost database makes procrastinate log its listener's error with a traceback (CI saw it
+    when a test stopped PostgreSQL mid-stream); every log handler gets one line instead."""
+    import procrastinate  # noqa: F401  (creates its loggers, as RunQueue's start does)
+
+    from broker.backends.agent.queue import _condense_logs
+
+    _condense_logs()
+    caplog.set_level(logging.INFO)
+    try:
+        try:
+            raise ConnectionRefusedError("connection failed: port 1 refused\n  Is it running?")
+        except ConnectionRefusedError as cause:
+            raise RuntimeError("\n    Database error.\n    ") from cause
+    except RuntimeError:
+        logging.getLogger("procrastinate.utils").exception("listener error")
+    (record,) = [r for r in caplog.records if "listener error" in r.getMessage()]
+    assert record.name == "procrastinate.utils" and record.levelno == logging.ERROR
+    assert record.exc_info is None
+    assert record.getMessage() == (
+        "listener error (ConnectionRefusedError: connection failed: port 1 refused)"
+    )
+    assert "Traceback" not in caplog.text
