@@ -166,19 +166,15 @@ _SSE_EVENTS: dict[str, Any] = {
     }
 }
 
+
+def _path_param(name: str) -> dict[str, Any]:
+    """A required string path parameter (every path parameter the broker has is one)."""
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
 # the gateway's file relay routes (broker/backends/gateway/files.py)
-_WORKFLOW_PARAM: dict[str, Any] = {
-    "name": "workflow",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-}
-_ATTACHMENT_PARAM: dict[str, Any] = {
-    "name": "attachment_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-}
+_WORKFLOW_PARAM = _path_param("workflow")
+_ATTACHMENT_PARAM = _path_param("attachment_id")
 _T_PARAM: dict[str, Any] = {
     "name": "t",
     "in": "query",
@@ -230,12 +226,7 @@ _RUN: dict[str, Any] = {
         },
     },
 }
-_RUN_ID: dict[str, Any] = {
-    "name": "run_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-}
+_RUN_ID = _path_param("run_id")
 _IDEMPOTENCY_KEY: dict[str, Any] = {
     "name": "Idempotency-Key",
     "in": "header",
