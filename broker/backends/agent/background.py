@@ -254,10 +254,20 @@ class BackgroundRuns:
         try:
             async with self._slots:
                 row = await self._claim(run_id)
-                if row is None:
-                    return
-                status, result = await self._run(row)
-                await self._end(run_id, status, result, owner=self.instance)
+                if row is not None:
+                    await self._finish(run_id, row)
+        except asyncio.CancelledError:
+            pass  # shutting down before the run was claimed (the lease will run out)
+        except Exception:
+            log.exception("background run %s: claiming it failed", run_id)
+        finally:
+            self._tasks.pop(run_id, None)
+
+    async def _finish(self, run_id: str, row: Any) -> None:
+        """Run a claimed run here and record its end (the in-process and the queue's path)."""
+        try:
+            status, result = await self._run(row)
+            await self._end(run_id, status, result, owner=self.instance)
         except asyncio.CancelledError:
             pass  # cancelled (already recorded) or shutting down (the lease will run out)
         except Exception:
@@ -278,15 +288,7 @@ class BackgroundRuns:
         task = asyncio.current_task()
         assert task is not None
         self._tasks[run_id] = task
-        try:
-            status, result = await self._run(row)
-            await self._end(run_id, status, result, owner=self.instance)
-        except asyncio.CancelledError:
-            pass  # cancelled (already recorded) or shutting down (the lease will run out)
-        except Exception:
-            log.exception("background run %s: recording its end failed", run_id)
-        finally:
-            self._tasks.pop(run_id, None)
+        await self._finish(run_id, row)
 
     async def _claim(self, run_id: str, *, any_owner: bool = False) -> Any:
         t = self.table
