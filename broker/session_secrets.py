@@ -109,6 +109,19 @@ class SessionSecrets:
         claims = payload.get("c") or {}
         return Admission(Identity(payload["u"], claims), workflow, payload["s"])
 
+    async def holds_session(self, user: str, session_id: str | None) -> bool:
+        """Whether ``user`` still holds a live session at this broker: ``session_id``, or
+        another one (a renewal replaces a session: the front-end kit names the previous one,
+        which is cancelled). False once all were cancelled (sign-out) or ended; True, with a
+        warning, while the shared store cannot say (as ``admit``)."""
+        try:
+            if session_id and await self._registry.owner(session_id) == user:
+                return True
+            return bool(await self._registry.sessions_of(user))
+        except StoreUnavailable:
+            log.warning("session %s: sign-out not checked: shared store unavailable", session_id)
+            return True
+
     def workflow_of(self, secret: str) -> str | None:
         """The workflow a valid secret was issued for (for endpoints that serve several)."""
         try:
