@@ -192,3 +192,24 @@ async def test_attachment_ids_with_a_slash_are_relayed(stack: Stack) -> None:
     other = upload_path(attachment["preview_url"]).replace("u%2F7%2F", "u%2F8%2F")
     assert (await stack.browser.client.get(other)).status_code == 403
     assert stack.leaked() == []
+
+
+async def test_with_redis_down_uses_are_claimed_and_given_back_per_process(
+    tmp_path: Path, own_redis
+) -> None:
+    """Claims fall back to this process while Redis is down, and a failed use's claim is given
+    back there; the direct URL is accepted unchecked for sign-out (as session secrets are)."""
+    env = {"BROKER_REDIS_URL": own_redis.url, "BROKER_REDIS_PREFIX": "files-down:"}
+    async with running_stack(tmp_path, **env) as stack:
+        minted = await session(stack)
+        attachment = await attach(stack, minted["client_secret"])
+        url = upload_path(attachment["upload_descriptor"]["url"])
+        own_redis.kill()
+        client = stack.browser.client
+        stack.files.fail_uploads = 1
+        assert (await client.post(url, content=png())).status_code == 502
+        assert (await client.post(url, content=png())).status_code == 200
+        assert (await client.post(url, content=png())).status_code == 403
+        signed = minted["backend"]["upload_strategy"]["uploadUrl"]
+        direct = await client.post(signed, files={"file": ("a.png", png(), "image/png")})
+        assert direct.status_code == 200, direct.text
