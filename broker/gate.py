@@ -155,14 +155,20 @@ class Gate:
         else:
             identity = await self.identify(authorization, query=query)
             admission = self.admit(identity, workflow.name)
+        await self.count_request(workflow, admission.identity.user)
+        return admission
+
+    async def count_request(self, workflow: Workflow, user: str) -> None:
+        """One request of ``user`` to ``workflow`` against its ``max_requests_per_minute``
+        (429 past it), whatever credential it came with: a secret, a JWT, a service key or
+        a signed URL (the gateway's direct ``uploadUrl``)."""
         if workflow.max_requests_per_minute is not None:
             await self._limits.hit_per_minute(
                 "workflow_requests",
-                f"{workflow.name}:{admission.identity.user}",
+                f"{workflow.name}:{user}",
                 workflow.max_requests_per_minute,
                 what=f"requests to workflow {workflow.name!r}",
             )
-        return admission
 
     def service_key_token(self, authorization: str | None) -> str | None:
         """The ``ckb_sk_`` key in ``authorization``, if that is what it holds."""
@@ -196,11 +202,5 @@ class Gate:
             await self._limits.hit_per_minute(
                 "service_key", key.name, key.rate_per_minute, what=f"service key {key.name!r}"
             )
-        if workflow.max_requests_per_minute is not None:
-            await self._limits.hit_per_minute(
-                "workflow_requests",
-                f"{workflow.name}:{acting}",
-                workflow.max_requests_per_minute,
-                what=f"requests to workflow {workflow.name!r}",
-            )
+        await self.count_request(workflow, acting)
         return Admission(Identity(user=acting, claims={}), workflow)

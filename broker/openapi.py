@@ -174,7 +174,10 @@ def _path_param(name: str) -> dict[str, Any]:
 
 # the gateway's file relay routes (broker/backends/gateway/files.py)
 _WORKFLOW_PARAM = _path_param("workflow")
-_ATTACHMENT_PARAM = _path_param("attachment_id")
+_ATTACHMENT_PARAM = {
+    **_path_param("attachment_id"),
+    "description": "The server's attachment id, percent-encoded (a `/` in it as `%2F`).",
+}
 _T_PARAM: dict[str, Any] = {
     "name": "t",
     "in": "query",
@@ -707,13 +710,17 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "description": "The URL replaces the server's own `upload_descriptor.url` in "
             "`attachments.create` (`?t=` sealed: ten minutes, this user, workflow and file). The "
             "body (multipart or raw) is streamed to the server's URL with the descriptor's method "
-            "and headers and the broker's assertion; its answer comes back with URLs rewritten.",
+            "and headers and the broker's assertion; its answer comes back with URLs rewritten. "
+            "The URL is spent when the server takes the file (2xx); a use that failed leaves it "
+            "for a retry, and one use runs at a time.",
             "security": [{}],
             "parameters": [_WORKFLOW_PARAM, _ATTACHMENT_PARAM, _T_PARAM],
             "responses": {
                 "200": {"description": "The server's answer (an attachment), URLs rewritten."},
                 "400": _BAD_REQUEST,
-                "403": _error("Expired, used, forged, or for another file.", E.Forbidden),
+                "403": _error(
+                    "Expired, used (or in use), forged, or for another file.", E.Forbidden
+                ),
                 "404": _error("No such workflow taking files.", E.NotFound),
                 "413": _error("Over the workflow's files max_size.", E.PayloadTooLarge),
                 "500": _INTERNAL,
@@ -766,7 +773,10 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "200": {"description": "The server's attachment, URLs rewritten."},
                 "400": _BAD_REQUEST,
                 "401": _UNAUTHENTICATED,
-                "403": _error("`t` expired, forged, or for another workflow.", E.Forbidden),
+                "403": _error(
+                    "`t` expired, forged, for another workflow, or its user signed out.",
+                    E.Forbidden,
+                ),
                 "404": _error("No such workflow, or it takes no direct uploads.", E.NotFound),
                 "413": _error("Over the workflow's files max_size.", E.PayloadTooLarge),
                 "429": _RATE_LIMITED,
@@ -1015,7 +1025,7 @@ def routed_operations(routes: Iterable[Any]) -> set[tuple[str, str]]:
         if isinstance(route, Route):
             for method in route.methods or ():
                 if method != "HEAD":
-                    found.add((route.path, method))
+                    found.add((route.path_format, method))  # `{id:path}` documented as `{id}`
         elif isinstance(route, Mount) and route.path in OPERATIONS:
             found |= {(route.path, m.upper()) for m in OPERATIONS[route.path]}
     return found

@@ -22,6 +22,7 @@ both side by side).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import math
@@ -120,6 +121,10 @@ class LocalCounters:
         if entry is not None and entry[0] > self._clock() and entry[1] > 0:
             entry[1] -= 1
 
+    def forget(self, limit: Limit, key: str) -> None:
+        """Drop a key's count, so its next hit starts a new window."""
+        self._counts.pop((limit.name, key), None)
+
     def _sweep(self, now: float) -> None:
         self._counts = {k: v for k, v in self._counts.items() if v[0] > now}
         self._sweep_at = len(self._counts) + self._sweep_every
@@ -186,7 +191,7 @@ class RateLimits:
             return
         if self._script is not None:
             assert self._store is not None
-            shared_key = f"{self._prefix}{limit.name}:{quote(key, safe='')}"
+            shared_key = self._shared_key(limit.name, key)
             try:
                 await self._store.call("ratelimit", lambda: self._refund(keys=[shared_key]))
                 return
@@ -194,17 +199,32 @@ class RateLimits:
                 pass  # counted per process meanwhile, most likely: refund there
         self.local.refund(limit, key)
 
-    async def first_use(self, name: str, key: str, seconds: int) -> bool:
-        """Whether ``key`` is used for the first time within ``seconds`` (one-time URLs):
-        remembered in Redis when there is a store (every instance agrees), per process
-        otherwise or meanwhile."""
+    async def first_use(self, name: str, key: str, seconds: int) -> str | None:
+        """Claim ``key`` for ``seconds`` (one-time URLs): where the claim is kept when this
+        is its first use since then — ``"shared"`` (Redis, so every instance agrees) or
+        ``"local"`` (this process: no store, or Redis down) — else None (already claimed)."""
         limit = Limit(name, f"1/{seconds}s", 1, seconds, "")
         if self._script is not None:
             try:
-                return await self._shared_hit(limit, key) is None
+                return "shared" if await self._shared_hit(limit, key) is None else None
             except StoreUnavailable:
                 self._metrics.rate_limit_fallback(limit.name)
-        return self.local.hit(limit, key) is None
+        return "local" if self.local.hit(limit, key) is None else None
+
+    async def forget_use(self, name: str, key: str, where: str) -> None:
+        """Give back a claim of ``first_use`` whose use failed, where it was kept, so the
+        next use is a first use again. Only its holder calls this (no one else can hold it
+        meanwhile). Never raises: a shared claim Redis cannot drop now stays spent."""
+        store = self._store
+        if where == "shared" and store is not None:
+            shared_key = self._shared_key(name, key)
+            with contextlib.suppress(StoreUnavailable):
+                await store.call("ratelimit", lambda: store.client.delete(shared_key))
+        else:
+            self.local.forget(Limit(name, "", 1, 1, ""), key)
+
+    def _shared_key(self, name: str, identity: str) -> str:
+        return f"{self._prefix}{name}:{quote(identity, safe='')}"
 
     async def _hit(self, limit: Limit, identity: str) -> RateLimited | None:
         if self._script is not None:
@@ -223,7 +243,7 @@ class RateLimits:
 
     async def _shared_hit(self, limit: Limit, identity: str) -> float | None:
         assert self._store is not None
-        key = f"{self._prefix}{limit.name}:{quote(identity, safe='')}"
+        key = self._shared_key(limit.name, identity)
         script = self._script
         count, ttl_ms = await self._store.call(
             "ratelimit", lambda: script(keys=[key], args=[limit.window * 1000, limit.count])

@@ -96,18 +96,30 @@ class SessionSecrets:
             raise Unauthenticated(
                 "This session secret has expired; mint a new one at /api/chatkit/session."
             )
-        try:
-            owner = await self._registry.owner(payload["s"])
-        except StoreUnavailable:
-            # signature and expiry hold; only an early cancel cannot be seen during the outage
-            log.warning("session %s accepted unchecked: shared store unavailable", payload["s"])
-            owner = payload["u"]
-        if owner != payload["u"]:
+        if not await self._registered(payload["u"], payload["s"]):
             raise Unauthenticated(
                 "This session was cancelled (or ended); mint a new one at /api/chatkit/session."
             )
         claims = payload.get("c") or {}
         return Admission(Identity(payload["u"], claims), workflow, payload["s"])
+
+    async def holds_session(self, user: str, session_id: str | None) -> bool:
+        """Whether ``user`` still holds a live session at this broker: ``session_id``, or
+        another one (a renewal replaces a session: the front-end kit names the previous one,
+        which is cancelled). False once all were cancelled (sign-out) or ended."""
+        return await self._registered(user, session_id, or_any=True)
+
+    async def _registered(self, user: str, session_id: str | None, *, or_any: bool = False) -> bool:
+        """Whether the registry has ``session_id`` for ``user`` (``or_any``: or any session
+        of theirs). True while the shared store cannot say: signatures and expiries hold;
+        only an early cancel cannot be seen during the outage."""
+        try:
+            if session_id and await self._registry.owner(session_id) == user:
+                return True
+            return or_any and bool(await self._registry.sessions_of(user))
+        except StoreUnavailable:
+            log.warning("session %s accepted unchecked: shared store unavailable", session_id)
+            return True
 
     def workflow_of(self, secret: str) -> str | None:
         """The workflow a valid secret was issued for (for endpoints that serve several)."""

@@ -171,6 +171,11 @@ class SampleFiles(AttachmentStore[dict]):
         self.previews: list[dict[str, str]] = []  # headers of each preview request
         self.redirect = False  # answer uploads and previews with a redirect to another host
         self.upload_headers: dict[str, str] = {}  # headers the descriptor asks for
+        self.fail_uploads = 0  # answer this many more uploads (once read) with a 500
+        self.id_prefix = ""  # ids like "<prefix>atc_…" (a storage path, say: "u/7/")
+
+    def generate_attachment_id(self, mime_type: str, context: dict) -> str:
+        return self.id_prefix + super().generate_attachment_id(mime_type, context)
 
     async def create_attachment(self, input: AttachmentCreateParams, context: dict) -> Attachment:
         request: Request = context["request"]
@@ -226,6 +231,9 @@ def _file_routes(server: SampleServer, files: SampleFiles) -> list[Route]:
         finally:
             record.done = True
         record.complete, record.size = True, len(data)
+        if files.fail_uploads:
+            files.fail_uploads -= 1
+            return JSONResponse({"detail": "storage is down"}, status_code=500)
         if not data:
             return JSONResponse({"detail": "Attachment payload is required."}, status_code=400)
         try:
@@ -270,13 +278,13 @@ def _file_routes(server: SampleServer, files: SampleFiles) -> list[Route]:
 
     return [
         Route(
-            "/support/attachments/{attachment_id}/upload",
+            "/support/attachments/{attachment_id:path}/upload",
             upload,
             methods=["POST", "PUT"],
             name="upload_attachment",
         ),
         Route(
-            "/support/attachments/{attachment_id}/content",
+            "/support/attachments/{attachment_id:path}/content",
             download,
             methods=["GET"],
             name="download_attachment",

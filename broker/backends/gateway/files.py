@@ -7,7 +7,9 @@ browser — JSON answers (``attachments.create``, ``threads.get_by_id``, ``items
 upload's answer) and each event of a stream — has those URLs replaced by broker URLs:
 
 * ``/api/files/gateway/<workflow>/<attachment>/upload?t=…`` (two-phase upload, ten minutes,
-  once) and ``…/preview?t=…`` (an hour, re-issued whenever the thread is read);
+  spent by the upload the backend accepts; a failed one leaves it for a retry) and
+  ``…/preview?t=…`` (an hour, re-issued whenever the thread is read); ``<attachment>`` is the
+  backend's id percent-encoded, routed whole even when it holds ``/``;
 * ``t`` is sealed (``SealedFileTokens``): it names the user, the workflow and the attachment
   and carries, unreadable to the browser, the backend's own URL, the descriptor's method and
   headers and the user's forwarded claims. No state is kept.
@@ -21,7 +23,9 @@ dropped. Direct uploads (``uploadStrategy: direct``) post to
 ``t`` is sealed into the mint answer's ``uploadUrl`` for the user, workflow and session
 (``DIRECT_UPLOAD_TTL``), because ChatKit's runtime is not public and nothing says it posts
 direct uploads through the ``fetch`` the front-end kit gives it (which adds the session
-secret); a session secret (or an app JWT) in ``Authorization`` is accepted as well.
+secret); a session secret (or an app JWT) in ``Authorization`` is accepted as well. The
+signed URL counts against the workflow's request limit like any request, and stops working
+once its user holds no live session (signed out).
 """
 
 from __future__ import annotations
@@ -58,12 +62,14 @@ from ...files.upload import MULTIPART_OVERHEAD
 from ...files.urls import base_url
 from ...httpread import read_capped
 from ...ratelimit import Limit, LocalCounters
+from ...session_secrets import SessionSecrets
 
 __all__ = ["AttachmentUrls", "FileRelay", "SseRewriter", "check_create"]
 
 log = logging.getLogger("broker.gateway")
 
 PREFIX = "/api/files/gateway"
+_ONCE = "gateway_upload"  # the namespace of upload URLs' one-use claims
 # the signed direct-upload URL of a mint answer: ChatKit keeps it for the life of the page,
 # across the session renewals the front-end kit does, so it outlives one session
 DIRECT_UPLOAD_TTL = 12 * 3600
@@ -297,13 +303,21 @@ class FileRelay:
         self.tokens = tokens
         self._used = LocalCounters()
 
-    async def _first_use(self, key: str) -> bool:
-        """Whether an upload URL is used for the first time (in Redis when the broker has
-        it, so every instance agrees; per process otherwise)."""
+    async def _claim(self, key: str) -> str | None:
+        """Claim an upload URL for one use: where the claim is kept (in Redis when the broker
+        has it, so every instance agrees; per process otherwise), or None when another use
+        holds it or spent it."""
         ttl = self.tokens.ttl["upload"]
         if self.backend.limits is not None:
-            return bool(await self.backend.limits.first_use("gateway_upload", key, ttl))
-        return self._used.hit(Limit("gateway_upload", "", 1, ttl, ""), key) is None
+            return await self.backend.limits.first_use(_ONCE, key, ttl)
+        return "local" if self._used.hit(Limit(_ONCE, "", 1, ttl, ""), key) is None else None
+
+    async def _release(self, key: str, where: str) -> None:
+        """Give a claim back after a use that did not upload the file."""
+        if self.backend.limits is not None:
+            await self.backend.limits.forget_use(_ONCE, key, where)
+        else:
+            self._used.forget(Limit(_ONCE, "", 1, 1, ""), key)
 
     def direct_token(
         self, workflow: str, user: str, claims: Mapping[str, Any], session_id: str | None
@@ -317,12 +331,13 @@ class FileRelay:
     def routes(self) -> Sequence[BaseRoute]:
         return [
             Route(f"{PREFIX}/{{workflow}}/upload", self.direct, methods=["POST"]),
+            # an id may hold "/" (sent as %2F, decoded before routing): `path` matches it
             Route(
-                f"{PREFIX}/{{workflow}}/{{attachment_id}}/upload",
+                f"{PREFIX}/{{workflow}}/{{attachment_id:path}}/upload",
                 self.upload,
                 methods=["POST", "PUT"],
             ),
-            Route(f"{PREFIX}/{{workflow}}/{{attachment_id}}/preview", self.preview),
+            Route(f"{PREFIX}/{{workflow}}/{{attachment_id:path}}/preview", self.preview),
         ]
 
     def urls(self, request_scope: Any, workflow: str, user: str, claims: Any) -> AttachmentUrls:
@@ -351,13 +366,19 @@ class FileRelay:
     # --- two-phase upload ---------------------------------------------------------------
 
     async def upload(self, request: Request) -> Response:
-        """``POST|PUT …/<attachment>/upload?t=…``: the bytes, once, streamed to the backend."""
+        """``POST|PUT …/<attachment>/upload?t=…``: the bytes, streamed to the backend; the URL
+        is spent once the backend took them (2xx). One use at a time: a use that failed
+        (the backend down or failing, the body cut off) gives it back for a retry."""
         workflow, payload = self._opened(request, "upload")
         attachment_id = payload["a"]
         limit = self._limit(request, policy_of(workflow))
         once = f"{workflow.name}:{payload['u']}:{attachment_id}"
-        if not await self._first_use(once):
-            raise Forbidden("This upload URL has already been used; attach the file again.")
+        claim = await self._claim(once)
+        if claim is None:
+            raise Forbidden(
+                "This upload URL has already been used (or an upload through it is under "
+                "way); attach the file again."
+            )
         target = Target(
             payload["url"],
             payload.get("m", "POST"),
@@ -365,7 +386,14 @@ class FileRelay:
             payload["u"],
             payload.get("c") or {},
         )
-        return await self._send_upload(request, workflow, target, limit, attachment_id)
+        spent = False
+        try:
+            response = await self._send_upload(request, workflow, target, limit, attachment_id)
+            spent = response.status_code < 300
+            return response
+        finally:
+            if not spent:
+                await self._release(once, claim)
 
     # --- direct upload ------------------------------------------------------------------
 
@@ -383,10 +411,20 @@ class FileRelay:
         authorization = request.headers.get("authorization")
         signed = request.query_params.get("t")
         if authorization is None and signed is not None:
-            # the mint answer's signed uploadUrl, posted without the kit's fetch
+            # the mint answer's signed uploadUrl, posted without the kit's fetch: good while
+            # its user is signed in, and counted as the gate counts every other request
             payload = self.tokens.open("direct", signed, w=name)
             user, session_id = str(payload["u"]), payload.get("s")
             claims = payload.get("c") or {}
+            sessions = getattr(self.backend, "sessions", None)
+            if isinstance(sessions, SessionSecrets) and not await sessions.holds_session(
+                user, session_id
+            ):
+                raise Forbidden(
+                    "This upload URL's session was signed out (or ended); sign in again to "
+                    "get a new one."
+                )
+            await self.backend.gate.count_request(workflow, user)
         else:
             admission = await self.backend.gate.admit_chatkit(authorization, workflow)
             user, session_id = admission.identity.user, admission.session_id
@@ -480,8 +518,7 @@ class FileRelay:
             return why
         log.info("gateway: %s cut off by the client; the backend's request was aborted", what)
         return InvalidRequest(
-            "The upload ended before the body did; nothing was relayed whole. Attach the file "
-            "again."
+            "The upload ended before the body did; nothing was relayed whole. Send the file again."
         )
 
     async def _answer(

@@ -15,6 +15,7 @@ import socket
 import struct
 import zlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,13 @@ def token(sub: str = "alice") -> str:
     return jwt_kit.token(sub, key=JWT_SECRET)
 
 
-def workflows_toml(sample: str, *, direct: bool = True) -> str:
+def workflows_toml(sample: str, *, direct: bool = True, options: str = "") -> str:
     return f"""
 [workflows.support]
 server = "{sample}/support/chatkit"
 {f'direct_upload_url = "{sample}/support/attachments"' if direct else ""}
 idle_timeout = 5
+{options}
 forward_claims = ["email"]
 dictation = true
 
@@ -107,8 +109,10 @@ server = "{sample}/support/chatkit"
 """
 
 
-def broker_settings(tmp_path: Path, sample: str, broker_url: str, **env: str) -> Any:
-    (tmp_path / "workflows.toml").write_text(workflows_toml(sample))
+def broker_settings(
+    tmp_path: Path, sample: str, broker_url: str, *, options: str = "", **env: str
+) -> Any:
+    (tmp_path / "workflows.toml").write_text(workflows_toml(sample, options=options))
     return load_settings(
         {
             "BROKER_WORKFLOWS_FILE": str(tmp_path / "workflows.toml"),
@@ -121,12 +125,14 @@ def broker_settings(tmp_path: Path, sample: str, broker_url: str, **env: str) ->
     )
 
 
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+@asynccontextmanager
+async def running_stack(tmp_path: Path, *, options: str = "", **env: str) -> AsyncIterator[Stack]:
+    """The browser, the broker and the sample-shaped server (``options``: lines added to
+    the support workflow's table; ``env``: more broker settings)."""
     broker_sock, sample_sock = bound_socket(), bound_socket()
     broker_url = f"http://127.0.0.1:{broker_sock.getsockname()[1]}"
     sample_url = f"http://127.0.0.1:{sample_sock.getsockname()[1]}"
-    settings = broker_settings(tmp_path, sample_url, broker_url)
+    settings = broker_settings(tmp_path, sample_url, broker_url, options=options, **env)
     sample = create_sample(files=True)
     async with (
         run_asgi(create_app(settings), sock=broker_sock, lifespan="on"),
@@ -136,6 +142,12 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         browser = Browser(client)
         client.event_hooks["response"].append(browser.keep)
         yield Stack(broker_url, sample_url, sample.state.attachments, browser)
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with running_stack(tmp_path) as running:
+        yield running
 
 
 async def session(stack: Stack, user: str = "alice") -> dict[str, Any]:
@@ -483,9 +495,11 @@ async def test_a_backend_that_is_down_is_a_503_for_uploads_and_previews(tmp_path
         upload = await client.post(
             upload_path(rewritten["upload_descriptor"]["url"]), content=png()
         )
+        # nothing was uploaded: the URL is not spent, a retry meets the same 503
+        retry = await client.post(upload_path(rewritten["upload_descriptor"]["url"]), content=png())
         preview = await client.get(upload_path(rewritten["preview_url"]))
     gone.close()
-    for answer in (upload, preview):
+    for answer in (upload, retry, preview):
         assert answer.status_code == 503
         assert answer.json()["error"]["code"] == "backend_unavailable"
         assert answer.json()["error"]["request_id"]
