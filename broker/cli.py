@@ -130,6 +130,7 @@ def _run_uvicorn(uvicorn: Any, settings: Settings, args: argparse.Namespace, tru
         timeout_graceful_shutdown=15,
         timeout_keep_alive=10,
         http=_http_protocol(),
+        ws="none",  # no WebSocket routes: an Upgrade is plain HTTP (and websockets not loaded)
         h11_max_incomplete_event_size=64 * 1024,  # the same head cap if h11 is used
     )
 

@@ -13,7 +13,6 @@ from starlette.responses import Response
 from . import api
 from .auth import Identity
 from .errors import InvalidRequest, NotReady
-from .openapi import openapi_document, routed_operations
 from .workflow import Workflow
 
 if TYPE_CHECKING:
@@ -167,6 +166,10 @@ async def openapi_json(request: Request) -> Response:
     """The OpenAPI document of this broker: the operations it routes, in its mode."""
     doc = getattr(request.app.state, "openapi", None)
     if doc is None:
+        # built on the first ask: the module and its schemas are 2.6 MB of RSS that a broker
+        # nobody reads the document of never needs
+        from .openapi import openapi_document, routed_operations
+
         routed = routed_operations(request.app.routes)
         broker = _broker(request)
         doc = openapi_document(

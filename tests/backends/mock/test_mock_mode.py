@@ -246,7 +246,7 @@ async def test_config_points_the_page_at_the_mock_backend():
 
 def test_the_broker_imports_without_chatkit_or_the_agents_sdk():
     """A hosted-only deployment never loads them: the app and mock's package must import.
-    (pydantic is a core dependency now: the settings are declared with pydantic-settings.)"""
+    (pydantic is a core dependency now: the settings are a pydantic model.)"""
     code = (
         "import sys\n"
         "for name in ('chatkit', 'agents', 'openai'):\n"
