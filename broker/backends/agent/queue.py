@@ -64,6 +64,13 @@ QUEUE = "ckb_runs"
 TASK = "ckb_run"
 _SCHEMA_LOCK = 0x636B6271  # one advisory lock id, so two brokers do not create the schema at once
 RETRY_START = 2.0  # seconds between attempts to open the queue while the database is down
+# Shutdown is bounded whatever the database's state: libpq gives up a connect after
+# CONNECT_TIMEOUT (an unreachable host), a caller waits POOL_WAIT for a pooled connection,
+# the worker gets STOP_GRACE to stop on its own and the pool CLOSE_WAIT to close.
+CONNECT_TIMEOUT = 5
+POOL_WAIT = 10.0
+STOP_GRACE = 2.0
+CLOSE_WAIT = 1.0
 
 
 def libpq_url(async_url: str) -> str:
@@ -97,7 +104,12 @@ class RunQueue:
         self.name = name
         self.app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(
-                conninfo=self.conninfo, min_size=1, max_size=4, name="chatkit-broker-runs"
+                conninfo=self.conninfo,
+                min_size=1,
+                max_size=4,
+                name="chatkit-broker-runs",
+                timeout=POOL_WAIT,
+                kwargs={"connect_timeout": CONNECT_TIMEOUT},
             )
         )
 
@@ -117,19 +129,36 @@ class RunQueue:
             self._worker = asyncio.create_task(self._work())
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+        """Stop the worker and close the pool in a few seconds, the database up or gone.
+
+        Cancelled, procrastinate's worker stops gracefully: its jobs get
+        ``shutdown_graceful_timeout``, then it unregisters itself, a query. With the database
+        gone that query waits for a pooled connection (the pool reconnecting meanwhile), so
+        after ``STOP_GRACE`` the pool is closed, which fails the wait at once (``PoolClosed``);
+        a worker still in a query on a connection that never answers is cancelled again."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.cancel()
+            await asyncio.wait({worker}, timeout=STOP_GRACE)
         self._opened = False
         await self._close()
+        if worker is not None:
+            if not worker.done():
+                worker.cancel()
+            await asyncio.wait({worker}, timeout=STOP_GRACE)
+            if worker.done() and not worker.cancelled():
+                worker.exception()  # retrieved: _work ends cancelled, or with what stopped it
+            elif not worker.done():
+                log.warning("background runs: the queue's worker did not stop in time")
 
     async def _close(self) -> None:
-        """Close the pool, also one left half-open by a start-up that was cancelled (its
-        tasks would otherwise outlive the app)."""
+        """Close the pool within ``CLOSE_WAIT`` (psycopg_pool's own bound on its tasks),
+        also one left half-open by a start-up that was cancelled (its tasks would otherwise
+        outlive the app); whoever still waits for a connection gets ``PoolClosed``."""
         with contextlib.suppress(Exception):
-            await self.app.close_async()
+            await self.app.connector.pool.close(timeout=CLOSE_WAIT)
+        with contextlib.suppress(Exception):
+            await self.app.close_async()  # the pool closed: forgets it
 
     async def _open(self) -> None:
         """Open the pool and make sure of the schema, once (the worker and a first defer
@@ -149,7 +178,9 @@ class RunQueue:
         """procrastinate's tables, created once by whichever broker starts first."""
         import psycopg
 
-        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(
+            self.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+        ) as conn:
             await conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
             try:
                 found = await (
@@ -181,6 +212,11 @@ class RunQueue:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # stopping: procrastinate's shutdown failed on the lost database and
+                    # raised that instead of the cancellation; end, do not start again
+                    raise asyncio.CancelledError from None
                 log.warning(
                     "background runs: the queue is unavailable (%s); trying again",
                     type(exc).__name__,

@@ -6,8 +6,10 @@ for them), the queued ones run there; and SQLite still executing in-process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from broker.settings import resolve_database_url
 
 from ...support import BrokerProcess
 from ...support.fake_responses import FakeResponses, text
+from .tcp_proxy import ThreadedProxy
 from .test_backends_e2e import (
     USER,
     Receiver,
@@ -246,6 +249,40 @@ def test_sqlite_runs_in_process_and_postgresql_on_the_queue(
         assert jobs(db_url) == {}  # its job was taken off the queue when it finished
     else:
         assert "background runs execute in-process" in broker.logs()
+
+
+def test_a_broker_whose_postgresql_is_down_stops_at_once_on_sigterm(
+    run_broker: Callable[..., BrokerProcess],
+    responses: FakeResponses,
+    pg_url: str,
+    empty_database: Callable[[str], None],
+    tmp_path: Path,
+    hooks: Receiver,
+) -> None:
+    """The queue's worker and its pool keep reconnecting while the database is gone; SIGTERM
+    (what uvicorn gets from a process manager) must still end the broker within seconds,
+    its log without a traceback (the app's shutdown once outlived 60 s)."""
+    empty_database(pg_url)
+    with ThreadedProxy("127.0.0.1", 5432) as proxy:
+        db = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        env, _ = setup(tmp_path, responses, db, hooks)
+        broker = run_broker(env)
+        wait_for(lambda: "queue worker" in broker.logs(), 30, "the queue's worker to start")
+        proxy.cut()  # PostgreSQL is gone: every connection dropped, new ones refused
+        # the queue notices (its LISTEN connection, its pool reconnecting)
+        wait_for(lambda: '"logger":"psycopg.pool"' in broker.logs(), 20, "the pool to reconnect")
+        time.sleep(1.0)
+        asked = time.monotonic()
+        broker.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            broker.proc.wait(30)
+        took = time.monotonic() - asked
+        code = broker.stop()  # (kills it if it is still there)
+        logs = broker.logs()
+        assert took < 8, f"SIGTERM took {took:.1f} s (exit {code}):\n{logs[-3000:]}"
+        # (uvicorn ends by raising the signal it caught again: -15 is a clean stop)
+        assert "Application shutdown complete" in logs, logs[-3000:]
+        assert "Traceback" not in logs, logs[-3000:]
 
 
 def test_procrastinate_errors_are_one_line_without_a_traceback(caplog):
