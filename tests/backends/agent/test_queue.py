@@ -18,13 +18,17 @@ from typing import Any
 import httpx
 import pytest
 
+from broker.app import create_app
 from broker.backends.agent.background import CONCURRENCY
 from broker.backends.agent.queue import RunQueue
+from broker.config import load_settings
 from broker.settings import resolve_database_url
 
 from ...support import BrokerProcess
+from ...support.adversarial import logged_text
+from ...support.asgi_server import run_asgi
 from ...support.fake_responses import FakeResponses, text
-from .tcp_proxy import ThreadedProxy
+from .tcp_proxy import TcpProxy, ThreadedProxy
 from .test_backends_e2e import (
     USER,
     Receiver,
@@ -283,6 +287,45 @@ def test_a_broker_whose_postgresql_is_down_stops_at_once_on_sigterm(
         # (uvicorn ends by raising the signal it caught again: -15 is a clean stop)
         assert "Application shutdown complete" in logs, logs[-3000:]
         assert "Traceback" not in logs, logs[-3000:]
+
+
+async def test_the_app_whose_postgresql_is_down_shuts_down_at_once(
+    responses: FakeResponses,
+    pg_url: str,
+    empty_database: Callable[[str], None],
+    tmp_path: Path,
+    hooks: Receiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same through the app's lifespan in this process (how the in-process tests run a
+    broker): its shutdown must end within seconds, leaving no task that outlives it."""
+    caplog.set_level(logging.INFO)
+    await asyncio.to_thread(empty_database, pg_url)
+
+    async def logged(text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in caplog.text:
+            assert time.monotonic() < deadline, f"{text!r} never logged"
+            await asyncio.sleep(0.05)
+
+    async with TcpProxy("127.0.0.1", 5432) as proxy:
+        db = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        env, _ = setup(tmp_path, responses, db, hooks)
+        app = create_app(load_settings(env))  # what a broker process gets (setup's env)
+        server = run_asgi(app, lifespan="on")
+        await server.__aenter__()
+        await logged("queue worker", 30)
+        await proxy.cut()
+        await logged("error connecting in 'chatkit-broker-runs'", 20)  # the pool reconnecting
+        await asyncio.sleep(1.0)
+        asked = time.monotonic()
+        closing = asyncio.create_task(server.__aexit__(None, None, None))
+        done, _ = await asyncio.wait({closing}, timeout=30)
+        took = time.monotonic() - asked
+        assert done, f"the app's shutdown outlived {took:.0f} s"
+        closing.result()
+        assert took < 8, f"the app's shutdown took {took:.1f} s"
+    assert "Traceback" not in logged_text(caplog, logging.INFO)
 
 
 def test_procrastinate_errors_are_one_line_without_a_traceback(caplog):
