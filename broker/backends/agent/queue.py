@@ -25,6 +25,8 @@ from urllib.parse import urlencode
 
 from sqlalchemy.engine import make_url
 
+from ...logs import failure
+
 log = logging.getLogger("broker.agent.queue")
 
 
@@ -37,11 +39,9 @@ class _Condensed(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
-            cause = exc.__cause__ or exc
-            first = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
             record.msg, record.args = (
-                "%s (%s: %s)",
-                (record.getMessage(), type(cause).__name__, first),
+                "%s (%s)",
+                (record.getMessage(), failure(exc.__cause__ or exc)),
             )
             record.exc_info = record.exc_text = record.stack_info = None
         return True

@@ -11,7 +11,7 @@ import logging
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -301,13 +301,7 @@ async def test_the_app_whose_postgresql_is_down_shuts_down_at_once(
     broker): its shutdown must end within seconds, leaving no task that outlives it."""
     caplog.set_level(logging.INFO)
     await asyncio.to_thread(empty_database, pg_url)
-
-    async def logged(text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in caplog.text:
-            assert time.monotonic() < deadline, f"{text!r} never logged"
-            await asyncio.sleep(0.05)
-
+    logged = _logged(caplog)
     async with TcpProxy("127.0.0.1", 5432) as proxy:
         db = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
         env, _ = setup(tmp_path, responses, db, hooks)
@@ -325,6 +319,60 @@ async def test_the_app_whose_postgresql_is_down_shuts_down_at_once(
         assert done, f"the app's shutdown outlived {took:.0f} s"
         closing.result()
         assert took < 8, f"the app's shutdown took {took:.1f} s"
+    assert "Traceback" not in logged_text(caplog, logging.INFO)
+
+
+def _logged(caplog: pytest.LogCaptureFixture) -> Callable[[str, float], Awaitable[None]]:
+    """``await logged(text, timeout)``: until the captured log holds ``text``."""
+
+    async def logged(text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in caplog.text:
+            assert time.monotonic() < deadline, f"{text!r} never logged"
+            await asyncio.sleep(0.05)
+
+    return logged
+
+
+async def test_a_run_whose_end_cannot_be_recorded_is_one_log_line(
+    responses: FakeResponses,
+    pg_url: str,
+    empty_database: Callable[[str], None],
+    tmp_path: Path,
+    hooks: Receiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database lost while a queued run talks to the model: its end cannot be written
+    (its lease runs out; a reader fails it), which the log says in one line, no traceback."""
+    caplog.set_level(logging.INFO)
+    await asyncio.to_thread(empty_database, pg_url)
+    logged = _logged(caplog)
+    async with TcpProxy("127.0.0.1", 5432) as proxy:
+        db = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        env, _ = setup(tmp_path, responses, db, hooks)
+        _, key = await asyncio.to_thread(create_key, env, tmp_path, "--act-for-users")
+        responses.script(text("An answer nobody records", chunks=4, hang_after=1))
+        app = create_app(load_settings(env))
+        async with (
+            run_asgi(app, lifespan="on") as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as http,
+        ):
+            r = await http.post(
+                "/api/workflows/support/runs",
+                json={"input": "hi", "user": USER, "background": True},
+                headers=bearer(key),
+            )
+            assert r.status_code == 202, r.text
+            while not responses.hanging.is_set():
+                await asyncio.sleep(0.02)
+            await proxy.cut()
+            responses.release()
+            await logged("recording its end failed", 30)
+    (line,) = [m for m in caplog.messages if "recording its end failed" in m]
+    assert line.endswith(
+        "recording its end failed: StoreUnavailable: The thread store (PostgreSQL at "
+        f"127.0.0.1:{proxy.port}/{pg_url.rsplit('/', 1)[1]}) cannot be reached; try again shortly."
+    ), line
     assert "Traceback" not in logged_text(caplog, logging.INFO)
 
 
