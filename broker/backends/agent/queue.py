@@ -82,6 +82,30 @@ def libpq_url(async_url: str) -> str:
     return plain + (f"?{urlencode(pairs)}" if pairs else "")
 
 
+_TABLES = "SELECT to_regclass('procrastinate_jobs')"
+
+
+async def waiting_jobs(database_url: str, *, timeout: float) -> int | None:
+    """How many of this queue's jobs wait in the thread database, or None when procrastinate's
+    tables are not there yet (``doctor``'s look; raises when the database cannot be reached)."""
+    import psycopg
+
+    connect = psycopg.AsyncConnection.connect(
+        libpq_url(database_url), autocommit=True, connect_timeout=max(1, int(timeout))
+    )
+    async with asyncio.timeout(timeout), await connect as conn:
+        found = await (await conn.execute(_TABLES)).fetchone()
+        if found is None or found[0] is None:
+            return None
+        row = await (
+            await conn.execute(
+                "SELECT count(*) FROM procrastinate_jobs WHERE queue_name = %s AND status = 'todo'",
+                (QUEUE,),
+            )
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
 class RunQueue:
     """procrastinate on the thread database: defer a run, run this instance's worker."""
 
@@ -183,9 +207,7 @@ class RunQueue:
         ) as conn:
             await conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
             try:
-                found = await (
-                    await conn.execute("SELECT to_regclass('procrastinate_jobs')")
-                ).fetchone()
+                found = await (await conn.execute(_TABLES)).fetchone()
                 if found is None or found[0] is None:
                     await conn.execute(self.app.schema_manager.get_schema())
                     log.info("background runs: created procrastinate's tables")

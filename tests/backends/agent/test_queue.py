@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import subprocess
@@ -24,7 +25,7 @@ from broker.backends.agent.queue import RunQueue
 from broker.config import load_settings
 from broker.settings import resolve_database_url
 
-from ...support import BrokerProcess
+from ...support import BrokerProcess, free_port
 from ...support.adversarial import logged_text
 from ...support.asgi_server import run_asgi
 from ...support.fake_responses import FakeResponses, text
@@ -33,6 +34,7 @@ from .test_backends_e2e import (
     USER,
     Receiver,
     bearer,
+    cli,
     create_key,
     setup,
     wait_for,
@@ -320,6 +322,46 @@ async def test_the_app_whose_postgresql_is_down_shuts_down_at_once(
         closing.result()
         assert took < 8, f"the app's shutdown took {took:.1f} s"
     assert "Traceback" not in logged_text(caplog, logging.INFO)
+
+
+def test_doctor_says_whether_the_queue_is_reachable_and_its_tables_exist(
+    responses: FakeResponses,
+    pg_url: str,
+    empty_database: Callable[[str], None],
+    tmp_path: Path,
+    hooks: Receiver,
+) -> None:
+    """``chatkit-broker doctor`` on a PostgreSQL agent store checks the background-run queue:
+    its tables there (and how many runs wait), or the database out of reach, named."""
+    empty_database(pg_url)
+    asyncio.run(_tables(pg_url))
+    env, _ = setup(tmp_path, responses, pg_url, hooks)
+
+    def queue_check(env: dict[str, str]) -> dict[str, Any]:
+        done = cli(env, tmp_path, "doctor", "--json", "--timeout", "60")
+        report = json.loads(done.stdout)
+        return next(c for c in report["checks"] if c["id"] == "queue")
+
+    up = queue_check(env)
+    assert up["status"] == "pass", up
+    assert up["summary"] == "reachable, its tables exist; 0 runs waiting"
+    gone = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{free_port()}")
+    down = queue_check({**env, "BROKER_DATABASE_URL": gone})
+    assert down["status"] == "fail", down
+    assert down["summary"].startswith("the thread database cannot be reached: "), down
+    assert "\n" not in down["summary"] and down["fix"]
+    # in-process background runs: no queue to check
+    done = cli({**env, "BROKER_RUN_QUEUE": "in-process"}, tmp_path, "doctor", "--json")
+    assert "queue" not in [c["id"] for c in json.loads(done.stdout)["checks"]]
+
+
+async def _tables(url: str) -> None:
+    """procrastinate's tables, as a broker's start creates them."""
+    queue = RunQueue(resolve_database_url(url), _noop, concurrency=1, lease=3, name="test")
+    try:
+        await queue.counts()
+    finally:
+        await queue.stop()
 
 
 def _logged(caplog: pytest.LogCaptureFixture) -> Callable[[str, float], Awaitable[None]]:
