@@ -31,10 +31,11 @@ log = logging.getLogger("broker.agent.queue")
 
 
 class _Condensed(logging.Filter):
-    """procrastinate's records, each one line: it logs a lost database (its LISTEN connection,
-    a worker's poll) with a full traceback, and the broker's logs carry none (the error's type
-    and first line say what happened). A filter on each of its loggers, so every handler (the
-    broker's, or any other listening) sees the one line."""
+    """procrastinate's and psycopg_pool's records, each one line: procrastinate logs a lost
+    database (its LISTEN connection, a worker's poll) with a full traceback, psycopg_pool its
+    failed reconnects with libpq's two-line message, and the broker's logs carry neither (the
+    error's type and first line say what happened). A filter on each of their loggers, so
+    every handler (the broker's, or any other listening) sees the one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
@@ -44,16 +45,19 @@ class _Condensed(logging.Filter):
                 (record.getMessage(), failure(exc.__cause__ or exc)),
             )
             record.exc_info = record.exc_text = record.stack_info = None
+        message = record.getMessage()
+        if "\n" in message:
+            record.msg, record.args = message.splitlines()[0].rstrip(), ()
         return True
 
 
 def _condense_logs() -> None:
     """procrastinate's loggers (one per module, all created by ``import procrastinate``) at
-    WARNING, each with ``_Condensed`` once."""
+    WARNING, and psycopg_pool's, each with ``_Condensed`` once."""
     logging.getLogger("procrastinate").setLevel(logging.WARNING)
     for name, logger in list(logging.root.manager.loggerDict.items()):
         if (
-            name.split(".")[0] == "procrastinate"
+            (name.split(".")[0] == "procrastinate" or name == "psycopg.pool")
             and isinstance(logger, logging.Logger)
             and not any(isinstance(f, _Condensed) for f in logger.filters)
         ):

@@ -441,3 +441,8 @@ def test_procrastinate_errors_are_one_line_without_a_traceback(caplog):
         "listener error (ConnectionRefusedError: connection failed: port 1 refused)"
     )
     assert "Traceback" not in caplog.text
+    # psycopg_pool's failed reconnects, libpq's two-line message: its first line
+    logging.getLogger("psycopg.pool").warning(
+        "error connecting in %r: %s", "runs", "connection failed: refused\n\tIs it running?"
+    )
+    assert caplog.messages[-1] == "error connecting in 'runs': connection failed: refused"
