@@ -1,7 +1,9 @@
 """Background runs on the durable queue (procrastinate in the thread database's PostgreSQL),
 in real ``chatkit-broker serve`` processes: 10,000 queued runs held while a broker is
 SIGKILLed mid-run, its runs failed within the lease by the second instance (which answers
-for them), the queued ones run there; and SQLite still executing in-process."""
+for them), the queued ones run there; SQLite still executing in-process; a broker whose
+PostgreSQL is cut stopping within seconds (SIGTERM to ``serve``, the lifespan in-process), a
+run whose end cannot be written logged in one line; and ``doctor``'s queue check."""
 
 from __future__ import annotations
 
