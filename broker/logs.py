@@ -140,6 +140,13 @@ def redact(text: str) -> str:
     return _SECRET_RE.sub("[redacted]", text)
 
 
+def failure(exc: BaseException) -> str:
+    """An error as part of one log line: its type and its message's first line (a log line
+    carries no traceback; the type and first line say what happened)."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
+
+
 class _Context(logging.Filter):
     def __init__(self, extra_secrets: tuple[str, ...] = ()) -> None:
         super().__init__()

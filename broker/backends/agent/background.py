@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from chatkit.types import ThreadMetadata
 
 from ...errors import BrokerError, NotFound, RunTimeout, StoreUnavailable
+from ...logs import failure
 from .queue import RunQueue
 from .runs import RunAnswer
 from .store import Caller, NotFoundError, SQLStore, background_runs, run_attachments
@@ -258,8 +259,8 @@ class BackgroundRuns:
                     await self._finish(run_id, row)
         except asyncio.CancelledError:
             pass  # shutting down before the run was claimed (the lease will run out)
-        except Exception:
-            log.exception("background run %s: claiming it failed", run_id)
+        except Exception as exc:
+            log.warning("background run %s: claiming it failed: %s", run_id, failure(exc))
         finally:
             self._tasks.pop(run_id, None)
 
@@ -270,8 +271,8 @@ class BackgroundRuns:
             await self._end(run_id, status, result, owner=self.instance)
         except asyncio.CancelledError:
             pass  # cancelled (already recorded) or shutting down (the lease will run out)
-        except Exception:
-            log.exception("background run %s: recording its end failed", run_id)
+        except Exception as exc:  # the database gone: the lease runs out, a reader fails it
+            log.warning("background run %s: recording its end failed: %s", run_id, failure(exc))
         finally:
             self._tasks.pop(run_id, None)
 
@@ -325,8 +326,8 @@ class BackgroundRuns:
             return "failed", {"error": {"code": exc.code, "message": exc.message}}
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("background run %s failed", row.id)
+        except Exception as exc:
+            log.warning("background run %s failed: %s", row.id, failure(exc))
             return "failed", {
                 "error": {"code": "internal_error", "message": "The run failed in the broker."}
             }

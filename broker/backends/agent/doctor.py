@@ -12,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from sqlalchemy.engine import make_url
+
 from ...doctor.report import Check, Status
+from ...logs import failure
 from ...settings import Settings, api_key_in_effect
 from ...workflow import Workflow
 
@@ -20,14 +23,54 @@ if TYPE_CHECKING:  # types only: the doctor's runner imports this module, not th
     from ...doctor.checks import CheckFn
     from ...doctor.context import DoctorContext
 from .checks import endpoints_of, guardrail_findings, probe_endpoints, smoke
+from .queue import waiting_jobs
 from .targets import Target, TargetError, load_target
 
-__all__ = ["check", "checks"]
+__all__ = ["check", "checks", "queue_check"]
 
 
 def checks(settings: Settings) -> Sequence[CheckFn]:
-    """What the agent backend adds to a doctor run: one check."""
-    return [check]
+    """What the agent backend adds to a doctor run: its workflows, and the background-run
+    queue when background runs execute on it (a PostgreSQL thread database)."""
+    return [check, queue_check] if _queue_url(settings) else [check]
+
+
+def _queue_url(settings: Settings) -> str | None:
+    """The thread database's URL when background runs use the queue (``queue.py``'s rule)."""
+    url = settings.agent.database_url if settings.agent else ""
+    auto = getattr(getattr(settings, "environment", None), "run_queue", "auto") == "auto"
+    return url if auto and url.startswith("postgresql") else None
+
+
+async def queue_check(ctx: DoctorContext) -> Check:
+    """The background-run queue is reachable and its tables exist (procrastinate's, made by
+    the first ``serve``): a deploy learns before its first run that none could be queued."""
+    result = Check("queue", "Background-run queue")
+    s = ctx.settings
+    url = _queue_url(s) if s is not None else None
+    if url is None:
+        return result.set(Status.SKIP, "skipped: the configuration is invalid (check 1)")
+    if ctx.budget.exhausted:
+        return result.set(Status.SKIP, ctx.budget.skipped())
+    password = make_url(url).password
+    if password:
+        result.secrets.add(str(password))
+    limit, _ = ctx.budget.limit(5.0)
+    try:
+        waiting = await waiting_jobs(url, timeout=max(0.5, limit))
+    except Exception as exc:  # any failure to connect or read is "not reachable"
+        return result.set(
+            Status.FAIL,
+            f"the thread database cannot be reached: {failure(exc)}",
+            "start PostgreSQL or correct BROKER_DATABASE_URL",
+        )
+    if waiting is None:
+        return result.set(
+            Status.WARN,
+            "procrastinate's tables are not there yet; the first chatkit-broker serve creates them",
+            "start chatkit-broker serve once (or set BROKER_RUN_QUEUE=in-process)",
+        )
+    return result.set(Status.PASS, f"reachable, its tables exist; {waiting} runs waiting")
 
 
 async def check(ctx: DoctorContext) -> Check:

@@ -25,35 +25,39 @@ from urllib.parse import urlencode
 
 from sqlalchemy.engine import make_url
 
+from ...logs import failure
+
 log = logging.getLogger("broker.agent.queue")
 
 
 class _Condensed(logging.Filter):
-    """procrastinate's records, each one line: it logs a lost database (its LISTEN connection,
-    a worker's poll) with a full traceback, and the broker's logs carry none (the error's type
-    and first line say what happened). A filter on each of its loggers, so every handler (the
-    broker's, or any other listening) sees the one line."""
+    """procrastinate's and psycopg_pool's records, each one line: procrastinate logs a lost
+    database (its LISTEN connection, a worker's poll) with a full traceback, psycopg_pool its
+    failed reconnects with libpq's two-line message, and the broker's logs carry neither (the
+    error's type and first line say what happened). A filter on each of their loggers, so
+    every handler (the broker's, or any other listening) sees the one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
-            cause = exc.__cause__ or exc
-            first = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
             record.msg, record.args = (
-                "%s (%s: %s)",
-                (record.getMessage(), type(cause).__name__, first),
+                "%s (%s)",
+                (record.getMessage(), failure(exc.__cause__ or exc)),
             )
             record.exc_info = record.exc_text = record.stack_info = None
+        message = record.getMessage()
+        if "\n" in message:
+            record.msg, record.args = message.splitlines()[0].rstrip(), ()
         return True
 
 
 def _condense_logs() -> None:
     """procrastinate's loggers (one per module, all created by ``import procrastinate``) at
-    WARNING, each with ``_Condensed`` once."""
+    WARNING, and psycopg_pool's, each with ``_Condensed`` once."""
     logging.getLogger("procrastinate").setLevel(logging.WARNING)
     for name, logger in list(logging.root.manager.loggerDict.items()):
         if (
-            name.split(".")[0] == "procrastinate"
+            (name.split(".")[0] == "procrastinate" or name == "psycopg.pool")
             and isinstance(logger, logging.Logger)
             and not any(isinstance(f, _Condensed) for f in logger.filters)
         ):
@@ -64,6 +68,13 @@ QUEUE = "ckb_runs"
 TASK = "ckb_run"
 _SCHEMA_LOCK = 0x636B6271  # one advisory lock id, so two brokers do not create the schema at once
 RETRY_START = 2.0  # seconds between attempts to open the queue while the database is down
+# Shutdown is bounded whatever the database's state: libpq gives up a connect after
+# CONNECT_TIMEOUT (an unreachable host), a caller waits POOL_WAIT for a pooled connection,
+# the worker gets STOP_GRACE to stop on its own and the pool CLOSE_WAIT to close.
+CONNECT_TIMEOUT = 5
+POOL_WAIT = 10.0
+STOP_GRACE = 2.0
+CLOSE_WAIT = 1.0
 
 
 def libpq_url(async_url: str) -> str:
@@ -73,6 +84,30 @@ def libpq_url(async_url: str) -> str:
     plain = url.set(query={}).render_as_string(hide_password=False)
     pairs = [(k, v) for k, vs in query.items() for v in (vs if isinstance(vs, tuple) else (vs,))]
     return plain + (f"?{urlencode(pairs)}" if pairs else "")
+
+
+_TABLES = "SELECT to_regclass('procrastinate_jobs')"
+
+
+async def waiting_jobs(database_url: str, *, timeout: float) -> int | None:
+    """How many of this queue's jobs wait in the thread database, or None when procrastinate's
+    tables are not there yet (``doctor``'s look; raises when the database cannot be reached)."""
+    import psycopg
+
+    connect = psycopg.AsyncConnection.connect(
+        libpq_url(database_url), autocommit=True, connect_timeout=max(1, int(timeout))
+    )
+    async with asyncio.timeout(timeout), await connect as conn:
+        found = await (await conn.execute(_TABLES)).fetchone()
+        if found is None or found[0] is None:
+            return None
+        row = await (
+            await conn.execute(
+                "SELECT count(*) FROM procrastinate_jobs WHERE queue_name = %s AND status = 'todo'",
+                (QUEUE,),
+            )
+        ).fetchone()
+        return int(row[0]) if row else 0
 
 
 class RunQueue:
@@ -97,7 +132,12 @@ class RunQueue:
         self.name = name
         self.app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(
-                conninfo=self.conninfo, min_size=1, max_size=4, name="chatkit-broker-runs"
+                conninfo=self.conninfo,
+                min_size=1,
+                max_size=4,
+                name="chatkit-broker-runs",
+                timeout=POOL_WAIT,
+                kwargs={"connect_timeout": CONNECT_TIMEOUT},
             )
         )
 
@@ -117,19 +157,36 @@ class RunQueue:
             self._worker = asyncio.create_task(self._work())
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+        """Stop the worker and close the pool in a few seconds, the database up or gone.
+
+        Cancelled, procrastinate's worker stops gracefully: its jobs get
+        ``shutdown_graceful_timeout``, then it unregisters itself, a query. With the database
+        gone that query waits for a pooled connection (the pool reconnecting meanwhile), so
+        after ``STOP_GRACE`` the pool is closed, which fails the wait at once (``PoolClosed``);
+        a worker still in a query on a connection that never answers is cancelled again."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.cancel()
+            await asyncio.wait({worker}, timeout=STOP_GRACE)
         self._opened = False
         await self._close()
+        if worker is not None:
+            if not worker.done():
+                worker.cancel()
+            await asyncio.wait({worker}, timeout=STOP_GRACE)
+            if worker.done() and not worker.cancelled():
+                worker.exception()  # retrieved: _work ends cancelled, or with what stopped it
+            elif not worker.done():
+                log.warning("background runs: the queue's worker did not stop in time")
 
     async def _close(self) -> None:
-        """Close the pool, also one left half-open by a start-up that was cancelled (its
-        tasks would otherwise outlive the app)."""
+        """Close the pool within ``CLOSE_WAIT`` (psycopg_pool's own bound on its tasks),
+        also one left half-open by a start-up that was cancelled (its tasks would otherwise
+        outlive the app); whoever still waits for a connection gets ``PoolClosed``."""
         with contextlib.suppress(Exception):
-            await self.app.close_async()
+            await self.app.connector.pool.close(timeout=CLOSE_WAIT)
+        with contextlib.suppress(Exception):
+            await self.app.close_async()  # the pool closed: forgets it
 
     async def _open(self) -> None:
         """Open the pool and make sure of the schema, once (the worker and a first defer
@@ -149,12 +206,12 @@ class RunQueue:
         """procrastinate's tables, created once by whichever broker starts first."""
         import psycopg
 
-        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(
+            self.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+        ) as conn:
             await conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
             try:
-                found = await (
-                    await conn.execute("SELECT to_regclass('procrastinate_jobs')")
-                ).fetchone()
+                found = await (await conn.execute(_TABLES)).fetchone()
                 if found is None or found[0] is None:
                     await conn.execute(self.app.schema_manager.get_schema())
                     log.info("background runs: created procrastinate's tables")
@@ -181,6 +238,11 @@ class RunQueue:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # stopping: procrastinate's shutdown failed on the lost database and
+                    # raised that instead of the cancellation; end, do not start again
+                    raise asyncio.CancelledError from None
                 log.warning(
                     "background runs: the queue is unavailable (%s); trying again",
                     type(exc).__name__,

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from collections.abc import Coroutine
+from typing import Any
 
 
 class TcpProxy:
@@ -54,3 +57,37 @@ class TcpProxy:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._open.difference_update({writer, up_writer})
+
+
+class ThreadedProxy:
+    """A ``TcpProxy`` on an event loop of its own, in a thread: for a database in front of a
+    broker *process*, from a synchronous test (the proxy must forward while the test waits)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.proxy = TcpProxy(host, port)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.proxy.port
+
+    def _call(self, coro: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    def __enter__(self) -> ThreadedProxy:
+        self._thread.start()
+        self._call(self.proxy.restore())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._call(self.proxy.cut())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def cut(self) -> None:
+        self._call(self.proxy.cut())
+
+    def restore(self) -> None:
+        self._call(self.proxy.restore())

@@ -102,9 +102,6 @@ async def broker(base_env: dict[str, str], model_url: str, db_url: str) -> Async
         "BROKER_WORKFLOWS": "support=examples.agent.support_agent:agent",
         "BROKER_SESSION_SECRET": SESSION_SECRET,
         "BROKER_DATABASE_URL": db_url,
-        # the chat path's faults; not the background-run queue, whose worker cannot yet shut
-        # down while its PostgreSQL is gone (the app's shutdown then outlived the 60 s bound)
-        "BROKER_RUN_QUEUE": "in-process",
     }
     app = create_app(load_settings(env))
     async with (

@@ -1,31 +1,42 @@
 """Background runs on the durable queue (procrastinate in the thread database's PostgreSQL),
 in real ``chatkit-broker serve`` processes: 10,000 queued runs held while a broker is
 SIGKILLed mid-run, its runs failed within the lease by the second instance (which answers
-for them), the queued ones run there; and SQLite still executing in-process."""
+for them), the queued ones run there; SQLite still executing in-process; a broker whose
+PostgreSQL is cut stopping within seconds (SIGTERM to ``serve``, the lifespan in-process), a
+run whose end cannot be written logged in one line; and ``doctor``'s queue check."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import secrets
+import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from broker.app import create_app
 from broker.backends.agent.background import CONCURRENCY
 from broker.backends.agent.queue import RunQueue
+from broker.config import load_settings
 from broker.settings import resolve_database_url
 
-from ...support import BrokerProcess
+from ...support import BrokerProcess, free_port
+from ...support.adversarial import logged_text
+from ...support.asgi_server import run_asgi
 from ...support.fake_responses import FakeResponses, text
+from .tcp_proxy import TcpProxy, ThreadedProxy
 from .test_backends_e2e import (
     USER,
     Receiver,
     bearer,
+    cli,
     create_key,
     setup,
     wait_for,
@@ -248,6 +259,167 @@ def test_sqlite_runs_in_process_and_postgresql_on_the_queue(
         assert "background runs execute in-process" in broker.logs()
 
 
+def test_a_broker_whose_postgresql_is_down_stops_at_once_on_sigterm(
+    run_broker: Callable[..., BrokerProcess],
+    responses: FakeResponses,
+    pg_url: str,
+    empty_database: Callable[[str], None],
+    tmp_path: Path,
+    hooks: Receiver,
+) -> None:
+    """The queue's worker and its pool keep reconnecting while the database is gone; SIGTERM
+    (what uvicorn gets from a process manager) must still end the broker within seconds,
+    its log without a traceback (the app's shutdown once outlived 60 s)."""
+    empty_database(pg_url)
+    with ThreadedProxy("127.0.0.1", 5432) as proxy:
+        db = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        env, _ = setup(tmp_path, responses, db, hooks)
+        broker = run_broker(env)
+        wait_for(lambda: "queue worker" in broker.logs(), 30, "the queue's worker to start")
+        proxy.cut()  # PostgreSQL is gone: every connection dropped, new ones refused
+        # the queue notices (its LISTEN connection, its pool reconnecting)
+        wait_for(lambda: '"logger":"psycopg.pool"' in broker.logs(), 20, "the pool to reconnect")
+        time.sleep(1.0)
+        asked = time.monotonic()
+        broker.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            broker.proc.wait(30)
+        took = time.monotonic() - asked
+        code = broker.stop()  # (kills it if it is still there)
+        logs = broker.logs()
+        assert took < 8, f"SIGTERM took {took:.1f} s (exit {code}):\n{logs[-3000:]}"
+        # (uvicorn ends by raising the signal it caught again: -15 is a clean stop)
+        assert "Application shutdown complete" in logs, logs[-3000:]
+        assert "Traceback" not in logs, logs[-3000:]
+
+
+async def test_the_app_whose_postgresql_is_down_shuts_down_at_once(
+    responses: FakeResponses,
+    pg_url: str,
+    empty_database: Callable[[str], None],
+    tmp_path: Path,
+    hooks: Receiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same through the app's lifespan in this process (how the in-process tests run a
+    broker): its shutdown must end within seconds, leaving no task that outlives it."""
+    caplog.set_level(logging.INFO)
+    await asyncio.to_thread(empty_database, pg_url)
+    logged = _logged(caplog)
+    async with TcpProxy("127.0.0.1", 5432) as proxy:
+        db = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        env, _ = setup(tmp_path, responses, db, hooks)
+        app = create_app(load_settings(env))  # what a broker process gets (setup's env)
+        server = run_asgi(app, lifespan="on")
+        await server.__aenter__()
+        await logged("queue worker", 30)
+        await proxy.cut()
+        await logged("error connecting in 'chatkit-broker-runs'", 20)  # the pool reconnecting
+        await asyncio.sleep(1.0)
+        asked = time.monotonic()
+        closing = asyncio.create_task(server.__aexit__(None, None, None))
+        done, _ = await asyncio.wait({closing}, timeout=30)
+        took = time.monotonic() - asked
+        assert done, f"the app's shutdown outlived {took:.0f} s"
+        closing.result()
+        assert took < 8, f"the app's shutdown took {took:.1f} s"
+    assert "Traceback" not in logged_text(caplog, logging.INFO)
+
+
+def test_doctor_says_whether_the_queue_is_reachable_and_its_tables_exist(
+    responses: FakeResponses,
+    pg_url: str,
+    empty_database: Callable[[str], None],
+    tmp_path: Path,
+    hooks: Receiver,
+) -> None:
+    """``chatkit-broker doctor`` on a PostgreSQL agent store checks the background-run queue:
+    its tables there (and how many runs wait), or the database out of reach, named."""
+    empty_database(pg_url)
+    asyncio.run(_tables(pg_url))
+    env, _ = setup(tmp_path, responses, pg_url, hooks)
+
+    def queue_check(env: dict[str, str]) -> dict[str, Any]:
+        done = cli(env, tmp_path, "doctor", "--json", "--timeout", "60")
+        report = json.loads(done.stdout)
+        return next(c for c in report["checks"] if c["id"] == "queue")
+
+    up = queue_check(env)
+    assert up["status"] == "pass", up
+    assert up["summary"] == "reachable, its tables exist; 0 runs waiting"
+    gone = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{free_port()}")
+    down = queue_check({**env, "BROKER_DATABASE_URL": gone})
+    assert down["status"] == "fail", down
+    assert down["summary"].startswith("the thread database cannot be reached: "), down
+    assert "\n" not in down["summary"] and down["fix"]
+    # in-process background runs: no queue to check
+    done = cli({**env, "BROKER_RUN_QUEUE": "in-process"}, tmp_path, "doctor", "--json")
+    assert "queue" not in [c["id"] for c in json.loads(done.stdout)["checks"]]
+
+
+async def _tables(url: str) -> None:
+    """procrastinate's tables, as a broker's start creates them."""
+    queue = RunQueue(resolve_database_url(url), _noop, concurrency=1, lease=3, name="test")
+    try:
+        await queue.counts()
+    finally:
+        await queue.stop()
+
+
+def _logged(caplog: pytest.LogCaptureFixture) -> Callable[[str, float], Awaitable[None]]:
+    """``await logged(text, timeout)``: until the captured log holds ``text``."""
+
+    async def logged(text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in caplog.text:
+            assert time.monotonic() < deadline, f"{text!r} never logged"
+            await asyncio.sleep(0.05)
+
+    return logged
+
+
+async def test_a_run_whose_end_cannot_be_recorded_is_one_log_line(
+    responses: FakeResponses,
+    pg_url: str,
+    empty_database: Callable[[str], None],
+    tmp_path: Path,
+    hooks: Receiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database lost while a queued run talks to the model: its end cannot be written
+    (its lease runs out; a reader fails it), which the log says in one line, no traceback."""
+    caplog.set_level(logging.INFO)
+    await asyncio.to_thread(empty_database, pg_url)
+    logged = _logged(caplog)
+    async with TcpProxy("127.0.0.1", 5432) as proxy:
+        db = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        env, _ = setup(tmp_path, responses, db, hooks)
+        _, key = await asyncio.to_thread(create_key, env, tmp_path, "--act-for-users")
+        responses.script(text("An answer nobody records", chunks=4, hang_after=1))
+        app = create_app(load_settings(env))
+        async with (
+            run_asgi(app, lifespan="on") as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as http,
+        ):
+            r = await http.post(
+                "/api/workflows/support/runs",
+                json={"input": "hi", "user": USER, "background": True},
+                headers=bearer(key),
+            )
+            assert r.status_code == 202, r.text
+            while not responses.hanging.is_set():
+                await asyncio.sleep(0.02)
+            await proxy.cut()
+            responses.release()
+            await logged("recording its end failed", 30)
+    (line,) = [m for m in caplog.messages if "recording its end failed" in m]
+    assert line.endswith(
+        "recording its end failed: StoreUnavailable: The thread store (PostgreSQL at "
+        f"127.0.0.1:{proxy.port}/{pg_url.rsplit('/', 1)[1]}) cannot be reached; try again shortly."
+    ), line
+    assert "Traceback" not in logged_text(caplog, logging.INFO)
+
+
 def test_procrastinate_errors_are_one_line_without_a_traceback(caplog):
     """A lost database makes procrastinate log its listener's error with a traceback (CI saw it
     when a test stopped PostgreSQL mid-stream); every log handler gets one line instead."""
@@ -271,3 +443,8 @@ def test_procrastinate_errors_are_one_line_without_a_traceback(caplog):
         "listener error (ConnectionRefusedError: connection failed: port 1 refused)"
     )
     assert "Traceback" not in caplog.text
+    # psycopg_pool's failed reconnects, libpq's two-line message: its first line
+    logging.getLogger("psycopg.pool").warning(
+        "error connecting in %r: %s", "runs", "connection failed: refused\n\tIs it running?"
+    )
+    assert caplog.messages[-1] == "error connecting in 'runs': connection failed: refused"
