@@ -63,6 +63,7 @@ ABORT_EXTENSION = "chatkit_broker.abort"
 HEAD_WITH_BODY_EXTENSION = "chatkit_broker.head_with_body"
 _REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN.encode())
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_NO_STORE = (b"cache-control", b"no-store")
 _MOCK_ONLY = "Mock mode answers only requests from this machine to localhost, 127.0.0.1 or [::1]."
 
 
@@ -121,7 +122,7 @@ def _with_extra(
     unless the handler already said how (once)."""
     headers = [*headers, *extra]
     if no_store and not any(k.lower() == b"cache-control" for k, _ in headers):
-        headers.append((b"cache-control", b"no-store"))
+        headers.append(_NO_STORE)
     return headers
 
 
@@ -262,16 +263,20 @@ class Edge:
         try:
             body = await plain.answer(scope, await self._checked(scope, receive))
             status, headers = 200, json_headers(body)
+            headers += extra  # no cache-control of its own: no need to look for one
+            if no_store:
+                headers.append(_NO_STORE)
         except BrokerError as error:
             rendered = render(error, scope["state"]["request_id"])
-            status, headers, body = rendered.status, rendered.headers, rendered.body
+            status, body = rendered.status, rendered.body
+            headers = _with_extra(rendered.headers, extra, no_store)
         except ClientDisconnect:
             return 499  # as above: nobody to answer
         except Exception:
             _log_unhandled(scope)
             rendered = render(_internal_error(), scope["state"]["request_id"])
-            status, headers, body = rendered.status, rendered.headers, rendered.body
-        headers = _with_extra(headers, extra, no_store)
+            status, body = rendered.status, rendered.body
+            headers = _with_extra(rendered.headers, extra, no_store)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return status
