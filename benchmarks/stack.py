@@ -1,6 +1,7 @@
 """The broker's own request path, in-process: CPU per mint with the upstream call taken out.
 
     python -m benchmarks.stack [--requests 20000] [--profile]
+    valgrind --tool=callgrind python -m benchmarks.stack --mints 1300   # and 300: see --mints
 
 The wrk cases measure the whole service, where the upstream call, uvicorn and wrk share two
 cores and runs differ by ±20 %. This drives the ASGI app directly — no sockets, no server —
@@ -183,7 +184,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--redis", metavar="URL", help="registry and rate limits in this Redis (BROKER_REDIS_URL)"
     )
+    parser.add_argument(
+        "--mints",
+        type=int,
+        metavar="N",
+        help="only N mints after 300 to warm up, nothing printed: run under callgrind with two "
+        "N, the difference in instructions divided by the difference in N is one mint's",
+    )
     args = parser.parse_args(argv)
+    if args.mints is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            app, tokens = _broker_app(os.path.join(tmp, "broker.log"), args.users, args.redis)
+
+            async def run() -> None:
+                await _drive(app, tokens, 300, "/api/chatkit/session")
+                await _drive(app, tokens, args.mints, "/api/chatkit/session")
+
+            asyncio.run(_lifespan(app, run))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         log_path = os.path.join(tmp, "broker.log")
         bare, bare_wall = measure(_bare_app(), ["x"], args.requests)

@@ -14,6 +14,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -34,7 +35,7 @@ from .backends import KINDS, MOCK, Backend, Backends, BuildContext, specs_for
 from .backends.mock import MOCK_USER
 from .chatkit_endpoint import ChatKitEndpoint
 from .config import load_settings, read_environment
-from .edge import Edge
+from .edge import Edge, Plain
 from .errors import BrokerError, from_http_status, render
 from .gate import Gate
 from .http import HttpPool
@@ -341,9 +342,12 @@ def create_app(
                 await broker.store.close()
 
     chatkit = ChatKitEndpoint(broker.settings, broker.gate, broker.backends, broker.secrets)
+    mint = count_mints(broker.metrics, partial(routes.create_session, broker))
+    cancel = partial(routes.cancel_session, broker)
     route_list: list[BaseRoute] = [
-        Route("/api/chatkit/session", count_mints(routes.create_session), methods=["POST"]),
-        Route("/api/chatkit/session/cancel", routes.cancel_session, methods=["POST"]),
+        # the edge serves these two itself, before the router (``edge.Plain``)
+        Route("/api/chatkit/session", Plain("POST", mint), methods=["POST"]),
+        Route("/api/chatkit/session/cancel", Plain("POST", cancel), methods=["POST"]),
         Route("/api/chatkit/workflows", routes.list_workflows, methods=["GET"]),
         Route("/api/chatkit/config", routes.client_config, methods=["GET"]),
         Route("/chatkit/{name}", chatkit, methods=["POST"]),

@@ -5,6 +5,12 @@ In order: the request id, the mock-mode loopback guard, CORS (only for requests 
 count and one access-log line. One layer rather than six because each layer that wraps
 ``send`` to learn the status costs a closure and a frame on every message of every answer;
 here the status is learned once and the router and handlers see a request already checked.
+
+The hot small JSON endpoints (the mint) are ``Plain``: the edge calls them itself, before the
+router, and writes their answer with its own headers in one go, so such a request runs no
+Starlette router, ``Request``, ``Response`` or exception layer and no ``send`` wrapper. They
+stay in the route list too (the OpenAPI document, a 405 for another method, and a request
+that CORS wraps goes the ordinary way through the router to the same code).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -57,6 +63,7 @@ ABORT_EXTENSION = "chatkit_broker.abort"
 HEAD_WITH_BODY_EXTENSION = "chatkit_broker.head_with_body"
 _REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN.encode())
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_NO_STORE = (b"cache-control", b"no-store")
 _MOCK_ONLY = "Mock mode answers only requests from this machine to localhost, 127.0.0.1 or [::1]."
 
 
@@ -82,6 +89,41 @@ def head_with_body(scope: Scope) -> None:
     hold = scope.get("extensions", {}).get(HEAD_WITH_BODY_EXTENSION)
     if hold is not None:
         hold()
+
+
+class Plain:
+    """An endpoint the edge serves itself, before the router: ``answer(scope, receive)``
+    returns the JSON body of its 200 or raises a ``BrokerError``. Only for exact paths (no
+    path parameters) and one method; the route list holds it like any ASGI app."""
+
+    __slots__ = ("answer", "method")
+
+    def __init__(self, method: str, answer: Callable[[Scope, Receive], Awaitable[bytes]]) -> None:
+        self.method = method
+        self.answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Served through the router (a request that CORS wraps): a ``BrokerError`` goes to
+        the app's error handler, as any route's."""
+        body = await self.answer(scope, receive)
+        await send({"type": "http.response.start", "status": 200, "headers": json_headers(body)})
+        await send({"type": "http.response.body", "body": body})
+
+
+def json_headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    """A JSON answer's headers, as Starlette's ``JSONResponse`` writes them."""
+    return [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+
+
+def _with_extra(
+    headers: Iterable[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]], no_store: bool
+) -> list[tuple[bytes, bytes]]:
+    """An answer's headers plus the edge's (request id, mode); API answers are never cached,
+    unless the handler already said how (once)."""
+    headers = [*headers, *extra]
+    if no_store and not any(k.lower() == b"cache-control" for k, _ in headers):
+        headers.append(_NO_STORE)
+    return headers
 
 
 async def send_error(send: Send, error: BrokerError, request_id: str) -> None:
@@ -129,6 +171,7 @@ class Edge:
         )
         self._routes = routes
         self._known: frozenset[str] | None = None
+        self._plain: dict[str, Plain] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -156,6 +199,18 @@ class Edge:
         extra = [(b"x-request-id", request_id.encode()), *self._mode]
         no_store = path.startswith("/api/")
         status = 500
+        plain = (self._plain if self._plain is not None else self._plain_routes()).get(path)
+        if (
+            plain is not None
+            and plain.method == scope["method"]
+            and (origin is None or self._cors is None)
+            and (not self.mock or self._local(scope, host))
+        ):
+            try:
+                status = await self._serve_plain(plain, scope, receive, send, extra, no_store)
+            finally:
+                self._done(scope, path, status, started, state, token)
+            return
         response_started = False
 
         async def send_edge(message: Message) -> None:
@@ -163,10 +218,7 @@ class Edge:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                headers = [*message.get("headers", ()), *extra]
-                # API answers are never cached, unless the handler already said how (once)
-                if no_store and not any(k.lower() == b"cache-control" for k, _ in headers):
-                    headers.append((b"cache-control", b"no-store"))
+                headers = _with_extra(message.get("headers", ()), extra, no_store)
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -182,28 +234,79 @@ class Edge:
             if not response_started:
                 status = 499  # nginx's "client closed request", for the access log only
         except Exception:
-            error_log.exception("unhandled error on %s %s", scope["method"], path)
+            _log_unhandled(scope)
             if not response_started:
-                error = InternalError(
-                    "Something went wrong inside the broker; the request id is in its log."
-                )
-                await send_error(send_edge, error, request_id)
+                await send_error(send_edge, _internal_error(), request_id)
         finally:
-            method = scope["method"]
-            self.metrics.request(
-                self._label(scope), method if method in _METHODS else "other", status
-            )
-            self.access_log.request(method, path, status, time.perf_counter() - started, state)
-            request_id_var.reset(token)
+            self._done(scope, path, status, started, state, token)
+
+    def _done(
+        self, scope: Scope, path: str, status: int, started: float, state: dict, token: Any
+    ) -> None:
+        """After the answer: one metrics count, one access-log line."""
+        method = scope["method"]
+        self.metrics.request(self._label(scope), method if method in _METHODS else "other", status)
+        self.access_log.request(method, path, status, time.perf_counter() - started, state)
+        request_id_var.reset(token)
+
+    async def _serve_plain(
+        self,
+        plain: Plain,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        extra: list[tuple[bytes, bytes]],
+        no_store: bool,
+    ) -> int:
+        """A ``Plain`` endpoint with the edge's checks, its answer (or error) written straight
+        to the server with the edge's headers; the status, for the log and metrics."""
+        try:
+            body = await plain.answer(scope, await self._checked(scope, receive))
+            status, headers = 200, json_headers(body)
+            headers += extra  # no cache-control of its own: no need to look for one
+            if no_store:
+                headers.append(_NO_STORE)
+        except BrokerError as error:
+            rendered = render(error, scope["state"]["request_id"])
+            status, body = rendered.status, rendered.body
+            headers = _with_extra(rendered.headers, extra, no_store)
+        except ClientDisconnect:
+            return 499  # as above: nobody to answer
+        except Exception:
+            _log_unhandled(scope)
+            rendered = render(_internal_error(), scope["state"]["request_id"])
+            status, body = rendered.status, rendered.body
+            headers = _with_extra(rendered.headers, extra, no_store)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return status
+
+    def _plain_routes(self) -> dict[str, Plain]:
+        """The route list's ``Plain`` endpoints by path (read once, at the first request)."""
+        self._plain = {
+            r.path: r.endpoint
+            for r in self._routes()
+            if isinstance(getattr(r, "endpoint", None), Plain)
+        }
+        return self._plain
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The per-address limit, then the body limit around the app."""
+        try:
+            limited = await self._checked(scope, receive)
+        except BrokerError as error:
+            await send_error(send, error, scope["state"]["request_id"])
+            return
+        await self.app(scope, limited, send)
+
+    async def _checked(self, scope: Scope, receive: Receive) -> Receive:
+        """The per-address limit and a declared body over the limit (either raised as the
+        error to answer); then ``receive`` with the body limit and deadline."""
         path = scope["path"]
         if path.startswith(LIMITED_PREFIXES):
             error = await self.limits.hit_address(self.addresses(scope))
             if error is not None:
-                await send_error(send, error, scope["state"]["request_id"])
-                return
+                raise error
         limit = self.large_body_limit if path.startswith(LARGE_BODY_PREFIXES) else self.body_limit
         upload = path.startswith(FILE_UPLOAD_PREFIX)
         if upload:
@@ -211,13 +314,12 @@ class Edge:
         for key, value in scope["headers"]:
             if key == b"content-length":
                 if value.isdigit() and int(value) > limit:
-                    await send_error(send, _too_large(limit), scope["state"]["request_id"])
-                    return
+                    raise _too_large(limit)
                 break
         extensions = scope.get("extensions")
         arrival = extensions.get(BODY_EXTENSION) if extensions else None
         timeout = FILE_BODY_TIMEOUT if upload else self.body_timeout
-        await self.app(scope, self._limited(receive, limit, arrival, timeout), send)
+        return self._limited(receive, limit, arrival, timeout)
 
     def _limited(
         self, receive: Receive, limit: int, arrival: Any = None, timeout: float | None = None
@@ -279,6 +381,14 @@ class Edge:
             )
         path = scope["path"]
         return path if path in self._known else "unmatched"
+
+
+def _log_unhandled(scope: Scope) -> None:
+    error_log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+
+
+def _internal_error() -> InternalError:
+    return InternalError("Something went wrong inside the broker; the request id is in its log.")
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

@@ -30,6 +30,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
 from .errors import BrokerError
 
@@ -202,16 +203,17 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 def count_mints(
-    endpoint: Callable[[Request], Awaitable[Response]],
-) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap the mint endpoint: one ``broker_session_mints`` count per request, with its outcome."""
+    metrics: Metrics, answer: Callable[[Scope, Receive], Awaitable[bytes]]
+) -> Callable[[Scope, Receive], Awaitable[bytes]]:
+    """Wrap the mint (a plain endpoint, ``edge.Plain``): one ``broker_session_mints`` count per
+    request, with its outcome."""
 
-    async def counted(request: Request) -> Response:
+    async def counted(scope: Scope, receive: Receive) -> bytes:
         outcome = "internal_error"
         try:
-            response = await endpoint(request)
+            body = await answer(scope, receive)
             outcome = "ok"
-            return response
+            return body
         except BrokerError as exc:
             outcome = exc.code
             raise
@@ -219,8 +221,7 @@ def count_mints(
             outcome = "cancelled"
             raise
         finally:
-            workflow = getattr(request.state, "workflow", None) or "-"
-            request.app.state.broker.metrics.mint(workflow, outcome)
+            metrics.mint(scope["state"].get("workflow") or "-", outcome)
 
     return counted
 

@@ -1,5 +1,9 @@
 """The broker's own HTTP endpoints. Each handler parses, has the gate admit the caller, calls
-the session logic, and shapes the answer; ChatKit traffic itself goes to ``chatkit_endpoint``."""
+the session logic, and shapes the answer; ChatKit traffic itself goes to ``chatkit_endpoint``.
+
+The mint and cancel are plain endpoints (``edge.Plain``: scope and ``receive`` in, the JSON
+body of a 200 out, errors raised), which the edge serves without Starlette's router, request
+and response objects: the mint is the hot path. The rest are ordinary Starlette handlers."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
 from . import api
 from .auth import Identity
@@ -33,32 +38,32 @@ def _broker(request: Request) -> Broker:
     return request.app.state.broker
 
 
-def header(request: Request, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
     """One request header (``name`` in lower case), read straight off the ASGI scope: the
     hot path needs two, and Starlette's ``Headers`` and ``URL`` objects cost more than that."""
-    for key, value in request.scope["headers"]:
+    for key, value in scope["headers"]:
         if key == name:
             return value.decode("latin-1")
     return None
 
 
-async def authenticate(request: Request, broker: Broker, *, count_mint: bool = False) -> Identity:
+async def authenticate(scope: Scope, broker: Broker, *, count_mint: bool = False) -> Identity:
     """The caller's identity, through the gate (optional only in mock mode, SPEC §5)."""
     identity = await broker.gate.identify(
-        header(request, b"authorization"),
+        header(scope, b"authorization"),
         count_mint=count_mint,
-        query=request.scope.get("query_string", b"").decode("latin-1"),
+        query=scope.get("query_string", b"").decode("latin-1"),
     )
-    request.state.user = identity.user
+    scope["state"]["user"] = identity.user
     return identity
 
 
-async def read_body(request: Request) -> bytes:
+async def read_body(receive: Receive) -> bytes:
     """The whole body, straight from ``receive``: Starlette's ``body()`` runs an async
     generator per request for what is, for the broker's small JSON bodies, one message."""
     chunks: list[bytes] = []
     while True:
-        message = await request.receive()
+        message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         chunks.append(message.get("body", b""))
@@ -66,26 +71,26 @@ async def read_body(request: Request) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def json_body(request: Request) -> Any:
+async def json_body(scope: Scope, receive: Receive) -> Any:
     """The request body as parsed JSON, or a 400 that says what is wrong with it (whether it
     is the right JSON is the body model's question, ``api.Body.parse``)."""
-    content_type = (header(request, b"content-type") or "").split(";", 1)[0].strip().lower()
+    content_type = (header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
     if content_type != "application/json":
         raise InvalidRequest("Send the body as JSON with 'Content-Type: application/json'.")
-    raw = await read_body(request)
+    raw = await read_body(receive)
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
         raise InvalidRequest("The request body is not valid JSON.") from None
 
 
-async def create_session(request: Request) -> Response:
-    broker = _broker(request)
+async def create_session(broker: Broker, scope: Scope, receive: Receive) -> bytes:
+    """The mint: a plain endpoint the edge serves before the router (``edge.Plain``)."""
     # every authenticated mint counts against the user's limit, whatever its outcome
-    identity = await authenticate(request, broker, count_mint=True)
-    ref, previous = api.mint_request(await json_body(request))
+    identity = await authenticate(scope, broker, count_mint=True)
+    ref, previous = api.mint_request(await json_body(scope, receive))
     admission = broker.gate.admit(identity, ref)
-    request.state.workflow = admission.workflow.name
+    scope["state"]["workflow"] = admission.workflow.name
     minted = await broker.sessions.mint(admission, previous or None)
     answer: api.Session = {
         "client_secret": minted.client_secret,
@@ -95,7 +100,7 @@ async def create_session(request: Request) -> Response:
         "backend": minted.backend,  # type: ignore[typeddict-item]
         "mock": broker.mock,
     }
-    return JSONResponse(answer)
+    return _encode(answer).encode()
 
 
 def _workflow_json(workflow: Workflow, kind: str) -> api.WorkflowRef:
@@ -106,18 +111,18 @@ def _workflow_json(workflow: Workflow, kind: str) -> api.WorkflowRef:
     return shown
 
 
-async def cancel_session(request: Request) -> Response:
-    broker = _broker(request)
-    identity = await authenticate(request, broker)
-    body = api.CancelRequest.parse(await json_body(request))
+async def cancel_session(broker: Broker, scope: Scope, receive: Receive) -> bytes:
+    """Cancel: a plain endpoint too (``edge.Plain``)."""
+    identity = await authenticate(scope, broker)
+    body = api.CancelRequest.parse(await json_body(scope, receive))
     cancelled = await broker.sessions.cancel(identity, body.session_id, all_=body.all)
     answer: api.Cancelled = {"cancelled": cancelled}
-    return JSONResponse(answer)
+    return _encode(answer).encode()
 
 
 async def list_workflows(request: Request) -> Response:
     broker = _broker(request)
-    identity = await authenticate(request, broker)
+    identity = await authenticate(request.scope, broker)
     shown = []
     for wf in broker.gate.allowed(identity):
         backend = broker.backends.for_workflow(wf)

@@ -283,3 +283,54 @@ async def test_workflow_not_found_message_names_the_usual_causes(client, openai,
     )
     message = r.json()["error"]["message"]
     assert "another project" in message and "not published" in message
+
+
+# --- the mint and cancel as plain endpoints (issue 24): the edge serves them itself, before
+# the router; a request carrying an Origin that CORS wraps goes through the router to the same
+# code. Both ways must answer alike, and count in the metrics alike.
+
+ORIGIN = "https://app.example"
+
+
+def _shown(r) -> tuple[int, dict[str, str], object]:
+    """Status, headers without the CORS ones and the per-answer values, and the body shape."""
+    skip = {"x-request-id", "content-length", "vary"}
+    headers = {
+        k: v for k, v in r.headers.items() if k not in skip and not k.startswith("access-control-")
+    }
+    data = r.json()
+    if "error" in data:
+        assert data["error"]["request_id"] == r.headers["x-request-id"]
+        data = {"error": {k: v for k, v in data["error"].items() if k != "request_id"}}
+    else:
+        data = sorted(data)
+    return r.status_code, headers, data
+
+
+async def test_plain_endpoints_answer_alike_with_and_without_cors(make_settings, openai, token):
+    async with app_client(make_settings(BROKER_ALLOWED_ORIGINS=ORIGIN)) as c:
+        good = {"workflow": "support"}
+        cases = [
+            ("/api/chatkit/session", good, auth(token("alice"))),
+            ("/api/chatkit/session", good, {}),  # 401
+            ("/api/chatkit/session", {"workflow": "nope"}, auth(token("alice"))),  # 403
+            ("/api/chatkit/session", {"workflow": 3}, auth(token("alice"))),  # 400
+            ("/api/chatkit/session/cancel", {"all": True}, auth(token("alice"))),
+            ("/api/chatkit/session/cancel", {"session_id": "cksess_x"}, auth(token("alice"))),
+        ]
+        for path, body, headers in cases:
+            direct = await c.post(path, json=body, headers={**headers, "X-Request-ID": "rid-1"})
+            wrapped = await c.post(path, json=body, headers={**headers, "Origin": ORIGIN})
+            assert direct.headers["x-request-id"] == "rid-1"
+            assert wrapped.headers["access-control-allow-origin"] == ORIGIN
+            assert _shown(direct) == _shown(wrapped), (path, body)
+            assert direct.headers["cache-control"] == "no-store"
+        metrics = (await c.get("/metrics")).text
+    # every outcome twice, once each way: ok, the 401, the 403 and the 400
+    mints = [line for line in metrics.splitlines() if line.startswith("broker_session_mints_total")]
+    assert len(mints) == 4 and all(line.endswith(" 2.0") for line in mints), mints
+    assert 'broker_session_mints_total{outcome="ok",workflow="support"} 2.0' in metrics
+    assert (
+        'broker_http_requests_total{method="POST",route="/api/chatkit/session",status="200"} 2.0'
+        in metrics
+    )
