@@ -19,6 +19,7 @@ Pure ASGI, because the properties that matter live below any framework's respons
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -159,6 +160,13 @@ async def _until_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+@functools.lru_cache(maxsize=256)
+def _timeout(connect: float, idle: float) -> aiohttp.ClientTimeout:
+    """A relay's timeouts: none in total, ``connect`` to connect, ``idle`` between reads
+    (immutable, so one object per pair serves every request)."""
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=idle)
 
 
 def _snippet(body: bytes) -> str:
@@ -302,12 +310,7 @@ class GatewayProxy:
         self, upstream: Upstream, body: bytes, headers: list[tuple[str, str]]
     ) -> aiohttp.ClientResponse:
         """Send the request; retried once only when no connection could be made at all."""
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=upstream.connect_timeout,
-            sock_connect=upstream.connect_timeout,
-            sock_read=upstream.idle_timeout,
-        )
+        timeout = _timeout(upstream.connect_timeout, upstream.idle_timeout)
         for attempt in (1, 2):
             try:
                 return await self._http().post(
