@@ -17,7 +17,7 @@ import pytest
 
 from broker.assertion import AssertionSigner, verify_with_key
 from broker.backends.gateway.headers import HeaderPolicy
-from broker.backends.gateway.proxy import GatewayProxy, Upstream, gateway_pool
+from broker.backends.gateway.proxy import GatewayProxy, Relay, Upstream, gateway_pool
 from broker.http import HttpPool
 from tests.support.asgi_server import run_asgi
 from tests.support.fake_backend import EVENT, FakeBackend, fake_backend, sse_events
@@ -425,6 +425,39 @@ async def test_closing_the_browser_before_the_first_byte_closes_the_upstream(
     await until(lambda: backend.cancelled != [], timeout=2)
     assert backend.cancelled[0][1] - closed_at < 1.0
     await until(lambda: gateway.records[0].outcome == "client_closed")
+
+
+async def test_a_relay_cancelled_from_outside_is_not_taken_for_a_browser_that_left(
+    backend: FakeBackend, pool: HttpPool
+) -> None:
+    """The exchange runs in the caller's task and the disconnect watcher cancels that task:
+    a cancel from anyone else (the server shutting down) must go on as a cancel, and still
+    let the backend go, rather than end as ``client_closed``."""
+    proxy = GatewayProxy(pool)
+    upstream = Upstream(backend.url("/sse?count=100&gap=0.2"), workflow="support")
+    sent: list[dict[str, Any]] = []
+    first = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            first.set()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the browser never leaves
+        raise AssertionError("unreachable")
+
+    record = Relay()
+    scope = {"type": "http", "headers": [], "extensions": {}}
+    relay = asyncio.ensure_future(
+        proxy.relay(scope, receive, send, upstream, json.dumps(BODY).encode(), [], record)
+    )
+    await asyncio.wait_for(first.wait(), 5)
+    relay.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await relay
+    assert record.outcome != "client_closed"
+    await until(lambda: backend.cancelled != [], timeout=2)
 
 
 async def test_a_browser_that_stops_reading_holds_the_backend_back(
