@@ -569,18 +569,16 @@ class GatewayProxy:
                     framing.limit,
                 )
                 raise StreamAborted("unframed stream")
+            # the backend's stream already ended on an event boundary (a short answer usually
+            # arrives whole, with its head): this chunk carries the end of the answer too
+            last = content.at_eof() and content.exception() is None and not framing.pending
             if events is not None:
                 chunk = events.feed(chunk)
+                if last:  # on a boundary the rewriter holds nothing back; end() says so
+                    chunk += events.end()
                 if not chunk:
                     chunk = None  # held to an event boundary: read on
                     continue
-            # with the rewriter, whatever it still holds leaves through events.end() below
-            last = (
-                events is None
-                and content.at_eof()
-                and content.exception() is None
-                and not framing.pending
-            )
             try:
                 await send({"type": "http.response.body", "body": chunk, "more_body": not last})
             except OSError:  # a server that raises on a gone client (uvicorn just drops)
