@@ -96,6 +96,10 @@ class FakeBackend:
         await response.write_eof()
         return response
 
+    async def do_whole(self, request: web.Request) -> web.StreamResponse:
+        """One event answered whole, with a Content-Length: head and body in one segment."""
+        return web.Response(body=EVENT, content_type="text/event-stream")
+
     async def do_trickle(self, request: web.Request) -> web.StreamResponse:
         """One event, one byte at a time, ``gap`` seconds apart."""
         gap = float(request.query.get("gap", "0.1"))

@@ -191,6 +191,7 @@ class GatewayBackend(Backend):
             on_stream=self._stream_counted if metrics is not None else None,
         )
         self.workflows = {wf.name: wf for wf in workflows if wf.kind == "gateway"}
+        self._upstreams: dict[str, tuple[Workflow, Upstream]] = {}
         self.gate = gate
         self.limits = limits
         # the backend's upload/preview URLs, sealed into broker URLs with the session-secret
@@ -280,6 +281,16 @@ class GatewayBackend(Backend):
         )
 
     def upstream_for(self, workflow: Workflow) -> Upstream:
+        """Where ``workflow``'s requests go: built once per workflow object (a reloaded
+        workflow is a new object), not on every request's path to its first event."""
+        cached = self._upstreams.get(workflow.name)
+        if cached is not None and cached[0] is workflow:
+            return cached[1]
+        upstream = self._upstream(workflow)
+        self._upstreams[workflow.name] = (workflow, upstream)
+        return upstream
+
+    def _upstream(self, workflow: Workflow) -> Upstream:
         signer = self.signer_for(workflow)
         if signer.algorithm == "ES256":
             how = f"against {self.settings.jwks_url}"
@@ -319,11 +330,12 @@ class GatewayBackend(Backend):
             if per_minute and starts_a_turn(request_type) and self._limiter is not None:
                 await self._limiter.hit(admission.identity.user, workflow.name, per_minute)
                 counted = per_minute
+            claims = forwarded_claims(admission.identity.claims, workflow.forward_claims)
             assertion = self.sign(
                 workflow,
                 admission.identity.user,
                 session_id=admission.session_id,
-                extra=forwarded_claims(admission.identity.claims, workflow.forward_claims),
+                extra=claims,
                 body=body,
             )
             own = [(ASSERTION_HEADER, assertion), ("X-Request-ID", request_id)]
@@ -336,12 +348,7 @@ class GatewayBackend(Backend):
                 body,
                 own,
                 record,
-                self.files.urls(
-                    scope,
-                    workflow.name,
-                    admission.identity.user,
-                    forwarded_claims(admission.identity.claims, workflow.forward_claims),
-                ),
+                self.files.urls(scope, workflow.name, admission.identity.user, claims),
             )
         except StreamAborted:
             # the browser must see a broken stream, not a finished reply (the proxy logged why)

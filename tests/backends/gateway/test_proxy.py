@@ -16,8 +16,10 @@ import httpx
 import pytest
 
 from broker.assertion import AssertionSigner, verify_with_key
+from broker.backends.gateway.files import AttachmentUrls
 from broker.backends.gateway.headers import HeaderPolicy
-from broker.backends.gateway.proxy import GatewayProxy, Upstream, gateway_pool
+from broker.backends.gateway.proxy import GatewayProxy, Relay, Upstream, gateway_pool
+from broker.files.tokens import SealedFileTokens
 from broker.http import HttpPool
 from tests.support.asgi_server import run_asgi
 from tests.support.fake_backend import EVENT, FakeBackend, fake_backend, sse_events
@@ -425,6 +427,77 @@ async def test_closing_the_browser_before_the_first_byte_closes_the_upstream(
     await until(lambda: backend.cancelled != [], timeout=2)
     assert backend.cancelled[0][1] - closed_at < 1.0
     await until(lambda: gateway.records[0].outcome == "client_closed")
+
+
+@pytest.mark.parametrize("rewriting", [False, True], ids=["plain", "file-urls"])
+async def test_an_answer_that_arrived_whole_goes_out_with_its_end(
+    backend: FakeBackend, pool: HttpPool, rewriting: bool
+) -> None:
+    """A short answer usually arrives whole with its head: its last chunk carries the end of
+    the answer (``more_body`` false) instead of an empty last write, which would wake the
+    browser once more — also when the file-URL rewriter reads the events (the broker's case)."""
+    proxy = GatewayProxy(pool)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    urls = (
+        AttachmentUrls(SealedFileTokens(["k" * 43]), "https://b.example", "support", "alice")
+        if rewriting
+        else None
+    )
+    scope = {"type": "http", "headers": [], "extensions": {}}
+    record = await proxy.relay(
+        scope,
+        receive,
+        send,
+        Upstream(backend.url("/whole"), workflow="support"),
+        json.dumps(BODY).encode(),
+        [],
+        urls=urls,
+    )
+    assert record.outcome == "completed"
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[1]["body"] == EVENT
+    assert sent[1]["more_body"] is False
+
+
+async def test_a_relay_cancelled_from_outside_is_not_taken_for_a_browser_that_left(
+    backend: FakeBackend, pool: HttpPool
+) -> None:
+    """The exchange runs in the caller's task and the disconnect watcher cancels that task:
+    a cancel from anyone else (the server shutting down) must go on as a cancel, and still
+    let the backend go, rather than end as ``client_closed``."""
+    proxy = GatewayProxy(pool)
+    upstream = Upstream(backend.url("/sse?count=100&gap=0.2"), workflow="support")
+    sent: list[dict[str, Any]] = []
+    first = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            first.set()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the browser never leaves
+        raise AssertionError("unreachable")
+
+    record = Relay()
+    scope = {"type": "http", "headers": [], "extensions": {}}
+    relay = asyncio.ensure_future(
+        proxy.relay(scope, receive, send, upstream, json.dumps(BODY).encode(), [], record)
+    )
+    await asyncio.wait_for(first.wait(), 5)
+    relay.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await relay
+    assert record.outcome != "client_closed"
+    await until(lambda: backend.cancelled != [], timeout=2)
 
 
 async def test_a_browser_that_stops_reading_holds_the_backend_back(
