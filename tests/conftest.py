@@ -31,8 +31,9 @@ from .support.fake_openai import FakeOpenAI, FakeOpenAIServer
 from .support.processes import start_broker
 
 # every log line of the session (in-process records, subprocess log files) scanned for
-# secrets when it ends; a leak fails the run (tests/support/log_audit.py)
-pytest_plugins = ["tests.support.log_audit", "pytester"]
+# secrets when it ends; a leak fails the run (tests/support/log_audit.py); the fake Responses
+# API's fixtures for agent workflows (tests/support/responses_fixtures.py)
+pytest_plugins = ["tests.support.log_audit", "tests.support.responses_fixtures", "pytester"]
 
 # hypothesis profiles, for the property tests that do not pin their own count (tests/test_api.py
 # and others): "default" is hypothesis' own (100 examples, what the suite runs);

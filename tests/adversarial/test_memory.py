@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,8 +25,8 @@ from aiohttp import web
 from broker.assertion import generate_private_key_pem
 from broker.backends.gateway.proxy import MAX_JSON_BYTES
 from tests.support import ROOT
-from tests.support.adversarial import live_env, make_token, rss_mib
-from tests.support.aioserver import serve
+from tests.support.adversarial import broker_process, live_env, make_token, rss_mib
+from tests.support.aioserver import ThreadedServer
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.fake_responses import FakeResponsesServer, http_error
 
@@ -43,16 +44,20 @@ def oversize_json() -> bytes:
     return json.dumps({"filler": filler}).encode()
 
 
-async def gateway_backend(answers: dict[str, bytes]) -> web.Application:
-    """A workflow's ChatKit server that answers ``answers[path]`` as application/json."""
+class GatewayBackend(ThreadedServer):
+    """A workflow's ChatKit server that answers ``answers[path]`` as application/json, in a
+    thread of its own (the broker behind it is shared by the module's tests)."""
 
-    async def handle(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=answers[request.path], content_type="application/json")
+    def __init__(self, answers: dict[str, bytes]) -> None:
+        super().__init__()
+        self.answers = answers
 
-    app = web.Application()
-    app.router.add_post("/{name}", handle)
-    return app
+    def routes(self, app: web.Application) -> None:
+        async def handle(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(body=self.answers[request.path], content_type="application/json")
+
+        app.router.add_post("/{name}", handle)
 
 
 async def drive(
@@ -80,12 +85,15 @@ async def settled_rss(pid: int) -> float:
     return min(samples)
 
 
-@pytest.fixture
-async def gateway(run_broker, tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """A serving broker with gateway workflows ``big`` (answers JSON over the relay limit)
-    and ``bad`` (7 MB that is not JSON); yields the broker's URL and pid."""
-    answers = {"/big": oversize_json(), "/bad": b"{" * (7 * 1024 * 1024)}
-    async with serve(await gateway_backend(answers), access_log=None) as backend_url:
+    and ``bad`` (7 MB that is not JSON), one for the module (each test measures its own
+    baseline after its own warm-up); yields the broker's URL and pid."""
+    tmp_path = tmp_path_factory.mktemp("gateway")
+    backend = GatewayBackend({"/big": oversize_json(), "/bad": b"{" * (7 * 1024 * 1024)})
+    backend_url = backend.serve()
+    try:
         (tmp_path / "workflows.toml").write_text(
             f'[workflows.big]\nserver = "{backend_url}/big"\n'
             f'[workflows.bad]\nserver = "{backend_url}/bad"\n'
@@ -98,8 +106,19 @@ async def gateway(run_broker, tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
             BROKER_ASSERTION_KEY=generate_private_key_pem(),
             BROKER_LOG_LEVEL="warning",
         )
-        bp = run_broker(env)
-        yield bp.url, bp.proc.pid
+        with broker_process(env, tmp_path) as bp:
+            yield bp.url, bp.proc.pid
+    finally:
+        backend.shutdown()
+
+
+@pytest.fixture(scope="module")
+def hosted(fake_server: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A broker minting from the fake OpenAI, one for the module: each test sets the fake's
+    failure (through ``openai``, which resets it) and measures its own baseline."""
+    env = live_env(fake_server.base_url, BROKER_UPSTREAM_RETRIES="1", BROKER_LOG_LEVEL="warning")
+    with broker_process(env, tmp_path_factory.mktemp("hosted")) as bp:
+        yield bp
 
 
 def chatkit_post(url: str, workflow: str) -> Callable[[aiohttp.ClientSession], Awaitable[int]]:
@@ -131,7 +150,7 @@ async def test_rss_returns_to_baseline_after_150_failed_gateway_json_answers(
 
 @pytest.mark.parametrize("kind", ["status", "huge"])
 async def test_rss_returns_to_baseline_after_150_failed_hosted_answers(
-    run_broker, openai: FakeOpenAI, kind: str
+    hosted: Any, openai: FakeOpenAI, kind: str
 ) -> None:
     """OpenAI failing with a body near the 1 MiB it reads: a 500 (retried, then given up:
     ``hosted.client``'s retry loop; ``Retry-After: 0``, so the retry is not a back-off's
@@ -142,9 +161,7 @@ async def test_rss_returns_to_baseline_after_150_failed_hosted_answers(
         )
     else:
         openai.default = Behaviour(kind="huge", size=1024 * 1024 + 65536, chunked=True)
-    bp = run_broker(
-        live_env(openai.base_url, BROKER_UPSTREAM_RETRIES="1", BROKER_LOG_LEVEL="warning")
-    )
+    bp = hosted
     headers = {"Authorization": f"Bearer {make_token('mem-user')}"}
 
     async def one(session: aiohttp.ClientSession) -> int:

@@ -73,7 +73,7 @@ async def test_redis_killed_mid_run(make_settings, own_redis, openai, token):
 
         # Redis back (empty: it kept nothing): cancels work again once the cooldown passed
         own_redis.start()  # the same server object, so the fixture stops it after the test
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # generous: a busy machine is slow, not wrong
         while True:
             r = await c.post(CANCEL, json={"all": True}, headers=alice)
             if r.status_code == 200:
@@ -100,7 +100,7 @@ async def test_redis_unreachable_at_start_then_ready_when_it_comes(
 
         server = RedisServer(tmp_path, port).start()
         try:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60  # generous: a busy machine is slow, not wrong
             while (r := await c.get("/readyz")).status_code != 200:
                 assert time.monotonic() < deadline, r.text
                 await asyncio.sleep(0.1)
@@ -119,22 +119,59 @@ def silent_redis() -> Iterator[int]:
         yield s.getsockname()[1]
 
 
+def redis_errors(metrics_text: str) -> float:
+    """Failed Redis calls so far, over every operation: a call skipped by the breaker is none."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith("broker_redis_errors_total{")
+    )
+
+
+class StoppedClock:
+    """The breaker's clock, moved only by the test: the cooldown cannot run out while a busy
+    machine is slow between two requests (a real 2 s cooldown did, and the test waited on
+    Redis again)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_silent_redis_costs_one_timeout_then_nothing(
     make_settings, silent_redis, openai, token
 ):
-    settings = make_settings(BROKER_REDIS_URL=f"redis://127.0.0.1:{silent_redis}/0")
+    from broker.metrics import Metrics
+    from broker.store import CALL_DEADLINE, COOLDOWN, RedisStore
+
+    url = f"redis://127.0.0.1:{silent_redis}/0"
+    settings = make_settings(BROKER_REDIS_URL=url)
+    clock, metrics = StoppedClock(), Metrics()
+    store = RedisStore(url, settings.redis_prefix, metrics=metrics, clock=clock)
     alice = auth(token("alice"))
-    async with app_client(settings) as c:
+    async with app_client(settings, store=store, metrics=metrics) as c:
+        # one bounded wait (the call's deadline), not a hang: generous for a busy machine
         r, took = await timed(c.post(MINT, json=SUPPORT, headers=alice))
         assert r.status_code == 200
-        assert took < 2.5, f"first mint took {took:.2f}s"
-        # the breaker is open now: no request waits on Redis again for a while
+        assert took < CALL_DEADLINE + 4, f"first mint took {took:.2f}s"
+        failed = redis_errors((await c.get("/metrics")).text)
+        assert failed >= 1
+        # the breaker is open now: no request tries Redis (no failure counted) or waits on it
+        # (a call that tried would have waited out the deadline on the silent socket)
         r, took = await timed(c.post(MINT, json=SUPPORT, headers=alice))
-        assert r.status_code == 200 and took < 0.5, f"second mint took {took:.2f}s"
+        assert r.status_code == 200 and took < CALL_DEADLINE, f"second mint took {took:.2f}s"
         r, took = await timed(c.post(CANCEL, json={"all": True}, headers=alice))
-        assert r.status_code == 503 and took < 0.5
+        assert r.status_code == 503 and took < CALL_DEADLINE, f"cancel took {took:.2f}s"
         r, took = await timed(c.get("/readyz"))
-        assert r.status_code == 503 and took < 2.5
+        assert r.status_code == 503 and took < CALL_DEADLINE + 4
+        assert redis_errors((await c.get("/metrics")).text) == failed
+        # after the cooldown Redis is tried again: one more bounded failure, counted
+        clock.now += COOLDOWN
+        r = await c.post(MINT, json=SUPPORT, headers=alice)
+        assert r.status_code == 200
+        assert redis_errors((await c.get("/metrics")).text) > failed
 
 
 async def test_password_never_shown(make_settings, openai, caplog):

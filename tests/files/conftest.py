@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from ..support import free_port
-from ..support.fake_responses import FakeResponses, FakeResponsesServer
 
 
 @pytest.fixture(scope="session")
@@ -55,19 +54,3 @@ def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
         monkeypatch.setenv(name, value)
     assert os.environ["AWS_ENDPOINT_URL"] == s3_endpoint
     return bucket
-
-
-@pytest.fixture(scope="session")
-def responses_server() -> Iterator[FakeResponses]:
-    server = FakeResponsesServer()
-    fake = server.start()
-    yield fake
-    server.stop()
-
-
-@pytest.fixture
-def responses(responses_server: FakeResponses) -> Iterator[FakeResponses]:
-    """The fake Responses API, emptied for this test."""
-    responses_server.reset()
-    yield responses_server
-    responses_server.release()

@@ -13,15 +13,13 @@ import base64
 import re
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from ..support import ROOT, SECRET, BrokerProcess
 from ..support.browser import CHATKIT_JS, Tab
-from ..support.fake_responses import FakeResponses, FakeResponsesServer, text
+from ..support.fake_responses import FakeResponses, text
 
 try:
     from playwright.sync_api import Page, expect
@@ -47,21 +45,6 @@ def png(width: int = 8, height: int = 6) -> bytes:
 
 
 PNG = png(64, 48)
-
-
-@pytest.fixture(scope="module")
-def responses_server() -> Iterator[FakeResponses]:
-    server = FakeResponsesServer()
-    fake = server.start()
-    yield fake
-    server.stop()
-
-
-@pytest.fixture
-def responses(responses_server: FakeResponses) -> Iterator[FakeResponses]:
-    responses_server.reset()
-    yield responses_server
-    responses_server.release()
 
 
 def attach_and_send(page: Page, tmp_path: Path, message: str) -> dict[str, Any]:

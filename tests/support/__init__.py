@@ -1,4 +1,5 @@
-"""Helpers shared by the tests (not fixtures: those stay in ``tests/conftest.py``).
+"""Helpers shared by the tests (not fixtures: those stay in ``tests/conftest.py``, apart from
+the plugin ``responses_fixtures``, the fake Responses API that several directories share).
 
 ``tests.support`` re-exports the everyday ones; the fakes and kits have modules of their own:
 ``fake_openai`` (the sessions API), ``jwt_kit`` (keys, tokens, a tiny JWKS server),

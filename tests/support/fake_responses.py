@@ -346,6 +346,20 @@ class FakeResponses:
         headers = {"openai-organization": "org-fake", "openai-project": "proj_fake"}
         return web.json_response(data, headers=headers | {"x-request-id": "req_models"})
 
+    async def _hold(self, request: web.Request) -> bool:
+        """Hang until ``release``: True then, False as soon as the client hangs up (noticed
+        while hanging, so a test waits for that event instead of guessing how long the
+        client takes to hang up before it releases the reply)."""
+        assert self._release is not None
+        while True:
+            try:
+                await asyncio.wait_for(self._release.wait(), 0.05)
+                return True
+            except TimeoutError:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    return False
+
     def release(self) -> None:
         """Let every hanging reply finish."""
         if self._loop is not None and self._release is not None:
@@ -513,8 +527,9 @@ class FakeResponses:
                         return resp
                     if reply.hang_after is not None and deltas_sent >= reply.hang_after:
                         self.hanging.set()
-                        assert self._release is not None
-                        await self._release.wait()
+                        if not await self._hold(request):
+                            self.disconnected.set()  # the client hung up on the silent reply
+                            return resp
                     await send(
                         {
                             "type": "response.output_text.delta",

@@ -15,7 +15,7 @@ from openai import AsyncOpenAI
 from broker.backends.agent.store import SQLStore, attachments, items, resolve_database_url, threads
 
 from ...support import need
-from ...support.fake_responses import FakeResponses, FakeResponsesServer
+from ...support.fake_responses import FakeResponses
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -98,22 +98,6 @@ def empty_database() -> Callable[[str], None]:
     module-scoped fixtures, which share the session's database but cannot use ``db_url``
     (tests import nothing from a conftest)."""
     return lambda url: asyncio.run(_empty(url))
-
-
-@pytest.fixture(scope="session")
-def responses_server() -> Iterator[FakeResponses]:
-    server = FakeResponsesServer()
-    fake = server.start()
-    yield fake
-    server.stop()
-
-
-@pytest.fixture
-def responses(responses_server: FakeResponses) -> Iterator[FakeResponses]:
-    """The fake Responses API, emptied for this test."""
-    responses_server.reset()
-    yield responses_server
-    responses_server.release()
 
 
 @pytest.fixture
