@@ -26,7 +26,6 @@ timer (about 9 µs) for a read that cannot wait.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import weakref
 from functools import partial
 from http import HTTPStatus
@@ -34,7 +33,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .edge import ABORT_EXTENSION, BODY_EXTENSION, HEAD_WITH_BODY_EXTENSION
+from .edge import ABORT_EXTENSION, BODY_EXTENSION, HEAD_WITH_BODY_EXTENSION, new_request_id
 from .errors import BrokerError, HeadersTooLarge, InvalidRequest, RequestTimeout, render
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -43,7 +42,7 @@ HEAD_TIMEOUT = 10.0
 
 def error_response(error: BrokerError) -> bytes:
     """A complete HTTP/1.1 error answer in the API's error shape that closes the connection."""
-    request_id = secrets.token_hex(8)
+    request_id = new_request_id()
     rendered = render(error, request_id)
     reason = HTTPStatus(rendered.status).phrase
     head = [f"HTTP/1.1 {rendered.status} {reason}".encode()]

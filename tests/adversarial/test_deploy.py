@@ -133,6 +133,10 @@ def test_request_ids_echoed_and_on_every_log_line_across_workers(
         assert r.status_code == 200 and r.headers["x-request-id"] == rid
     r = httpx.get(bp.url + "/healthz", headers={"X-Request-ID": "no spaces allowed"})
     assert re.fullmatch(r"[0-9a-f]{16}", r.headers["x-request-id"])
+    # ids the broker makes are distinct across both workers (each seeds its own generator)
+    made = [httpx.get(bp.url + "/healthz").headers["x-request-id"] for _ in range(40)]
+    assert all(re.fullmatch(r"[0-9a-f]{16}", rid) for rid in made), made
+    assert len(set(made)) == len(made), made
     r = httpx.get(bp.url + "/healthz", headers={"X-Request-ID": "x" * 129})
     assert r.headers["x-request-id"] != "x" * 129
     before = access_line(bp, r.headers["x-request-id"])  # the last line before the next request
