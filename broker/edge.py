@@ -274,15 +274,15 @@ class Edge:
             headers += extra  # no cache-control of its own: no need to look for one
             if no_store:
                 headers.append(_NO_STORE)
-        except BrokerError as error:
-            rendered = render(error, scope["state"]["request_id"])
-            status, body = rendered.status, rendered.body
-            headers = _with_extra(rendered.headers, extra, no_store)
         except ClientDisconnect:
             return 499  # as above: nobody to answer
-        except Exception:
-            _log_unhandled(scope)
-            rendered = render(_internal_error(), scope["state"]["request_id"])
+        except Exception as exc:
+            if isinstance(exc, BrokerError):
+                error = exc
+            else:
+                _log_unhandled(scope)
+                error = _internal_error()
+            rendered = render(error, scope["state"]["request_id"])
             status, body = rendered.status, rendered.body
             headers = _with_extra(rendered.headers, extra, no_store)
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -10,6 +10,12 @@ from collections.abc import Coroutine
 from typing import Any
 
 
+def via(url: str, port: int) -> str:
+    """The shared PostgreSQL's ``url`` (127.0.0.1:5432) sent to ``port`` on loopback instead:
+    a proxy in front of it, or a port nothing listens on."""
+    return url.replace("127.0.0.1:5432", f"127.0.0.1:{port}")
+
+
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to ``host:port``; ``cut()`` drops every connection and
     refuses new ones until ``restore()``."""

@@ -27,7 +27,7 @@ from ...support import free_port
 from ...support.adversarial import logged_text, make_token
 from ...support.asgi_server import run_asgi
 from ...support.fake_responses import FakeResponses, garbage, reset, text
-from .tcp_proxy import TcpProxy
+from .tcp_proxy import TcpProxy, via
 
 SESSION_SECRET = "session-secret-that-is-at-least-32-bytes!"
 CREATE = {
@@ -225,7 +225,7 @@ async def test_the_database_going_down_mid_stream_is_an_error_event_then_503_the
     base_env, responses: FakeResponses, pg_url: str
 ) -> None:
     async with TcpProxy("127.0.0.1", 5432) as proxy:
-        db = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        db = via(pg_url, proxy.port)
         async with broker(base_env, responses.base_url, db) as browser:
             responses.script(text("A reply the database never sees", chunks=4, hang_after=1))
 

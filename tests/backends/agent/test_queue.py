@@ -31,7 +31,7 @@ from ...support import BrokerProcess, free_port
 from ...support.adversarial import logged_text
 from ...support.asgi_server import run_asgi
 from ...support.fake_responses import FakeResponses, text
-from .tcp_proxy import TcpProxy, ThreadedProxy
+from .tcp_proxy import TcpProxy, ThreadedProxy, via
 from .test_backends_e2e import (
     USER,
     Receiver,
@@ -272,7 +272,7 @@ def test_a_broker_whose_postgresql_is_down_stops_at_once_on_sigterm(
     its log without a traceback (the app's shutdown once outlived 60 s)."""
     empty_database(pg_url)
     with ThreadedProxy("127.0.0.1", 5432) as proxy:
-        db = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        db = via(pg_url, proxy.port)
         env, _ = setup(tmp_path, responses, db, hooks)
         broker = run_broker(env)
         wait_for(lambda: "queue worker" in broker.logs(), 30, "the queue's worker to start")
@@ -307,7 +307,7 @@ async def test_the_app_whose_postgresql_is_down_shuts_down_at_once(
     await asyncio.to_thread(empty_database, pg_url)
     logged = _logged(caplog)
     async with TcpProxy("127.0.0.1", 5432) as proxy:
-        db = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        db = via(pg_url, proxy.port)
         env, _ = setup(tmp_path, responses, db, hooks)
         app = create_app(load_settings(env))  # what a broker process gets (setup's env)
         server = run_asgi(app, lifespan="on")
@@ -347,7 +347,7 @@ def test_doctor_says_whether_the_queue_is_reachable_and_its_tables_exist(
     up = queue_check(env)
     assert up["status"] == "pass", up
     assert up["summary"] == "reachable, its tables exist; 0 runs waiting"
-    gone = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{free_port()}")
+    gone = via(pg_url, free_port())
     down = queue_check({**env, "BROKER_DATABASE_URL": gone})
     assert down["status"] == "fail", down
     assert down["summary"].startswith("the thread database cannot be reached: "), down
@@ -392,7 +392,7 @@ async def test_a_run_whose_end_cannot_be_recorded_is_one_log_line(
     await asyncio.to_thread(empty_database, pg_url)
     logged = _logged(caplog)
     async with TcpProxy("127.0.0.1", 5432) as proxy:
-        db = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        db = via(pg_url, proxy.port)
         env, _ = setup(tmp_path, responses, db, hooks)
         _, key = await asyncio.to_thread(create_key, env, tmp_path, "--act-for-users")
         responses.script(text("An answer nobody records", chunks=4, hang_after=1))

@@ -36,7 +36,7 @@ from broker.backends.agent.store import (
 from broker.errors import StoreUnavailable
 
 from ...support import free_port
-from .tcp_proxy import TcpProxy
+from .tcp_proxy import TcpProxy, via
 
 ALICE = Caller("alice", "support")
 BOB = Caller("bob", "support")
@@ -420,7 +420,7 @@ async def test_postgresql_going_down_and_back_is_503_then_works(pg_url: str) -> 
     """Through a TCP proxy the test can cut: every call fails with 503 while it is down, and
     the pool recovers (pre-ping) once it is back, without a restart."""
     async with TcpProxy("127.0.0.1", 5432) as proxy:
-        url = resolve_database_url(pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"))
+        url = resolve_database_url(via(pg_url, proxy.port))
         store = SQLStore(url, connect_timeout=1)
         await store.start()
         t = await new_thread(store)
